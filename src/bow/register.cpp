@@ -1,0 +1,9 @@
+// Registers this feature's targets and subcommands. The feature's owner
+// replaces these bodies as the feature lands.
+#include "cli/cli_common.h"
+#include "device/target.h"
+
+namespace udm {
+void register_bow_targets(TargetRegistry&) {}
+void register_bow_cli(CLI::App&) {}
+}  // namespace udm

@@ -1,0 +1,27 @@
+// Shared plumbing for `udm` subcommands. Every feature adds its subcommands
+// in register_<feature>_cli(); a subcommand's callback does its work and
+// reports failure through fail(), which prints one clear line and sets the
+// process exit code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string_view>
+
+#include "util/status.h"
+
+namespace udm::cli {
+
+int& exit_code();
+// "udm: error: <message>" on stderr; exit code 1 (or `code`).
+void fail(const Status& s, int code = 1);
+void fail(std::string_view msg, int code = 1);
+
+}  // namespace udm::cli
+
+namespace udm {
+void register_control_cli(CLI::App& app);    // daemon + dmsetup-like verbs (src/daemon)
+void register_update_cli(CLI::App& app);     // update-diff, update-info, update-apply
+void register_snapshot_cli(CLI::App& app);   // cow-size, snapshot-merge-offline, fiemap, inspect
+void register_bow_cli(CLI::App& app);        // bow-restore
+void register_overlaybd_cli(CLI::App& app);  // overlaybd ...
+}  // namespace udm

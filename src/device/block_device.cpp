@@ -1,0 +1,53 @@
+#include "device/block_device.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace udm {
+
+Status BlockDevice::check_range(uint64_t offset, uint64_t len, const char* op) const {
+  uint64_t sz = size();
+  if (offset > sz || len > sz - offset)
+    return Invalid(fmt::format("{} of {} bytes at offset {} is beyond the device end ({} bytes)",
+                               op, len, offset, sz));
+  return Status::Ok();
+}
+
+Status BlockDevice::read(uint64_t offset, std::span<uint8_t> buf) {
+  UDM_TRY(check_range(offset, buf.size(), "read"));
+  return do_read(offset, buf);
+}
+
+Status BlockDevice::write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+  UDM_TRY(check_range(offset, buf.size(), "write"));
+  return do_write(offset, buf, fua);
+}
+
+Status BlockDevice::trim(uint64_t offset, uint64_t length) {
+  UDM_TRY(check_range(offset, length, "trim"));
+  return do_trim(offset, length);
+}
+
+Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+  UDM_TRY(check_range(offset, length, "write_zeroes"));
+  return do_write_zeroes(offset, length, fua);
+}
+
+Status BlockDevice::do_trim(uint64_t, uint64_t) {
+  return NotSupported("device does not support discard");
+}
+
+Status BlockDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+  static const std::vector<uint8_t> zeros(1 << 20, 0);
+  while (length > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(length, zeros.size()));
+    UDM_TRY(do_write(offset, std::span<const uint8_t>(zeros.data(), n), false));
+    offset += n;
+    length -= n;
+  }
+  return fua ? flush() : Status::Ok();
+}
+
+}  // namespace udm

@@ -1,0 +1,77 @@
+// The one interface everything in udm meets at: a thread-safe block device.
+//
+// Backing files, the memory and fault-injecting devices, every target and a
+// whole mapped device (a table of targets) implement it, so targets stack:
+// a target only ever sees other BlockDevices. All calls may come from many
+// threads at once; an implementation must be safe for concurrent calls on
+// different (and, with last-writer-wins semantics, overlapping) ranges.
+//
+// Offsets and lengths are bytes. The public calls check the range once (the
+// requests come from the network) and dispatch to the protected do_* hooks. Errors are Status values with errno codes, never exceptions.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "util/status.h"
+
+namespace udm {
+
+struct DeviceCaps {
+  bool read_only = false;
+  bool can_trim = false;          // trim() does something useful (else it is a no-op/error)
+  bool trim_zeroes = false;       // after trim() the range reads as zeroes
+  bool can_write_zeroes = true;   // write_zeroes() is supported (maybe emulated)
+  bool fast_zero = false;         // write_zeroes() is cheaper than writing zeroes
+  bool can_flush = true;
+  uint32_t logical_block = 512;   // minimum I/O granularity (bytes, power of two)
+  uint32_t physical_block = 4096; // preferred granularity
+  uint32_t max_io = 32u << 20;    // largest single request the device accepts
+};
+
+class BlockDevice {
+ public:
+  virtual ~BlockDevice() = default;
+
+  virtual uint64_t size() const = 0;
+  virtual DeviceCaps caps() const { return {}; }
+
+  // The I/O entry points check the range (EINVAL outside [0, size())) and
+  // call the do_* hooks below, which implementations override.
+  Status read(uint64_t offset, std::span<uint8_t> buf);
+  // fua: the data is durable when this returns OK (as if flush() followed).
+  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua = false);
+  // Discard: the range's contents become unspecified (or zero if
+  // caps().trim_zeroes). Default hook: EOPNOTSUPP.
+  Status trim(uint64_t offset, uint64_t length);
+  // Default hook: writes zero buffers.
+  Status write_zeroes(uint64_t offset, uint64_t length, bool fua = false);
+  // Make every write that completed before this call durable.
+  Status flush() { return do_flush(); }
+
+  // Convenience wrappers.
+  Status read_exact(uint64_t offset, void* buf, size_t len) {
+    return read(offset, std::span<uint8_t>(static_cast<uint8_t*>(buf), len));
+  }
+  Status write_exact(uint64_t offset, const void* buf, size_t len, bool fua = false) {
+    return write(offset, std::span<const uint8_t>(static_cast<const uint8_t*>(buf), len), fua);
+  }
+
+ protected:
+  // Hooks. The range is already checked to lie inside the device.
+  virtual Status do_read(uint64_t offset, std::span<uint8_t> buf) = 0;
+  virtual Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) = 0;
+  virtual Status do_trim(uint64_t offset, uint64_t length);
+  virtual Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua);
+  virtual Status do_flush() = 0;
+
+  // EINVAL unless [offset, offset+len) lies inside the device.
+  Status check_range(uint64_t offset, uint64_t len, const char* op) const;
+};
+
+using DevicePtr = std::shared_ptr<BlockDevice>;
+
+}  // namespace udm

@@ -1,0 +1,87 @@
+// A target is the user-space twin of a device-mapper target: it is built from
+// one table line (`<start> <length> <type> <args...>`), serves the I/O of its
+// segment (offsets are relative to the segment start, size() is the segment
+// length) and has dm's lifecycle hooks, status and messages.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "device/block_device.h"
+
+namespace udm {
+
+// Opens backing devices for targets. A spec starting with '/' is a file or
+// block-device path; anything else is the name of another udm device
+// (stacking). The returned device stays open (and counted as a holder of a
+// udm device) until the last reference is dropped.
+class DeviceResolver {
+ public:
+  virtual ~DeviceResolver() = default;
+  virtual Result<DevicePtr> open(const std::string& spec, bool writable) = 0;
+};
+
+class Target : public BlockDevice {
+ public:
+  // Target type name as in the table line ("linear").
+  virtual std::string type() const = 0;
+  // The target-specific part of a `status` line (after "<start> <len> <type> ").
+  virtual std::string status() const { return ""; }
+  // `udm message NAME SECTOR ARGS...`; returns text to print (may be empty).
+  virtual Result<std::string> message(const std::vector<std::string>& args) {
+    return Status::Error(EINVAL, type() + ": target accepts no messages");
+  }
+  // Lifecycle, in dm's order. presuspend: stop starting background work;
+  // after it the device drains in-flight I/O, flushes, then postsuspend().
+  // resume() restarts background work (also called once after construction,
+  // before the first I/O, when the table becomes active).
+  virtual void presuspend() {}
+  virtual void postsuspend() {}
+  virtual void resume() {}
+};
+
+using TargetPtr = std::shared_ptr<Target>;
+
+struct TargetParams {
+  std::string type;
+  uint64_t start = 0;   // segment start in bytes within the mapped device
+  uint64_t length = 0;  // segment length in bytes (multiple of 512)
+  std::vector<std::string> args;
+  DeviceResolver* resolver = nullptr;
+  std::string device_name;  // name of the mapped device being built (for logs)
+};
+
+using TargetFactory = std::function<Result<TargetPtr>(const TargetParams&)>;
+
+class TargetRegistry {
+ public:
+  // The registry with every built-in target (registered on first use).
+  static TargetRegistry& builtin();
+  void add(const std::string& type, TargetFactory factory, std::string usage);
+  Result<TargetPtr> create(const TargetParams& params) const;
+  std::vector<std::string> types() const;
+  std::string usage(const std::string& type) const;
+
+ private:
+  struct Entry {
+    TargetFactory factory;
+    std::string usage;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+// Each feature library provides one of these; builtin() calls them all.
+void register_core_targets(TargetRegistry& r);       // linear zero error
+void register_update_targets(TargetRegistry& r);     // update
+void register_snapshot_targets(TargetRegistry& r);   // snapshot-origin snapshot snapshot-merge
+void register_bow_targets(TargetRegistry& r);        // bow
+void register_overlaybd_targets(TargetRegistry& r);  // zfile lsmt
+
+// Argument helpers for constructors: messages name the argument.
+Result<uint64_t> parse_u64_arg(const std::string& s, const char* what);
+
+}  // namespace udm

@@ -1,0 +1,1 @@
+// FUSE export: sources land here.

@@ -1,0 +1,1 @@
+// NBD server: sources land here.
