@@ -1,0 +1,240 @@
+// `udm daemon` and the dmsetup-like verbs that talk to it.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/cli_common.h"
+#include "daemon/control_socket.h"
+#include "daemon/daemon.h"
+#include "device/table.h"
+#include "util/log.h"
+
+namespace udm {
+namespace {
+using nlohmann::json;
+
+struct Common {
+  std::string socket = default_control_socket();
+  bool json_out = false;
+};
+
+void add_common(CLI::App* sub, Common& c, bool with_json = true) {
+  sub->add_option("--socket", c.socket, "control socket of the daemon (env UDM_SOCKET)")
+      ->envname("UDM_SOCKET");
+  if (with_json) sub->add_flag("--json", c.json_out, "print JSON for scripts");
+}
+
+// Send a request; on failure print the daemon's error and return nullopt.
+std::optional<json> call(const Common& c, const json& req) {
+  auto r = control_call(c.socket, req);
+  if (!r.ok()) {
+    cli::fail(r.status());
+    return std::nullopt;
+  }
+  const json& rep = *r;
+  if (!rep.value("ok", false)) {
+    int code = rep.value("errno", 0);
+    cli::fail(rep.value("error", std::string("unknown error")) +
+              (code ? fmt::format(" ({})", std::strerror(code)) : ""));
+    return std::nullopt;
+  }
+  return rep.contains("result") ? rep["result"] : json();
+}
+
+// --table TEXT | --table-file F | stdin, like dmsetup.
+std::optional<std::string> table_text(const std::string& table, const std::string& file) {
+  if (!table.empty() && !file.empty()) {
+    cli::fail("give either --table or --table-file, not both");
+    return std::nullopt;
+  }
+  if (!table.empty()) return table;
+  std::string text;
+  if (!file.empty()) {
+    std::ifstream f(file == "-" ? "/dev/stdin" : file);
+    if (!f) {
+      cli::fail("cannot read table file " + file);
+      return std::nullopt;
+    }
+    text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  } else if (!isatty(STDIN_FILENO)) {
+    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  } else {
+    cli::fail("no table: give --table \"<start> <length> <target> [args]\" or --table-file");
+    return std::nullopt;
+  }
+  return text;
+}
+
+// Check the table syntax on the client side for an early, local error.
+bool check_table(const std::string& text) {
+  auto spec = parse_table(text);
+  if (!spec.ok()) {
+    cli::fail("table: " + spec.status().message());
+    return false;
+  }
+  return true;
+}
+
+void print_info(const json& i) {
+  std::cout << fmt::format(
+      "Name:              {}\n"
+      "State:             {}{}\n"
+      "Tables present:    LIVE{}\n"
+      "Open count:        {}\n"
+      "Event number:      {}\n"
+      "Size:              {} bytes ({} sectors)\n"
+      "Number of targets: {}\n",
+      i.value("name", ""), i.value("suspended", false) ? "SUSPENDED" : "ACTIVE",
+      i.value("read_only", false) ? " (READ-ONLY)" : "",
+      i.value("inactive_table", false) ? " & INACTIVE" : "", i.value("open_count", 0),
+      i.value("event_nr", 0), i.value("size_bytes", uint64_t{0}), i.value("size_sectors", uint64_t{0}),
+      i.value("targets", 0));
+}
+
+}  // namespace
+
+void register_control_cli(CLI::App& app) {
+  // ---- daemon
+  {
+    auto* sub = app.add_subcommand("daemon", "run the udm daemon in the foreground (until SIGTERM)");
+    auto o = std::make_shared<DaemonOptions>();
+    o->socket = default_control_socket();
+    auto level = std::make_shared<std::string>();
+    sub->add_option("--socket", o->socket, "control socket (default /run/udm/control)")
+        ->envname("UDM_SOCKET");
+    sub->add_option("--nbd-unix", o->nbd_unix, "serve NBD on this Unix socket");
+    sub->add_option("--nbd-tcp", o->nbd_tcp, "serve NBD on HOST:PORT");
+    sub->add_option("--fuse", o->fuse_dir, "export each device as the file DIR/NAME");
+    sub->add_option("--log-level", *level, "debug|info|warn|error (default: info)");
+    sub->callback([o, level] {
+      log::set_threshold(log::Level::Info);
+      if (*level == "debug") log::set_threshold(log::Level::Debug);
+      else if (*level == "warn") log::set_threshold(log::Level::Warn);
+      else if (*level == "error") log::set_threshold(log::Level::Error);
+      else if (!level->empty() && *level != "info") return cli::fail("bad --log-level " + *level, 2);
+      cli::exit_code() = run_daemon(*o);
+    });
+  }
+  // ---- create / reload
+  for (const char* verb : {"create", "reload"}) {
+    bool is_create = std::string(verb) == "create";
+    auto* sub = app.add_subcommand(
+        verb, is_create ? "create a device from a table" : "load an inactive table (live on resume)");
+    auto c = std::make_shared<Common>();
+    auto name = std::make_shared<std::string>();
+    auto table = std::make_shared<std::string>();
+    auto file = std::make_shared<std::string>();
+    auto ro = std::make_shared<bool>(false);
+    sub->add_option("name", *name, "device name")->required();
+    sub->add_option("--table", *table, "table text: '<start> <length> <target> [args]' per line");
+    sub->add_option("--table-file", *file, "read the table from a file ('-' = stdin)");
+    if (is_create) sub->add_flag("-r,--readonly", *ro, "create the device read-only");
+    add_common(sub, *c);
+    sub->callback([=] {
+      auto text = table_text(*table, *file);
+      if (!text || !check_table(*text)) return;
+      json req = {{"verb", verb}, {"name", *name}, {"table", *text}};
+      if (is_create) req["read_only"] = *ro;
+      auto r = call(*c, req);
+      if (r && c->json_out) std::cout << r->dump(2) << "\n";
+    });
+  }
+  // ---- verbs taking just a name
+  struct Simple {
+    const char* verb;
+    const char* help;
+  };
+  for (Simple s : {Simple{"remove", "remove a device (refused while it is open)"},
+                   Simple{"suspend", "suspend a device: block new I/O, drain in-flight, flush"},
+                   Simple{"resume", "resume a device, swapping in a loaded table"},
+                   Simple{"clear", "drop a loaded inactive table"},
+                   Simple{"info", "show a device's state"},
+                   Simple{"status", "one status line per table segment"},
+                   Simple{"table", "print the live (or --inactive) table"}}) {
+    auto* sub = app.add_subcommand(s.verb, s.help);
+    auto c = std::make_shared<Common>();
+    auto name = std::make_shared<std::string>();
+    auto inactive = std::make_shared<bool>(false);
+    sub->add_option("name", *name, "device name")->required();
+    if (std::string(s.verb) == "table") sub->add_flag("--inactive", *inactive, "show the inactive table");
+    add_common(sub, *c);
+    std::string verb = s.verb;
+    sub->callback([=] {
+      json req = {{"verb", verb}, {"name", *name}};
+      if (verb == "table") req["inactive"] = *inactive;
+      auto r = call(*c, req);
+      if (!r) return;
+      if (c->json_out) {
+        std::cout << r->dump(2) << "\n";
+      } else if (verb == "info") {
+        print_info(*r);
+      } else if (verb == "status") {
+        for (const auto& seg : *r) {
+          std::string st = seg.value("status", "");
+          std::cout << fmt::format("{} {} {}{}{}\n", seg.value("start", uint64_t{0}),
+                                   seg.value("length", uint64_t{0}), seg.value("target", ""),
+                                   st.empty() ? "" : " ", st);
+        }
+      } else if (verb == "table") {
+        std::cout << r->get<std::string>();
+      }
+    });
+  }
+  // ---- ls
+  {
+    auto* sub = app.add_subcommand("ls", "list devices, one name per line");
+    auto c = std::make_shared<Common>();
+    add_common(sub, *c);
+    sub->callback([=] {
+      auto r = call(*c, {{"verb", "ls"}});
+      if (!r) return;
+      if (c->json_out) {
+        std::cout << r->dump(2) << "\n";
+        return;
+      }
+      for (const auto& d : *r) std::cout << d.value("name", "") << "\n";
+    });
+  }
+  // ---- targets
+  {
+    auto* sub = app.add_subcommand("targets", "list the target types and their table arguments");
+    auto c = std::make_shared<Common>();
+    add_common(sub, *c);
+    sub->callback([=] {
+      auto r = call(*c, {{"verb", "targets"}});
+      if (!r) return;
+      if (c->json_out) {
+        std::cout << r->dump(2) << "\n";
+        return;
+      }
+      for (const auto& t : *r) std::cout << t.value("usage", t.value("name", "")) << "\n";
+    });
+  }
+  // ---- message
+  {
+    auto* sub = app.add_subcommand("message", "send a message to the target at SECTOR");
+    auto c = std::make_shared<Common>();
+    auto name = std::make_shared<std::string>();
+    auto sector = std::make_shared<uint64_t>(0);
+    auto args = std::make_shared<std::vector<std::string>>();
+    sub->add_option("name", *name, "device name")->required();
+    sub->add_option("sector", *sector, "sector inside the target's segment")->required();
+    sub->add_option("args", *args, "message words")->required();
+    add_common(sub, *c);
+    sub->callback([=] {
+      auto r = call(*c, {{"verb", "message"}, {"name", *name}, {"sector", *sector}, {"args", *args}});
+      if (!r) return;
+      if (c->json_out)
+        std::cout << r->dump(2) << "\n";
+      else if (r->is_string() && !r->get<std::string>().empty())
+        std::cout << r->get<std::string>() << "\n";
+    });
+  }
+}
+
+}  // namespace udm

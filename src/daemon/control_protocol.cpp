@@ -1,0 +1,178 @@
+#include "daemon/control_protocol.h"
+
+#include <fmt/format.h>
+
+namespace udm {
+using nlohmann::json;
+
+namespace {
+
+Result<std::string> get_string(const json& req, const char* key) {
+  auto it = req.find(key);
+  if (it == req.end()) return Invalid(fmt::format("request lacks field '{}'", key));
+  if (!it->is_string()) return Invalid(fmt::format("field '{}' must be a string", key));
+  return it->get<std::string>();
+}
+
+Result<bool> get_bool(const json& req, const char* key, bool def) {
+  auto it = req.find(key);
+  if (it == req.end()) return def;
+  if (!it->is_boolean()) return Invalid(fmt::format("field '{}' must be a boolean", key));
+  return it->get<bool>();
+}
+
+Result<MappedDevicePtr> get_device(DeviceRegistry& reg, const json& req) {
+  UDM_ASSIGN_OR_RETURN(std::string name, get_string(req, "name"));
+  auto dev = reg.get(name);
+  if (!dev) return Status::Error(ENXIO, "no device named '" + name + "'");
+  return dev;
+}
+
+json ok_reply(json result = nullptr) { return json{{"ok", true}, {"result", std::move(result)}}; }
+
+json status_json(const MappedDevice& d) {
+  json arr = json::array();
+  auto t = d.active_table();
+  for (const auto& s : t->segments()) {
+    arr.push_back({{"start", s.start / kSectorSize},
+                   {"length", s.length / kSectorSize},
+                   {"target", s.type},
+                   {"status", s.target->status()}});
+  }
+  return arr;
+}
+
+}  // namespace
+
+json error_reply(const Status& s) {
+  return json{{"ok", false}, {"errno", s.code()}, {"error", s.message()}};
+}
+
+json device_info_json(const MappedDevice& d) {
+  auto t = d.active_table();
+  return json{{"name", d.name()},
+              {"size_bytes", d.size()},
+              {"size_sectors", d.size() / kSectorSize},
+              {"read_only", d.caps().read_only},
+              {"suspended", d.suspended()},
+              {"open_count", d.open_count()},
+              {"event_nr", d.event_nr()},
+              {"targets", t->segments().size()},
+              {"live_table", true},
+              {"inactive_table", d.has_inactive()}};
+}
+
+json handle_request(DeviceRegistry& reg, const json& req) {
+  if (!req.is_object()) return error_reply(Invalid("request must be a JSON object"));
+  auto verb_r = get_string(req, "verb");
+  if (!verb_r.ok()) return error_reply(verb_r.status());
+  const std::string& verb = *verb_r;
+
+  if (verb == "version") return ok_reply(json{{"version", "0.1.0"}});
+  if (verb == "ls") {
+    json arr = json::array();
+    for (const auto& n : reg.names()) {
+      auto d = reg.get(n);
+      if (d) arr.push_back(device_info_json(*d));
+    }
+    return ok_reply(arr);
+  }
+  if (verb == "targets") {
+    json arr = json::array();
+    for (const auto& t : TargetRegistry::builtin().types())
+      arr.push_back({{"name", t}, {"usage", TargetRegistry::builtin().usage(t)}});
+    return ok_reply(arr);
+  }
+  if (verb == "create") {
+    auto name = get_string(req, "name");
+    if (!name.ok()) return error_reply(name.status());
+    auto table = get_string(req, "table");
+    if (!table.ok()) return error_reply(table.status());
+    auto ro = get_bool(req, "read_only", false);
+    if (!ro.ok()) return error_reply(ro.status());
+    auto d = reg.create(*name, *table, *ro);
+    if (!d.ok()) return error_reply(d.status());
+    return ok_reply(device_info_json(**d));
+  }
+  if (verb == "remove") {
+    auto name = get_string(req, "name");
+    if (!name.ok()) return error_reply(name.status());
+    Status s = reg.remove(*name);
+    return s.ok() ? ok_reply() : error_reply(s);
+  }
+  if (verb == "reload") {
+    auto name = get_string(req, "name");
+    if (!name.ok()) return error_reply(name.status());
+    auto table = get_string(req, "table");
+    if (!table.ok()) return error_reply(table.status());
+    Status s = reg.load(*name, *table);
+    return s.ok() ? ok_reply() : error_reply(s);
+  }
+  if (verb == "clear") {
+    auto name = get_string(req, "name");
+    if (!name.ok()) return error_reply(name.status());
+    Status s = reg.clear(*name);
+    return s.ok() ? ok_reply() : error_reply(s);
+  }
+
+  auto dev_r = get_device(reg, req);
+  if (!dev_r.ok()) return error_reply(dev_r.status());
+  MappedDevice& d = **dev_r;
+  if (verb == "info") return ok_reply(device_info_json(d));
+  if (verb == "status") return ok_reply(status_json(d));
+  if (verb == "table") {
+    auto inactive = get_bool(req, "inactive", false);
+    if (!inactive.ok()) return error_reply(inactive.status());
+    std::shared_ptr<Table> t = *inactive ? d.inactive_table() : d.active_table();
+    if (!t) return ok_reply("");
+    return ok_reply(t->text());
+  }
+  if (verb == "suspend") {
+    Status s = d.suspend();
+    return s.ok() ? ok_reply() : error_reply(s);
+  }
+  if (verb == "resume") {
+    Status s = d.resume();
+    return s.ok() ? ok_reply() : error_reply(s);
+  }
+  if (verb == "message") {
+    auto it = req.find("sector");
+    if (it == req.end() || !it->is_number_integer() ||
+        (!it->is_number_unsigned() && it->get<int64_t>() < 0))
+      return error_reply(Invalid("field 'sector' must be a non-negative integer"));
+    auto ait = req.find("args");
+    if (ait == req.end() || !ait->is_array())
+      return error_reply(Invalid("field 'args' must be an array of strings"));
+    std::vector<std::string> args;
+    for (const auto& a : *ait) {
+      if (!a.is_string()) return error_reply(Invalid("field 'args' must be an array of strings"));
+      args.push_back(a.get<std::string>());
+    }
+    auto r = d.message(it->get<uint64_t>(), args);
+    if (!r.ok()) return error_reply(r.status());
+    return ok_reply(*r);
+  }
+  return error_reply(Invalid("unknown verb '" + verb + "'"));
+}
+
+std::string handle_request_line(DeviceRegistry& reg, std::string_view line) {
+  json reply;
+  if (line.size() > kMaxControlRequest) {
+    reply = error_reply(Invalid("request too large"));
+  } else {
+    json req = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+    if (req.is_discarded())
+      reply = error_reply(Invalid("request is not valid JSON"));
+    else {
+      try {
+        reply = handle_request(reg, req);
+      } catch (const std::exception& e) {
+        reply = error_reply(IoError(std::string("internal error: ") + e.what()));
+      }
+    }
+  }
+  // Replace invalid UTF-8 (names and messages echo client input) instead of throwing.
+  return reply.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+}  // namespace udm

@@ -1,0 +1,195 @@
+#include "daemon/control_socket.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "daemon/control_protocol.h"
+#include "util/log.h"
+
+namespace udm {
+namespace {
+
+Result<sockaddr_un> make_addr(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(a.sun_path))
+    return Invalid("socket path '" + path + "' is empty or too long (max " +
+                   std::to_string(sizeof(a.sun_path) - 1) + " bytes)");
+  std::memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+bool write_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads up to '\n' (or EOF). False on error or when the line exceeds max.
+bool read_line(int fd, std::string* out, size_t max) {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) return !out->empty();
+    out->append(buf, static_cast<size_t>(n));
+    auto nl = out->find('\n');
+    if (nl != std::string::npos) {
+      out->resize(nl);
+      return true;
+    }
+    if (out->size() > max) return false;
+  }
+}
+
+}  // namespace
+
+std::string default_control_socket() {
+  const char* e = std::getenv("UDM_SOCKET");
+  return e && *e ? e : "/run/udm/control";
+}
+
+Status ControlServer::start() {
+  UDM_ASSIGN_OR_RETURN(sockaddr_un addr, make_addr(path_));
+  auto parent = std::filesystem::path(path_).parent_path();
+  if (!parent.empty() && !std::filesystem::exists(parent)) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+    if (ec) return Status::Error(ec.value(), "create " + parent.string() + ": " + ec.message());
+    ::chmod(parent.c_str(), 0700);
+  }
+  // Refuse to steal the socket of a running daemon; replace a stale one.
+  if (std::filesystem::exists(path_)) {
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    if (probe >= 0) ::close(probe);
+    if (live) return Status::Error(EADDRINUSE, "another udm daemon is listening on " + path_);
+    ::unlink(path_.c_str());
+  }
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return ErrnoStatus("socket");
+  mode_t old = ::umask(0177);
+  int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0) return ErrnoStatus("bind " + path_);
+  ::chmod(path_.c_str(), 0600);
+  if (::listen(listen_fd_, 64) != 0) return ErrnoStatus("listen " + path_);
+  if (::pipe2(wake_, O_CLOEXEC) != 0) return ErrnoStatus("pipe");
+  thread_ = std::thread([this] { accept_loop(); });
+  return Status::Ok();
+}
+
+void ControlServer::accept_loop() {
+  while (!stopping_) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      log::error("control: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents) return;
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    // Root only: the socket mode already says so; check the peer too.
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid != 0 &&
+        cred.uid != ::geteuid()) {
+      write_all(fd, error_reply(Status::Error(EPERM, "permission denied: udm control needs root"))
+                        .dump() + "\n");
+      ::close(fd);
+      continue;
+    }
+    reap(false);
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::lock_guard lk(mu_);
+    workers_.push_back(Worker{std::thread([this, fd, done] {
+                                serve(fd);
+                                *done = true;
+                              }),
+                              done});
+  }
+}
+
+void ControlServer::serve(int fd) {
+  std::string line;
+  if (read_line(fd, &line, kMaxControlRequest)) {
+    write_all(fd, handle_request_line(reg_, line));
+  } else {
+    write_all(fd, error_reply(Invalid("unreadable or oversized request")).dump() + "\n");
+  }
+  ::close(fd);
+}
+
+void ControlServer::reap(bool all) {
+  std::lock_guard lk(mu_);
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (all || *it->done) {
+      if (it->thread.joinable()) it->thread.join();
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ControlServer::stop() {
+  if (stopping_.exchange(true)) return;
+  if (wake_[1] >= 0) {
+    char c = 1;
+    (void)!::write(wake_[1], &c, 1);
+  }
+  if (thread_.joinable()) thread_.join();
+  reap(true);
+  if (listen_fd_ >= 0) {
+    ::close(listen_fd_);
+    ::unlink(path_.c_str());
+    listen_fd_ = -1;
+  }
+  for (int& f : wake_)
+    if (f >= 0) {
+      ::close(f);
+      f = -1;
+    }
+}
+
+Result<nlohmann::json> control_call(const std::string& socket_path, const nlohmann::json& req) {
+  UDM_ASSIGN_OR_RETURN(sockaddr_un addr, make_addr(socket_path));
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus("socket");
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int e = errno;
+    ::close(fd);
+    if (e == ENOENT || e == ECONNREFUSED)
+      return Status::Error(e, "cannot reach the udm daemon at " + socket_path +
+                                  " (is `udm daemon` running? --socket or UDM_SOCKET select another)");
+    return ErrnoStatus("connect " + socket_path, e);
+  }
+  std::string out = req.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  if (!write_all(fd, out)) {
+    ::close(fd);
+    return ErrnoStatus("send to " + socket_path);
+  }
+  std::string line;
+  bool got = read_line(fd, &line, 64u << 20);
+  ::close(fd);
+  if (!got) return IoError("no reply from the udm daemon at " + socket_path);
+  auto j = nlohmann::json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return IoError("malformed reply from the udm daemon");
+  return j;
+}
+
+}  // namespace udm
