@@ -1,0 +1,65 @@
+// Writers: commit (RW layer -> committed LSMT file), ZFile compression (two
+// worker threads), raw image -> base layer, and the tar wrapper. Output goes
+// through a ByteSink so a commit can be written raw or compressed on the fly.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <memory>
+
+#include "device/block_device.h"
+#include "overlaybd/grow_file.h"
+#include "overlaybd/lsmt_format.h"
+#include "overlaybd/zfile_format.h"
+#include "util/progress.h"
+
+namespace udm::obd {
+
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  virtual Status write(std::span<const uint8_t> data) = 0;
+  virtual uint64_t position() const = 0;  // bytes written so far (uncompressed)
+  virtual Status finish() = 0;            // flushes and makes the output durable
+};
+
+// Plain file output (optionally inside the tar wrapper).
+std::unique_ptr<ByteSink> file_sink(GrowFilePtr out, bool tar = false);
+
+struct ZFileWriteOptions {
+  ZAlgo algo = ZAlgo::kLz4;
+  uint32_t block_size = 4096;
+  bool verify = true;
+  bool overwrite_header = false;  // overlaybd-commit -z does, overlaybd-zfile does not
+  int threads = 2;
+  bool tar = false;
+};
+// Compresses everything written into a ZFile on `out`.
+std::unique_ptr<ByteSink> zfile_sink(GrowFilePtr out, const ZFileWriteOptions& opts);
+
+struct CommitOptions {
+  std::string uuid;         // empty: all-zero UUID (as the reference without --uuid)
+  std::string parent_uuid;  // empty: the source's parent
+  std::string user_tag;
+};
+
+// Writes a committed LSMT file of one layer: `segs` (sorted, non-overlapping;
+// data segments' moffset are sectors of the source) read through read_data.
+using ReadFn = std::function<Status(uint64_t byte_off, std::span<uint8_t> buf)>;
+Status write_committed(uint64_t vsize, const std::string& src_parent, const std::vector<Seg>& segs,
+                       const ReadFn& read_data, ByteSink& out, const CommitOptions& opts,
+                       Progress* progress = nullptr);
+
+// Commit an RW layer (data + index files) to `out`.
+Status commit_rw_layer(GrowFilePtr data, GrowFilePtr index, ByteSink& out, const CommitOptions& opts,
+                       Progress* progress = nullptr);
+
+// Base layer from a raw image: non-zero sectors become data, zero ranges stay unmapped.
+Status raw_to_layer(BlockDevice& raw, ByteSink& out, const CommitOptions& opts, Progress* progress = nullptr);
+
+// Copies all of `in` through `out` (e.g. LSMT file -> ZFile sink).
+Status copy_to_sink(BlockDevice& in, ByteSink& out, Progress* progress = nullptr);
+
+bool parse_algo(const std::string& s, ZAlgo* out);
+
+}  // namespace udm::obd
