@@ -44,7 +44,7 @@ struct ZFileHeader {
   bool has(uint64_t f) const { return (flags & f) != 0; }
 };
 
-// True if the buffer starts with the two ZFile magics.
+// True if the buffer starts with ZFile's magic0.
 bool is_zfile_magic(std::span<const uint8_t> buf);
 
 // Decodes and validates one 512-byte header or trailer. `what` ("header" /
