@@ -117,9 +117,9 @@ Status print_info(const std::string& path, std::string* prev_uuid) {
   if (!h.has(kLfSealed) && !h.has(kLfSparseRw)) {
     // An RW data file, unless it was sealed (then a trailer ends it).
     std::vector<uint8_t> tb(kLsmtHeaderSize);
-    UDM_TRY(lsmt->read(lsmt->size() - kLsmtHeaderSize, tb));
+    UDM_TRY(lsmt->read(lsmt->size() - kLsmtHeaderSize, tb));  // size >= 4096 checked above
     auto t = parse_lsmt_header(tb, "trailer");
-    if (!t.ok()) {
+    if (lsmt->size() < 2 * kLsmtHeaderSize || !t.ok() || t->has(kLfIsHeader)) {
       std::cout << fmt::format("  rw data file: {} bytes of data\n", lsmt->size() - kLsmtHeaderSize);
       return Status::Ok();
     }
