@@ -1,0 +1,107 @@
+// End to end: an ext4 filesystem on an lsmt stack with a writable top layer,
+// exported through the daemon's FUSE export and a loop device: mkfs, write
+// files, e2fsck; then commit the RW layer, compress it to ZFile, stack it
+// read-only on the base and find the same files.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <map>
+
+#include "common/sys_util.h"
+
+namespace udm::test {
+namespace {
+
+bool wait_for_file(const std::string& p) {
+  for (int i = 0; i < 200; i++) {
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0) return true;
+    usleep(25000);
+  }
+  return false;
+}
+
+TEST(OverlaybdE2E, Ext4OnLsmtStackThroughFuse) {
+  if (!is_root() || !have_tool("mkfs.ext4") || !have_tool("losetup")) GTEST_SKIP() << "needs root, mkfs.ext4, losetup";
+  TempDir t;
+  const uint64_t kSize = 256ull << 20;
+  // Base layer: a raw image with a little data, converted and compressed.
+  {
+    std::vector<uint8_t> raw(kSize, 0);
+    auto r = random_bytes(1 << 20, 9);
+    std::copy(r.begin(), r.end(), raw.begin() + (200ull << 20));
+    write_file(t.file("base.raw"), raw);
+  }
+  auto ok = [](const CmdResult& r) { return r.ok() ? std::string() : r.describe(); };
+  ASSERT_EQ(ok(run({udm_bin(), "overlaybd", "from-raw", t.file("base.raw"), t.file("base.zfile"), "-z",
+                    "--uuid", "0BA5E000-0000-4000-8000-000000000001"})), "");
+  ASSERT_EQ(ok(run({udm_bin(), "overlaybd", "create", t.file("rw.data"), t.file("rw.index"), "--size", "256M",
+                    "--parent-uuid", "0BA5E000-0000-4000-8000-000000000001"})), "");
+  std::unique_ptr<TestDaemon> d;
+  try {
+    d = TestDaemon::start(true, false);
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "daemon with FUSE export not available: " << e.what();
+  }
+  std::string sect = std::to_string(kSize / 512);
+  auto c = d->udm({"create", "obdrw", "--table",
+                   "0 " + sect + " lsmt " + t.file("base.zfile") + " rw " + t.file("rw.data") + " " + t.file("rw.index")});
+  ASSERT_TRUE(c.ok()) << c.describe();
+  if (!wait_for_file(d->fuse_path("obdrw"))) GTEST_SKIP() << "FUSE export did not show the device";
+  std::map<std::string, std::string> sums;
+  {
+    LoopDevice loop(d->fuse_path("obdrw"));
+    ASSERT_FALSE(loop.device().empty()) << loop.error();
+    ASSERT_EQ(ok(run({"mkfs.ext4", "-q", "-F", loop.device()})), "");
+    std::string mnt = t.file("mnt");
+    ::mkdir(mnt.c_str(), 0755);
+    {
+      Mount m(loop.device(), mnt);
+      ASSERT_TRUE(m.ok()) << m.error();
+      ::mkdir((mnt + "/dir").c_str(), 0755);
+      for (int i = 0; i < 12; i++) {
+        std::string name = "dir/file" + std::to_string(i);
+        write_file(mnt + "/" + name, random_bytes((i + 1) * 37000 + i, 100 + i));
+        sums[name] = sha256_file(mnt + "/" + name);
+      }
+      ASSERT_EQ(ok(run({"rm", "-f", mnt + "/dir/file3"})), "");  // freed blocks -> discards
+      sums.erase("dir/file3");
+      ASSERT_EQ(ok(sh("sync && fstrim " + mnt + " || true")), "");
+      ASSERT_TRUE(m.unmount());
+    }
+    auto fsck = run({"e2fsck", "-fn", loop.device()});
+    EXPECT_TRUE(fsck.ok()) << fsck.describe();
+  }
+  ASSERT_TRUE(d->udm({"remove", "obdrw"}).ok());
+  // Commit, compress, and stack read-only.
+  ASSERT_EQ(ok(run({udm_bin(), "overlaybd", "commit", t.file("rw.data"), t.file("rw.index"), t.file("l2.lsmt"),
+                    "--uuid", "0BA5E000-0000-4000-8000-000000000002"})), "");
+  ASSERT_EQ(ok(run({udm_bin(), "overlaybd", "compress", t.file("l2.lsmt"), t.file("l2.zfile"), "--algorithm", "zstd",
+                    "--bs", "16"})), "");
+  auto info = run({udm_bin(), "overlaybd", "info", t.file("base.zfile"), t.file("l2.zfile")});
+  ASSERT_TRUE(info.ok()) << info.describe();
+  EXPECT_NE(info.out.find("matches layer below"), std::string::npos) << info.out;
+  c = d->udm({"create", "obdro", "--readonly", "--table",
+              "0 " + sect + " lsmt " + t.file("base.zfile") + " " + t.file("l2.zfile")});
+  ASSERT_TRUE(c.ok()) << c.describe();
+  ASSERT_TRUE(wait_for_file(d->fuse_path("obdro")));
+  {
+    LoopDevice loop(d->fuse_path("obdro"), true);
+    ASSERT_FALSE(loop.device().empty()) << loop.error();
+    auto fsck = run({"e2fsck", "-fn", loop.device()});
+    EXPECT_TRUE(fsck.ok()) << fsck.describe();
+    std::string mnt = t.file("mnt2");
+    ::mkdir(mnt.c_str(), 0755);
+    Mount m(loop.device(), mnt, "ro,noload");
+    ASSERT_TRUE(m.ok()) << m.error();
+    for (auto& [name, sum] : sums) EXPECT_EQ(sha256_file(mnt + "/" + name), sum) << name;
+    EXPECT_NE(::access((mnt + "/dir/file3").c_str(), F_OK), 0);
+  }
+  ASSERT_TRUE(d->udm({"remove", "obdro"}).ok());
+  EXPECT_EQ(d->stop(), 0);
+}
+
+}  // namespace
+}  // namespace udm::test
