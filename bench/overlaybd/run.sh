@@ -78,13 +78,35 @@ echo "ratio at equal algorithm, zstd: udm 64K $(ratio ${Q_S[zstd]} ${UDM_S[zstd.
 echo "conversion speed vs qcow2-zstd: udm zstd 64K $(ratio ${Q_T[zstd]} ${UDM_T[zstd.64]})x, udm lz4 4K $(ratio ${Q_T[zstd]} ${UDM_T[lz4.4]})x faster"
 
 echo
+echo "== lookup cost vs stack depth"
+[ -x "$LOOKUP" ] && "$LOOKUP" 64000
+echo "qcow2 backing chain (qemu-img bench, 4 KiB reads, 100000 requests):"
+printf "%6s %10s %8s\n" layers seconds ratio
+q1=""
+for depth in 1 8 64; do
+  rm -f "$W"/chain*.qcow2
+  qemu-img create -q -f qcow2 "$W/chain0.qcow2" 1G
+  qemu-io -f qcow2 -c "write -P 1 0 4k" "$W/chain0.qcow2" >/dev/null
+  for l in $(seq 1 $((depth - 1))); do
+    qemu-img create -q -f qcow2 -F qcow2 -b "$W/chain$((l-1)).qcow2" "$W/chain$l.qcow2"
+    qemu-io -f qcow2 -c "write -P $((l % 250 + 2)) $((l * 16))M 4k" "$W/chain$l.qcow2" >/dev/null
+  done
+  top="$W/chain$((depth - 1)).qcow2"
+  t0=$(now); qemu-img bench -f qcow2 -c 100000 -s 4k -S 9k "$top" >/dev/null; t1=$(now)
+  t=$(python3 -c "print('%.3f' % ($t1-$t0))")
+  [ -z "$q1" ] && q1=$t
+  printf "%6d %10s %7sx\n" $depth $t "$(ratio $t $q1)"
+done
+
+nbd_reads() {
+echo
 echo "== reads over NBD (MiB/s, IOPS; ${SECS}s each, QD 8 for 4K)"
-if [ ! -x "$NBDREAD" ]; then echo "obd_nbd_read not built (libnbd-dev missing)"; exit 0; fi
+if [ ! -x "$NBDREAD" ]; then echo "obd_nbd_read not built (libnbd-dev missing)"; return 0; fi
 "$UDM" daemon --socket "$W/ctl" --nbd-unix "$W/udm.nbd" > "$W/daemon.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 100); do [ -S "$W/ctl" ] && [ -S "$W/udm.nbd" ] && break; sleep 0.1; done
 if [ ! -S "$W/udm.nbd" ]; then
-  echo "udm daemon NBD export unavailable (see daemon log):"; tail -3 "$W/daemon.log"; exit 0
+  echo "udm daemon NBD export unavailable (see daemon log):"; tail -3 "$W/daemon.log"; return 0
 fi
 SECT=$(( RAW / 512 ))
 "$UDM" create obdlz4 --socket "$W/ctl" --table "0 $SECT lsmt $W/udm.lz4.4.zfile"
@@ -108,23 +130,5 @@ for pat in rand4k seq1m; do
   echo "  $pat ratio: udm-zstd-64K / qemu-nbd-zstd = $(ratio ${R[udm-zstd-64K.$pat]} ${R[qemu-nbd-zstd.$pat]})x; udm-lz4-4K / qemu-nbd-zlib = $(ratio ${R[udm-lz4-4K.$pat]} ${R[qemu-nbd-zlib.$pat]})x"
 done
 
-echo
-echo "== lookup cost vs stack depth"
-[ -x "$LOOKUP" ] && "$LOOKUP" 64000
-echo "qcow2 backing chain (qemu-img bench, 4 KiB reads, 100000 requests):"
-printf "%6s %10s %8s\n" layers seconds ratio
-q1=""
-for depth in 1 8 64; do
-  rm -f "$W"/chain*.qcow2
-  qemu-img create -q -f qcow2 "$W/chain0.qcow2" 1G
-  qemu-io -f qcow2 -c "write -P 1 0 4k" "$W/chain0.qcow2" >/dev/null
-  for l in $(seq 1 $((depth - 1))); do
-    qemu-img create -q -f qcow2 -F qcow2 -b "$W/chain$((l-1)).qcow2" "$W/chain$l.qcow2"
-    qemu-io -f qcow2 -c "write -P $((l % 250 + 2)) $((l * 16))M 4k" "$W/chain$l.qcow2" >/dev/null
-  done
-  top="$W/chain$((depth - 1)).qcow2"
-  t0=$(now); qemu-img bench -f qcow2 -c 100000 -s 4k -S 9k "$top" >/dev/null; t1=$(now)
-  t=$(python3 -c "print('%.3f' % ($t1-$t0))")
-  [ -z "$q1" ] && q1=$t
-  printf "%6d %10s %7sx\n" $depth $t "$(ratio $t $q1)"
-done
+}
+nbd_reads
