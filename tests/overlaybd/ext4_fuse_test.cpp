@@ -103,5 +103,38 @@ TEST(OverlaybdE2E, Ext4OnLsmtStackThroughFuse) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+
+// The command-line tools on the reference's samples (no daemon needed).
+TEST(OverlaybdCli, CompressDecompressInfoMatchReference) {
+  TempDir t;
+  std::string d = shared_dir() + "/data/overlaybd";
+  auto r = run({udm_bin(), "overlaybd", "compress", d + "/base.lsmt", t.file("b.zfile"), "--overwrite-header"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(sha256_file(t.file("b.zfile")), sha256_file(d + "/base.lz4.zfile"));
+  r = run({udm_bin(), "overlaybd", "compress", d + "/base.lsmt", t.file("b.zstd"), "--overwrite-header",
+           "--algorithm", "zstd"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(sha256_file(t.file("b.zstd")), sha256_file(d + "/base.zstd.zfile"));
+  r = run({udm_bin(), "overlaybd", "decompress", d + "/base.zstd.zfile", t.file("b.lsmt")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(sha256_file(t.file("b.lsmt")), sha256_file(d + "/base.lsmt"));
+  r = run({udm_bin(), "overlaybd", "compress", d + "/l2.lsmt", t.file("l2.tar"), "-t", "--bs", "64"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  r = run({udm_bin(), "overlaybd", "info", d + "/base.zstd.zfile", t.file("l2.tar"), d + "/l3.lsmt"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("tar wrapper"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("6 entries (3 data, 3 zeroed), 250 padding"), std::string::npos) << r.out;
+  size_t first = r.out.find("matches layer below");
+  ASSERT_NE(first, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("matches layer below", first + 1), std::string::npos) << r.out;
+  // Refusals name the problem.
+  r = run({udm_bin(), "overlaybd", "compress", d + "/base.lsmt", t.file("x"), "--bs", "3"});
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.err.find("--bs"), std::string::npos) << r.err;
+  r = run({udm_bin(), "overlaybd", "info", d + "/gen_data.py"});
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.err.find("magic"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace udm::test
