@@ -226,6 +226,58 @@ void register_overlaybd_cli(CLI::App& app) {
     });
   }
 
+  {  // seal
+    struct O {
+      std::string data, index, tag;
+    };
+    auto* o = new O();
+    auto* s = ob->add_subcommand("seal", "seal an RW layer in place: its data file becomes a read-only LSMT file");
+    s->add_option("data", o->data)->required();
+    s->add_option("index", o->index)->required();
+    s->add_option("-m,--message", o->tag, "user tag for the trailer");
+    s->callback([o] {
+      auto d = open_grow_file(o->data, true);
+      if (!d.ok()) return cli::fail(d.status());
+      auto x = open_grow_file(o->index, false);
+      if (!x.ok()) return cli::fail(x.status());
+      Status st = seal_rw_layer(*d, *x, o->tag);
+      if (!st.ok()) return cli::fail(st);
+    });
+  }
+
+  {  // commit-sealed
+    struct O {
+      std::string in, out;
+      CommitOptions c;
+      bool z = false, tar = false;
+      ZOpts zo;
+    };
+    auto* o = new O();
+    auto* s = ob->add_subcommand("commit-sealed", "commit a sealed RW data file into a compact read-only LSMT file");
+    s->add_option("sealed", o->in)->required();
+    s->add_option("out", o->out)->required();
+    add_commit_opts(s, o->c);
+    s->add_flag("-z,--compress", o->z, "write the result as a ZFile");
+    s->add_flag("-t,--tar", o->tar, "wrap the result in the tar container");
+    o->zo.add(s);
+    s->callback([o] {
+      auto in = open_ro(o->in);
+      if (!in.ok()) return cli::fail(in.status());
+      auto zo = o->zo.get(true);
+      if (!zo.ok()) return cli::fail(zo.status());
+      std::unique_ptr<ByteSink> sink;
+      Status st = out_sink(o->out, o->z, *zo, o->tar, &sink);
+      if (!st.ok()) return cli::fail(st);
+      Progress p("commit", (*in)->size());
+      st = commit_sealed(*in, *sink, o->c, &p);
+      p.finish();
+      if (!st.ok()) {
+        ::unlink(o->out.c_str());
+        return cli::fail(st);
+      }
+    });
+  }
+
   {  // compress
     struct O {
       std::string in, out;

@@ -213,6 +213,44 @@ Status commit_rw_layer(GrowFilePtr data, GrowFilePtr index, ByteSink& out, const
                          progress);
 }
 
+Status seal_rw_layer(GrowFilePtr data, GrowFilePtr index, const std::string& user_tag) {
+  UDM_ASSIGN_OR_RETURN(auto dev, LsmtDevice::open({}, RwLayerFiles{data, index}, LsmtDevice::Options{false}));
+  auto segs = dev->rw_segments();
+  LsmtHeader h = dev->rw_header();
+  dev.reset();  // flushes nothing new: the layer was only read
+  uint64_t index_offset = (data->size() + 511) / 512 * 512;
+  std::vector<uint8_t> idx((segs.size() * 16 + 511) / 512 * 512, 0);
+  size_t n = 0;
+  for (const Seg& s : segs) {
+    for (uint64_t off = s.start; off < s.end;) {
+      uint64_t len = std::min<uint64_t>(kLsmtMaxEntryLen, s.end - off);
+      LsmtEntry e{off, static_cast<uint32_t>(len), s.zeroed ? s.moffset : s.moffset + (off - s.start), s.zeroed, 0};
+      if (idx.size() < (n + 1) * 16) idx.resize((n + 1) * 16 + 512, 0);
+      encode_lsmt_entry(e, idx.data() + 16 * n++);
+      off += len;
+    }
+  }
+  idx.resize((n * 16 + 511) / 512 * 512);
+  h.flags = kLfIsDataFile | kLfSealed;
+  h.index_offset = index_offset;
+  h.index_size = n;
+  if (!user_tag.empty()) h.user_tag = user_tag;
+  std::vector<uint8_t> tb(kLsmtHeaderSize);
+  encode_lsmt_header(h, tb);
+  // Index then trailer; one sync at the end makes the sealed file durable.
+  UDM_TRY(data->pwrite(index_offset, idx));
+  UDM_TRY(data->pwrite(index_offset + idx.size(), tb));
+  return data->sync();
+}
+
+Status commit_sealed(DevicePtr sealed, ByteSink& out, const CommitOptions& opts, Progress* progress) {
+  UDM_ASSIGN_OR_RETURN(LsmtLayer L, open_lsmt_layer(sealed, "sealed"));
+  std::vector<Seg> segs;
+  for (auto& e : L.entries) segs.push_back(Seg{e.offset, e.end(), e.moffset, 0, e.zeroed});
+  return write_committed(L.trailer.virtual_size, L.trailer.parent_uuid, segs,
+                         [&](uint64_t o, std::span<uint8_t> b) { return L.file->read(o, b); }, out, opts, progress);
+}
+
 Status raw_to_layer(BlockDevice& raw, ByteSink& out, const CommitOptions& opts, Progress* progress) {
   uint64_t size = raw.size();
   if (size % 512) return Invalid(fmt::format("raw image size {} is not a multiple of 512", size));

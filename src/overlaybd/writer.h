@@ -54,6 +54,14 @@ Status write_committed(uint64_t vsize, const std::string& src_parent, const std:
 Status commit_rw_layer(GrowFilePtr data, GrowFilePtr index, ByteSink& out, const CommitOptions& opts,
                        Progress* progress = nullptr);
 
+// Seals an RW layer in place (the reference's close_seal): appends the merged
+// index (real entries, padded to 512 bytes) and a trailer (flags 6) to the
+// data file, which then opens like a committed file. The header is unchanged.
+Status seal_rw_layer(GrowFilePtr data, GrowFilePtr index, const std::string& user_tag = "");
+
+// Commit a sealed (or committed) LSMT file: same output as committing the RW pair.
+Status commit_sealed(DevicePtr sealed, ByteSink& out, const CommitOptions& opts, Progress* progress = nullptr);
+
 // Base layer from a raw image: non-zero sectors become data, zero ranges stay unmapped.
 Status raw_to_layer(BlockDevice& raw, ByteSink& out, const CommitOptions& opts, Progress* progress = nullptr);
 

@@ -167,6 +167,37 @@ TEST(RoundTrip, RawToLayerToZFileToStackWithRwLayers) {
   }
 }
 
+// Sealing turns the RW data file into a read-only LSMT file in place; its
+// index is exactly index_size entries (padding beyond is junk); committing it
+// equals committing the RW pair.
+TEST(RwLayer, SealThenCommitSealedEqualsCommit) {
+  const uint64_t kSize = 16 << 20;
+  auto data = std::make_shared<MemGrowFile>(), index = std::make_shared<MemGrowFile>();
+  ASSERT_TRUE(create_rw_layer(*data, *index, kSize, "", "").ok());
+  Bytes model(kSize, 0);
+  std::mt19937_64 rng(11);
+  {
+    auto dev = LsmtDevice::open({}, RwLayerFiles{data, index});
+    ASSERT_TRUE(dev.ok());
+    workload(**dev, model, rng, 80, false);
+  }
+  Bytes committed = commit_to_bytes(data, index);
+  ASSERT_TRUE(seal_rw_layer(data, index).ok());
+  Bytes sealed = data->contents();
+  // Junk in the 512-byte padding after the real entries must not matter.
+  auto L0 = layer_from(mem(sealed));
+  ASSERT_TRUE(L0.ok()) << L0.status().to_string();
+  uint64_t pad_at = L0->trailer.index_offset + 16 * L0->trailer.index_size;
+  for (uint64_t p = pad_at; p < sealed.size() - 4096; p++) sealed[p] = 0xEE;
+  auto dev = stack({mem(sealed)});
+  ASSERT_TRUE(dev.ok()) << dev.status().to_string();
+  expect_equal(**dev, model, "sealed file");
+  auto out = std::make_shared<MemGrowFile>();
+  auto sink = file_sink(out, false);
+  ASSERT_TRUE(commit_sealed(mem(sealed), *sink, {}).ok());
+  EXPECT_TRUE(out->contents() == committed);
+}
+
 TEST(RwLayer, ConcurrentWritersAndReaders) {
   const uint64_t kSize = 8 << 20;
   auto data = std::make_shared<MemGrowFile>(), index = std::make_shared<MemGrowFile>();
