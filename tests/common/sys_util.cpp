@@ -226,17 +226,17 @@ Mount::~Mount() {
 
 std::string udm_bin() {
   const char* e = std::getenv("UDM_BIN");
-  return e ? e : "build/udm";
+  return e && *e ? e : UDM_DEFAULT_BIN;
 }
 
 std::string shared_dir() {
   const char* e = std::getenv("UDM_SHARED");
-  return e ? e : "../shared";
+  return e && *e ? e : UDM_DEFAULT_SHARED;
 }
 
 std::string source_dir() {
   const char* e = std::getenv("UDM_SOURCE");
-  return e ? e : ".";
+  return e && *e ? e : UDM_DEFAULT_SOURCE;
 }
 
 std::unique_ptr<TestDaemon> TestDaemon::start(bool fuse, bool nbd,
