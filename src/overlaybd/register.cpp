@@ -157,7 +157,7 @@ void register_overlaybd_cli(CLI::App& app) {
 
   {  // create
     auto* s = ob->add_subcommand("create", "create an empty writable (RW) layer: data + index files");
-    auto* o = new std::tuple<std::string, std::string, std::string, std::string, std::string>();
+    auto o = std::make_shared<std::tuple<std::string, std::string, std::string, std::string, std::string>>();
     s->add_option("data", std::get<0>(*o), "data file to create")->required();
     s->add_option("index", std::get<1>(*o), "index file to create")->required();
     s->add_option("--size", std::get<2>(*o), "virtual size in bytes (suffix K/M/G/T allowed)")->required();
@@ -197,7 +197,7 @@ void register_overlaybd_cli(CLI::App& app) {
       bool z = false, tar = false;
       ZOpts zo;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("commit", "commit an RW layer into a read-only LSMT file (optionally ZFile)");
     s->add_option("data", o->data)->required();
     s->add_option("index", o->index)->required();
@@ -230,7 +230,7 @@ void register_overlaybd_cli(CLI::App& app) {
     struct O {
       std::string data, index, tag;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("seal", "seal an RW layer in place: its data file becomes a read-only LSMT file");
     s->add_option("data", o->data)->required();
     s->add_option("index", o->index)->required();
@@ -252,7 +252,7 @@ void register_overlaybd_cli(CLI::App& app) {
       bool z = false, tar = false;
       ZOpts zo;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("commit-sealed", "commit a sealed RW data file into a compact read-only LSMT file");
     s->add_option("sealed", o->in)->required();
     s->add_option("out", o->out)->required();
@@ -284,7 +284,7 @@ void register_overlaybd_cli(CLI::App& app) {
       bool tar = false, overwrite = false;
       ZOpts zo;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("compress", "compress a file (an LSMT layer) into a ZFile");
     s->add_option("in", o->in)->required();
     s->add_option("out", o->out)->required();
@@ -313,7 +313,7 @@ void register_overlaybd_cli(CLI::App& app) {
     struct O {
       std::string in, out;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("decompress", "write the plain contents of a ZFile (or tar-wrapped blob)");
     s->add_option("in", o->in)->required();
     s->add_option("out", o->out)->required();
@@ -339,7 +339,7 @@ void register_overlaybd_cli(CLI::App& app) {
       bool z = false, tar = false;
       ZOpts zo;
     };
-    auto* o = new O();
+    auto o = std::make_shared<O>();
     auto* s = ob->add_subcommand("from-raw", "convert a raw image into a base layer (zero ranges left unmapped)");
     s->add_option("raw", o->in)->required();
     s->add_option("out", o->out)->required();
@@ -366,7 +366,7 @@ void register_overlaybd_cli(CLI::App& app) {
   }
 
   {  // info
-    auto* files = new std::vector<std::string>();
+    auto files = std::make_shared<std::vector<std::string>>();
     auto* s = ob->add_subcommand("info", "print headers, index statistics and the layer chain (files lowest first)");
     s->add_option("files", *files)->required();
     s->callback([files] {
