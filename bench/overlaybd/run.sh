@@ -10,6 +10,7 @@
 #    threads) vs `qemu-img convert -c -O qcow2` (zlib, zstd): time and ratio.
 # 3. Reads over NBD: udm daemon serving `lsmt <zfile layer>` vs qemu-nbd
 #    serving the compressed qcow2: random 4 KiB (QD 8) and sequential 1 MiB.
+# 3b. The same reads in process: obd_read_bench vs qemu-img bench.
 # 4. Lookup cost vs stack depth (1, 8, 64 layers): udm in-process, and
 #    qemu-img bench on qcow2 backing chains of the same depths.
 set -euo pipefail
@@ -77,6 +78,21 @@ done
 echo "ratio at equal algorithm, zstd: udm 64K $(ratio ${Q_S[zstd]} ${UDM_S[zstd.64]})x smaller, udm 4K $(ratio ${Q_S[zstd]} ${UDM_S[zstd.4]})x smaller than qcow2-zstd"
 echo "conversion speed vs qcow2-zstd: udm zstd 64K $(ratio ${Q_T[zstd]} ${UDM_T[zstd.64]})x, udm lz4 4K $(ratio ${Q_T[zstd]} ${UDM_T[lz4.4]})x faster"
 
+
+echo
+echo "== in-process reads, qemu-img bench pattern (no transport): udm obd_read_bench vs qemu-img bench on the qcow2"
+READB=$B/bench/overlaybd/obd_read_bench
+printf "%-34s %10s %10s %8s\n" pattern udm-s qemu-s speedup
+for spec in "4k-step4k 100000 4096 4096" "4k-step452k 100000 4096 462848" "1M-seq 1024 1048576 1048576"; do
+  set -- $spec
+  for pair in "zstd.64:zstd" "lz4.4:zlib"; do
+    u=${pair%%:*}; q=${pair##*:}
+    us=$("$READB" $2 $3 $4 2 "$W/udm.$u.zfile" | awk '{print $1}')
+    t0=$(now); qemu-img bench -f qcow2 -c $2 -s $3 -S $4 "$W/q.$q.qcow2" >/dev/null; t1=$(now)
+    qs=$(python3 -c "print('%.3f' % ($t1-$t0))")
+    printf "%-34s %10s %10s %7sx\n" "$1 udm-$u vs qcow2-$q" "$us" "$qs" "$(ratio $qs $us)"
+  done
+done
 echo
 echo "== lookup cost vs stack depth"
 [ -x "$LOOKUP" ] && "$LOOKUP" 64000
