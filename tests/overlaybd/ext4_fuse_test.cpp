@@ -136,5 +136,40 @@ TEST(OverlaybdCli, CompressDecompressInfoMatchReference) {
   EXPECT_NE(r.err.find("magic"), std::string::npos) << r.err;
 }
 
+// The targets inside the daemon: table lines, udm devices as layers, status.
+TEST(OverlaybdDaemon, TargetsAndStatus) {
+  std::unique_ptr<TestDaemon> d;
+  try {
+    d = TestDaemon::start(false, false);
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "daemon not available: " << e.what();
+  }
+  std::string dd = shared_dir() + "/data/overlaybd";
+  std::string lsmt_len = std::to_string(3334144 / 512);
+  auto r = d->udm({"create", "zb", "--table", "0 " + lsmt_len + " zfile " + dd + "/base.zstd.zfile"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  // A layer given as a udm device name (the zfile device above).
+  r = d->udm({"create", "stack", "--table", "0 131072 lsmt zb " + dd + "/l2.lsmt " + dd + "/l3.lsmt"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  r = d->udm({"status", "stack"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("lsmt 3 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" ro"), std::string::npos) << r.out;
+  r = d->udm({"status", "zb"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("zfile zstd 4096 814"), std::string::npos) << r.out;
+  // Refusals: bad chain, length beyond the virtual size, not a ZFile.
+  r = d->udm({"create", "bad1", "--table", "0 131072 lsmt " + dd + "/base.lsmt " + dd + "/l3.lsmt"});
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.err.find("parent_uuid"), std::string::npos) << r.describe();
+  r = d->udm({"create", "bad2", "--table", "0 131073 lsmt " + dd + "/base.lsmt"});
+  EXPECT_FALSE(r.ok());
+  r = d->udm({"create", "bad3", "--table", "0 8 zfile " + dd + "/base.lsmt"});
+  EXPECT_FALSE(r.ok());
+  ASSERT_TRUE(d->udm({"remove", "stack"}).ok());
+  ASSERT_TRUE(d->udm({"remove", "zb"}).ok());
+  EXPECT_EQ(d->stop(), 0);
+}
+
 }  // namespace
 }  // namespace udm::test
