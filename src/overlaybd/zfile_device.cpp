@@ -107,6 +107,7 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   const uint64_t bs = layout_.h.block_size;
   const uint64_t nblocks = layout_.num_blocks();
   uint64_t b0 = off / bs, b1 = (off + buf.size() - 1) / bs;  // inclusive
+  if (b1 >= nblocks) return Corrupt("zfile: read beyond the last block");
   uint64_t fetch_end = b1;
   // Sequential read: also decompress the next readahead_ bytes into the cache.
   if (last_end_.exchange(off + buf.size()) == off && readahead_ > 0)

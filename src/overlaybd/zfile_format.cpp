@@ -121,7 +121,7 @@ Result<ZFileHeader> zfile_final_fields(const ZFileHeader& header, const ZFileHea
     return Corrupt(fmt::format("zfile {}: field index_offset {} outside the file", src, f.index_offset));
   if (f.index_size > kZFileMaxIndexEntries || f.index_size * 4 > trailer_off - f.index_offset)
     return Corrupt(fmt::format("zfile {}: field index_size {} too large", src, f.index_size));
-  uint64_t want = (f.original_file_size + f.block_size - 1) / f.block_size;
+  uint64_t want = f.original_file_size / f.block_size + (f.original_file_size % f.block_size != 0);
   if (want != f.index_size)
     return Corrupt(fmt::format("zfile {}: field original_file_size {} needs {} blocks, index_size is {}",
                                src, f.original_file_size, want, f.index_size));

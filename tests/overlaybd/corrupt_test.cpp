@@ -69,6 +69,7 @@ TEST(CorruptZFile, HeaderFields) {
       {40, 1ull << 40, 8, "index_offset"},
       {48, 1ull << 33, 8, "index_size"},
       {56, 3325952ull + 4096 * 300, 8, "original_file_size"},
+      {56, ~0ull, 8, "original_file_size"},
       {64, 0x12345678, 4, "index_crc"},
       {72, 3000, 4, "block_size"},
       {76, 7, 1, "algo"},
