@@ -1,1 +1,0 @@
-// FUSE export: sources land here.
