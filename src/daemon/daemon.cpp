@@ -11,13 +11,7 @@
 #include "daemon/control_socket.h"
 #include "daemon/registry.h"
 #include "export/fuse/fuse_export.h"
-// The NBD server lands separately; until it exists the daemon refuses --nbd-*.
-#if __has_include("export/nbd/nbd_server.h")
 #include "export/nbd/nbd_server.h"
-#define UDM_HAVE_NBD 1
-#else
-#define UDM_HAVE_NBD 0
-#endif
 #include "util/log.h"
 
 namespace udm {
@@ -59,7 +53,6 @@ int run_daemon(const DaemonOptions& opts) {
     log::error("control socket: {}", s.to_string());
     return 1;
   }
-#if UDM_HAVE_NBD
   std::unique_ptr<NbdServer> nbd;
   if (!opts.nbd_unix.empty() || !opts.nbd_tcp.empty()) {
     NbdServerOptions no;
@@ -71,17 +64,6 @@ int run_daemon(const DaemonOptions& opts) {
       return 1;
     }
   }
-#else
-  if (!opts.nbd_unix.empty() || !opts.nbd_tcp.empty()) {
-    log::error("this build has no NBD export");
-    return 1;
-  }
-  struct NoExport {
-    void stop() {}
-    std::string tcp_bound_address() { return ""; }
-  };
-  std::unique_ptr<NoExport> nbd;
-#endif
   std::unique_ptr<FuseExport> fuse;
   if (!opts.fuse_dir.empty()) {
     fuse = std::make_unique<FuseExport>(*registry, opts.fuse_dir);

@@ -1,1 +1,0 @@
-// NBD server: sources land here.

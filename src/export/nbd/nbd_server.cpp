@@ -1,0 +1,622 @@
+#include "export/nbd/nbd_server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "export/nbd/nbd_proto.h"
+#include "util/log.h"
+
+namespace udm {
+using namespace nbd;
+
+struct NbdServer::Conn {
+  int fd = -1;
+  std::string peer;
+  std::mutex write_mu;  // one reply at a time on the socket
+  bool write_failed = false;
+  DevicePtr dev;
+  std::string export_name;
+  ExportLimits lim;
+  bool structured = false;
+  bool no_zeroes = false;
+  // In-flight requests dispatched to workers; the reader drains them before closing.
+  std::mutex mu;
+  std::condition_variable cv;
+  int inflight = 0;
+  // Reusable payload buffers: 1 MiB mallocs are mmaps, and page faults cost more than the copy.
+  std::mutex buf_mu;
+  std::vector<std::vector<uint8_t>> free_bufs;
+
+  std::vector<uint8_t> take_buf(size_t n) {
+    std::lock_guard lk(buf_mu);
+    for (size_t i = 0; i < free_bufs.size(); i++) {
+      if (free_bufs[i].capacity() >= n) {
+        std::vector<uint8_t> b = std::move(free_bufs[i]);
+        free_bufs[i] = std::move(free_bufs.back());
+        free_bufs.pop_back();
+        b.resize(n);
+        return b;
+      }
+    }
+    std::vector<uint8_t> b;
+    b.reserve(std::max<size_t>(n, 64 * 1024));
+    b.resize(n);
+    return b;
+  }
+  void give_buf(std::vector<uint8_t> b) {
+    std::lock_guard lk(buf_mu);
+    if (free_bufs.size() < 64 && b.capacity() <= kMaxPayload) free_bufs.push_back(std::move(b));
+  }
+};
+
+namespace {
+
+bool read_full(int fd, void* buf, size_t n) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, MSG_WAITALL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool writev_full(int fd, iovec* iov, int cnt) {
+  while (cnt > 0) {
+    msghdr m{};
+    m.msg_iov = iov;
+    m.msg_iovlen = static_cast<size_t>(cnt);
+    ssize_t r = ::sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    size_t done = static_cast<size_t>(r);
+    while (cnt > 0 && done >= iov->iov_len) {
+      done -= iov->iov_len;
+      iov++;
+      cnt--;
+    }
+    if (cnt > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + done;
+      iov->iov_len -= done;
+    }
+  }
+  return true;
+}
+
+bool send_bytes(int fd, const std::vector<uint8_t>& v) {
+  iovec io{const_cast<uint8_t*>(v.data()), v.size()};
+  return writev_full(fd, &io, 1);
+}
+
+void set_recv_timeout(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+// Discard n bytes of a payload we will not use.
+bool skip(int fd, uint64_t n) {
+  uint8_t buf[65536];
+  while (n > 0) {
+    size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof buf));
+    if (!read_full(fd, buf, k)) return false;
+    n -= k;
+  }
+  return true;
+}
+
+Result<std::pair<std::string, std::string>> split_host_port(const std::string& a) {
+  std::string host, port;
+  if (!a.empty() && a[0] == '[') {
+    auto close = a.find(']');
+    if (close == std::string::npos || close + 1 >= a.size() || a[close + 1] != ':')
+      return Invalid("bad address '" + a + "' (want [IPv6]:PORT)");
+    host = a.substr(1, close - 1);
+    port = a.substr(close + 2);
+  } else {
+    auto colon = a.rfind(':');
+    if (colon == std::string::npos) return Invalid("bad address '" + a + "' (want HOST:PORT)");
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+  }
+  if (port.empty()) return Invalid("bad address '" + a + "': no port");
+  return std::make_pair(host, port);
+}
+
+}  // namespace
+
+NbdServer::NbdServer(ExportProvider& provider, NbdServerOptions opts)
+    : provider_(provider), opts_(std::move(opts)) {}
+
+NbdServer::~NbdServer() { stop(); }
+
+Status NbdServer::start() {
+  if (opts_.unix_path.empty() && opts_.tcp_address.empty())
+    return Invalid("nbd: no Unix socket or TCP address to listen on");
+  if (!opts_.unix_path.empty()) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    if (opts_.unix_path.size() >= sizeof a.sun_path) return Invalid("nbd: socket path too long");
+    std::memcpy(a.sun_path, opts_.unix_path.data(), opts_.unix_path.size());
+    ::unlink(opts_.unix_path.c_str());
+    unix_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (unix_fd_ < 0) return ErrnoStatus("nbd: socket");
+    mode_t old = ::umask(0117);
+    int rc = ::bind(unix_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::umask(old);
+    if (rc != 0) return ErrnoStatus("nbd: bind " + opts_.unix_path);
+    if (::listen(unix_fd_, 128) != 0) return ErrnoStatus("nbd: listen " + opts_.unix_path);
+  }
+  if (!opts_.tcp_address.empty()) {
+    UDM_ASSIGN_OR_RETURN(auto hp, split_host_port(opts_.tcp_address));
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = ::getaddrinfo(hp.first.empty() ? nullptr : hp.first.c_str(), hp.second.c_str(), &hints, &res);
+    if (gai != 0) return Invalid(fmt::format("nbd: resolve {}: {}", opts_.tcp_address, gai_strerror(gai)));
+    Status last = Invalid("nbd: no usable address for " + opts_.tcp_address);
+    for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+      if (fd < 0) continue;
+      int one = 1;
+      ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+        tcp_fd_ = fd;
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        char host[NI_MAXHOST], serv[NI_MAXSERV];
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, serv, sizeof serv,
+                      NI_NUMERICHOST | NI_NUMERICSERV);
+        tcp_bound_ = ss.ss_family == AF_INET6 ? fmt::format("[{}]:{}", host, serv)
+                                              : fmt::format("{}:{}", host, serv);
+        break;
+      }
+      last = ErrnoStatus("nbd: bind/listen " + opts_.tcp_address);
+      ::close(fd);
+    }
+    ::freeaddrinfo(res);
+    if (tcp_fd_ < 0) return last;
+  }
+  if (::pipe2(wake_, O_CLOEXEC) != 0) return ErrnoStatus("nbd: pipe");
+  unsigned n = opts_.workers ? opts_.workers : 8;
+  for (unsigned i = 0; i < n; i++) workers_.emplace_back([this] { worker_loop(); });
+  accept_thread_ = std::thread([this] { accept_loop(); });
+  started_ = true;
+  return Status::Ok();
+}
+
+void NbdServer::worker_loop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lk(pool_mu_);
+      pool_cv_.wait(lk, [&] { return pool_stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+void NbdServer::submit(std::function<void()> job) {
+  {
+    std::lock_guard lk(pool_mu_);
+    jobs_.push_back(std::move(job));
+  }
+  pool_cv_.notify_one();
+}
+
+void NbdServer::accept_loop() {
+  while (!stopping_) {
+    pollfd fds[3];
+    int n = 0;
+    fds[n++] = {wake_[0], POLLIN, 0};
+    if (unix_fd_ >= 0) fds[n++] = {unix_fd_, POLLIN, 0};
+    if (tcp_fd_ >= 0) fds[n++] = {tcp_fd_, POLLIN, 0};
+    if (::poll(fds, static_cast<nfds_t>(n), -1) < 0) {
+      if (errno == EINTR) continue;
+      log::error("nbd: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[0].revents) return;
+    for (int i = 1; i < n; i++) {
+      if (!fds[i].revents) continue;
+      int fd = ::accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      auto c = std::make_shared<Conn>();
+      c->fd = fd;
+      if (fds[i].fd == tcp_fd_) {
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      }
+      reap(false);
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      std::lock_guard lk(conns_mu_);
+      conns_.push_back(ConnThread{c, std::thread([this, c, done] {
+                                    serve(c);
+                                    *done = true;
+                                  }),
+                                  done});
+    }
+  }
+}
+
+void NbdServer::reap(bool all) {
+  std::list<ConnThread> dead;
+  {
+    std::lock_guard lk(conns_mu_);
+    for (auto it = conns_.begin(); it != conns_.end();) {
+      if (all || *it->done) {
+        dead.splice(dead.end(), conns_, it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& ct : dead)
+    if (ct.thread.joinable()) ct.thread.join();
+}
+
+namespace {
+
+// ----------------------------------------------------------------- handshake
+
+enum class Next { Transmit, Close };
+
+// Serve one already-validated request and send its reply. Runs on the reader
+// thread (when nothing else is queued on the socket) or on a worker.
+void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& payload) {
+  Status s;
+  BlockDevice& d = *c.dev;
+  bool fua = r.flags & kCmdFlagFua;
+  switch (r.type) {
+    case kCmdRead:
+      payload = c.take_buf(r.length);
+      s = d.read(r.offset, std::span<uint8_t>(payload.data(), r.length));
+      break;
+    case kCmdWrite:
+      s = d.write(r.offset, std::span<const uint8_t>(payload.data(), r.length), fua);
+      break;
+    case kCmdFlush:
+      s = d.flush();
+      break;
+    case kCmdTrim:
+      s = d.trim(r.offset, r.length);
+      if (s.code() == EOPNOTSUPP) s = Status::Ok();  // discard is advisory
+      if (s.ok() && fua) s = d.flush();
+      break;
+    case kCmdWriteZeroes:
+      if ((r.flags & kCmdFlagFastZero) && !d.caps().fast_zero) {
+        s = NotSupported("fast zero not possible");
+        break;
+      }
+      s = d.write_zeroes(r.offset, r.length, fua);
+      break;
+    case kCmdCache:
+      break;  // nothing to prefetch into: OK
+    default:
+      s = Invalid("unsupported command");
+  }
+  std::lock_guard lk(c.write_mu);
+  if (c.write_failed) return;
+  bool ok;
+  if (!s.ok()) {
+    uint32_t err = errno_to_nbd(s.code());
+    log::debug("nbd {}: {} at {}+{}: {}", c.export_name, r.type, r.offset, r.length, s.to_string());
+    if (c.structured) {
+      ok = send_bytes(c.fd, structured_error(r.cookie, err, s.message()));
+    } else {
+      uint8_t h[16];
+      simple_reply(h, r.cookie, err);
+      iovec io{h, 16};
+      ok = writev_full(c.fd, &io, 1);
+    }
+  } else if (r.type == kCmdRead && r.length > 0) {
+    if (c.structured) {
+      uint8_t h[28];
+      structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, r.length + 8);
+      for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(r.offset >> (56 - 8 * i));
+      iovec io[2] = {{h, 28}, {payload.data(), r.length}};
+      ok = writev_full(c.fd, io, 2);
+    } else {
+      uint8_t h[16];
+      simple_reply(h, r.cookie, 0);
+      iovec io[2] = {{h, 16}, {payload.data(), r.length}};
+      ok = writev_full(c.fd, io, 2);
+    }
+  } else {
+    uint8_t h[20];
+    iovec io;
+    if (c.structured) {
+      structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeNone, 0);
+      io = {h, 20};
+    } else {
+      simple_reply(h, r.cookie, 0);
+      io = {h, 16};
+    }
+    ok = writev_full(c.fd, &io, 1);
+  }
+  if (!ok) c.write_failed = true;
+}
+
+uint16_t tx_flags(const DeviceCaps& caps, bool structured) {
+  uint16_t f = kTxHasFlags | kTxSendFlush | kTxSendFua | kTxCanMultiConn | kTxSendCache;
+  if (caps.read_only) f |= kTxReadOnly;
+  if (!caps.read_only) f |= kTxSendTrim | kTxSendWriteZeroes | kTxSendFastZero;
+  if (structured) f |= kTxSendDf;
+  return f;
+}
+
+}  // namespace
+
+void NbdServer::serve(std::shared_ptr<Conn> cp) {
+  Conn& c = *cp;
+  int fd = c.fd;
+  auto close_conn = [&] {
+    // Wait for requests still running on workers before the device is released.
+    std::unique_lock lk(c.mu);
+    c.cv.wait(lk, [&] { return c.inflight == 0; });
+    ::close(fd);
+    c.fd = -1;  // under c.mu: stop() reads it to shut the socket down
+    c.dev.reset();
+  };
+  // A silent client may not hold a thread forever during negotiation.
+  set_recv_timeout(fd, 30);
+  {
+    std::vector<uint8_t> hello;
+    put_be64(hello, kMagic);
+    put_be64(hello, kOptMagic);
+    put_be16(hello, kFlagFixedNewstyle | kFlagNoZeroes);
+    uint8_t cf[4];
+    if (!send_bytes(fd, hello) || !read_full(fd, cf, 4)) return close_conn();
+    uint32_t cflags = get_be32(cf);
+    if (cflags & ~(kClientFixedNewstyle | kClientNoZeroes)) {
+      log::info("nbd: client sent unknown flags {:#x}; closing", cflags);
+      return close_conn();
+    }
+    c.no_zeroes = cflags & kClientNoZeroes;
+  }
+  // Option haggling.
+  bool transmit = false;
+  for (int round = 0; round < 4096 && !transmit && !stopping_; round++) {
+    uint8_t oh[16];
+    if (!read_full(fd, oh, 16)) return close_conn();
+    if (get_be64(oh) != kOptMagic) {
+      log::info("nbd: bad option magic; closing");
+      return close_conn();
+    }
+    uint32_t opt = get_be32(oh + 8), len = get_be32(oh + 12);
+    if (len > kMaxOptionLength) {
+      log::info("nbd: option {} of {} bytes is too long; closing", opt, len);
+      send_bytes(fd, option_reply(opt, kRepErrTooBig));
+      return close_conn();
+    }
+    std::vector<uint8_t> data(len);
+    if (len && !read_full(fd, data.data(), len)) return close_conn();
+    auto reply_err = [&](uint32_t type, const std::string& msg) {
+      return send_bytes(fd, option_reply(opt, type, std::span<const uint8_t>(
+                                                         reinterpret_cast<const uint8_t*>(msg.data()), msg.size())));
+    };
+    auto resolve_name = [&](std::string name) -> std::string {
+      if (!name.empty()) return name;
+      auto all = provider_.list_exports();  // the default export: the only device, if one
+      return all.size() == 1 ? all[0].name : name;
+    };
+    bool sent = true;
+    switch (opt) {
+      case kOptExportName: {
+        std::string name = resolve_name(std::string(data.begin(), data.end()));
+        auto dev = provider_.open_export(name);
+        if (!dev.ok()) {
+          log::info("nbd: EXPORT_NAME '{}': {}", name, dev.status().message());
+          return close_conn();  // the old style has no way to say no
+        }
+        c.dev = std::move(dev).value();
+        c.export_name = name;
+        std::vector<uint8_t> v;
+        put_be64(v, c.dev->size());
+        put_be16(v, tx_flags(c.dev->caps(), false));
+        if (!c.no_zeroes) v.resize(v.size() + 124, 0);
+        c.structured = false;  // EXPORT_NAME clients never negotiate it
+        sent = send_bytes(fd, v);
+        transmit = true;
+        break;
+      }
+      case kOptAbort:
+        send_bytes(fd, option_reply(opt, kRepAck));
+        return close_conn();
+      case kOptList: {
+        if (len != 0) {
+          sent = reply_err(kRepErrInvalid, "NBD_OPT_LIST takes no data");
+          break;
+        }
+        for (const auto& e : provider_.list_exports()) {
+          std::vector<uint8_t> v;
+          put_be32(v, static_cast<uint32_t>(e.name.size()));
+          v.insert(v.end(), e.name.begin(), e.name.end());
+          if (!(sent = send_bytes(fd, option_reply(opt, kRepServer, v)))) break;
+        }
+        if (sent) sent = send_bytes(fd, option_reply(opt, kRepAck));
+        break;
+      }
+      case kOptStructuredReply:
+        if (len != 0) {
+          sent = reply_err(kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        } else {
+          c.structured = true;
+          sent = send_bytes(fd, option_reply(opt, kRepAck));
+        }
+        break;
+      case kOptInfo:
+      case kOptGo: {
+        auto req = parse_info_request(data);
+        if (!req.ok()) {
+          sent = reply_err(kRepErrInvalid, req.status().message());
+          break;
+        }
+        std::string name = resolve_name(req->name);
+        auto dev = provider_.open_export(name);
+        if (!dev.ok()) {
+          sent = reply_err(kRepErrUnknown, "no export named '" + name + "'");
+          break;
+        }
+        DevicePtr d = std::move(dev).value();
+        DeviceCaps caps = d->caps();
+        sent = send_bytes(fd, option_reply(opt, kRepInfo, info_export(d->size(), tx_flags(caps, c.structured))));
+        bool want_bs = false, want_name = false;
+        for (uint16_t i : req->infos) {
+          want_bs |= i == kInfoBlockSize;
+          want_name |= i == kInfoName;
+        }
+        if (sent && want_name) sent = send_bytes(fd, option_reply(opt, kRepInfo, info_name(name)));
+        if (sent && want_bs)
+          sent = send_bytes(fd, option_reply(opt, kRepInfo,
+                                             info_block_size(std::max(kMinBlock, caps.logical_block),
+                                                             std::max(kPreferredBlock, caps.physical_block),
+                                                             std::min(kMaxPayload, caps.max_io))));
+        if (sent) sent = send_bytes(fd, option_reply(opt, kRepAck));
+        if (opt == kOptGo) {
+          c.dev = std::move(d);
+          c.export_name = name;
+          transmit = true;
+        }
+        break;
+      }
+      case kOptStartTls:
+        sent = reply_err(kRepErrPolicy, "TLS is not offered; use the Unix socket or a trusted network");
+        break;
+      default:
+        sent = reply_err(kRepErrUnsup, fmt::format("option {} is not supported", opt));
+    }
+    if (!sent) return close_conn();
+  }
+  if (!transmit) return close_conn();
+
+  // Transmission.
+  set_recv_timeout(fd, 0);
+  c.lim.size = c.dev->size();
+  c.lim.read_only = c.dev->caps().read_only;
+  c.lim.structured = c.structured;
+  uint8_t hdr[kRequestSize];
+  while (!stopping_) {
+    if (!read_full(fd, hdr, kRequestSize)) break;
+    auto req = decode_request(std::span<const uint8_t>(hdr, kRequestSize));
+    if (!req.ok()) {
+      log::info("nbd {}: {}; closing", c.export_name, req.status().message());
+      break;
+    }
+    Request r = *req;
+    Check chk = check_request(r, c.lim);
+    if (chk.close) {
+      log::info("nbd {}: {}; closing", c.export_name, chk.message);
+      break;
+    }
+    if (r.type == kCmdDisc) break;
+    std::vector<uint8_t> payload;
+    if (r.type == kCmdWrite) {
+      if (chk.error) {
+        if (!skip(fd, r.length)) break;
+      } else {
+        payload = c.take_buf(r.length);
+        if (!read_full(fd, payload.data(), r.length)) break;  // client vanished mid-payload
+      }
+    }
+    if (chk.error) {
+      std::lock_guard lk(c.write_mu);
+      bool ok;
+      if (c.structured) {
+        ok = send_bytes(fd, structured_error(r.cookie, chk.error, chk.message));
+      } else {
+        uint8_t h[16];
+        simple_reply(h, r.cookie, chk.error);
+        iovec io{h, 16};
+        ok = writev_full(fd, &io, 1);
+      }
+      if (!ok) break;
+      continue;
+    }
+    // Run inline when no other request is waiting on the socket (queue depth
+    // 1 pays no thread hand-off); otherwise hand it to a worker and keep reading.
+    int pending = 0;
+    ::ioctl(fd, FIONREAD, &pending);
+    if (pending == 0) {
+      run_request(c, r, payload);
+      c.give_buf(std::move(payload));
+    } else {
+      {
+        std::lock_guard lk(c.mu);
+        c.inflight++;
+      }
+      submit([cp, r, p = std::move(payload)]() mutable {
+        run_request(*cp, r, p);
+        cp->give_buf(std::move(p));
+        std::lock_guard lk(cp->mu);
+        if (--cp->inflight == 0) cp->cv.notify_all();
+      });
+    }
+    {
+      std::lock_guard lk(c.write_mu);
+      if (c.write_failed) break;
+    }
+  }
+  close_conn();
+}
+
+void NbdServer::stop() {
+  if (!started_ || stopping_.exchange(true)) return;
+  if (wake_[1] >= 0) {
+    char ch = 1;
+    (void)!::write(wake_[1], &ch, 1);
+  }
+  if (accept_thread_.joinable()) accept_thread_.join();
+  if (unix_fd_ >= 0) {
+    ::close(unix_fd_);
+    ::unlink(opts_.unix_path.c_str());
+    unix_fd_ = -1;
+  }
+  if (tcp_fd_ >= 0) {
+    ::close(tcp_fd_);
+    tcp_fd_ = -1;
+  }
+  // Stop reading from every client; requests already read finish and reply.
+  {
+    std::lock_guard lk(conns_mu_);
+    for (auto& ct : conns_) {
+      std::lock_guard clk(ct.conn->mu);
+      if (ct.conn->fd >= 0) ::shutdown(ct.conn->fd, SHUT_RD);
+    }
+  }
+  reap(true);
+  {
+    std::lock_guard lk(pool_mu_);
+    pool_stop_ = true;
+  }
+  pool_cv_.notify_all();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
+  workers_.clear();
+  for (int& f : wake_)
+    if (f >= 0) {
+      ::close(f);
+      f = -1;
+    }
+}
+
+}  // namespace udm
