@@ -1,0 +1,357 @@
+// The NBD server against real clients (qemu-io, qemu-img, nbdinfo, nbdcopy)
+// and against a hostile one speaking raw bytes.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "common/sys_util.h"
+#include "export/nbd/nbd_proto.h"
+#include "export/nbd/nbd_server.h"
+#include "io/file_device.h"
+
+using namespace udm;
+using namespace udm::test;
+using namespace udm::nbd;
+
+namespace {
+
+constexpr uint64_t kSize = 16 << 20;
+
+class NbdE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto t : {"qemu-io", "qemu-img", "nbdinfo", "nbdcopy"})
+      if (!have_tool(t)) GTEST_SKIP() << t << " missing (scripts/setup installs it)";
+    disk_ = tmp_.file("disk.img");
+    write_file(disk_, random_bytes(kSize, 7));
+    ro_ = tmp_.file("ro.img");
+    write_file(ro_, random_bytes(1 << 20, 8));
+    auto f = FileDevice::open(disk_);
+    ASSERT_TRUE(f.ok());
+    provider_.add("disk", *f);
+    auto r = FileDevice::open(ro_, {.writable = false});
+    ASSERT_TRUE(r.ok());
+    provider_.add("ro", *r);
+    sock_ = tmp_.file("nbd.sock");
+    server_ = std::make_unique<NbdServer>(provider_, NbdServerOptions{sock_, "127.0.0.1:0", 4});
+    ASSERT_TRUE(server_->start().ok());
+  }
+  void TearDown() override {
+    if (server_) server_->stop();
+  }
+  std::string qemu(const std::string& name) const { return "nbd:unix:" + sock_ + ":exportname=" + name; }
+  std::string uri(const std::string& name) const { return "nbd+unix:///" + name + "?socket=" + sock_; }
+  CmdResult qemu_io(const std::string& name, std::vector<std::string> cmds) {
+    std::vector<std::string> argv = {"qemu-io", "-f", "raw"};
+    for (auto& c : cmds) {
+      argv.push_back("-c");
+      argv.push_back(c);
+    }
+    argv.push_back(qemu(name));
+    return run(argv);
+  }
+  // qemu-io prints "Pattern verification failed" but may exit 0.
+  static bool clean(const CmdResult& r) {
+    return r.ok() && r.out.find("fail") == std::string::npos && r.err.find("fail") == std::string::npos;
+  }
+  TempDir tmp_;
+  std::string disk_, ro_, sock_;
+  StaticExportProvider provider_;
+  std::unique_ptr<NbdServer> server_;
+};
+
+int connect_unix(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+bool send_all(int fd, const std::vector<uint8_t>& v) {
+  return ::send(fd, v.data(), v.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(v.size());
+}
+
+std::vector<uint8_t> recv_n(int fd, size_t n) {
+  std::vector<uint8_t> v(n);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = recv(fd, v.data() + got, n - got, 0);
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  v.resize(got);
+  return v;
+}
+
+// True when the peer closed (EOF) within the receive timeout.
+bool closed_by_peer(int fd) {
+  uint8_t b[256];
+  for (;;) {
+    ssize_t r = recv(fd, b, sizeof b, 0);
+    if (r == 0) return true;
+    if (r < 0) return errno == ECONNRESET;
+  }
+}
+
+// Greeting + client flags; returns fd ready for options.
+int handshake(const std::string& sock) {
+  int fd = connect_unix(sock);
+  auto hello = recv_n(fd, 18);
+  if (hello.size() != 18 || get_be64(hello.data()) != kMagic) return -1;
+  std::vector<uint8_t> cf;
+  put_be32(cf, kClientFixedNewstyle | kClientNoZeroes);
+  send_all(fd, cf);
+  return fd;
+}
+
+std::vector<uint8_t> option(uint32_t opt, const std::vector<uint8_t>& data) {
+  std::vector<uint8_t> v;
+  put_be64(v, kOptMagic);
+  put_be32(v, opt);
+  put_be32(v, static_cast<uint32_t>(data.size()));
+  v.insert(v.end(), data.begin(), data.end());
+  return v;
+}
+
+std::vector<uint8_t> go_data(const std::string& name) {
+  std::vector<uint8_t> d;
+  put_be32(d, static_cast<uint32_t>(name.size()));
+  d.insert(d.end(), name.begin(), name.end());
+  put_be16(d, 0);
+  return d;
+}
+
+// Reads option replies until ACK or an error; returns the final reply type.
+uint32_t read_until_final(int fd) {
+  for (;;) {
+    auto h = recv_n(fd, 20);
+    if (h.size() != 20) return 0;
+    uint32_t type = get_be32(h.data() + 12), len = get_be32(h.data() + 16);
+    recv_n(fd, len);
+    if (type == kRepAck || (type & kRepErrBit)) return type;
+  }
+}
+
+int go(const std::string& sock, const std::string& name) {
+  int fd = handshake(sock);
+  send_all(fd, option(kOptGo, go_data(name)));
+  return read_until_final(fd) == kRepAck ? fd : -1;
+}
+
+std::vector<uint8_t> request(uint16_t type, uint64_t off, uint32_t len, uint64_t cookie = 1,
+                             uint16_t flags = 0) {
+  std::vector<uint8_t> v;
+  put_be32(v, kRequestMagic);
+  put_be16(v, flags);
+  put_be16(v, type);
+  put_be64(v, cookie);
+  put_be64(v, off);
+  put_be32(v, len);
+  return v;
+}
+
+}  // namespace
+
+TEST_F(NbdE2E, NbdinfoListSizesAndConstraints) {
+  auto r = run({"nbdinfo", "--list", "nbd+unix://?socket=" + sock_});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("export=\"disk\""), std::string::npos);
+  EXPECT_NE(r.out.find("export=\"ro\""), std::string::npos);
+  r = run({"nbdinfo", "--json", uri("disk")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("\"export-size\": " + std::to_string(kSize)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"block_size_minimum\": 512"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"block_size_preferred\": 4096"), std::string::npos);
+  EXPECT_NE(r.out.find("\"block_size_maximum\": 33554432"), std::string::npos);
+  EXPECT_NE(r.out.find("\"can_multi_conn\": true"), std::string::npos);
+  EXPECT_NE(r.out.find("\"is_read_only\": false"), std::string::npos);
+  r = run({"nbdinfo", "--json", uri("ro")});
+  EXPECT_NE(r.out.find("\"is_read_only\": true"), std::string::npos) << r.out;
+  r = run({"nbdinfo", uri("nosuch")});
+  EXPECT_FALSE(r.ok());
+}
+
+TEST_F(NbdE2E, QemuIoPatternsVerifiedByteForByte) {
+  auto r = qemu_io("disk", {"write -P 0xa5 0 1M", "write -P 0x5a 1M 4k", "discard 2M 1M",
+                            "write -z 4M 512k", "write -z -u 5M 64k", "aio_write -P 0x11 8M 64k",
+                            "aio_write -P 0x22 9M 64k", "aio_flush", "write -f -P 0x33 10M 4k",
+                            "flush", "read -P 0xa5 0 1M", "read -P 0x5a 1M 4k",
+                            "read -P 0 4M 512k", "read -P 0x11 8M 64k", "read -P 0x22 9M 64k"});
+  ASSERT_TRUE(clean(r)) << r.describe();
+  auto img = read_file(disk_);
+  auto orig = random_bytes(kSize, 7);
+  auto expect_fill = [&](uint64_t off, uint64_t len, uint8_t v) {
+    for (uint64_t i = off; i < off + len; i++) ASSERT_EQ(img[i], v) << "at " << i;
+  };
+  expect_fill(0, 1 << 20, 0xa5);
+  expect_fill(1 << 20, 4096, 0x5a);
+  expect_fill(4 << 20, 512 << 10, 0);
+  expect_fill(5 << 20, 64 << 10, 0);
+  expect_fill(8 << 20, 64 << 10, 0x11);
+  expect_fill(9 << 20, 64 << 10, 0x22);
+  expect_fill(10 << 20, 4096, 0x33);
+  expect_fill(2 << 20, 1 << 20, 0);  // file device: punched holes read as zeroes
+  // Untouched bytes kept their contents.
+  EXPECT_TRUE(std::equal(img.begin() + (12 << 20), img.end(), orig.begin() + (12 << 20)));
+  // Out of range: an error, not a crash, and the export keeps working.
+  r = qemu_io("disk", {"read 16M 512"});
+  EXPECT_NE(r.out + r.err, "");
+  r = qemu_io("disk", {"read -P 0xa5 0 4k"});
+  EXPECT_TRUE(clean(r)) << r.describe();
+}
+
+TEST_F(NbdE2E, ReadOnlyExportRefusesWrites) {
+  // qemu sees the READ_ONLY flag and refuses to open read-write...
+  auto r = qemu_io("ro", {"write -P 1 0 4k"});
+  EXPECT_NE((r.out + r.err).find("Permission denied"), std::string::npos) << r.describe();
+  r = run({"qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", qemu("ro")});
+  EXPECT_TRUE(clean(r)) << r.describe();
+  // ...and a client that writes anyway gets EPERM for write, trim and zero.
+  int fd = go(sock_, "ro");
+  ASSERT_GE(fd, 0);
+  send_all(fd, request(kCmdWrite, 0, 512, 1));
+  send_all(fd, std::vector<uint8_t>(512, 0xcc));
+  send_all(fd, request(kCmdTrim, 0, 4096, 2));
+  send_all(fd, request(kCmdWriteZeroes, 0, 4096, 3));
+  for (uint64_t cookie = 1; cookie <= 3; cookie++) {
+    auto rep = recv_n(fd, 16);
+    ASSERT_EQ(rep.size(), 16u);
+    EXPECT_EQ(get_be32(rep.data() + 4), kEperm);
+    EXPECT_EQ(get_be64(rep.data() + 8), cookie);
+  }
+  close(fd);
+  EXPECT_EQ(read_file(ro_), random_bytes(1 << 20, 8));
+}
+
+TEST_F(NbdE2E, QemuImgAndNbdcopyRoundTrips) {
+  auto src = tmp_.file("src.img");
+  write_file(src, random_bytes(kSize, 99));
+  auto r = run({"qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, qemu("disk")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  r = run({"qemu-img", "compare", "-f", "raw", "-F", "raw", src, qemu("disk")});
+  EXPECT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(read_file(disk_), read_file(src));
+  auto out = tmp_.file("out.img");
+  r = run({"nbdcopy", uri("disk"), out});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(read_file(out), read_file(src));
+  auto src2 = tmp_.file("src2.img");
+  write_file(src2, random_bytes(kSize, 100));
+  r = run({"nbdcopy", "--connections=4", "--requests=16", src2, uri("disk")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(read_file(disk_), read_file(src2));
+}
+
+TEST_F(NbdE2E, ConcurrentConnectionsWriteTheirOwnRanges) {
+  std::vector<std::thread> ts;
+  std::vector<CmdResult> results(6);
+  for (int i = 0; i < 6; i++) {
+    ts.emplace_back([&, i] {
+      std::string off = std::to_string(i * 2) + "M";
+      results[i] = qemu_io("disk", {"aio_write -P " + std::to_string(i + 1) + " " + off + " 1M",
+                                    "aio_write -P " + std::to_string(i + 0x41) + " " +
+                                        std::to_string(i * 2 + 1) + "M 1M",
+                                    "aio_flush", "read -P " + std::to_string(i + 1) + " " + off + " 1M"});
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (auto& r : results) EXPECT_TRUE(clean(r)) << r.describe();
+  auto img = read_file(disk_);
+  for (int i = 0; i < 6; i++) {
+    EXPECT_EQ(img[(i * 2) << 20], i + 1);
+    EXPECT_EQ(img[((i * 2 + 1) << 20) + 12345], i + 0x41);
+  }
+  // TCP listener serves the same exports.
+  auto r = run({"nbdinfo", "--size", "nbd://" + server_->tcp_bound_address() + "/disk"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.out, std::to_string(kSize) + "\n");
+}
+
+TEST_F(NbdE2E, HostileClientsNeverTakeTheServerDown) {
+  // 1. Garbage instead of client flags / option magic.
+  int fd = connect_unix(sock_);
+  recv_n(fd, 18);
+  send_all(fd, std::vector<uint8_t>(64, 0xff));
+  EXPECT_TRUE(closed_by_peer(fd));
+  close(fd);
+  fd = handshake(sock_);
+  send_all(fd, std::vector<uint8_t>(16, 0x42));
+  EXPECT_TRUE(closed_by_peer(fd));
+  close(fd);
+  // 2. Oversized option length: closed, not buffered.
+  fd = handshake(sock_);
+  std::vector<uint8_t> big;
+  put_be64(big, kOptMagic);
+  put_be32(big, kOptGo);
+  put_be32(big, 0xffffffffu);
+  send_all(fd, big);
+  EXPECT_TRUE(closed_by_peer(fd));
+  close(fd);
+  // 3. Unknown option, malformed GO, unknown export: error replies, session continues.
+  fd = handshake(sock_);
+  send_all(fd, option(4242, {1, 2, 3}));
+  EXPECT_EQ(read_until_final(fd), kRepErrUnsup);
+  send_all(fd, option(kOptGo, {0, 0, 0, 99, 'x'}));
+  EXPECT_EQ(read_until_final(fd), kRepErrInvalid);
+  send_all(fd, option(kOptGo, go_data("nosuch")));
+  EXPECT_EQ(read_until_final(fd), kRepErrUnknown);
+  send_all(fd, option(kOptList, {1}));
+  EXPECT_EQ(read_until_final(fd), kRepErrInvalid);
+  send_all(fd, option(kOptGo, go_data("disk")));
+  EXPECT_EQ(read_until_final(fd), kRepAck);
+  // 4. Transmission: out-of-range and oversized reads get EINVAL, connection lives.
+  send_all(fd, request(kCmdRead, kSize, 512, 7));
+  auto rep = recv_n(fd, 16);
+  ASSERT_EQ(rep.size(), 16u);
+  EXPECT_EQ(get_be32(rep.data() + 4), kEinval);
+  EXPECT_EQ(get_be64(rep.data() + 8), 7u);
+  send_all(fd, request(kCmdRead, 0, 64u << 20, 8));
+  rep = recv_n(fd, 16);
+  EXPECT_EQ(get_be32(rep.data() + 4), kEinval);
+  send_all(fd, request(kCmdWrite, kSize - 512, 1024, 9));  // beyond end: payload skipped
+  send_all(fd, std::vector<uint8_t>(1024, 0));
+  rep = recv_n(fd, 16);
+  EXPECT_EQ(get_be32(rep.data() + 4), kEnospc);
+  send_all(fd, request(77, 0, 0, 10));
+  rep = recv_n(fd, 16);
+  EXPECT_EQ(get_be32(rep.data() + 4), kEinval);
+  send_all(fd, request(kCmdRead, 0, 4096, 11));
+  rep = recv_n(fd, 16 + 4096);
+  ASSERT_EQ(rep.size(), 16u + 4096);
+  EXPECT_EQ(get_be32(rep.data() + 4), 0u);
+  EXPECT_TRUE(std::equal(rep.begin() + 16, rep.end(), read_file(disk_).begin()));
+  // 5. Oversized write: closed (we will not buffer 64 MiB).
+  send_all(fd, request(kCmdWrite, 0, 64u << 20, 12));
+  EXPECT_TRUE(closed_by_peer(fd));
+  close(fd);
+  // 6. Client vanishes mid-payload and mid-handshake.
+  fd = go(sock_, "disk");
+  ASSERT_GE(fd, 0);
+  send_all(fd, request(kCmdWrite, 0, 65536, 13));
+  send_all(fd, std::vector<uint8_t>(1000, 0xee));
+  close(fd);
+  fd = connect_unix(sock_);
+  close(fd);
+  // 7. Bad request magic: closed.
+  fd = go(sock_, "disk");
+  ASSERT_GE(fd, 0);
+  send_all(fd, std::vector<uint8_t>(28, 0));
+  EXPECT_TRUE(closed_by_peer(fd));
+  close(fd);
+  // The half-sent write changed nothing; the server still serves a good client.
+  auto img = read_file(disk_);
+  EXPECT_NE(img[0], 0xee);
+  auto r = qemu_io("disk", {"write -P 0x77 0 4k", "read -P 0x77 0 4k"});
+  EXPECT_TRUE(clean(r)) << r.describe();
+}
