@@ -32,10 +32,9 @@ struct NbdServer::Conn {
   ExportLimits lim;
   bool structured = false;
   bool no_zeroes = false;
-  // In-flight requests dispatched to workers; the reader drains them before closing.
-  std::mutex mu;
-  std::condition_variable cv;
-  int inflight = 0;
+  std::mutex read_mu;  // one thread reads a request (header + payload) at a time
+  std::atomic<bool> closing{false};
+  std::mutex mu;  // guards fd against stop()
   // Reusable payload buffers: 1 MiB mallocs are mmaps, and page faults cost more than the copy.
   std::mutex buf_mu;
   std::vector<std::vector<uint8_t>> free_bufs;
@@ -194,33 +193,9 @@ Status NbdServer::start() {
     if (tcp_fd_ < 0) return last;
   }
   if (::pipe2(wake_, O_CLOEXEC) != 0) return ErrnoStatus("nbd: pipe");
-  unsigned n = opts_.workers ? opts_.workers : 8;
-  for (unsigned i = 0; i < n; i++) workers_.emplace_back([this] { worker_loop(); });
   accept_thread_ = std::thread([this] { accept_loop(); });
   started_ = true;
   return Status::Ok();
-}
-
-void NbdServer::worker_loop() {
-  for (;;) {
-    std::function<void()> job;
-    {
-      std::unique_lock lk(pool_mu_);
-      pool_cv_.wait(lk, [&] { return pool_stop_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
-    }
-    job();
-  }
-}
-
-void NbdServer::submit(std::function<void()> job) {
-  {
-    std::lock_guard lk(pool_mu_);
-    jobs_.push_back(std::move(job));
-  }
-  pool_cv_.notify_one();
 }
 
 void NbdServer::accept_loop() {
@@ -370,9 +345,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
   Conn& c = *cp;
   int fd = c.fd;
   auto close_conn = [&] {
-    // Wait for requests still running on workers before the device is released.
     std::unique_lock lk(c.mu);
-    c.cv.wait(lk, [&] { return c.inflight == 0; });
     ::close(fd);
     c.fd = -1;  // under c.mu: stop() reads it to shut the socket down
     c.dev.reset();
@@ -394,8 +367,8 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
     c.no_zeroes = cflags & kClientNoZeroes;
   }
   // Option haggling.
-  bool transmit = false;
-  for (int round = 0; round < 4096 && !transmit && !stopping_; round++) {
+  bool negotiated = false;
+  for (int round = 0; round < 4096 && !negotiated && !stopping_; round++) {
     uint8_t oh[16];
     if (!read_full(fd, oh, 16)) return close_conn();
     if (get_be64(oh) != kOptMagic) {
@@ -436,7 +409,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         if (!c.no_zeroes) v.resize(v.size() + 124, 0);
         c.structured = false;  // EXPORT_NAME clients never negotiate it
         sent = send_bytes(fd, v);
-        transmit = true;
+        negotiated = true;
         break;
       }
       case kOptAbort:
@@ -495,7 +468,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         if (opt == kOptGo) {
           c.dev = std::move(d);
           c.export_name = name;
-          transmit = true;
+          negotiated = true;
         }
         break;
       }
@@ -507,35 +480,59 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
     }
     if (!sent) return close_conn();
   }
-  if (!transmit) return close_conn();
+  if (!negotiated) return close_conn();
 
-  // Transmission.
+  // Transmission: several threads per connection take turns reading one
+  // request each (under read_mu) and then serve it and send the reply
+  // themselves, so queue depth > 1 runs in parallel without handing requests
+  // from thread to thread (nbdkit's "parallel" model).
   set_recv_timeout(fd, 0);
   c.lim.size = c.dev->size();
   c.lim.read_only = c.dev->caps().read_only;
   c.lim.structured = c.structured;
+  unsigned n = opts_.workers ? opts_.workers : 8;
+  std::vector<std::thread> extra;
+  for (unsigned i = 1; i < n; i++) extra.emplace_back([this, cp] { transmit(*cp); });
+  transmit(c);
+  for (auto& t : extra) t.join();
+  close_conn();
+}
+
+void NbdServer::transmit(Conn& c) {
+  const int fd = c.fd;
   uint8_t hdr[kRequestSize];
-  while (!stopping_) {
-    if (!read_full(fd, hdr, kRequestSize)) break;
-    auto req = decode_request(std::span<const uint8_t>(hdr, kRequestSize));
-    if (!req.ok()) {
-      log::info("nbd {}: {}; closing", c.export_name, req.status().message());
-      break;
-    }
-    Request r = *req;
-    Check chk = check_request(r, c.lim);
-    if (chk.close) {
-      log::info("nbd {}: {}; closing", c.export_name, chk.message);
-      break;
-    }
-    if (r.type == kCmdDisc) break;
+  auto finish = [&] {
+    // Wake the thread blocked in recv (if any); replies still go out.
+    c.closing = true;
+    ::shutdown(fd, SHUT_RD);
+  };
+  for (;;) {
+    Request r;
+    Check chk;
     std::vector<uint8_t> payload;
-    if (r.type == kCmdWrite) {
-      if (chk.error) {
-        if (!skip(fd, r.length)) break;
-      } else {
-        payload = c.take_buf(r.length);
-        if (!read_full(fd, payload.data(), r.length)) break;  // client vanished mid-payload
+    {
+      std::lock_guard rl(c.read_mu);
+      if (c.closing || stopping_) return finish();
+      if (!read_full(fd, hdr, kRequestSize)) return finish();
+      auto req = decode_request(std::span<const uint8_t>(hdr, kRequestSize));
+      if (!req.ok()) {
+        log::info("nbd {}: {}; closing", c.export_name, req.status().message());
+        return finish();
+      }
+      r = *req;
+      chk = check_request(r, c.lim);
+      if (chk.close) {
+        log::info("nbd {}: {}; closing", c.export_name, chk.message);
+        return finish();
+      }
+      if (r.type == kCmdDisc) return finish();
+      if (r.type == kCmdWrite) {
+        if (chk.error) {
+          if (!skip(fd, r.length)) return finish();
+        } else {
+          payload = c.take_buf(r.length);
+          if (!read_full(fd, payload.data(), r.length)) return finish();  // client vanished mid-payload
+        }
       }
     }
     if (chk.error) {
@@ -549,34 +546,16 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         iovec io{h, 16};
         ok = writev_full(fd, &io, 1);
       }
-      if (!ok) break;
+      if (!ok) return finish();
       continue;
     }
-    // Run inline when no other request is waiting on the socket (queue depth
-    // 1 pays no thread hand-off); otherwise hand it to a worker and keep reading.
-    int pending = 0;
-    ::ioctl(fd, FIONREAD, &pending);
-    if (pending == 0) {
-      run_request(c, r, payload);
-      c.give_buf(std::move(payload));
-    } else {
-      {
-        std::lock_guard lk(c.mu);
-        c.inflight++;
-      }
-      submit([cp, r, p = std::move(payload)]() mutable {
-        run_request(*cp, r, p);
-        cp->give_buf(std::move(p));
-        std::lock_guard lk(cp->mu);
-        if (--cp->inflight == 0) cp->cv.notify_all();
-      });
-    }
+    run_request(c, r, payload);
+    c.give_buf(std::move(payload));
     {
       std::lock_guard lk(c.write_mu);
-      if (c.write_failed) break;
+      if (c.write_failed) return finish();
     }
   }
-  close_conn();
 }
 
 void NbdServer::stop() {
@@ -604,14 +583,6 @@ void NbdServer::stop() {
     }
   }
   reap(true);
-  {
-    std::lock_guard lk(pool_mu_);
-    pool_stop_ = true;
-  }
-  pool_cv_.notify_all();
-  for (auto& w : workers_)
-    if (w.joinable()) w.join();
-  workers_.clear();
   for (int& f : wake_)
     if (f >= 0) {
       ::close(f);

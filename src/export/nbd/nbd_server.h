@@ -20,7 +20,7 @@ namespace udm {
 struct NbdServerOptions {
   std::string unix_path;    // listen here if non-empty (a stale socket is replaced)
   std::string tcp_address;  // "HOST:PORT" if non-empty; port 0 = ephemeral (tests)
-  unsigned workers = 0;     // request worker threads (shared by all connections); 0 = auto
+  unsigned workers = 0;     // threads serving each connection's requests; 0 = 8
 };
 
 class NbdServer {
@@ -37,8 +37,7 @@ class NbdServer {
   void accept_loop();
   void serve(std::shared_ptr<Conn> c);
   void reap(bool all);
-  void submit(std::function<void()> job);
-  void worker_loop();
+  void transmit(Conn& c);  // one of a connection's request threads
 
   ExportProvider& provider_;
   NbdServerOptions opts_;
@@ -57,11 +56,6 @@ class NbdServer {
   std::mutex conns_mu_;
   std::list<ConnThread> conns_;
 
-  std::mutex pool_mu_;
-  std::condition_variable pool_cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool pool_stop_ = false;
-  std::vector<std::thread> workers_;
 };
 
 }  // namespace udm
