@@ -1,0 +1,142 @@
+// The FUSE export in-process: a DeviceRegistry served on a temp directory,
+// used through the kernel (open/pread/pwrite/fallocate, loop, mkfs, mount).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "common/sys_util.h"
+#include "daemon/registry.h"
+#include "export/fuse/fuse_export.h"
+
+using namespace udm;
+using namespace udm::test;
+
+namespace {
+
+
+class FuseE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!is_root()) GTEST_SKIP() << "needs root for FUSE/loop/mount";
+    mnt_ = tmp_.file("fuse");
+    mkdir(mnt_.c_str(), 0755);
+    a_ = tmp_.file("a.img");
+    b_ = tmp_.file("b.img");
+    make_sparse_file(a_, 24 << 20);
+    make_sparse_file(b_, 24 << 20);
+    fuse_ = std::make_unique<FuseExport>(reg_, mnt_);
+    ASSERT_TRUE(fuse_->start().ok());
+  }
+  void TearDown() override {
+    if (fuse_) fuse_->stop();
+  }
+  TempDir tmp_;
+  std::string mnt_, a_, b_;
+  DeviceRegistry reg_;
+  std::unique_ptr<FuseExport> fuse_;
+};
+
+uint64_t allocated_kib(const std::string& path) {
+  struct stat st;
+  stat(path.c_str(), &st);
+  return static_cast<uint64_t>(st.st_blocks) / 2;
+}
+
+}  // namespace
+
+TEST_F(FuseE2E, FilesFollowDevicesAndReportSizeAndMode) {
+  ASSERT_TRUE(reg_.create("one", "0 2048 zero", false).ok());
+  ASSERT_TRUE(reg_.create("two", "0 4096 linear " + a_ + " 0", true).ok());
+  struct stat st;
+  ASSERT_EQ(stat((mnt_ + "/one").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 2048 * 512);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat((mnt_ + "/two").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0400u);
+  auto ls = run({"ls", mnt_});
+  EXPECT_EQ(ls.out, "one\ntwo\n");
+  ASSERT_TRUE(reg_.remove("one").ok());
+  EXPECT_NE(stat((mnt_ + "/one").c_str(), &st), 0);
+  EXPECT_EQ(run({"ls", mnt_}).out, "two\n");
+  // Read-only device: write opens are refused, nothing written.
+  int fd = open((mnt_ + "/two").c_str(), O_RDWR);
+  EXPECT_LT(fd, 0);
+  EXPECT_EQ(errno, EROFS);
+  EXPECT_EQ(truncate((mnt_ + "/two").c_str(), 1), -1);
+}
+
+TEST_F(FuseE2E, ReadWriteFallocateAndEofThroughTheKernel) {
+  ASSERT_TRUE(reg_.create("d", "0 8192 linear " + a_ + " 0\n8192 8192 linear " + b_ + " 0", false).ok());
+  std::string f = mnt_ + "/d";
+  int fd = open(f.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(reg_.get("d")->open_count(), 1);
+  auto data = random_bytes(1 << 20, 5);
+  // Straddles the two segments.
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), (4 << 20) - 4096), static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  std::vector<uint8_t> back(data.size());
+  ASSERT_EQ(pread(fd, back.data(), back.size(), (4 << 20) - 4096), static_cast<ssize_t>(back.size()));
+  EXPECT_EQ(back, data);
+  auto fa = read_file(a_), fb = read_file(b_);
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + 4096, fa.begin() + (4 << 20) - 4096));
+  EXPECT_TRUE(std::equal(data.begin() + 4096, data.end(), fb.begin()));
+  // Reads at/after the end: short and zero-length, not garbage.
+  std::vector<uint8_t> tail(8192);
+  EXPECT_EQ(pread(fd, tail.data(), tail.size(), (8 << 20) - 4096), 4096);
+  EXPECT_EQ(pread(fd, tail.data(), tail.size(), 8 << 20), 0);
+  EXPECT_EQ(pwrite(fd, tail.data(), 512, 8 << 20), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  // Discard punches a hole in the backing file; zero-range zeroes.
+  uint64_t before = allocated_kib(b_);
+  ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4 << 20, 512 << 10), 0);
+  EXPECT_LT(allocated_kib(b_), before);
+  ASSERT_EQ(fallocate(fd, FALLOC_FL_ZERO_RANGE, (4 << 20) + (512 << 10), 4096), 0);
+  ASSERT_EQ(pread(fd, back.data(), 1 << 20, 4 << 20), 1 << 20);
+  for (size_t i = 0; i < (512 << 10) + 4096; i++) ASSERT_EQ(back[i], 0) << i;
+  EXPECT_EQ(fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, 4096), -1);
+  // Removing an open device is refused.
+  EXPECT_EQ(reg_.remove("d").code(), EBUSY);
+  close(fd);
+  for (int i = 0; i < 100 && reg_.get("d")->open_count() != 0; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // release is asynchronous
+  EXPECT_EQ(reg_.get("d")->open_count(), 0);
+  EXPECT_TRUE(reg_.remove("d").ok());
+}
+
+TEST_F(FuseE2E, Ext4WithFstrimOn1KBlocksAndStopWhileLoopHoldsFile) {
+  ASSERT_TRUE(reg_.create("fs", "0 24576 linear " + a_ + " 0\n24576 24576 linear " + b_ + " 0", false).ok());
+  std::string mp = tmp_.file("mp");
+  mkdir(mp.c_str(), 0755);
+  LoopDevice loop(mnt_ + "/fs");
+  ASSERT_FALSE(loop.device().empty()) << loop.error();
+  auto r = run({"mkfs.ext4", "-q", "-F", "-b", "1024", loop.device()});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  {
+    Mount m(loop.device(), mp);
+    ASSERT_TRUE(m.ok()) << m.error();
+    auto big = random_bytes(12 << 20, 3);
+    write_file(mp + "/big", big);
+    ASSERT_TRUE(sh("sync").ok());
+    uint64_t before = allocated_kib(a_) + allocated_kib(b_);
+    ASSERT_EQ(unlink((mp + "/big").c_str()), 0);
+    ASSERT_TRUE(sh("sync").ok());
+    r = run({"fstrim", "-v", mp});
+    ASSERT_TRUE(r.ok()) << r.describe();
+    uint64_t after = allocated_kib(a_) + allocated_kib(b_);
+    EXPECT_LT(after + 8 * 1024, before) << "fstrim did not reach the backing files: " << before << " -> " << after;
+    write_file(mp + "/small", {'o', 'k'});
+    ASSERT_TRUE(m.unmount());
+  }
+  r = run({"e2fsck", "-f", "-n", loop.device()});
+  EXPECT_TRUE(r.ok()) << r.describe();
+  // The loop device still holds the file: stop() must not hang.
+  auto t0 = std::chrono::steady_clock::now();
+  fuse_->stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+}
