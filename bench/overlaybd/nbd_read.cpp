@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
     }
     if (!any) break;
     if (!stop && elapsed() >= secs) stop = true;
+    bool in_flight = false;
+    for (int i = 0; i < qd; i++) in_flight |= cookies[i] >= 0;
+    if (!in_flight) break;
     if (nbd_poll(h, -1) == -1) {
       std::fprintf(stderr, "poll: %s\n", nbd_get_error());
       return 1;

@@ -1,7 +1,7 @@
 // In-process read benchmark of an lsmt stack (layers as files: raw, ZFile or
 // tar), with qemu-img bench's access pattern so the two can be compared
 // without a transport: request i reads `size` bytes at (offset + i*step) mod
-// image size. Threads share the requests.
+// image size (STEP 0: random aligned offsets). Threads share the requests.
 //   obd_read_bench COUNT SIZE STEP THREADS LAYER [LAYER...]
 // Prints "seconds MiB/s".
 #include <atomic>
@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
     th.emplace_back([&] {
       std::vector<uint8_t> buf(size);
       for (uint64_t i; (i = next++) < count;) {
-        uint64_t off = (i * step) % img;
+        // STEP 0: uniformly random SIZE-aligned offsets.
+        uint64_t off = step ? (i * step) % img : ((i * 0x9E3779B97F4A7C15ull) >> 20) % (img / size) * size;
         if (off + size > img) off = img - size;
         if (!(*dev)->read(off, buf).ok()) errors++;
       }

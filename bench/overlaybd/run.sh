@@ -21,7 +21,7 @@ UDM=$B/udm
 NBDREAD=$B/bench/overlaybd/obd_nbd_read
 LOOKUP=$B/bench/overlaybd/obd_lookup_bench
 SIZE_MIB=${SIZE_MIB:-1024}
-SECS=${SECS:-8}
+SECS=${SECS:-5}
 W=$(mktemp -d /tmp/udm-obd-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -116,7 +116,7 @@ done
 
 nbd_reads() {
 echo
-echo "== reads over NBD (MiB/s, IOPS; ${SECS}s each, QD 8 for 4K)"
+echo "== reads over NBD (MiB/s, IOPS; ${SECS}s each, queue depth 8)"
 if [ ! -x "$NBDREAD" ]; then echo "obd_nbd_read not built (libnbd-dev missing)"; return 0; fi
 "$UDM" daemon --socket "$W/ctl" --nbd-unix "$W/udm.nbd" > "$W/daemon.log" 2>&1 &
 PIDS+=($!)
@@ -130,21 +130,31 @@ SECT=$(( RAW / 512 ))
 qemu-nbd -r -t -f qcow2 -k "$W/q.zstd.sock" "$W/q.zstd.qcow2" & PIDS+=($!)
 qemu-nbd -r -t -f qcow2 -k "$W/q.zlib.sock" "$W/q.zlib.qcow2" & PIDS+=($!)
 for i in $(seq 100); do [ -S "$W/q.zstd.sock" ] && [ -S "$W/q.zlib.sock" ] && break; sleep 0.1; done
-declare -A R
+ROUNDS=${ROUNDS:-3}
+echo "(each figure: median of $ROUNDS interleaved runs; the machine is shared, single runs vary)"
+declare -A R IO
 for pat in rand4k seq1m; do
-  for who in udm-lz4-4K udm-zstd-64K qemu-nbd-zstd qemu-nbd-zlib; do
-    case $who in
-      udm-lz4-4K) uri="nbd+unix:///obdlz4?socket=$W/udm.nbd" ;;
-      udm-zstd-64K) uri="nbd+unix:///obdzstd?socket=$W/udm.nbd" ;;
-      qemu-nbd-zstd) uri="nbd+unix:///?socket=$W/q.zstd.sock" ;;
-      qemu-nbd-zlib) uri="nbd+unix:///?socket=$W/q.zlib.sock" ;;
-    esac
-    line=$("$NBDREAD" "$uri" $pat "$SECS" 8)
-    R[$who.$pat]=$(echo "$line" | awk '{print $2}')
-    printf "%-14s %-7s %10s MiB/s %10s IOPS\n" "$who" "$pat" "$(echo "$line" | awk '{print $2}')" "$(echo "$line" | awk '{print $3}')"
+  declare -A runs=() ioruns=()
+  for round in $(seq $ROUNDS); do
+    for who in udm-lz4-4K udm-zstd-64K qemu-nbd-zstd qemu-nbd-zlib; do
+      case $who in
+        udm-lz4-4K) uri="nbd+unix:///obdlz4?socket=$W/udm.nbd" ;;
+        udm-zstd-64K) uri="nbd+unix:///obdzstd?socket=$W/udm.nbd" ;;
+        qemu-nbd-zstd) uri="nbd+unix:///?socket=$W/q.zstd.sock" ;;
+        qemu-nbd-zlib) uri="nbd+unix:///?socket=$W/q.zlib.sock" ;;
+      esac
+      line=$("$NBDREAD" "$uri" $pat "$SECS" 8)
+      runs[$who]="${runs[$who]:-} $(echo "$line" | awk '{print $2}')"
+      ioruns[$who]="${ioruns[$who]:-} $(echo "$line" | awk '{print $3}')"
+    done
   done
-  echo "  $pat ratio: udm-zstd-64K / qemu-nbd-zstd = $(ratio ${R[udm-zstd-64K.$pat]} ${R[qemu-nbd-zstd.$pat]})x; udm-lz4-4K / qemu-nbd-zlib = $(ratio ${R[udm-lz4-4K.$pat]} ${R[qemu-nbd-zlib.$pat]})x"
+  for who in udm-lz4-4K udm-zstd-64K qemu-nbd-zstd qemu-nbd-zlib; do
+    R[$who.$pat]=$(echo ${runs[$who]} | tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+    IO[$who.$pat]=$(echo ${ioruns[$who]} | tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+    printf "%-14s %-7s %10s MiB/s %10s IOPS   (runs:%s)\n" "$who" "$pat" "${R[$who.$pat]}" "${IO[$who.$pat]}" "${runs[$who]}"
+  done
+  echo "  $pat ratio: udm-zstd-64K / qemu-nbd-zstd = $(ratio ${R[udm-zstd-64K.$pat]} ${R[qemu-nbd-zstd.$pat]})x; udm-lz4-4K / qemu-nbd-zstd = $(ratio ${R[udm-lz4-4K.$pat]} ${R[qemu-nbd-zstd.$pat]})x; udm-lz4-4K / qemu-nbd-zlib = $(ratio ${R[udm-lz4-4K.$pat]} ${R[qemu-nbd-zlib.$pat]})x"
+  unset runs ioruns
 done
-
 }
 nbd_reads

@@ -106,14 +106,24 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   if (buf.empty()) return Status::Ok();
   const uint64_t bs = layout_.h.block_size;
   const uint64_t nblocks = layout_.num_blocks();
-  uint64_t b0 = off / bs, b1 = (off + buf.size() - 1) / bs;  // inclusive
+  const uint64_t end = off + buf.size();
+  uint64_t b0 = off / bs, b1 = (end - 1) / bs;  // inclusive
   if (b1 >= nblocks) return Corrupt("zfile: read beyond the last block");
   uint64_t fetch_end = b1;
-  // Sequential read: also decompress the next readahead_ bytes into the cache.
-  if (last_end_.exchange(off + buf.size()) == off && readahead_ > 0)
+  // A small read that continues the previous one also decompresses the next
+  // readahead_ bytes into the cache. Large reads need none: they already
+  // cover many blocks, and concurrent large sequential requests would only
+  // decode each other's blocks twice.
+  bool seq = last_end_.exchange(end) == off;
+  if (seq && readahead_ > 0 && buf.size() < readahead_)
     fetch_end = std::min<uint64_t>(nblocks - 1, b1 + std::max<uint64_t>(1, readahead_ / bs));
+  // A block the request covers entirely is decoded straight into `buf` and
+  // not cached; partly covered and read-ahead blocks go through the cache.
+  auto whole = [&](uint64_t b) { return b <= b1 && b * bs >= off && b * bs + block_len(b) <= end; };
   std::vector<BlockCache::Block> blocks(fetch_end - b0 + 1);
-  for (uint64_t b = b0; b <= fetch_end; b++) blocks[b - b0] = cache_->get(id_, b);
+  for (uint64_t b = b0; b <= fetch_end; b++)
+    if (!whole(b)) blocks[b - b0] = cache_->get(id_, b);
+  std::vector<bool> done(fetch_end - b0 + 1, false);
   // Fetch each run of missing blocks with one read of the stored bytes.
   std::vector<uint8_t> stored;
   for (uint64_t b = b0; b <= fetch_end;) {
@@ -132,9 +142,15 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
       return st.context(fmt::format("zfile: reading blocks {}..{}", b, e));
     }
     for (uint64_t x = b; x <= e; x++) {
-      auto blk = std::make_shared<std::vector<uint8_t>>(block_len(x));
       std::span<const uint8_t> src(stored.data() + (layout_.starts[x] - s0),
                                    layout_.starts[x + 1] - layout_.starts[x]);
+      if (whole(x)) {
+        UDM_TRY(zfile_decode_block(layout_.h, x, src,
+                                   std::span<uint8_t>(buf.data() + (x * bs - off), block_len(x))));
+        done[x - b0] = true;
+        continue;
+      }
+      auto blk = std::make_shared<std::vector<uint8_t>>(block_len(x));
       Status ds = zfile_decode_block(layout_.h, x, src, *blk);
       if (!ds.ok()) {
         if (x > b1) break;
@@ -145,14 +161,12 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
     }
     b = e + 1;
   }
-  // Copy the wanted slices.
-  uint64_t pos = off, end = off + buf.size();
-  while (pos < end) {
-    uint64_t b = pos / bs;
-    uint64_t in = pos - b * bs;
-    uint64_t n = std::min<uint64_t>(end - pos, blocks[b - b0]->size() - in);
-    std::memcpy(buf.data() + (pos - off), blocks[b - b0]->data() + in, n);
-    pos += n;
+  // Copy the wanted slices of the cached blocks.
+  for (uint64_t b = b0; b <= b1; b++) {
+    if (done[b - b0]) continue;
+    uint64_t bstart = b * bs;
+    uint64_t from = std::max(off, bstart), to = std::min(end, bstart + blocks[b - b0]->size());
+    std::memcpy(buf.data() + (from - off), blocks[b - b0]->data() + (from - bstart), to - from);
   }
   return Status::Ok();
 }
