@@ -1,9 +1,9 @@
-// Registers this feature's targets and subcommands. The feature's owner
-// replaces these bodies as the feature lands.
 #include "cli/cli_common.h"
 #include "device/target.h"
+#include "update/target.h"
 
 namespace udm {
-void register_update_targets(TargetRegistry&) {}
-void register_update_cli(CLI::App&) {}
+void register_update_targets(TargetRegistry& r) {
+  r.add("update", make_update_target, "update <system_dev> <diff_dev> <#opt_args> [no_bg_update]");
+}
 }  // namespace udm

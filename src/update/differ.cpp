@@ -1,0 +1,160 @@
+#include "update/differ.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "io/file_device.h"
+#include "util/progress.h"
+
+namespace udm::update {
+
+namespace {
+constexpr uint64_t kDataStart = 4096;  // chunks start at the first 4 KiB boundary
+
+struct PendingChunk {
+  std::vector<uint64_t> dests;
+  std::vector<uint8_t> data;  // the blocks, back to back
+  std::vector<uint8_t> packed;
+  Status status;
+};
+}  // namespace
+
+Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_path,
+                            const std::string& out_path, const DiffOptions& o) {
+  auto t0 = std::chrono::steady_clock::now();
+  UDM_ASSIGN_OR_RETURN(Algo algo, algo_from_name(o.algorithm));
+  if (o.block_size < 512 || (o.block_size & (o.block_size - 1)))
+    return Invalid(fmt::format("--block-size {}: must be a power of two >= 512", o.block_size));
+  uint8_t block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
+  if (o.chunk_blocks == 0) return Invalid("--chunk-blocks must be at least 1");
+  if ((uint64_t{o.chunk_blocks} << block_bits) > kMaxChunkBytes)
+    return Invalid(fmt::format("--chunk-blocks {}: chunks of {} bytes are too large (max {} bytes)",
+                               o.chunk_blocks, uint64_t{o.chunk_blocks} << block_bits, kMaxChunkBytes));
+  UDM_ASSIGN_OR_RETURN(auto oldf, FileDevice::open(old_path, {.writable = false}));
+  UDM_ASSIGN_OR_RETURN(auto newf, FileDevice::open(new_path, {.writable = false}));
+  uint64_t size = newf->size();
+  if (oldf->size() != size)
+    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes (the v0 format maps blocks in place)",
+                               old_path, oldf->size(), new_path, size));
+  if (size % o.block_size)
+    return Invalid(fmt::format("image size {} is not a multiple of the block size {}", size, o.block_size));
+  uint64_t blocks = size / o.block_size;
+  if (blocks >= (1ull << 48)) return Invalid("image has more than 2^48 blocks");
+
+  int fd = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("create " + out_path);
+  auto out_file = FileDevice::open(out_path);
+  ::close(fd);
+  if (!out_file.ok()) return out_file.status();
+  auto& out = *out_file;
+  uint64_t pos = kDataStart;
+  auto append = [&](std::span<const uint8_t> bytes) -> Status {
+    // Grow the file by pwrite: FileDevice checks ranges against its size, so write with the fd.
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::pwrite(out->fd(), bytes.data() + done, bytes.size() - done, static_cast<off_t>(pos + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus("write " + out_path);
+      }
+      done += static_cast<size_t>(n);
+    }
+    pos += bytes.size();
+    return Status::Ok();
+  };
+
+  DiffStats st;
+  st.image_bytes = size;
+  st.blocks = blocks;
+  std::vector<Entry> entries;
+  if (!o.progress) Progress::force_enable(false);
+  Progress prog("update-diff", size, true);
+
+  const size_t window_blocks = std::max<size_t>(o.chunk_blocks * 64, 256);
+  std::vector<uint8_t> wa(window_blocks * o.block_size), wb(window_blocks * o.block_size);
+  std::vector<PendingChunk> batch;
+  PendingChunk cur;
+  const size_t batch_max = 64;
+  unsigned threads = std::max(1u, o.threads);
+
+  auto flush_batch = [&]() -> Status {
+    // Compress the batch on `threads` cores, then write it in order.
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; t++) {
+      ts.emplace_back([&, t] {
+        for (size_t i = t; i < batch.size(); i += threads) {
+          auto r = compress(algo, batch[i].data, o.level);
+          if (r.ok()) batch[i].packed = std::move(r).value();
+          else batch[i].status = r.status();
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+    for (auto& c : batch) {
+      UDM_TRY(c.status);
+      uint64_t src = pos;
+      if (src >= (1ull << 48)) return Invalid("diff grew past 2^48 bytes");
+      for (size_t i = 0; i < c.dests.size(); i++) entries.push_back(Entry{c.dests[i], src, static_cast<uint32_t>(i)});
+      UDM_TRY(append(c.packed));
+      st.chunks++;
+    }
+    batch.clear();
+    return Status::Ok();
+  };
+
+  for (uint64_t b0 = 0; b0 < blocks; b0 += window_blocks) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(window_blocks, blocks - b0));
+    size_t bytes = n * o.block_size;
+    UDM_TRY(oldf->read(b0 * o.block_size, std::span<uint8_t>(wa.data(), bytes)));
+    UDM_TRY(newf->read(b0 * o.block_size, std::span<uint8_t>(wb.data(), bytes)));
+    for (size_t i = 0; i < n; i++) {
+      const uint8_t* na = wa.data() + i * o.block_size;
+      const uint8_t* nb = wb.data() + i * o.block_size;
+      if (std::memcmp(na, nb, o.block_size) == 0) continue;
+      st.changed_blocks++;
+      cur.dests.push_back(b0 + i);
+      cur.data.insert(cur.data.end(), nb, nb + o.block_size);
+      if (cur.dests.size() == o.chunk_blocks) {
+        batch.push_back(std::move(cur));
+        cur = PendingChunk{};
+        if (batch.size() == batch_max) UDM_TRY(flush_batch());
+      }
+    }
+    prog.add(bytes);
+  }
+  if (!cur.dests.empty()) batch.push_back(std::move(cur));
+  UDM_TRY(flush_batch());
+  prog.finish();
+
+  // Sentinel: its source marks the end of the last chunk; its destination
+  // just has to sort after every real entry.
+  Entry sentinel{entries.empty() ? 0 : entries.back().dest + 1, pos, 0};
+  entries.push_back(sentinel);
+  std::vector<uint8_t> dir(entries.size() * kEntrySize);
+  for (size_t i = 0; i < entries.size(); i++) encode_entry(&dir[i * kEntrySize], entries[i]);
+  UDM_ASSIGN_OR_RETURN(auto cdir, compress(algo, dir, o.level));
+  Superblock sb;
+  sb.block_bits = block_bits;
+  sb.chunk_blocks = o.chunk_blocks;
+  sb.compression = algo_name(algo);
+  sb.dir_offset = pos;
+  sb.dir_compressed_size = cdir.size();
+  sb.dir_n = entries.size();
+  UDM_TRY(append(cdir));
+  std::vector<uint8_t> head(kDataStart, 0);
+  auto sbb = encode_superblock(sb);
+  std::memcpy(head.data(), sbb.data(), sbb.size());
+  if (::pwrite(out->fd(), head.data(), head.size(), 0) != static_cast<ssize_t>(head.size()))
+    return ErrnoStatus("write " + out_path);
+  if (::fsync(out->fd()) != 0) return ErrnoStatus("fsync " + out_path);
+  st.diff_bytes = pos;
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace udm::update
