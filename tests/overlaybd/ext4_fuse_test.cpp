@@ -120,6 +120,15 @@ TEST(OverlaybdCli, CompressDecompressInfoMatchReference) {
   EXPECT_EQ(sha256_file(t.file("b.lsmt")), sha256_file(d + "/base.lsmt"));
   r = run({udm_bin(), "overlaybd", "compress", d + "/l2.lsmt", t.file("l2.tar"), "-t", "--bs", "64"});
   ASSERT_TRUE(r.ok()) << r.describe();
+  // GNU tar reads the wrapper: its member is exactly the plain ZFile.
+  r = run({udm_bin(), "overlaybd", "compress", d + "/l2.lsmt", t.file("l2.plain"), "--bs", "64"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  if (have_tool("tar")) {
+    r = sh("cd " + t.path() + " && mkdir x && tar -C x -xf l2.tar && ls x");
+    ASSERT_TRUE(r.ok()) << r.describe();
+    EXPECT_NE(r.out.find("overlaybd.commit"), std::string::npos) << r.out;
+    EXPECT_EQ(sha256_file(t.file("x/overlaybd.commit")), sha256_file(t.file("l2.plain")));
+  }
   r = run({udm_bin(), "overlaybd", "info", d + "/base.zstd.zfile", t.file("l2.tar"), d + "/l3.lsmt"});
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_NE(r.out.find("tar wrapper"), std::string::npos) << r.out;
