@@ -141,6 +141,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!dev.ok()) return (void)fuse_reply_err(req, ENOENT);
   if (want_write && (*dev)->caps().read_only) return (void)fuse_reply_err(req, EROFS);
   auto* f = new OpenFile{std::move(dev).value(), want_write};
+  fx->track(f, true);
   fi->fh = reinterpret_cast<uint64_t>(f);
   // direct_io: every read and write reaches the device. The FUSE file keeps
   // no page cache of its own, so the device may also be written over NBD or
@@ -148,10 +149,14 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // has its own cache) never reads through two caches.
   fi->direct_io = 1;
   fi->keep_cache = 0;
-  if (fuse_reply_open(req, fi) != 0) delete f;  // open interrupted: no release follows
+  if (fuse_reply_open(req, fi) != 0) {  // open interrupted: no release follows
+    fx->track(f, false);
+    delete f;
+  }
 }
 
 void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  self(req)->track(of(fi), false);
   delete of(fi);
   fuse_reply_err(req, 0);
 }
@@ -278,6 +283,14 @@ FuseExport::FuseExport(ExportProvider& provider, std::string mountpoint, FuseExp
 
 FuseExport::~FuseExport() { stop(); }
 
+void FuseExport::track(void* open_file, bool add) {
+  std::lock_guard lk(mu_);
+  if (add)
+    open_files_.insert(open_file);
+  else
+    open_files_.erase(open_file);
+}
+
 uint64_t FuseExport::ino_for(const std::string& name) {
   std::lock_guard lk(mu_);
   auto it = ino_by_name_.find(name);
@@ -312,6 +325,7 @@ Status FuseExport::start() {
   for (auto& a : args) argv.push_back(a.data());
   fuse_args fa = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   se_ = fuse_session_new(&fa, &kOps, sizeof kOps, this);
+  fuse_opt_free_args(&fa);
   if (!se_) return IoError("fuse_session_new failed (bad options?)");
   if (fuse_session_mount(se_, mountpoint_.c_str()) != 0) {
     fuse_session_destroy(se_);
@@ -357,6 +371,10 @@ void FuseExport::stop() {
   if (loop_.joinable()) loop_.join();
   fuse_session_destroy(se_);
   se_ = nullptr;
+  // Opens the kernel never released (connection aborted under a loop device).
+  std::lock_guard lk(mu_);
+  for (void* f : open_files_) delete static_cast<OpenFile*>(f);
+  open_files_.clear();
 }
 
 }  // namespace udm

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -32,6 +33,7 @@ class FuseExport {
   uint64_t ino_for(const std::string& name);  // stable per name, >= 2
   bool name_for(uint64_t ino, std::string* name);
   time_t start_time() const { return start_time_; }
+  void track(void* open_file, bool add);  // opens not yet released
 
  private:
   ExportProvider& provider_;
@@ -46,6 +48,7 @@ class FuseExport {
   std::map<std::string, uint64_t> ino_by_name_;
   std::map<uint64_t, std::string> name_by_ino_;
   uint64_t next_ino_ = 2;
+  std::set<void*> open_files_;
   time_t start_time_ = 0;
 };
 
