@@ -1,0 +1,200 @@
+// The three dm-snapshot targets.
+//
+//  snapshot-origin <origin>
+//  snapshot        <origin> <cow> <P|PO|N> <chunk_size>
+//  snapshot-merge  <origin> <cow> <P|PO> <chunk_size>
+//
+// Origins and their snapshots meet in a process-wide registry keyed by the
+// identity of the origin (st_dev+st_ino of a file, st_rdev of a block device,
+// the name of a udm device). A snapshot joins its origin's list when its
+// table is first resumed and leaves it when the last target using it is
+// destroyed; a reloaded table over the same COW takes over the live state
+// (like the kernel's exception handover), so no origin write is ever missed
+// between two tables. A write through snapshot-origin (or a merge writing
+// the origin) first makes every listed snapshot save the old chunk.
+//
+// Locking: each snapshot has a table of chunk locks (striped shared_mutex,
+// chunk number modulo the stripe count). Readers of a chunk take it shared;
+// creating an exception takes it exclusive. No lock covers more than one
+// chunk and none is held across another snapshot's I/O, so writes to
+// different chunks run in parallel and their metadata commits are grouped.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "device/target.h"
+#include "snapshot/store.h"
+
+namespace udm::snapshot {
+
+// Identity of a device spec for the origin registry.
+Result<std::string> device_identity(const std::string& spec);
+
+// One snapshot's live state, shared between the snapshot target, the origin
+// registry and (after a handover) the merge target.
+class SnapshotCore {
+ public:
+  SnapshotCore(DevicePtr origin, std::unique_ptr<ExceptionStore> store, std::string cow_key,
+               bool overflow_ok);
+
+  ExceptionStore& store() { return *store_; }
+  BlockDevice& origin() { return *origin_; }
+  const std::string& cow_key() const { return cow_key_; }
+  uint64_t chunk_bytes() const { return store_->chunk_bytes(); }
+  uint64_t origin_size() const { return origin_->size(); }
+  std::shared_mutex& lock_for(uint64_t chunk) { return locks_[chunk % kStripes]; }
+
+  // Before the origin chunk `chunk` is overwritten: save it unless saved.
+  // Failing to save invalidates the snapshot (never the origin write).
+  void save_before_origin_write(uint64_t chunk);
+  // The snapshot's view.
+  Status read(uint64_t offset, std::span<uint8_t> buf);
+  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua);
+  std::string status() const;
+  bool overflowed() const { return overflow_.load(); }
+
+  std::atomic<int> owners{0};
+
+ private:
+  // Copies origin chunk `chunk` into COW chunk `nc` (clamped at the origin end).
+  Status copy_out(uint64_t chunk, uint64_t nc);
+  void invalidate(const Status& why);
+
+  static constexpr size_t kStripes = 4096;
+  DevicePtr origin_;
+  std::unique_ptr<ExceptionStore> store_;
+  std::string cow_key_;
+  bool overflow_ok_;
+  std::atomic<bool> overflow_{false};
+  std::unique_ptr<std::shared_mutex[]> locks_;
+};
+
+// The snapshots of one origin.
+class OriginEntry {
+ public:
+  // Every listed snapshot (but `except`) saves the chunks of [offset, offset+len).
+  void save_range(uint64_t offset, uint64_t len, const SnapshotCore* except = nullptr);
+  // Lists `core`; a core with the same COW already listed is returned instead
+  // (the caller adopts it). Waits for in-flight origin writes.
+  std::shared_ptr<SnapshotCore> attach(std::shared_ptr<SnapshotCore> core);
+  // Removes `core` from the list if listed; returns it.
+  std::shared_ptr<SnapshotCore> take(const std::string& cow_key);
+  void detach(SnapshotCore* core);
+  size_t count() const;
+  // Held shared by an origin write from its first save until its own write
+  // completes, so a snapshot is never attached in the middle of one.
+  std::shared_mutex io_mu;
+
+ private:
+  mutable std::mutex list_mu_;
+  std::vector<std::shared_ptr<SnapshotCore>> snaps_;
+};
+
+std::shared_ptr<OriginEntry> origin_entry(const std::string& key);
+
+class OriginTarget : public Target {
+ public:
+  OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length)
+      : origin_(std::move(origin)), entry_(std::move(entry)), length_(length) {}
+  std::string type() const override { return "snapshot-origin"; }
+  uint64_t size() const override { return length_; }
+  DeviceCaps caps() const override;
+
+ protected:
+  Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_flush() override { return origin_->flush(); }
+
+ private:
+  DevicePtr origin_;
+  std::shared_ptr<OriginEntry> entry_;
+  uint64_t length_;
+};
+
+class SnapshotTarget : public Target {
+ public:
+  SnapshotTarget(std::shared_ptr<SnapshotCore> core, std::shared_ptr<OriginEntry> entry,
+                 uint64_t length);
+  ~SnapshotTarget() override;
+  std::string type() const override { return "snapshot"; }
+  uint64_t size() const override { return length_; }
+  DeviceCaps caps() const override;
+  std::string status() const override;
+  void resume() override;
+  SnapshotCore& core() { return *core_; }
+
+ protected:
+  Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_flush() override;
+
+ private:
+  std::shared_ptr<SnapshotCore> core_;
+  std::shared_ptr<OriginEntry> entry_;
+  uint64_t length_;
+  bool attached_ = false;
+};
+
+// snapshot-merge: the origin's device, reading as the snapshot, while a
+// background thread copies the COW's chunks back into the origin.
+class MergeTarget : public Target {
+ public:
+  MergeTarget(DevicePtr origin, std::shared_ptr<SnapshotCore> core,
+              std::shared_ptr<OriginEntry> entry, uint64_t length);
+  ~MergeTarget() override;
+  std::string type() const override { return "snapshot-merge"; }
+  uint64_t size() const override { return length_; }
+  DeviceCaps caps() const override;
+  std::string status() const override;
+  void presuspend() override;
+  void resume() override;
+
+  // Runs the merge on the calling thread until done, stopped or failed
+  // (offline tool; `progress(remaining)` after each batch).
+  Status run_merge(const std::function<void(uint64_t)>& progress = {});
+  // Blocks until the background merge ends; its result.
+  Status wait();
+  bool done() const { return done_.load(); }
+  uint64_t remaining() const { return core_->store().exception_count(); }
+
+ protected:
+  Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_flush() override;
+
+ private:
+  Status merge_one_batch(bool* finished);
+  void stop_thread();
+
+  DevicePtr origin_;  // opened writable (an adopted core's may not be)
+  std::shared_ptr<SnapshotCore> core_;
+  std::shared_ptr<OriginEntry> entry_;
+  uint64_t length_;
+  bool adopted_ = false;
+
+  std::mutex run_mu_;
+  std::condition_variable run_cv_;
+  std::set<uint64_t> merging_;  // origin chunks being copied back right now
+  Status result_;
+  std::atomic<bool> done_{false}, failed_{false}, stop_{false};
+  std::thread thread_;
+};
+
+// Builds a merge target over paths without a daemon (snapshot-merge-offline).
+Result<std::shared_ptr<MergeTarget>> open_offline_merge(const std::string& origin,
+                                                        const std::string& cow,
+                                                        uint32_t chunk_sectors);
+
+Result<TargetPtr> make_origin_target(const TargetParams& p);
+Result<TargetPtr> make_snapshot_target(const TargetParams& p);
+Result<TargetPtr> make_merge_target(const TargetParams& p);
+
+}  // namespace udm::snapshot

@@ -1,0 +1,234 @@
+#include "snapshot/store.h"
+
+#include <algorithm>
+
+namespace udm::snapshot {
+
+Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePtr cow,
+                                                                        uint64_t origin_bytes,
+                                                                        uint32_t table_cs,
+                                                                        bool format_new) {
+  std::vector<uint8_t> first(kSectorSize);
+  if (cow->size() < kSectorSize) return Invalid("COW device is smaller than one sector");
+  UDM_TRY(cow->read(0, first).context("reading COW header"));
+  auto* dev = cow.get();
+  UDM_ASSIGN_OR_RETURN(ParsedCow p,
+                       parse_cow(first, cow->size(), origin_bytes, table_cs,
+                                 [dev](uint64_t c, std::span<uint8_t> buf) {
+                                   return dev->read(c * buf.size(), buf).context("reading COW");
+                                 }));
+  std::unique_ptr<ExceptionStore> s(new ExceptionStore());
+  s->persistent_ = true;
+  s->cow_ = std::move(cow);
+  s->geo_ = p.geo;
+  s->cow_chunks_ = s->cow_->size() / p.geo.chunk_bytes;
+  s->header_ = p.header;
+  const uint64_t CB = p.geo.chunk_bytes;
+  switch (p.kind) {
+    case ParsedCow::Kind::kNew: {
+      if (!format_new) return Invalid("COW has no snapshot header (magic 0): nothing to merge");
+      if (s->cow_->caps().read_only) return ReadOnly("COW is read-only and has no header yet");
+      // Area 0 zeroed (FUA) before the header (FUA): a header on disk always
+      // has a readable, empty table behind it.
+      std::vector<uint8_t> zero(CB, 0);
+      UDM_TRY(s->cow_->write(CB, zero, true).context("formatting COW area 0"));
+      s->header_ = {kCowMagic, 1, kCowVersion, p.geo.chunk_sectors};
+      auto h = encode_header_chunk(s->header_, CB);
+      UDM_TRY(s->cow_->write(0, h, true).context("writing COW header"));
+      s->next_free_ = 2;
+      break;
+    }
+    case ParsedCow::Kind::kInvalid:
+      s->valid_ = false;
+      s->next_free_ = 2;
+      break;
+    case ParsedCow::Kind::kValid: {
+      s->records_ = std::move(p.records);
+      s->committed_ = 0;
+      s->table_.reserve(s->records_.size());
+      for (auto& r : s->records_) s->table_.emplace(r.old_chunk, r.new_chunk);
+      s->next_free_ = std::max<uint64_t>(2, p.max_new_chunk + 1);
+      if (s->geo_.is_area_chunk(s->next_free_)) s->next_free_++;
+      break;
+    }
+  }
+  return s;
+}
+
+Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_transient(DevicePtr cow,
+                                                                       uint64_t,
+                                                                       uint32_t cs) {
+  if (cs == 0) cs = kDefaultChunkSectors;
+  UDM_ASSIGN_OR_RETURN(CowGeometry g, make_geometry(cs));
+  std::unique_ptr<ExceptionStore> s(new ExceptionStore());
+  s->persistent_ = false;
+  s->cow_ = std::move(cow);
+  s->geo_ = g;
+  s->cow_chunks_ = s->cow_->size() / g.chunk_bytes;
+  s->next_free_ = 0;
+  return s;
+}
+
+bool ExceptionStore::valid() const {
+  std::lock_guard lk(mu_);
+  return valid_;
+}
+
+std::optional<uint64_t> ExceptionStore::lookup(uint64_t old_chunk) const {
+  std::shared_lock lk(map_mu_);
+  auto it = table_.find(old_chunk);
+  if (it == table_.end()) return std::nullopt;
+  return it->second;
+}
+
+uint64_t ExceptionStore::exception_count() const {
+  std::shared_lock lk(map_mu_);
+  return table_.size();
+}
+
+Result<uint64_t> ExceptionStore::allocate() {
+  std::lock_guard lk(mu_);
+  if (!valid_) return IoError("snapshot is invalid");
+  uint64_t c = next_free_;
+  if (c + 1 > cow_chunks_) return NoSpace("COW is full");
+  if (persistent_) {
+    // When this chunk is the last one before the next metadata area, that
+    // area must exist too: it is zeroed as the terminator when the current
+    // area fills (the seed's "+ changed/E" term).
+    if (geo_.is_area_chunk(c + 1) && c + 2 > cow_chunks_) return NoSpace("COW is full");
+    next_free_ = c + 1;
+    if (geo_.is_area_chunk(next_free_)) next_free_++;
+  } else {
+    next_free_ = c + 1;
+  }
+  return c;
+}
+
+Status ExceptionStore::write_areas(size_t first) {
+  const uint64_t E = geo_.per_area, CB = geo_.chunk_bytes;
+  const size_t n = records_.size();
+  // Flush #1 (the kernel's PREFLUSH): every data chunk copied for these
+  // records reached the COW before this point; make them durable before any
+  // record that points at them.
+  UDM_TRY(cow_->flush());
+  uint64_t first_area = first / E, last_area = (n - 1) / E;
+  if (n % E == 0) {
+    // The last touched area is now full: its successor must read as an empty
+    // area on disk before the full one is written.
+    std::vector<uint8_t> zero(CB, 0);
+    UDM_TRY(cow_->write(geo_.area_chunk(last_area + 1) * CB, zero, true));
+  }
+  // Newest area first, each with FUA: whatever prefix reaches the disk, the
+  // on-disk table is the old table plus a prefix-closed set of new records.
+  for (uint64_t k = last_area + 1; k-- > first_area;) {
+    size_t b = k * E, e = std::min<size_t>(n, (k + 1) * E);
+    auto area = encode_area(std::span<const CowRecord>(records_.data() + b, e - b), CB);
+    UDM_TRY(cow_->write(geo_.area_chunk(k) * CB, area, true));
+  }
+  return Status::Ok();
+}
+
+Status ExceptionStore::commit(CowRecord r) {
+  if (persistent_) {
+    std::unique_lock lk(mu_);
+    if (!valid_) return IoError("snapshot is invalid");
+    pending_.push_back(r);
+    uint64_t my = ++queued_;
+    while (committed_ < my) {
+      if (!sticky_.ok()) return sticky_;
+      if (!committing_) {
+        // Become the leader: write everything queued so far in one go.
+        committing_ = true;
+        std::vector<CowRecord> batch;
+        batch.swap(pending_);
+        uint64_t upto = queued_;
+        size_t first = records_.size();
+        records_.insert(records_.end(), batch.begin(), batch.end());
+        lk.unlock();
+        Status st = write_areas(first);
+        lk.lock();
+        committing_ = false;
+        if (!st.ok())
+          sticky_ = st.context("committing COW metadata");
+        else
+          committed_ = upto;
+        cv_.notify_all();
+        continue;
+      }
+      cv_.wait(lk);
+    }
+  }
+  std::unique_lock lk(map_mu_);
+  table_[r.old_chunk] = r.new_chunk;
+  return Status::Ok();
+}
+
+Status ExceptionStore::invalidate() {
+  {
+    std::lock_guard lk(mu_);
+    if (!valid_) return Status::Ok();
+    valid_ = false;
+  }
+  if (!persistent_) return Status::Ok();
+  CowHeader h = header_;
+  h.valid = 0;
+  auto buf = encode_header_chunk(h, geo_.chunk_bytes);
+  return cow_->write(0, buf, true).context("invalidating COW header");
+}
+
+std::vector<CowRecord> ExceptionStore::merge_batch(size_t max) {
+  std::lock_guard lk(mu_);
+  const uint64_t E = geo_.per_area;
+  if (!merging_) {
+    merging_ = true;
+    merge_area_ = records_.size() / E;
+  }
+  size_t count = records_.size();
+  uint64_t in_area = count - merge_area_ * E;
+  if (in_area == 0) {
+    if (merge_area_ == 0) return {};
+    merge_area_--;
+    in_area = E;
+  }
+  size_t n = std::min<size_t>(std::max<size_t>(max, 1), in_area);
+  return std::vector<CowRecord>(records_.end() - n, records_.end());
+}
+
+Status ExceptionStore::commit_merge(size_t n) {
+  std::vector<CowRecord> dropped;
+  std::vector<uint8_t> area;
+  uint64_t k;
+  {
+    std::lock_guard lk(mu_);
+    const uint64_t E = geo_.per_area;
+    k = merge_area_;
+    size_t count = records_.size();
+    n = std::min(n, count - k * E);
+    dropped.assign(records_.end() - n, records_.end());
+    records_.resize(count - n);
+    size_t b = k * E;
+    area = encode_area(std::span<const CowRecord>(records_.data() + b, records_.size() - b),
+                       geo_.chunk_bytes);
+    next_free_ = geo_.area_chunk(k) + (records_.size() - b) + 1;
+  }
+  // PREFLUSH + FUA on the area, as the kernel does. The origin copies were
+  // flushed by the caller (a different device).
+  UDM_TRY(cow_->flush());
+  UDM_TRY(cow_->write(geo_.area_chunk(k) * geo_.chunk_bytes, area, true)
+              .context("writing COW metadata area during merge"));
+  std::unique_lock lk(map_mu_);
+  for (auto& r : dropped) table_.erase(r.old_chunk);
+  return Status::Ok();
+}
+
+std::string ExceptionStore::usage_status() const {
+  std::lock_guard lk(mu_);
+  uint64_t cs = geo_.chunk_sectors;
+  uint64_t total = cow_->size() / kSectorSize;
+  if (!persistent_) return std::to_string(next_free_ * cs) + "/" + std::to_string(total) + " 0";
+  uint64_t area = merging_ ? merge_area_ : records_.size() / geo_.per_area;
+  return std::to_string(next_free_ * cs) + "/" + std::to_string(total) + " " +
+         std::to_string((area + 2) * cs);
+}
+
+}  // namespace udm::snapshot
