@@ -1,0 +1,264 @@
+// Snapshot targets against kernel-made COW images, bad input, and the
+// origin/snapshot/merge behaviour in process.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "common/sys_util.h"
+#include "io/memory_device.h"
+#include "io/path_resolver.h"
+#include "snapshot/cow_format.h"
+#include "snapshot/snapshot.h"
+#include "util/endian.h"
+
+using namespace udm;
+using namespace udm::snapshot;
+using namespace udm::test;
+
+namespace {
+
+// Resolver over named in-memory devices (names are udm-style, not paths).
+class MapResolver : public DeviceResolver {
+ public:
+  std::map<std::string, DevicePtr> devs;
+  Result<DevicePtr> open(const std::string& spec, bool) override {
+    auto it = devs.find(spec);
+    if (it == devs.end()) return Invalid("no device " + spec);
+    return it->second;
+  }
+};
+
+Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, uint64_t len,
+                       DeviceResolver* r) {
+  TargetParams p;
+  p.type = type;
+  p.args = std::move(args);
+  p.length = len;
+  p.resolver = r;
+  if (type == "snapshot") return make_snapshot_target(p);
+  if (type == "snapshot-origin") return make_origin_target(p);
+  return make_merge_target(p);
+}
+
+std::string dump_sha(BlockDevice& d, const std::string& path) {
+  std::vector<uint8_t> all(d.size());
+  EXPECT_TRUE(d.read(0, all).ok());
+  write_file(path, all);
+  return sha256_file(path);
+}
+
+struct KernelVector {
+  TempDir dir;
+  std::string origin, cow;
+  explicit KernelVector(const std::string& name) {
+    std::string src = shared_dir() + "/data/dm-snapshot/" + name;
+    origin = dir.file("origin.img");
+    cow = dir.file("cow.img");
+    auto r = sh("zstd -q -d --long=27 -o " + origin + " " + src + "/origin.img.zst && zstd -q -d --long=27 -o " +
+                cow + " " + src + "/cow.img.zst");
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+  }
+};
+
+}  // namespace
+
+TEST(SnapshotKernelImages, C8SnapshotViewAndStatus) {
+  KernelVector v("c8");
+  PathResolver pr;
+  auto t = make("snapshot", {v.origin, v.cow, "P", "8"}, 32 << 20, &pr);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  (*t)->resume();
+  EXPECT_EQ((*t)->status(), "9592/32768 48");
+  EXPECT_EQ(dump_sha(**t, v.dir.file("snap.out")),
+            "f433ff650cb7b6119451ae5d0bebf2a3ae3acfbe1324544756985ee6849184f9");
+  EXPECT_EQ(sha256_file(v.origin), "7613c15297e4ef92ce8d419016de0010e9a89658e450825067a1348e1847ed91");
+  auto inspect = run({udm_bin(), "inspect", v.cow});
+  if (inspect.exit_code == 0) {
+    EXPECT_NE(inspect.out.find("exceptions:          1193"), std::string::npos) << inspect.out;
+    EXPECT_NE(inspect.out.find("highest_data_chunk:  1198"), std::string::npos) << inspect.out;
+  }
+}
+
+TEST(SnapshotKernelImages, C8MergeMatchesKernel) {
+  KernelVector v("c8");
+  auto m = open_offline_merge(v.origin, v.cow, 8);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  auto before = dump_sha(**m, v.dir.file("view.out"));
+  EXPECT_EQ(before, "f433ff650cb7b6119451ae5d0bebf2a3ae3acfbe1324544756985ee6849184f9");
+  ASSERT_TRUE((*m)->run_merge().ok());
+  EXPECT_EQ((*m)->status(), "16/32768 16");
+  m->reset();
+  EXPECT_EQ(sha256_file(v.origin), "f433ff650cb7b6119451ae5d0bebf2a3ae3acfbe1324544756985ee6849184f9");
+  // The COW is the kernel's post-merge COW byte for byte (all areas zeroed).
+  EXPECT_EQ(sha256_file(v.cow), "829219f24fda38d13879e45517f75661b7bdc2df23a8c329ff4ced6c31fd040d");
+}
+
+TEST(SnapshotKernelImages, MergeInterruptedAndResumed) {
+  KernelVector v("c8");
+  {
+    auto m = open_offline_merge(v.origin, v.cow, 0);
+    ASSERT_TRUE(m.ok());
+    // Stop after the first batch, as a crash between batches would.
+    int batches = 0;
+    MergeTarget* mp = m->get();
+    Status st = mp->run_merge([&](uint64_t) {
+      if (++batches == 1) mp->presuspend();
+    });
+    ASSERT_TRUE(st.ok());
+    EXPECT_GT(mp->remaining(), 0u);
+  }
+  auto m = open_offline_merge(v.origin, v.cow, 0);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  ASSERT_TRUE((*m)->run_merge().ok());
+  m->reset();
+  EXPECT_EQ(sha256_file(v.origin), "f433ff650cb7b6119451ae5d0bebf2a3ae3acfbe1324544756985ee6849184f9");
+}
+
+// ---- bad input: clear error, nothing written
+
+struct BadCow {
+  std::vector<uint8_t> cow;
+  BadCow() : cow(64 * 4096, 0) {
+    auto h = encode_header_chunk({kCowMagic, 1, 1, 8}, 4096);
+    memcpy(cow.data(), h.data(), h.size());
+  }
+  void record(size_t i, uint64_t o, uint64_t n) {
+    put_le64(cow.data() + 4096 + i * 16, o);
+    put_le64(cow.data() + 4096 + i * 16 + 8, n);
+  }
+  Status load() {
+    MapResolver r;
+    r.devs["o"] = std::make_shared<MemoryDevice>(1 << 20);
+    auto c = std::make_shared<MemoryDevice>(cow);
+    r.devs["c"] = c;
+    auto t = make("snapshot", {"o", "c", "P", "8"}, 1 << 20, &r);
+    EXPECT_EQ(c->contents(), cow) << "a refused COW was written to";
+    return t.ok() ? Status::Ok() : t.status();
+  }
+};
+
+TEST(SnapshotBadInput, Refusals) {
+  {
+    BadCow b;
+    b.cow[0] = 'X';
+    auto s = b.load();
+    EXPECT_NE(s.message().find("magic"), std::string::npos) << s.to_string();
+  }
+  {
+    BadCow b;
+    put_le32(b.cow.data() + 8, 2);
+    EXPECT_NE(b.load().message().find("version"), std::string::npos);
+  }
+  {
+    BadCow b;
+    put_le32(b.cow.data() + 12, 12);
+    EXPECT_NE(b.load().message().find("power of two"), std::string::npos);
+  }
+  {
+    BadCow b;
+    b.record(0, 3, 1000);  // COW has 64 chunks
+    EXPECT_NE(b.load().message().find("past the end of the COW"), std::string::npos);
+  }
+  {
+    BadCow b;
+    b.record(0, 999, 2);  // origin has 256 chunks
+    EXPECT_NE(b.load().message().find("past the end of the origin"), std::string::npos);
+  }
+  {
+    BadCow b;
+    b.record(0, 5, 2);
+    b.record(1, 5, 3);
+    EXPECT_NE(b.load().message().find("duplicate old_chunk"), std::string::npos);
+  }
+  {
+    BadCow b;
+    b.record(0, 5, 1);
+    EXPECT_NE(b.load().message().find("metadata area"), std::string::npos);
+  }
+  {
+    BadCow b;
+    b.record(0, 5, 2);
+    EXPECT_TRUE(b.load().ok());
+  }
+}
+
+// ---- behaviour in process
+
+TEST(SnapshotTargets, OriginWritesCopyIntoEverySnapshotAndMergeRollsBack) {
+  const uint64_t kOrigin = 1 << 20;
+  MapResolver r;
+  auto origin = std::make_shared<MemoryDevice>(random_bytes(kOrigin, 1));
+  auto before = origin->contents();
+  r.devs["origin"] = origin;
+  r.devs["cow1"] = std::make_shared<MemoryDevice>(1 << 20);
+  r.devs["cow2"] = std::make_shared<MemoryDevice>(1 << 20);
+  auto o = make("snapshot-origin", {"origin"}, kOrigin, &r);
+  auto s1 = make("snapshot", {"origin", "cow1", "P", "8"}, kOrigin, &r);
+  auto s2 = make("snapshot", {"origin", "cow2", "N", "16"}, kOrigin, &r);
+  ASSERT_TRUE(o.ok() && s1.ok() && s2.ok());
+  (*o)->resume();
+  (*s1)->resume();
+  (*s2)->resume();
+  EXPECT_EQ((*s1)->status(), "16/2048 16");
+  auto data = random_bytes(10000, 2);
+  ASSERT_TRUE((*o)->write(12345, data).ok());
+  ASSERT_TRUE((*o)->write(500000, std::span<const uint8_t>(data.data(), 512)).ok());
+  // A snapshot write: partial chunk.
+  auto sdata = random_bytes(700, 3);
+  ASSERT_TRUE((*s1)->write(800000 + 100, sdata).ok());
+  auto expect1 = before;
+  memcpy(expect1.data() + 800100, sdata.data(), sdata.size());
+  std::vector<uint8_t> got(kOrigin);
+  ASSERT_TRUE((*s1)->read(0, got).ok());
+  EXPECT_TRUE(got == expect1);
+  ASSERT_TRUE((*s2)->read(0, got).ok());
+  EXPECT_TRUE(got == before);
+  ASSERT_TRUE((*o)->read(0, got).ok());
+  EXPECT_EQ(memcmp(got.data() + 12345, data.data(), data.size()), 0);
+  EXPECT_EQ((*s2)->status(), "48/2048 0");  // 8 KiB chunks 1, 2 and 61 copied
+  // Reload s1 from disk: same view.
+  auto cow1 = std::static_pointer_cast<MemoryDevice>(r.devs["cow1"]);
+  r.devs["cow1copy"] = std::make_shared<MemoryDevice>(cow1->contents());
+  {
+    auto again = make("snapshot", {"origin", "cow1copy", "P", "0"}, kOrigin, &r);
+    ASSERT_TRUE(again.ok()) << again.status().to_string();
+    ASSERT_TRUE((*again)->read(0, got).ok());
+    EXPECT_TRUE(got == expect1);
+  }
+  // Merge s1 back: drop the snapshot, load snapshot-merge (hands over s1's state).
+  auto m = make("snapshot-merge", {"origin", "cow1", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  (*m)->resume();
+  ASSERT_TRUE((*m)->read(0, got).ok());
+  EXPECT_TRUE(got == expect1);
+  auto* mt = static_cast<MergeTarget*>(m->get());
+  ASSERT_TRUE(mt->wait().ok());
+  EXPECT_EQ((*m)->status(), "16/2048 16");
+  EXPECT_TRUE(origin->contents() == expect1);
+}
+
+TEST(SnapshotTargets, FullCowInvalidatesSnapshotNotOrigin) {
+  MapResolver r;
+  auto origin = std::make_shared<MemoryDevice>(1 << 20);
+  r.devs["origin"] = origin;
+  r.devs["cow"] = std::make_shared<MemoryDevice>(8 * 4096);  // hdr + area + 5 data
+  auto o = make("snapshot-origin", {"origin"}, 1 << 20, &r);
+  auto s = make("snapshot", {"origin", "cow", "P", "8"}, 1 << 20, &r);
+  ASSERT_TRUE(o.ok() && s.ok());
+  (*o)->resume();
+  (*s)->resume();
+  std::vector<uint8_t> buf(4096, 7);
+  for (int i = 0; i < 10; i++) ASSERT_TRUE((*o)->write(uint64_t(i) * 65536, buf).ok());
+  EXPECT_EQ((*s)->status(), "Invalid");
+  std::vector<uint8_t> got(4096);
+  EXPECT_FALSE((*s)->read(0, got).ok());
+  ASSERT_TRUE((*o)->read(9 * 65536, got).ok());
+  EXPECT_TRUE(got == buf);
+}
+
+TEST(SnapshotTools, CowSize) {
+  auto r = run({udm_bin(), "cow-size", "--chunk-size", "4096", "--changed-chunks", "256"});
+  if (r.out.empty()) GTEST_SKIP() << "udm binary not built";
+  // 1 + 1 + 256 + 1 chunks
+  EXPECT_EQ(r.out, std::to_string(259 * 4096) + "\n") << r.describe();
+}
