@@ -91,7 +91,10 @@ void cmd_merge_offline(const std::string& origin, const std::string& cow, uint32
 
 }  // namespace
 
+void register_fiemap_cli(CLI::App& app);
+
 void register_snapshot_cli(CLI::App& app) {
+  register_fiemap_cli(app);
   {
     auto* sub = app.add_subcommand("cow-size", "COW bytes needed for N changed chunks (kernel format)");
     auto cs = std::make_shared<std::string>();
