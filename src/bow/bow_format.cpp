@@ -1,0 +1,123 @@
+#include "bow/bow_format.h"
+
+#include <fmt/format.h>
+#include <zlib.h>
+
+#include <bit>
+
+#include "util/endian.h"
+
+namespace udm::bow {
+
+bool valid_block_size(uint64_t bs) {
+  return bs >= kMinBlock && bs <= kMaxBlock && std::has_single_bit(bs);
+}
+
+uint32_t crc32_le(uint32_t crc, std::span<const uint8_t> data) {
+  // zlib's crc32() inverts before and after; undo both to get the raw CRC.
+  uint32_t z = ~crc;
+  size_t done = 0;
+  while (done < data.size()) {
+    size_t n = std::min<size_t>(data.size() - done, 1u << 30);
+    z = static_cast<uint32_t>(::crc32(z, data.data() + done, static_cast<uInt>(n)));
+    done += n;
+  }
+  return ~z;
+}
+
+uint32_t entry_checksum(uint64_t source_block, std::span<const uint8_t> data) {
+  return crc32_le(static_cast<uint32_t>(source_block), data);
+}
+
+std::vector<uint8_t> encode_log(const LogBlock& log) {
+  std::vector<uint8_t> out(log.block_size, 0);
+  store_le<uint32_t>(&out[0], kLogMagic);
+  store_le<uint16_t>(&out[4], kLogVersion);
+  store_le<uint16_t>(&out[6], kHeaderSize);
+  store_le<uint32_t>(&out[8], log.block_size);
+  store_le<uint32_t>(&out[12], static_cast<uint32_t>(log.entries.size()));
+  store_le<uint32_t>(&out[16], log.sequence);
+  store_le<uint64_t>(&out[20], log.sector0);
+  size_t p = kHeaderSize;
+  for (const auto& e : log.entries) {
+    store_le<uint64_t>(&out[p], e.source);
+    store_le<uint64_t>(&out[p + 8], e.dest);
+    store_le<uint32_t>(&out[p + 16], e.size);
+    store_le<uint32_t>(&out[p + 20], e.checksum);
+    p += kEntrySize;
+  }
+  return out;
+}
+
+bool has_log_magic(std::span<const uint8_t> data) {
+  return data.size() >= 4 && load_le<uint32_t>(data.data()) == kLogMagic;
+}
+
+Result<LogBlock> decode_log(std::span<const uint8_t> d, uint64_t device_bytes) {
+  if (d.size() < kHeaderSize) return Corrupt("bow log: block shorter than the header");
+  uint32_t magic = load_le<uint32_t>(&d[0]);
+  if (magic == kRestoringMagic)
+    return Corrupt("bow log: block 0 is marked as a partially restored Android log (magic WOB)");
+  if (magic != kLogMagic)
+    return Corrupt(fmt::format("bow log: bad magic {:#010x} (expected {:#010x})", magic, kLogMagic));
+  uint16_t version = load_le<uint16_t>(&d[4]);
+  if (version != kLogVersion)
+    return Corrupt(fmt::format("bow log: unsupported version {:#06x}", version));
+  uint16_t hsize = load_le<uint16_t>(&d[6]);
+  if (hsize != kHeaderSize) return Corrupt(fmt::format("bow log: header size {} (expected 28)", hsize));
+  LogBlock log;
+  log.block_size = load_le<uint32_t>(&d[8]);
+  if (!valid_block_size(log.block_size))
+    return Corrupt(fmt::format("bow log: block size {} is not a power of two in 512..65536",
+                               log.block_size));
+  if (d.size() < log.block_size)
+    return Corrupt(fmt::format("bow log: block size {} exceeds the {} bytes read", log.block_size,
+                               d.size()));
+  if (device_bytes < 2ull * log.block_size)
+    return Corrupt(fmt::format("bow log: device of {} bytes is too small for block size {}",
+                               device_bytes, log.block_size));
+  uint32_t count = load_le<uint32_t>(&d[12]);
+  if (count == 0) return Corrupt("bow log: no entries (entry 0 must save the previous block 0)");
+  if (count > log_capacity(log.block_size))
+    return Corrupt(fmt::format("bow log: count {} exceeds the {} entries a {}-byte block holds",
+                               count, log_capacity(log.block_size), log.block_size));
+  log.sequence = load_le<uint32_t>(&d[16]);
+  log.sector0 = load_le<uint64_t>(&d[20]);
+  const uint64_t bsec = log.block_size / 512;
+  const uint64_t dev_sectors = device_bytes / 512;
+  const uint64_t whole_sectors = device_bytes / log.block_size * bsec;  // whole blocks only
+  if (log.sector0 == 0 || log.sector0 % bsec != 0 || log.sector0 >= whole_sectors)
+    return Corrupt(fmt::format("bow log: sector0 {} is not a block inside the device", log.sector0));
+  (void)dev_sectors;
+  size_t p = kHeaderSize;
+  for (uint32_t i = 0; i < count; i++, p += kEntrySize) {
+    LogEntry e;
+    e.source = load_le<uint64_t>(&d[p]);
+    e.dest = load_le<uint64_t>(&d[p + 8]);
+    e.size = load_le<uint32_t>(&d[p + 16]);
+    e.checksum = load_le<uint32_t>(&d[p + 20]);
+    auto bad = [&](const char* what) {
+      return Corrupt(fmt::format("bow log: sequence {} entry {} (source {}, dest {}, size {}): {}",
+                                 log.sequence, i, e.source, e.dest, e.size, what));
+    };
+    if (e.size == 0 || e.size % log.block_size != 0) return bad("size is not a whole number of blocks");
+    if (e.source % bsec != 0 || e.dest % bsec != 0) return bad("sector not aligned to the block size");
+    uint64_t nsec = e.size / 512;
+    if (e.source >= whole_sectors || nsec > whole_sectors - e.source)
+      return bad("source range runs past the end of the device");
+    if (e.dest >= whole_sectors || nsec > whole_sectors - e.dest)
+      return bad("dest range runs past the end of the device");
+    if (e.dest == 0) return bad("dest is block 0 (the log itself)");
+    if (i == 0) {
+      if (e.source != 0 || e.size != log.block_size) return bad("entry 0 must save exactly block 0");
+    } else if (e.source == 0) {
+      return bad("only entry 0 may save block 0");
+    }
+    if (e.source < e.dest ? e.source + nsec > e.dest : e.dest + nsec > e.source)
+      return bad("source and dest overlap");
+    log.entries.push_back(e);
+  }
+  return log;
+}
+
+}  // namespace udm::bow

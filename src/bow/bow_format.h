@@ -1,0 +1,84 @@
+// On-disk format of the bow (backup-on-write) log, kept in block 0 of the
+// device while a checkpoint is active. Layout (all little-endian, explicit
+// widths; compatible with the Android kernel's dm-bow 1.2 log on little-endian
+// machines — see docs/bow.md):
+//
+//   off  size  field
+//   0    u32   magic 0x00574F42 ("BOW\0")
+//   4    u16   version 0x0100
+//   6    u16   header size (28)
+//   8    u32   block size in bytes (power of two, 512..65536)
+//   12   u32   count of entries in this log block
+//   16   u32   sequence (0 for the first log block, +1 per rollover)
+//   20   u64   sector0: 512-byte sector where the live contents of block 0 are
+//   28   24*n  entries: u64 source sector, u64 dest sector, u32 size (bytes),
+//              u32 checksum
+//
+// An entry says "the `size` bytes that were at `source` before they were
+// overwritten are saved at `dest`". Entry 0 of sequence 0 saves the original
+// block 0; entry 0 of every later log block saves the previous (full) log
+// block, so the log blocks form a chain. checksum is the CRC-32 (reflected
+// polynomial 0xEDB88320, no pre/post inversion, i.e. the kernel's crc32_le)
+// seeded with the source block number and run over the saved bytes; 0 means
+// "not checked".
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "util/status.h"
+
+namespace udm::bow {
+
+inline constexpr uint32_t kLogMagic = 0x00574F42;      // "BOW\0"
+inline constexpr uint32_t kRestoringMagic = 0x00424F57;  // Android vold's partial restore ("WOB")
+inline constexpr uint16_t kLogVersion = 0x0100;
+inline constexpr uint16_t kHeaderSize = 28;
+inline constexpr uint32_t kEntrySize = 24;
+inline constexpr uint32_t kMinBlock = 512;
+inline constexpr uint32_t kMaxBlock = 65536;
+
+struct LogEntry {
+  uint64_t source = 0;  // sectors
+  uint64_t dest = 0;    // sectors
+  uint32_t size = 0;    // bytes
+  uint32_t checksum = 0;
+  bool operator==(const LogEntry&) const = default;
+};
+
+struct LogBlock {
+  uint32_t block_size = 4096;
+  uint32_t sequence = 0;
+  uint64_t sector0 = 0;
+  std::vector<LogEntry> entries;
+  bool operator==(const LogBlock&) const = default;
+};
+
+// Entries that fit in one log block of `block_size` bytes.
+inline uint32_t log_capacity(uint32_t block_size) {
+  return (block_size - kHeaderSize) / kEntrySize;
+}
+
+bool valid_block_size(uint64_t bs);
+
+// Serialises into exactly block_size bytes (the tail is zero).
+std::vector<uint8_t> encode_log(const LogBlock& log);
+
+// True if the buffer starts with the bow magic (the caller then parses it).
+bool has_log_magic(std::span<const uint8_t> data);
+
+// Parses and validates a log block read from a device of `device_bytes`
+// bytes: every header field, and every entry (aligned to the block size,
+// inside the device, never touching block 0 except entry 0, which must save
+// exactly block 0; non-zero sizes). `data` must hold at least the block.
+// Errors are EUCLEAN with a message naming the field.
+Result<LogBlock> decode_log(std::span<const uint8_t> data, uint64_t device_bytes);
+
+// The entry checksum: crc32_le seeded with the source block number.
+uint32_t entry_checksum(uint64_t source_block, std::span<const uint8_t> data);
+// Raw CRC-32 (reflected 0xEDB88320), no inversion, continuing from `crc`.
+uint32_t crc32_le(uint32_t crc, std::span<const uint8_t> data);
+
+}  // namespace udm::bow

@@ -1,0 +1,139 @@
+// bow <dev> [<#opt_args> on_full=fail|drop block_size=N]: backup-on-write
+// into the device's own free space (seed 001, Android's dm-bow), with the
+// prototype's known bugs fixed. See docs/bow.md for the full story.
+//
+// States (message "state 1" / "state 2", only 0 -> 1 -> 2):
+//  0 trim:       discards mark whole blocks FREE and are not passed down; a
+//                write "un-trims" the blocks it touches (so writes racing with
+//                FITRIM in state 0 are safe: a written block is never backup
+//                space); block 0 is never free.
+//  1 checkpoint: block 0 holds the log; the live block 0 is relocated to a
+//                free block. A write to UNCHANGED or BACKUP blocks first copies
+//                them into FREE blocks and logs the copy durably; writes to
+//                FREE or CHANGED blocks go straight down.
+//  2 committed:  the live block 0 is copied home, all state is freed,
+//                pass-through.
+//
+// Concurrency: one mutex guards the range map and is never held across I/O.
+// Writes that need backups queue jobs; one writer at a time becomes the
+// committer and handles every queued job as one batch (copies, one flush,
+// one log write, one flush: group commit), while writes to other blocks go on.
+// Blocks being backed up are marked busy; only writes overlapping them wait.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+
+#include "bow/bow_format.h"
+#include "bow/range_map.h"
+#include "device/target.h"
+
+namespace udm::bow {
+
+struct BowOptions {
+  bool drop_on_full = false;  // on_full=drop
+  uint32_t block_size = 4096;
+};
+
+struct BowStats {
+  int state = 0;
+  uint64_t free_bytes = 0;
+  uint64_t backed_up_bytes = 0;  // data saved by log entries (log blocks excluded)
+  uint64_t entries = 0;          // log entries in the whole chain
+  uint32_t sequence = 0;
+  bool dropped = false;  // on_full=drop happened: checkpoint abandoned
+  bool resumed = false;  // the checkpoint was found on the device at creation
+  bool failed = false;   // an I/O error stopped the target (writes fail)
+};
+
+class BowTarget : public Target {
+ public:
+  // length: the segment length; the target uses bytes [0, length) of dev.
+  static Result<std::shared_ptr<BowTarget>> create(DevicePtr dev, uint64_t length,
+                                                   BowOptions opts);
+  ~BowTarget() override;
+
+  std::string type() const override { return "bow"; }
+  uint64_t size() const override { return size_; }
+  DeviceCaps caps() const override;
+  std::string status() const override;
+  Result<std::string> message(const std::vector<std::string>& args) override;
+
+  Status set_state(int state);
+  BowStats stats() const;
+  // For tests: the type of a block (under the lock).
+  BlockType block_type(uint64_t block) const;
+  bool map_consistent() const;
+
+ protected:
+  Status do_read(uint64_t off, std::span<uint8_t> buf) override;
+  Status do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) override;
+  Status do_trim(uint64_t off, uint64_t len) override;
+  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua) override;
+  Status do_flush() override;
+
+ private:
+  BowTarget(DevicePtr dev, uint64_t length, BowOptions opts);
+  Status load_existing();
+
+  struct Job {
+    std::vector<Run> runs;  // UNCHANGED / BACKUP runs to save
+    bool move_sector0 = false;
+    Status result;
+    bool done = false;
+    bool retry = false;  // state changed under us (drop): just retry the write
+  };
+  struct Copy {
+    uint64_t src, dst, n;  // blocks
+    uint32_t crc = 0;
+  };
+
+  // Write-type I/O: data (may be null for zeroes).
+  Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  Status lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  // Block-0 aware write / read of [off, off+len) with the state fixed.
+  Status io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  Status io_block0_read(uint64_t off, std::span<uint8_t> buf);
+  // Queue `job` and run batches until it is done (called with mu_ held).
+  void run_job(Job& job, std::unique_lock<std::mutex>& l);
+  void process_batch(std::vector<Job*> batch, std::unique_lock<std::mutex>& l);
+  Status copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* crc);
+  Status checkpoint();
+  Status commit(bool dropped);  // caller holds s0_mu_ exclusively
+  bool busy_overlaps(uint64_t s, uint64_t e) const;
+  void busy_add(uint64_t s, uint64_t e);
+  void busy_remove(uint64_t s, uint64_t e);
+
+  DevicePtr dev_;
+  uint64_t size_;
+  BowOptions opts_;
+  uint32_t bs_;
+  uint64_t blocks_;
+
+  // I/O holds state_mu_ shared; the 0 -> 1 and 1 -> 2 transitions hold it
+  // exclusively (they drain I/O first, as dm suspends do).
+  mutable std::shared_mutex state_mu_;
+  // I/O to block 0 in state 1 holds s0_mu_ shared; relocating the live block
+  // 0 and committing hold it exclusively.
+  mutable std::shared_mutex s0_mu_;
+
+  mutable std::mutex mu_;  // everything below
+  std::condition_variable cv_;
+  int state_ = 0;
+  RangeMap map_;
+  std::map<uint64_t, uint64_t> busy_;  // blocks being saved or filled: start -> end
+  uint64_t sector0_block_ = 0;         // live block 0 (state 1)
+  std::deque<Job*> queue_;
+  bool committer_active_ = false;
+  Status fatal_;
+  BowStats stats_;
+  LogBlock log_;  // the log in block 0 (touched only by the committer or transitions)
+};
+
+Result<TargetPtr> make_bow_target(const TargetParams& p);
+
+}  // namespace udm::bow
