@@ -1,9 +1,18 @@
-// Power-cut sweep: create a snapshot, write the origin, merge; cut power
-// after every write-type operation N (unflushed writes dropped), reboot on the
-// durable images and check: the origin's chunks each hold one state of their
-// write history, the snapshot (seen through snapshot-merge) reads exactly as
-// the origin did at snapshot time, and a restarted merge ends with the origin
-// equal to it.
+// Power-cut sweep: create a snapshot, write the origin *and* the snapshot
+// (interleaved, with flushes in between), flush, merge; cut power after every
+// write-type operation N and reboot on the durable images. Two cache models:
+// every unflushed write dropped, and a random subset of the unflushed writes
+// surviving (FaultDevice::set_unflushed_survival, several seeds per cut).
+// After every cut:
+//  * before the merge started, each origin byte holds the value of one of
+//    the origin writes covering it that may be there (the last one before a
+//    completed origin flush, or any later started one) - "pre- or post-write
+//    data of each write";
+//  * the snapshot (seen through snapshot-merge on the rebooted images) reads
+//    as the origin at snapshot time plus the snapshot's own writes, byte by
+//    byte under the same rule; untouched bytes exactly as at snapshot time;
+//  * once the merge started (all writes were flushed), the view is exact;
+//  * a restarted merge finishes and leaves the origin equal to that view.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -75,20 +84,42 @@ Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, D
   return make_merge_target(p);
 }
 
-struct Write {
-  uint64_t off;
-  size_t len;
-  uint8_t seed;
+enum class Dev { kOrigin, kSnap };
+struct Op {
+  Dev dev;
+  bool flush;
+  uint64_t off = 0;
+  size_t len = 0;
+  uint8_t seed = 0;
 };
-const std::vector<Write> kWrites = {{0, 4096, 1},     {5000, 100, 2},  {4096 * 7, 9000, 3},
-                                    {512, 512, 4},    {4096 * 30, 4096, 5}, {4096 * 47 + 100, 200, 6},
-                                    {4096 * 7, 512, 7}, {4096 * 20, 16384, 8}, {70000, 3000, 9}};
+Op ow(uint64_t off, size_t len, uint8_t seed) { return {Dev::kOrigin, false, off, len, seed}; }
+Op sw(uint64_t off, size_t len, uint8_t seed) { return {Dev::kSnap, false, off, len, seed}; }
+Op of() { return {Dev::kOrigin, true}; }
+Op sf() { return {Dev::kSnap, true}; }
+
+// Origin writes: whole chunks, partial chunks, several chunks, the last
+// (short) sector range; snapshot writes: a new partial exception, a chunk the
+// origin already saved, new full chunks, a write across two saved chunks, a
+// rewrite of a snapshot-owned chunk; the origin also writes a chunk the
+// snapshot owns (no save). Each flush in the middle has cached writes before
+// it and a write that saves a chunk (the first write-type op a cut can hit)
+// right after it, so a flush that did nothing would be seen.
+const std::vector<Op> kOps = {
+    ow(0, 4096, 1),          sw(4096 * 3 + 100, 700, 11), ow(5000, 100, 2),
+    sw(0, 1024, 12),         sf(),                        ow(4096 * 7, 9000, 3),
+    sw(4096 * 40, 8192, 13), ow(512, 512, 4),             ow(4096 * 3, 4096, 5),
+    of(),                    ow(4096 * 47 + 100, 200, 6), sw(4096 * 7 + 4000, 200, 14),
+    ow(4096 * 7, 512, 7),    ow(4096 * 20, 16384, 8),     sw(4096 * 41, 100, 15),
+    sf(),                    ow(70000, 3000, 9),          of(),
+    sf(),
+};
 
 struct Outcome {
+  size_t started = 0;                 // ops begun (the last may have failed)
+  size_t flushed[2] = {0, 0};         // ops before the last completed flush, per device
   bool merge_started = false;
 };
 
-// Runs the workload; returns false if it was cut short.
 int g_iter = 0;
 void workload(Power& power, std::shared_ptr<FaultDevice> od, std::shared_ptr<FaultDevice> cd,
               Outcome* out) {
@@ -102,33 +133,70 @@ void workload(Power& power, std::shared_ptr<FaultDevice> od, std::shared_ptr<Fau
   if (!o.ok() || !s.ok()) return;
   (*o)->resume();
   (*s)->resume();
-  for (auto& w : kWrites) {
-    std::vector<uint8_t> buf(w.len, w.seed);
-    if (!(*o)->write(w.off, buf).ok()) return;
+  for (size_t i = 0; i < kOps.size(); i++) {
+    const Op& op = kOps[i];
+    out->started = i + 1;
+    BlockDevice& dev = op.dev == Dev::kOrigin ? **o : **s;
+    if (op.flush) {
+      if (!dev.flush().ok()) return;
+      out->flushed[int(op.dev)] = i;
+      continue;
+    }
+    std::vector<uint8_t> buf(op.len, op.seed);
+    if (!dev.write(op.off, buf).ok()) return;
   }
-  if (!(*o)->flush().ok()) return;
   s->reset();
   out->merge_started = true;
   auto m = make("snapshot-merge", {on, cn, "P", "8"}, &r);
   if (!m.ok()) return;
-  auto* mt = static_cast<MergeTarget*>(m->get());
-  (void)mt->run_merge();
+  (void)static_cast<MergeTarget*>(m->get())->run_merge();
 }
+
+// Checks `img` byte by byte against the writes of `dev` in kOps[0, started):
+// a byte holds the value of the last write covering it among the ops before
+// the device's last completed flush (or base), or of any later started write
+// covering it. Returns the first bad offset, or -1.
+int64_t check_bytes(const std::vector<uint8_t>& img, const std::vector<uint8_t>& base, Dev dev,
+                    const Outcome& out) {
+  for (uint64_t b = 0; b < img.size(); b++) {
+    int floor_val = base[b];
+    std::vector<int> later;
+    for (size_t i = 0; i < out.started; i++) {
+      const Op& op = kOps[i];
+      if (op.dev != dev || op.flush || b < op.off || b >= op.off + op.len) continue;
+      if (i < out.flushed[int(dev)])
+        floor_val = op.seed;
+      else
+        later.push_back(op.seed);
+    }
+    bool ok = img[b] == floor_val;
+    for (int v : later) ok = ok || img[b] == v;
+    if (!ok) return int64_t(b);
+  }
+  return -1;
+}
+
+std::vector<uint8_t> apply_all(std::vector<uint8_t> img, Dev dev) {
+  for (auto& op : kOps)
+    if (op.dev == dev && !op.flush) memset(img.data() + op.off, op.seed, op.len);
+  return img;
+}
+
+struct SweepMode {
+  const char* name;
+  double survival;  // 0: every unflushed write dropped
+  int seeds;        // runs per cut point
+};
+
+class SnapshotSweep : public ::testing::TestWithParam<SweepMode> {};
 
 }  // namespace
 
-TEST(SnapshotSweep, PowerCutAfterEveryWrite) {
-  std::vector<uint8_t> base = test::random_bytes(kOrigin, 42);
-  // History of each origin chunk: every state the workload may leave.
-  std::vector<std::vector<std::vector<uint8_t>>> hist(kOrigin / kCB);
-  std::vector<uint8_t> img = base;
-  for (uint64_t c = 0; c < kOrigin / kCB; c++)
-    hist[c].push_back(std::vector<uint8_t>(img.begin() + c * kCB, img.begin() + (c + 1) * kCB));
-  for (auto& w : kWrites) {
-    memset(img.data() + w.off, w.seed, w.len);
-    for (uint64_t c = w.off / kCB; c * kCB < w.off + w.len; c++)
-      hist[c].push_back(std::vector<uint8_t>(img.begin() + c * kCB, img.begin() + (c + 1) * kCB));
-  }
+TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
+  const SweepMode mode = GetParam();
+  const std::vector<uint8_t> base = test::random_bytes(kOrigin, 42);
+  const std::vector<uint8_t> origin_final = apply_all(base, Dev::kOrigin);
+  const std::vector<uint8_t> snap_final = apply_all(base, Dev::kSnap);
   uint64_t total;
   {
     Power p;
@@ -138,52 +206,73 @@ TEST(SnapshotSweep, PowerCutAfterEveryWrite) {
     Outcome out;
     workload(p, od, cd, &out);
     ASSERT_TRUE(out.merge_started);
-    EXPECT_TRUE(od->current_image() == base);
+    // Uncut: the merge rolled the origin back to the snapshot's view.
+    EXPECT_TRUE(od->current_image() == snap_final);
     total = p.ops;
   }
-  ASSERT_GT(total, 10u);
-  uint64_t merge_cuts = 0, checked = 0;
+  ASSERT_GT(total, 20u);
+  uint64_t merge_cuts = 0, checked = 0, runs = 0, differing_views = 0;
   for (uint64_t n = 0; n <= total; n++) {
-    SCOPED_TRACE("cut after write " + std::to_string(n));
-    Power p;
-    p.limit = n;
-    auto od = std::make_shared<FaultDevice>(base);
-    auto cd = std::make_shared<FaultDevice>(kCow);
-    p.disks = {od.get(), cd.get()};
-    Outcome out;
-    workload(p, od, cd, &out);
-    auto oimg = od->durable_image();
-    auto cimg = cd->durable_image();
-    if (out.merge_started) merge_cuts++;
-    if (!out.merge_started) {
-      for (uint64_t c = 0; c < kOrigin / kCB; c++) {
-        std::vector<uint8_t> got(oimg.begin() + c * kCB, oimg.begin() + (c + 1) * kCB);
-        bool any = false;
-        for (auto& h : hist[c]) any = any || h == got;
-        EXPECT_TRUE(any) << "origin chunk " << c << " holds no state of its history";
+    for (int seed = 0; seed < mode.seeds; seed++) {
+      SCOPED_TRACE("cut after write " + std::to_string(n) + ", seed " + std::to_string(seed));
+      runs++;
+      Power p;
+      p.limit = n;
+      auto od = std::make_shared<FaultDevice>(base);
+      auto cd = std::make_shared<FaultDevice>(kCow);
+      if (mode.survival > 0) {
+        od->set_unflushed_survival(mode.survival, n * 1000 + seed * 2);
+        cd->set_unflushed_survival(mode.survival, n * 1000 + seed * 2 + 1);
       }
+      p.disks = {od.get(), cd.get()};
+      Outcome out;
+      workload(p, od, cd, &out);
+      auto oimg = od->durable_image();
+      auto cimg = cd->durable_image();
+      if (out.merge_started) {
+        merge_cuts++;
+      } else {
+        int64_t bad = check_bytes(oimg, base, Dev::kOrigin, out);
+        EXPECT_EQ(bad, -1) << "origin byte " << bad << " holds no value its writes allow";
+      }
+      // Reboot: load the durable images and merge.
+      MapResolver r;
+      std::string on = "ro" + std::to_string(runs), cn = "rc" + std::to_string(runs);
+      auto o2 = std::make_shared<MemoryDevice>(oimg);
+      r.devs[on] = o2;
+      r.devs[cn] = std::make_shared<MemoryDevice>(cimg);
+      if (cimg[0] == 0 && cimg[1] == 0 && cimg[2] == 0 && cimg[3] == 0) {
+        // The COW was never formatted: nothing may have been written.
+        EXPECT_TRUE(oimg == base);
+        EXPECT_EQ(out.started, 0u);
+        continue;
+      }
+      auto m = make("snapshot-merge", {on, cn, "P", "8"}, &r);
+      ASSERT_TRUE(m.ok()) << m.status().to_string();
+      std::vector<uint8_t> view(kOrigin);
+      ASSERT_TRUE((*m)->read(0, view).ok());
+      if (out.merge_started) {
+        EXPECT_TRUE(view == snap_final) << "snapshot view differs after a cut during the merge";
+      } else {
+        int64_t bad = check_bytes(view, base, Dev::kSnap, out);
+        EXPECT_EQ(bad, -1) << "snapshot byte " << bad << " holds no value its writes allow";
+        if (view != base && view != snap_final) differing_views++;
+      }
+      ASSERT_TRUE(static_cast<MergeTarget*>(m->get())->run_merge().ok());
+      EXPECT_TRUE(o2->contents() == view) << "merge did not restore the origin to the view";
+      EXPECT_EQ((*m)->status(), "16/" + std::to_string(kCow / 512) + " 16");
+      checked++;
     }
-    // Reboot: merge from the durable images.
-    MapResolver r;
-    std::string on = "ro" + std::to_string(n), cn = "rc" + std::to_string(n);
-    auto o2 = std::make_shared<MemoryDevice>(oimg);
-    r.devs[on] = o2;
-    r.devs[cn] = std::make_shared<MemoryDevice>(cimg);
-    if (cimg[0] == 0 && cimg[1] == 0 && cimg[2] == 0 && cimg[3] == 0) {
-      // The COW was never formatted: the origin must not have been written.
-      EXPECT_TRUE(oimg == base);
-      continue;
-    }
-    auto m = make("snapshot-merge", {on, cn, "P", "8"}, &r);
-    ASSERT_TRUE(m.ok()) << m.status().to_string();
-    std::vector<uint8_t> view(kOrigin);
-    ASSERT_TRUE((*m)->read(0, view).ok());
-    EXPECT_TRUE(view == base) << "snapshot view differs from the origin at snapshot time";
-    ASSERT_TRUE(static_cast<MergeTarget*>(m->get())->run_merge().ok());
-    EXPECT_TRUE(o2->contents() == base) << "merge did not restore the origin";
-    checked++;
   }
-  printf("sweep: %llu cut points, %llu cuts during merge, %llu rebooted and merged\n",
-         (unsigned long long)total + 1, (unsigned long long)merge_cuts, (unsigned long long)checked);
+  printf("sweep %s: %llu cut points x %d, %llu runs cut during merge, %llu rebooted and merged, "
+         "%llu snapshot views in between\n",
+         mode.name, (unsigned long long)total + 1, mode.seeds, (unsigned long long)merge_cuts,
+         (unsigned long long)checked, (unsigned long long)differing_views);
   EXPECT_GT(merge_cuts, 3u);
+  EXPECT_GT(differing_views, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, SnapshotSweep,
+                         ::testing::Values(SweepMode{"DropAll", 0.0, 1},
+                                           SweepMode{"RandomSurvival", 0.5, 4}),
+                         [](const auto& info) { return std::string(info.param.name); });
