@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "io/path_resolver.h"
@@ -43,12 +44,9 @@ std::shared_ptr<OriginEntry> origin_entry(const std::string& key) {
 
 void OriginEntry::save_range(uint64_t offset, uint64_t len, const SnapshotCore* except) {
   if (len == 0) return;
-  std::vector<std::shared_ptr<SnapshotCore>> snaps;
-  {
-    std::lock_guard lk(list_mu_);
-    snaps = snaps_;
-  }
-  for (auto& s : snaps) {
+  // The caller holds io_mu shared and every change of snaps_ holds it
+  // exclusively, so the list is stable here without a copy or list_mu_.
+  for (auto& s : snaps_) {
     if (s.get() == except) continue;
     uint64_t cb = s->chunk_bytes();
     uint64_t end = std::min(offset + len, s->origin_size());
@@ -79,6 +77,7 @@ std::shared_ptr<SnapshotCore> OriginEntry::take(const std::string& cow_key) {
 }
 
 void OriginEntry::detach(SnapshotCore* core) {
+  std::unique_lock io(io_mu);
   std::lock_guard lk(list_mu_);
   snaps_.erase(std::remove_if(snaps_.begin(), snaps_.end(),
                               [&](auto& s) { return s.get() == core; }),
@@ -118,7 +117,9 @@ void SnapshotCore::invalidate(const Status& why) {
 }
 
 void SnapshotCore::save_before_origin_write(uint64_t chunk) {
-  if (!store_->valid()) return;
+  // Fast path (every rewrite): an exception, once visible, is durable and
+  // stays while the snapshot is listed for its origin.
+  if (store_->has_exception(chunk) || !store_->valid()) return;
   std::unique_lock lk(lock_for(chunk));
   if (!store_->valid() || store_->lookup(chunk)) return;
   auto nc = store_->allocate();
@@ -342,23 +343,44 @@ Status MergeTarget::merge_one_batch(bool* finished) {
   Status st;
   {
     std::shared_lock io(entry_->io_mu);
-    // Sort by origin chunk and copy runs where both sides are consecutive.
+    // Read the batch's COW chunks with as few reads as possible (records of
+    // one area mostly have consecutive COW chunks), then write the origin in
+    // runs of consecutive origin chunks.
     std::vector<CowRecord> s = batch;
-    std::sort(s.begin(), s.end(),
-              [](auto& a, auto& b) { return a.old_chunk < b.old_chunk; });
-    std::vector<uint8_t> buf;
+    std::sort(s.begin(), s.end(), [](auto& a, auto& b) { return a.new_chunk < b.new_chunk; });
+    thread_local std::vector<uint8_t> data, run;
+    data.resize(s.size() * cb);
     for (size_t i = 0; i < s.size() && st.ok();) {
       size_t j = i + 1;
-      while (j < s.size() && s[j].old_chunk == s[j - 1].old_chunk + 1 &&
-             s[j].new_chunk == s[j - 1].new_chunk + 1)
+      while (j < s.size() && s[j].new_chunk == s[j - 1].new_chunk + 1) j++;
+      st = store.cow()
+               .read(s[i].new_chunk * cb, std::span<uint8_t>(data.data() + i * cb, (j - i) * cb))
+               .context("merge: reading COW");
+      i = j;
+    }
+    // Slot of each record's data in `data`, ordered by origin chunk.
+    std::vector<std::pair<uint64_t, size_t>> by_old(s.size());
+    for (size_t i = 0; i < s.size(); i++) by_old[i] = {s[i].old_chunk, i};
+    std::sort(by_old.begin(), by_old.end());
+    for (size_t i = 0; i < by_old.size() && st.ok();) {
+      size_t j = i + 1;
+      bool contiguous = true;
+      while (j < by_old.size() && by_old[j].first == by_old[j - 1].first + 1) {
+        contiguous = contiguous && by_old[j].second == by_old[j - 1].second + 1;
         j++;
-      uint64_t off = s[i].old_chunk * cb;
+      }
+      uint64_t off = by_old[i].first * cb;
       uint64_t len = std::min<uint64_t>((j - i) * cb, origin_->size() - off);
+      const uint8_t* src = data.data() + by_old[i].second * cb;
+      if (!contiguous) {
+        run.resize((j - i) * cb);
+        for (size_t k = i; k < j; k++)
+          memcpy(run.data() + (k - i) * cb, data.data() + by_old[k].second * cb, cb);
+        src = run.data();
+      }
       // A merge write is an origin write for the other snapshots.
       entry_->save_range(off, len, core_.get());
-      buf.resize(len);
-      st = store.cow().read(s[i].new_chunk * cb, buf).context("merge: reading COW");
-      if (st.ok()) st = origin_->write(off, buf).context("merge: writing origin");
+      st = origin_->write(off, std::span<const uint8_t>(src, len)).context("merge: writing origin");
       i = j;
     }
   }

@@ -80,7 +80,8 @@ class SnapshotCore {
 // The snapshots of one origin.
 class OriginEntry {
  public:
-  // Every listed snapshot (but `except`) saves the chunks of [offset, offset+len).
+  // Every listed snapshot (but `except`) saves the chunks of [offset,
+  // offset+len). The caller holds io_mu shared.
   void save_range(uint64_t offset, uint64_t len, const SnapshotCore* except = nullptr);
   // Lists `core`; a core with the same COW already listed is returned instead
   // (the caller adopts it). Waits for in-flight origin writes.
@@ -90,7 +91,8 @@ class OriginEntry {
   void detach(SnapshotCore* core);
   size_t count() const;
   // Held shared by an origin write from its first save until its own write
-  // completes, so a snapshot is never attached in the middle of one.
+  // completes, so a snapshot is never attached in the middle of one; held
+  // exclusively by every change of the list.
   std::shared_mutex io_mu;
 
  private:

@@ -1,8 +1,52 @@
 #include "snapshot/store.h"
 
 #include <algorithm>
+#include <cstring>
+
+#include "util/endian.h"
 
 namespace udm::snapshot {
+
+ChunkTable::ChunkTable(uint64_t chunks)
+    : top_n_((chunks >> kLeafBits) + 1), top_(new std::atomic<Leaf*>[top_n_]) {
+  for (uint64_t i = 0; i < top_n_; i++) top_[i].store(nullptr, std::memory_order_relaxed);
+}
+
+ChunkTable::~ChunkTable() {
+  for (uint64_t i = 0; i < top_n_; i++) delete top_[i].load(std::memory_order_relaxed);
+}
+
+void ChunkTable::store(uint64_t c, uint64_t v) {
+  if (c >> kLeafBits >= top_n_) return;  // callers validate chunk numbers
+  auto& slot = top_[c >> kLeafBits];
+  Leaf* l = slot.load(std::memory_order_acquire);
+  if (!l) {
+    if (v == 0) return;
+    std::lock_guard lk(alloc_mu_);
+    l = slot.load(std::memory_order_acquire);
+    if (!l) {
+      l = new Leaf;
+      for (auto& b : l->bits) b.store(0, std::memory_order_relaxed);
+      for (auto& x : l->vals) x.store(0, std::memory_order_relaxed);
+      slot.store(l, std::memory_order_release);
+    }
+  }
+  const uint64_t i = c & kLeafMask, bit = uint64_t(1) << (c % 64);
+  uint64_t old;
+  if (v != 0) {
+    old = l->vals[i].exchange(v, std::memory_order_acq_rel);
+    l->bits[i / 64].fetch_or(bit, std::memory_order_release);
+  } else {
+    l->bits[i / 64].fetch_and(~bit, std::memory_order_release);
+    old = l->vals[i].exchange(0, std::memory_order_acq_rel);
+  }
+  if (old == 0 && v != 0) count_.fetch_add(1, std::memory_order_relaxed);
+  if (old != 0 && v == 0) count_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+static uint64_t chunks_of(uint64_t bytes, uint64_t chunk_bytes) {
+  return (bytes + chunk_bytes - 1) / chunk_bytes;
+}
 
 Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePtr cow,
                                                                         uint64_t origin_bytes,
@@ -17,7 +61,7 @@ Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePt
                                  [dev](uint64_t c, std::span<uint8_t> buf) {
                                    return dev->read(c * buf.size(), buf).context("reading COW");
                                  }));
-  std::unique_ptr<ExceptionStore> s(new ExceptionStore());
+  std::unique_ptr<ExceptionStore> s(new ExceptionStore(chunks_of(origin_bytes, p.geo.chunk_bytes)));
   s->persistent_ = true;
   s->cow_ = std::move(cow);
   s->geo_ = p.geo;
@@ -36,6 +80,7 @@ Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePt
       auto h = encode_header_chunk(s->header_, CB);
       UDM_TRY(s->cow_->write(0, h, true).context("writing COW header"));
       s->next_free_ = 2;
+      s->clean_area_ = 0;
       break;
     }
     case ParsedCow::Kind::kInvalid:
@@ -45,8 +90,7 @@ Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePt
     case ParsedCow::Kind::kValid: {
       s->records_ = std::move(p.records);
       s->committed_ = 0;
-      s->table_.reserve(s->records_.size());
-      for (auto& r : s->records_) s->table_.emplace(r.old_chunk, r.new_chunk);
+      for (auto& r : s->records_) s->table_.set(r.old_chunk, r.new_chunk);
       s->next_free_ = std::max<uint64_t>(2, p.max_new_chunk + 1);
       if (s->geo_.is_area_chunk(s->next_free_)) s->next_free_++;
       break;
@@ -56,34 +100,17 @@ Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_persistent(DevicePt
 }
 
 Result<std::unique_ptr<ExceptionStore>> ExceptionStore::open_transient(DevicePtr cow,
-                                                                       uint64_t,
+                                                                       uint64_t origin_bytes,
                                                                        uint32_t cs) {
   if (cs == 0) cs = kDefaultChunkSectors;
   UDM_ASSIGN_OR_RETURN(CowGeometry g, make_geometry(cs));
-  std::unique_ptr<ExceptionStore> s(new ExceptionStore());
+  std::unique_ptr<ExceptionStore> s(new ExceptionStore(chunks_of(origin_bytes, g.chunk_bytes)));
   s->persistent_ = false;
   s->cow_ = std::move(cow);
   s->geo_ = g;
   s->cow_chunks_ = s->cow_->size() / g.chunk_bytes;
   s->next_free_ = 0;
   return s;
-}
-
-bool ExceptionStore::valid() const {
-  std::lock_guard lk(mu_);
-  return valid_;
-}
-
-std::optional<uint64_t> ExceptionStore::lookup(uint64_t old_chunk) const {
-  std::shared_lock lk(map_mu_);
-  auto it = table_.find(old_chunk);
-  if (it == table_.end()) return std::nullopt;
-  return it->second;
-}
-
-uint64_t ExceptionStore::exception_count() const {
-  std::shared_lock lk(map_mu_);
-  return table_.size();
 }
 
 Result<uint64_t> ExceptionStore::allocate() {
@@ -120,10 +147,29 @@ Status ExceptionStore::write_areas(size_t first) {
   }
   // Newest area first, each with FUA: whatever prefix reaches the disk, the
   // on-disk table is the old table plus a prefix-closed set of new records.
+  const uint64_t lb = std::max<uint64_t>(kSectorSize, cow_->caps().logical_block);
+  thread_local std::vector<uint8_t> buf;
+  const uint64_t clean = clean_area_;
   for (uint64_t k = last_area + 1; k-- > first_area;) {
     size_t b = k * E, e = std::min<size_t>(n, (k + 1) * E);
-    auto area = encode_area(std::span<const CowRecord>(records_.data() + b, e - b), CB);
-    UDM_TRY(cow_->write(geo_.area_chunk(k) * CB, area, true));
+    // Bytes [lo, hi) of the area: the blocks holding this commit's records
+    // when the rest of the area is known to be zero (or already these
+    // records) on disk, the whole area otherwise.
+    uint64_t lo = 0, hi = CB;
+    if (k == clean && lb <= CB) {
+      lo = (std::max(first, b) - b) * kRecordSize / lb * lb;
+      hi = std::min<uint64_t>(CB, ((e - b) * kRecordSize + lb - 1) / lb * lb);
+    }
+    buf.assign(hi - lo, 0);
+    for (size_t i = b + lo / kRecordSize; i < e && (i - b) * kRecordSize < hi; i++) {
+      uint8_t* p = buf.data() + (i - b) * kRecordSize - lo;
+      put_le64(p, records_[i].old_chunk);
+      put_le64(p + 8, records_[i].new_chunk);
+    }
+    UDM_TRY(cow_->write(geo_.area_chunk(k) * CB + lo, buf, true));
+    // The newest area's tail is zero now (a full write wrote zeros after
+    // the records); an area that filled up is done.
+    if (k == last_area) clean_area_ = (e - b == E) ? last_area + 1 : last_area;
   }
   return Status::Ok();
 }
@@ -158,8 +204,7 @@ Status ExceptionStore::commit(CowRecord r) {
       cv_.wait(lk);
     }
   }
-  std::unique_lock lk(map_mu_);
-  table_[r.old_chunk] = r.new_chunk;
+  table_.set(r.old_chunk, r.new_chunk);
   return Status::Ok();
 }
 
@@ -216,8 +261,11 @@ Status ExceptionStore::commit_merge(size_t n) {
   UDM_TRY(cow_->flush());
   UDM_TRY(cow_->write(geo_.area_chunk(k) * geo_.chunk_bytes, area, true)
               .context("writing COW metadata area during merge"));
-  std::unique_lock lk(map_mu_);
-  for (auto& r : dropped) table_.erase(r.old_chunk);
+  {
+    std::lock_guard lk(mu_);
+    clean_area_ = k;  // written whole: zero after its remaining records
+  }
+  for (auto& r : dropped) table_.clear(r.old_chunk);
   return Status::Ok();
 }
 

@@ -13,12 +13,16 @@
 //   3. it writes the metadata area(s) holding the new records with FUA
 //      -> the records are durable; an area that becomes full is written only
 //      after the next area was written as zeros (FUA), so the on-disk table
-//      always has a terminator;
+//      always has a terminator. Once udm knows an area's tail is zero on disk
+//      (it zeroed or fully wrote that area itself) it writes only the logical
+//      blocks holding the new records (the kernel rewrites the whole chunk);
+//      an area loaded from disk is rewritten whole on its first commit;
 //   4. only then does commit() return and the caller release the origin write.
 // Commits are grouped: records queued while one commit is in flight go out
 // together in the next area write (one flush + one FUA write for many).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -32,6 +36,50 @@
 #include "snapshot/cow_format.h"
 
 namespace udm::snapshot {
+
+// Origin chunk -> COW chunk, read without locks: a two-level table of
+// atomics (leaves of 4096 entries allocated on first use) holding
+// COW chunk + 1, 0 = no exception, plus a bitmap of the same (the origin
+// write path only asks "saved?", and 512 bytes of bits per leaf stay in
+// cache where the 32 KiB of values do not). Writers of one chunk are
+// serialized by the caller (the chunk lock).
+class ChunkTable {
+ public:
+  explicit ChunkTable(uint64_t chunks = 0);
+  ~ChunkTable();
+  ChunkTable(const ChunkTable&) = delete;
+  ChunkTable& operator=(const ChunkTable&) = delete;
+  std::optional<uint64_t> find(uint64_t c) const {
+    const Leaf* l = leaf(c);
+    uint64_t v = l ? l->vals[c & kLeafMask].load(std::memory_order_acquire) : 0;
+    if (v == 0) return std::nullopt;
+    return v - 1;
+  }
+  bool has(uint64_t c) const {
+    const Leaf* l = leaf(c);
+    return l && (l->bits[(c & kLeafMask) / 64].load(std::memory_order_acquire) >> (c % 64)) & 1;
+  }
+  void set(uint64_t c, uint64_t cow_chunk) { store(c, cow_chunk + 1); }
+  void clear(uint64_t c) { store(c, 0); }
+  uint64_t size() const { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr unsigned kLeafBits = 12;
+  static constexpr uint64_t kLeafSize = 1u << kLeafBits, kLeafMask = kLeafSize - 1;
+  struct Leaf {
+    std::atomic<uint64_t> bits[kLeafSize / 64];
+    std::atomic<uint64_t> vals[kLeafSize];
+  };
+  const Leaf* leaf(uint64_t c) const {
+    if (c >> kLeafBits >= top_n_) return nullptr;
+    return top_[c >> kLeafBits].load(std::memory_order_acquire);
+  }
+  void store(uint64_t c, uint64_t v);  // c < chunks
+  uint64_t top_n_ = 0;
+  std::unique_ptr<std::atomic<Leaf*>[]> top_;
+  std::mutex alloc_mu_;
+  std::atomic<uint64_t> count_{0};
+};
 
 class ExceptionStore {
  public:
@@ -47,15 +95,17 @@ class ExceptionStore {
                                                                 uint32_t chunk_sectors);
 
   bool persistent() const { return persistent_; }
-  bool valid() const;
+  bool valid() const { return valid_.load(std::memory_order_acquire); }
   const CowGeometry& geo() const { return geo_; }
   uint64_t chunk_bytes() const { return geo_.chunk_bytes; }
   BlockDevice& cow() { return *cow_; }
   const DevicePtr& cow_ptr() const { return cow_; }
 
-  // The COW chunk holding origin chunk `old_chunk`, if there is an exception.
-  std::optional<uint64_t> lookup(uint64_t old_chunk) const;
-  uint64_t exception_count() const;
+  // The COW chunk holding origin chunk `old_chunk`, if there is an exception
+  // (lock free; an exception is visible only once it is durable).
+  std::optional<uint64_t> lookup(uint64_t old_chunk) const { return table_.find(old_chunk); }
+  bool has_exception(uint64_t old_chunk) const { return table_.has(old_chunk); }
+  uint64_t exception_count() const { return table_.size(); }
 
   // Reserves a free COW data chunk (ENOSPC when the COW is full).
   Result<uint64_t> allocate();
@@ -81,7 +131,7 @@ class ExceptionStore {
   std::string usage_status() const;
 
  private:
-  ExceptionStore() = default;
+  explicit ExceptionStore(uint64_t origin_chunks) : table_(origin_chunks) {}
   Status write_areas(size_t first_new);  // areas touched by records_[first_new..]
 
   bool persistent_ = false;
@@ -89,8 +139,7 @@ class ExceptionStore {
   CowGeometry geo_;
   uint64_t cow_chunks_ = 0;
 
-  mutable std::shared_mutex map_mu_;  // guards table_ (never held across I/O)
-  std::unordered_map<uint64_t, uint64_t> table_;
+  ChunkTable table_;
 
   mutable std::mutex mu_;  // allocation, commit queue, records_
   std::condition_variable cv_;
@@ -100,7 +149,10 @@ class ExceptionStore {
   bool committing_ = false;
   Status sticky_;
   uint64_t next_free_ = 0;
-  bool valid_ = true;
+  std::atomic<bool> valid_{true};
+  // The area whose on-disk tail (after its committed records) udm knows to
+  // be zero, so a commit may write just the blocks with new records.
+  uint64_t clean_area_ = UINT64_MAX;
   CowHeader header_;
   bool merging_ = false;
   uint64_t merge_area_ = 0;

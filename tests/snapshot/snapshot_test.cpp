@@ -262,3 +262,80 @@ TEST(SnapshotTools, CowSize) {
   // 1 + 1 + 256 + 1 chunks
   EXPECT_EQ(r.out, std::to_string(259 * 4096) + "\n") << r.describe();
 }
+
+// The COW udm writes is the kernel's layout byte for byte: 300 single-chunk
+// commits (4 KiB chunks, 256 records per area) fill area 0 and start area 1;
+// each area holds exactly the records in commit order and zeros after them
+// (udm writes only the blocks with new records once it knows an area's tail
+// is zero), the data chunks hold the old origin chunks.
+TEST(SnapshotStore, CowLayoutAcrossAreasMatchesFullEncoding) {
+  const uint64_t kCB = 4096, kOrigin = 512 * kCB;
+  MapResolver r;
+  auto base = random_bytes(kOrigin, 21);
+  r.devs["origin"] = std::make_shared<MemoryDevice>(base);
+  auto cow = std::make_shared<MemoryDevice>(320 * kCB);
+  r.devs["cow"] = cow;
+  auto o = make("snapshot-origin", {"origin"}, kOrigin, &r);
+  auto s = make("snapshot", {"origin", "cow", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(o.ok() && s.ok());
+  (*o)->resume();
+  (*s)->resume();
+  std::vector<CowRecord> recs;
+  std::vector<uint8_t> buf(512, 0xee);
+  for (uint64_t i = 0; i < 300; i++) {
+    uint64_t oc = (i * 37) % 512;  // distinct: 37 is odd
+    uint64_t nc = 2 + i + (i >= 256 ? 1 : 0);  // chunk 258 is area 1
+    recs.push_back({oc, nc});
+    ASSERT_TRUE((*o)->write(oc * kCB + 1024, buf).ok());
+  }
+  auto img = cow->contents();
+  auto area0 = encode_area(std::span<const CowRecord>(recs.data(), 256), kCB);
+  auto area1 = encode_area(std::span<const CowRecord>(recs.data() + 256, 44), kCB);
+  EXPECT_EQ(memcmp(img.data() + kCB, area0.data(), kCB), 0);
+  EXPECT_EQ(memcmp(img.data() + 258 * kCB, area1.data(), kCB), 0);
+  for (auto& rec : recs)
+    ASSERT_EQ(memcmp(img.data() + rec.new_chunk * kCB, base.data() + rec.old_chunk * kCB, kCB), 0)
+        << "data chunk " << rec.new_chunk;
+  EXPECT_EQ((*s)->status(), std::to_string(303 * 8) + "/" + std::to_string(320 * 8) + " " +
+                                std::to_string(3 * 8));
+}
+
+// A loaded area is rewritten whole on its first commit: bytes after the
+// terminator never become records. The stray record sits in the first slot of
+// the area's second 512-byte block, which a commit writing only the first
+// block would leave in place: after 31 more records it would follow them.
+TEST(SnapshotStore, LoadedAreaTailIsRewrittenBeforeItIsAppendedTo) {
+  const uint64_t kCB = 4096, kOrigin = 64 * kCB;
+  std::vector<uint8_t> img(48 * kCB, 0);
+  auto h = encode_header_chunk({kCowMagic, 1, 1, 8}, kCB);
+  memcpy(img.data(), h.data(), h.size());
+  put_le64(img.data() + kCB, 5);       // record 0: origin chunk 5 in COW chunk 2
+  put_le64(img.data() + kCB + 8, 2);
+  put_le64(img.data() + kCB + 32 * 16, 60);  // stray bytes in slot 32
+  put_le64(img.data() + kCB + 32 * 16 + 8, 40);
+  auto base = random_bytes(kOrigin, 22);
+  memset(img.data() + 2 * kCB, 0x55, kCB);  // the snapshot's chunk 5
+  MapResolver r;
+  auto origin = std::make_shared<MemoryDevice>(base);
+  auto cow = std::make_shared<MemoryDevice>(img);
+  r.devs["origin"] = origin;
+  r.devs["cow"] = cow;
+  auto expect = base;
+  memset(expect.data() + 5 * kCB, 0x55, kCB);
+  {
+    auto o = make("snapshot-origin", {"origin"}, kOrigin, &r);
+    auto s = make("snapshot", {"origin", "cow", "P", "8"}, kOrigin, &r);
+    ASSERT_TRUE(o.ok() && s.ok()) << s.status().to_string();
+    (*o)->resume();
+    (*s)->resume();
+    std::vector<uint8_t> buf(kCB, 1);
+    for (uint64_t c = 10; c < 41; c++) ASSERT_TRUE((*o)->write(c * kCB, buf).ok());
+  }
+  r.devs["cow2"] = std::make_shared<MemoryDevice>(cow->contents());
+  auto s = make("snapshot", {"origin", "cow2", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(s.ok()) << s.status().to_string();
+  EXPECT_EQ(static_cast<SnapshotTarget*>(s->get())->core().store().exception_count(), 32u);
+  std::vector<uint8_t> got(kOrigin);
+  ASSERT_TRUE((*s)->read(0, got).ok());
+  EXPECT_TRUE(got == expect);
+}
