@@ -75,6 +75,7 @@ Status BowTarget::load_existing() {
   sector0_block_ = log_.sector0 / bsec;
   map_.set(0, 1, BlockType::kLog);
   map_.set(sector0_block_, sector0_block_ + 1, BlockType::kSector0);
+  written_.assign(blocks_ / 64 + 1, 0);
   state_ = 1;
   stats_.resumed = true;
   stats_.sequence = log_.sequence;
@@ -96,7 +97,7 @@ BowStats BowTarget::stats() const {
   std::lock_guard l(mu_);
   BowStats s = stats_;
   s.state = state_;
-  s.free_bytes = state_ == 2 ? 0 : map_.count(BlockType::kFree) * bs_;
+  s.free_bytes = state_ == 2 ? 0 : (map_.count(BlockType::kFree) - written_free_) * bs_;
   s.failed = !fatal_.ok();
   return s;
 }
@@ -114,7 +115,9 @@ std::string BowTarget::status() const {
 
 BlockType BowTarget::block_type(uint64_t block) const {
   std::lock_guard l(mu_);
-  return map_.at(block);
+  BlockType t = map_.at(block);
+  if (t == BlockType::kFree && !written_.empty() && written(block)) return BlockType::kChanged;
+  return t;
 }
 
 bool BowTarget::map_consistent() const {
@@ -166,6 +169,8 @@ Status BowTarget::checkpoint() {
     }
     map_.set(b->start, b->end, BlockType::kBackup);
     map_.set(0, 1, BlockType::kLog);
+    written_.assign(blocks_ / 64 + 1, 0);
+    written_free_ = 0;
     live = a->start;
     saved = b->start;
   }
@@ -225,6 +230,9 @@ Status BowTarget::commit(bool dropped) {
   }
   state_ = 2;
   map_ = RangeMap(blocks_, BlockType::kChanged);
+  written_.clear();
+  written_.shrink_to_fit();
+  written_free_ = 0;
   log_ = LogBlock{};
   if (dropped) stats_.dropped = true;
   cv_.notify_all();
@@ -232,6 +240,25 @@ Status BowTarget::commit(bool dropped) {
                                     "pass-through; the checkpoint can no longer be restored"
                                   : "committed; pass-through");
   return Status::Ok();
+}
+
+// A run of FREE blocks nobody wrote since the checkpoint (mu_ held). Written
+// ones met on the way become CHANGED in the map.
+std::optional<Run> BowTarget::alloc_free(uint64_t max_len) {
+  for (;;) {
+    auto f = map_.find_free(max_len);
+    if (!f) return f;
+    uint64_t b = f->start;
+    while (b < f->end && written(b)) b++;
+    if (b > f->start) {
+      for (uint64_t x = f->start; x < b; x++) written_[x / 64] &= ~(1ull << (x % 64));
+      written_free_ -= b - f->start;
+      map_.set(f->start, b, BlockType::kChanged);
+      continue;
+    }
+    while (b < f->end && !written(b)) b++;
+    return Run{f->start, b, BlockType::kFree};
+  }
 }
 
 bool BowTarget::busy_overlaps(uint64_t s, uint64_t e) const {
@@ -319,16 +346,25 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         continue;
       }
       Job job;
-      for (const Run& r : map_.runs(b0, b1)) {
+      map_.visit(b0, b1, [&](const Run& r) {
         switch (r.type) {
-          case BlockType::kFree: map_.set(r.start, r.end, BlockType::kChanged); break;
+          case BlockType::kFree:
+            for (uint64_t b = r.start; b < r.end; b++) {
+              uint64_t& w = written_[b / 64];
+              uint64_t bit = 1ull << (b % 64);
+              if (!(w & bit)) {
+                w |= bit;
+                written_free_++;
+              }
+            }
+            break;
           case BlockType::kUnchanged:
           case BlockType::kBackup: job.runs.push_back(r); break;
           case BlockType::kSector0: job.move_sector0 = true; break;
           case BlockType::kChanged:
           case BlockType::kLog: break;  // block 0's I/O goes to the live copy
         }
-      }
+      });
       if (job.runs.empty() && !job.move_sector0) break;
       for (const Run& r : job.runs) busy_add(r.start, r.end);
       if (job.move_sector0) busy_add(sector0_block_, sector0_block_ + 1);
@@ -344,12 +380,13 @@ void BowTarget::run_job(Job& job, std::unique_lock<std::mutex>& l) {
   queue_.push_back(&job);
   while (!job.done) {
     if (!committer_active_) {
+      // Commit one batch (it holds this job), then hand over: a waiting
+      // writer whose job is still queued becomes the next committer, while
+      // this one goes on with its own write.
       committer_active_ = true;
-      while (!queue_.empty()) {
-        std::vector<Job*> batch(queue_.begin(), queue_.end());
-        queue_.clear();
-        process_batch(std::move(batch), l);
-      }
+      std::vector<Job*> batch(queue_.begin(), queue_.end());
+      queue_.clear();
+      process_batch(std::move(batch), l);
       committer_active_ = false;
       cv_.notify_all();
     } else {
@@ -410,7 +447,7 @@ void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mut
     p.copies.clear();
   };
   auto alloc = [&](uint64_t max_len) -> std::optional<Run> {
-    auto f = map_.find_free(max_len);
+    auto f = alloc_free(max_len);
     if (f) {
       map_.set(f->start, f->end, BlockType::kBackup);
       busy_add(f->start, f->end);
@@ -513,12 +550,37 @@ void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mut
   std::unique_lock<std::shared_mutex> s0x(s0_mu_, std::defer_lock);
   if (moving_s0) s0x.lock();  // no block-0 I/O while the live block 0 moves
   Status s;
-  for (Plan& p : plans) {
-    for (Copy& c : p.copies) {
-      if (s.ok()) s = copy_blocks(c.src, c.dst, c.n, &c.crc);
+  // Copies whose dests follow each other (next-fit allocation makes most of
+  // a batch contiguous) are gathered into one buffer and written at once.
+  std::vector<Copy*> all;
+  for (Plan& p : plans)
+    for (Copy& c : p.copies) all.push_back(&c);
+  std::vector<uint8_t> gather;
+  for (size_t i = 0; i < all.size() && s.ok();) {
+    size_t j = i + 1;
+    uint64_t n = all[i]->n;
+    while (j < all.size() && all[j]->dst == all[j - 1]->dst + all[j - 1]->n &&
+           (n + all[j]->n) * bs_ <= kMaxCopyBytes) {
+      n += all[j]->n;
+      j++;
     }
-    if (s.ok() && p.new_s0) s = copy_blocks(old_s0, *p.new_s0, 1, nullptr);
+    if (j == i + 1 && n * bs_ > (1u << 20)) {
+      s = copy_blocks(all[i]->src, all[i]->dst, all[i]->n, &all[i]->crc);
+    } else {
+      gather.resize(n * bs_);
+      uint64_t pos = 0;
+      for (size_t k = i; k < j && s.ok(); k++) {
+        auto piece = std::span<uint8_t>(gather.data() + pos, all[k]->n * bs_);
+        s = dev_->read(all[k]->src * bs_, piece);
+        all[k]->crc = entry_checksum(all[k]->src, piece);
+        pos += piece.size();
+      }
+      if (s.ok()) s = dev_->write(all[i]->dst * bs_, gather);
+    }
+    i = j;
   }
+  for (Plan& p : plans)
+    if (s.ok() && p.new_s0) s = copy_blocks(old_s0, *p.new_s0, 1, nullptr);
   // Append the entries; roll the log block over when full (the full block is
   // saved to a free block and entry 0 of the next one records that).
   LogBlock log = log_;
@@ -575,6 +637,7 @@ void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mut
   }
   for (uint64_t b : log_blocks) busy_remove(b, b + 1);
   stats_.entries += entries_added;
+  stats_.batches++;
   stats_.backed_up_bytes += bytes_added;
   stats_.sequence = log_.sequence;
   if (s0x.owns_lock()) s0x.unlock();

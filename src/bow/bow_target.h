@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 
 #include "bow/bow_format.h"
@@ -45,6 +46,7 @@ struct BowStats {
   uint64_t backed_up_bytes = 0;  // data saved by log entries (log blocks excluded)
   uint64_t entries = 0;          // log entries in the whole chain
   uint32_t sequence = 0;
+  uint64_t batches = 0;  // group commits (each: copies, flush, log write, flush)
   bool dropped = false;  // on_full=drop happened: checkpoint abandoned
   bool resumed = false;  // the checkpoint was found on the device at creation
   bool failed = false;   // an I/O error stopped the target (writes fail)
@@ -105,6 +107,11 @@ class BowTarget : public Target {
   Status checkpoint();
   Status commit(bool dropped);  // caller holds s0_mu_ exclusively
   bool busy_overlaps(uint64_t s, uint64_t e) const;
+  // FREE blocks written since the checkpoint. Writes into free space only set
+  // these bits (no map update on the hot path); allocation skips (and then
+  // records as CHANGED) the blocks whose bit is set.
+  bool written(uint64_t b) const { return (written_[b / 64] >> (b % 64)) & 1; }
+  std::optional<Run> alloc_free(uint64_t max_len);
   void busy_add(uint64_t s, uint64_t e);
   void busy_remove(uint64_t s, uint64_t e);
 
@@ -126,6 +133,8 @@ class BowTarget : public Target {
   int state_ = 0;
   RangeMap map_;
   std::map<uint64_t, uint64_t> busy_;  // blocks being saved or filled: start -> end
+  std::vector<uint64_t> written_;      // bitmap over blocks (state 1)
+  uint64_t written_free_ = 0;          // FREE-typed blocks with their bit set
   uint64_t sector0_block_ = 0;         // live block 0 (state 1)
   std::deque<Job*> queue_;
   bool committer_active_ = false;

@@ -5,6 +5,7 @@
 // linear searches are one of its listed bugs).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
@@ -38,6 +39,16 @@ class RangeMap {
   BlockType at(uint64_t block) const;
   // The runs covering [start, end), clipped to it, in order.
   std::vector<Run> runs(uint64_t start, uint64_t end) const;
+  // Calls fn(Run) for each of them, without allocating.
+  template <class F>
+  void visit(uint64_t start, uint64_t end, F&& fn) const {
+    end = std::min(end, blocks_);
+    if (start >= end) return;
+    auto it = map_.upper_bound(start);
+    --it;
+    for (; it != map_.end() && it->first < end; ++it)
+      fn(Run{std::max(it->first, start), std::min(it->second.end, end), it->second.type});
+  }
   uint64_t count(BlockType t) const { return counts_[static_cast<size_t>(t)]; }
   // Next-fit search of the free index: the first FREE run at or after the
   // cursor (wrapping around), at most `max_len` blocks of it. Does not
