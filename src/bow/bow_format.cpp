@@ -1,7 +1,7 @@
 #include "bow/bow_format.h"
 
 #include <fmt/format.h>
-#include <zlib.h>
+#include <isa-l/crc.h>
 
 #include <bit>
 
@@ -14,15 +14,9 @@ bool valid_block_size(uint64_t bs) {
 }
 
 uint32_t crc32_le(uint32_t crc, std::span<const uint8_t> data) {
-  // zlib's crc32() inverts before and after; undo both to get the raw CRC.
-  uint32_t z = ~crc;
-  size_t done = 0;
-  while (done < data.size()) {
-    size_t n = std::min<size_t>(data.size() - done, 1u << 30);
-    z = static_cast<uint32_t>(::crc32(z, data.data() + done, static_cast<uInt>(n)));
-    done += n;
-  }
-  return ~z;
+  // ISA-L's crc32_gzip_refl (PCLMUL folding, ~10x zlib's speed) inverts
+  // before and after like zlib; undo both to get the raw CRC.
+  return ~crc32_gzip_refl(~crc, data.data(), data.size());
 }
 
 uint32_t entry_checksum(uint64_t source_block, std::span<const uint8_t> data) {
