@@ -99,14 +99,11 @@ SnapshotCore::SnapshotCore(DevicePtr origin, std::unique_ptr<ExceptionStore> sto
       overflow_ok_(overflow_ok),
       locks_(new std::shared_mutex[kStripes]) {}
 
-Status SnapshotCore::copy_out(uint64_t chunk, uint64_t nc) {
+Status SnapshotCore::read_origin_chunk(uint64_t chunk, std::vector<uint8_t>& buf) {
   const uint64_t cb = chunk_bytes();
   uint64_t off = chunk * cb;
-  uint64_t n = std::min(cb, origin_->size() - off);
-  thread_local std::vector<uint8_t> buf;
-  buf.resize(n);
-  UDM_TRY(origin_->read(off, buf).context("snapshot: reading origin chunk"));
-  return store_->cow().write(nc * cb, buf).context("snapshot: copying chunk to COW");
+  buf.resize(std::min(cb, origin_->size() - off));
+  return origin_->read(off, buf).context("snapshot: reading origin chunk");
 }
 
 void SnapshotCore::invalidate(const Status& why) {
@@ -124,10 +121,12 @@ void SnapshotCore::save_before_origin_write(uint64_t chunk) {
   if (!store_->valid() || store_->lookup(chunk)) return;
   auto nc = store_->allocate();
   if (!nc.ok()) return invalidate(nc.status());
-  // Order: data copy (cached) -> commit (flush, area FUA) -> return; the
-  // caller writes the origin only after this.
-  Status st = copy_out(chunk, *nc);
-  if (st.ok()) st = store_->commit({chunk, *nc});
+  // Order: the old chunk is read, then the commit writes it to the COW
+  // (cached, together with the other data chunks of its group), flushes and
+  // writes the area (FUA) -> return; the caller writes the origin only after.
+  thread_local std::vector<uint8_t> buf;
+  Status st = read_origin_chunk(chunk, buf);
+  if (st.ok()) st = store_->commit({chunk, *nc}, buf);
   if (!st.ok()) invalidate(st);
 }
 
@@ -182,10 +181,16 @@ Status SnapshotCore::write(uint64_t offset, std::span<const uint8_t> buf, bool f
     }
     uint64_t chunk_len = std::min(cb, origin_->size() - c * cb);
     Status st;
-    if (in != 0 || n < chunk_len) st = copy_out(c, *nc);  // partial chunk: copy first
-    // The commit's flush makes the copy and this data durable before the record.
-    if (st.ok()) st = store_->cow().write(*nc * cb + in, piece);
-    if (st.ok()) st = store_->commit({c, *nc});
+    std::span<const uint8_t> data = piece;
+    thread_local std::vector<uint8_t> buf;
+    if (in != 0 || n < chunk_len) {
+      // Partial chunk: the old chunk with this write on top, one COW write.
+      st = read_origin_chunk(c, buf);
+      if (st.ok()) memcpy(buf.data() + in, piece.data(), n);
+      data = buf;
+    }
+    // The commit writes the data and flushes before the record goes out.
+    if (st.ok()) st = store_->commit({c, *nc}, data);
     if (!st.ok()) {
       invalidate(st);
       return st;

@@ -64,8 +64,8 @@ class SnapshotCore {
   std::atomic<int> owners{0};
 
  private:
-  // Copies origin chunk `chunk` into COW chunk `nc` (clamped at the origin end).
-  Status copy_out(uint64_t chunk, uint64_t nc);
+  // Reads origin chunk `chunk` (clamped at the origin end) into buf.
+  Status read_origin_chunk(uint64_t chunk, std::vector<uint8_t>& buf);
   void invalidate(const Status& why);
 
   static constexpr size_t kStripes = 4096;

@@ -174,24 +174,55 @@ Status ExceptionStore::write_areas(size_t first) {
   return Status::Ok();
 }
 
-Status ExceptionStore::commit(CowRecord r) {
-  if (persistent_) {
+Status ExceptionStore::write_data(std::vector<Pending>& batch) {
+  const uint64_t CB = geo_.chunk_bytes;
+  std::vector<Pending*> d;
+  for (auto& p : batch)
+    if (!p.data.empty()) d.push_back(&p);
+  std::sort(d.begin(), d.end(), [](auto* a, auto* b) { return a->r.new_chunk < b->r.new_chunk; });
+  thread_local std::vector<uint8_t> run;
+  for (size_t i = 0; i < d.size();) {
+    // A run: consecutive COW chunks, every one but the last a full chunk.
+    size_t j = i + 1;
+    while (j < d.size() && d[j]->r.new_chunk == d[j - 1]->r.new_chunk + 1 &&
+           d[j - 1]->data.size() == CB)
+      j++;
+    std::span<const uint8_t> out = d[i]->data;
+    if (j - i > 1) {
+      run.resize((j - i - 1) * CB + d[j - 1]->data.size());
+      for (size_t k = i; k < j; k++)
+        memcpy(run.data() + (k - i) * CB, d[k]->data.data(), d[k]->data.size());
+      out = run;
+    }
+    UDM_TRY(cow_->write(d[i]->r.new_chunk * CB, out).context("writing COW data chunks"));
+    i = j;
+  }
+  return Status::Ok();
+}
+
+Status ExceptionStore::commit(CowRecord r, std::span<const uint8_t> data) {
+  if (!persistent_) {
+    if (!data.empty())
+      UDM_TRY(cow_->write(r.new_chunk * geo_.chunk_bytes, data).context("writing COW data chunk"));
+  } else {
     std::unique_lock lk(mu_);
     if (!valid_) return IoError("snapshot is invalid");
-    pending_.push_back(r);
+    pending_.push_back({r, data});
     uint64_t my = ++queued_;
     while (committed_ < my) {
       if (!sticky_.ok()) return sticky_;
       if (!committing_) {
         // Become the leader: write everything queued so far in one go.
         committing_ = true;
-        std::vector<CowRecord> batch;
+        std::vector<Pending> batch;
         batch.swap(pending_);
         uint64_t upto = queued_;
         size_t first = records_.size();
-        records_.insert(records_.end(), batch.begin(), batch.end());
+        for (auto& p : batch) records_.push_back(p.r);
         lk.unlock();
-        Status st = write_areas(first);
+        // Data chunks (cached) -> flush + areas (write_areas).
+        Status st = write_data(batch);
+        if (st.ok()) st = write_areas(first);
         lk.lock();
         committing_ = false;
         if (!st.ok())

@@ -6,8 +6,11 @@
 //
 // Durability contract of commit() for the persistent store (the kernel's
 // order, docs/snapshot.md):
-//   1. the caller has written the exception's data chunk (an ordinary,
-//      possibly cached write);
+//   1. the exception's data chunk is written (an ordinary, possibly cached
+//      write): by the caller before commit(), or - when commit() is given the
+//      bytes - by the committing thread, which writes the data chunks of all
+//      commits in its group with one write per run of consecutive COW chunks
+//      (the kernel's kcopyd jobs complete before their commit the same way);
 //   2. commit() issues cow->flush()  -> every data chunk written before the
 //      commit started is durable (the kernel's PREFLUSH);
 //   3. it writes the metadata area(s) holding the new records with FUA
@@ -19,7 +22,8 @@
 //      an area loaded from disk is rewritten whole on its first commit;
 //   4. only then does commit() return and the caller release the origin write.
 // Commits are grouped: records queued while one commit is in flight go out
-// together in the next area write (one flush + one FUA write for many).
+// together in the next area write (one flush + one FUA write for many, and
+// their data chunks in as few writes as their COW chunks allow).
 #pragma once
 
 #include <atomic>
@@ -110,7 +114,9 @@ class ExceptionStore {
   // Reserves a free COW data chunk (ENOSPC when the COW is full).
   Result<uint64_t> allocate();
   // Makes the record durable (see the contract above) and visible to lookup().
-  Status commit(CowRecord r);
+  // `data` (if not empty): the chunk's bytes, written to COW chunk
+  // r.new_chunk before the record; it must stay valid until commit returns.
+  Status commit(CowRecord r, std::span<const uint8_t> data = {});
   // Marks the store invalid on disk (header valid=0, FUA). Idempotent.
   Status invalidate();
 
@@ -144,7 +150,12 @@ class ExceptionStore {
   mutable std::mutex mu_;  // allocation, commit queue, records_
   std::condition_variable cv_;
   std::vector<CowRecord> records_;  // committed + being committed, commit order
-  std::vector<CowRecord> pending_;
+  struct Pending {
+    CowRecord r;
+    std::span<const uint8_t> data;
+  };
+  std::vector<Pending> pending_;
+  Status write_data(std::vector<Pending>& batch);  // the batch's data chunks
   uint64_t queued_ = 0, committed_ = 0;
   bool committing_ = false;
   Status sticky_;
