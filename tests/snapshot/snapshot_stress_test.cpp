@@ -224,3 +224,96 @@ TEST(SnapshotStress, GroupCommitWritesEveryDataChunk) {
     EXPECT_EQ(memcmp(img.data() + *nc * kCB, base.data() + c * kCB, len), 0) << "chunk " << c;
   }
 }
+
+// Writers and readers on snapshot-merge while its background merge runs
+// (the origin's flush is slow, so each 4 MiB merge batch stays in flight a
+// while and writes meet chunks being merged, not yet merged and merged): a
+// read of a block returns the snapshot's bytes or a whole write of that
+// block; when the merge is done the origin is the snapshot plus the last
+// write of each block.
+TEST(SnapshotStress, WritesAndReadsDuringBackgroundMerge) {
+  constexpr uint64_t kBlk = 4096, kBlocks = 2048, kSize = kBlocks * kBlk;
+  constexpr int kWriters = 3, kReaders = 2, kWritesPerThread = 800;
+  MapResolver r;
+  const auto base = test::random_bytes(kSize, 11);
+  auto origin = std::make_shared<SlowFlushDevice>(base);
+  r.devs["origin"] = origin;
+  r.devs["cow"] = std::make_shared<MemoryDevice>(kSize + 64 * kBlk);
+  {
+    // Snapshot, then change 3/4 of the origin's blocks.
+    auto o = make("snapshot-origin", {"origin"}, kSize, &r);
+    auto s = make("snapshot", {"origin", "cow", "P", "8"}, kSize, &r);
+    ASSERT_TRUE(o.ok() && s.ok());
+    (*o)->resume();
+    (*s)->resume();
+    std::vector<uint8_t> junk(kBlk, 0xa5);
+    for (uint64_t b = 0; b < kBlocks; b++)
+      if (b % 4) ASSERT_TRUE((*o)->write(b * kBlk, junk).ok());
+  }
+  auto block_of = [](uint64_t tag) { return (tag >> 20) & 0xfffff; };
+  auto make_block = [](std::vector<uint8_t>& b, uint64_t tag) {
+    for (size_t i = 0; i < b.size(); i += 8) {
+      uint64_t v = i == 0 ? tag : tag * 0x9E3779B97F4A7C15ull + i;
+      memcpy(b.data() + i, &v, 8);
+    }
+  };
+  auto m = make("snapshot-merge", {"origin", "cow", "P", "8"}, kSize, &r);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  auto* mt = static_cast<MergeTarget*>(m->get());
+  EXPECT_GT(mt->remaining(), kBlocks / 2);
+  (*m)->resume();  // the merge starts in the background
+  std::vector<uint64_t> last(kBlocks, 0);
+  std::atomic<int> writers_left{kWriters};
+  std::atomic<uint64_t> errors{0}, bad{0}, reads{0};
+  std::vector<std::thread> ts;
+  for (int w = 0; w < kWriters; w++) {
+    ts.emplace_back([&, w] {
+      std::mt19937_64 rng(300 + w);
+      std::vector<uint8_t> buf(kBlk);
+      for (int i = 1; i <= kWritesPerThread; i++) {
+        uint64_t b = (rng() % (kBlocks / kWriters)) * kWriters + w;
+        uint64_t tag = (uint64_t(w + 1) << 40) | (b << 20) | uint64_t(i);
+        make_block(buf, tag);
+        if (!(*m)->write(b * kBlk, buf).ok()) errors++;
+        last[b] = tag;
+      }
+      writers_left--;
+    });
+  }
+  for (int rd = 0; rd < kReaders; rd++) {
+    ts.emplace_back([&, rd] {
+      std::mt19937_64 rng(400 + rd);
+      std::vector<uint8_t> buf(kBlk), want(kBlk);
+      for (int i = 0; writers_left.load() > 0 || i < 500; i++) {
+        uint64_t b = rng() % kBlocks;
+        reads++;
+        if (!(*m)->read(b * kBlk, buf).ok()) {
+          errors++;
+          continue;
+        }
+        if (memcmp(buf.data(), base.data() + b * kBlk, kBlk) == 0) continue;
+        uint64_t tag;
+        memcpy(&tag, buf.data(), 8);
+        make_block(want, tag);
+        if (block_of(tag) != b || want != buf) bad++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  ASSERT_TRUE(mt->wait().ok());
+  EXPECT_EQ(errors.load(), 0u);
+  EXPECT_EQ(bad.load(), 0u) << "of " << reads.load() << " reads during the merge";
+  EXPECT_EQ(mt->remaining(), 0u);
+  EXPECT_EQ((*m)->status(), "16/" + std::to_string((kSize + 64 * kBlk) / 512) + " 16");
+  auto expect = base;
+  std::vector<uint8_t> blk(kBlk);
+  for (uint64_t b = 0; b < kBlocks; b++) {
+    if (!last[b]) continue;
+    make_block(blk, last[b]);
+    memcpy(expect.data() + b * kBlk, blk.data(), kBlk);
+  }
+  EXPECT_TRUE(origin->contents() == expect) << "origin after the merge is not snapshot + last writes";
+  std::vector<uint8_t> all(kSize);
+  ASSERT_TRUE((*m)->read(0, all).ok());
+  EXPECT_TRUE(all == expect);
+}
