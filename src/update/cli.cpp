@@ -9,6 +9,7 @@
 #include "io/file_device.h"
 #include "update/differ.h"
 #include "update/format.h"
+#include "update/format_v1.h"
 #include "util/progress.h"
 
 namespace udm {
@@ -16,9 +17,88 @@ using namespace update;
 
 namespace {
 
+void cmd_info_v1(BlockDevice& f, const std::string& path) {
+  auto idx = load_v1(f);
+  if (!idx.ok()) return cli::fail(idx.status().context(path));
+  const auto& h = idx->h;
+  uint64_t n[4] = {0, 0, 0, 0}, refs = 0, chunk_bytes = 0, frame_bytes = 0;
+  for (const auto& op : idx->ops) n[static_cast<int>(op.type)]++;
+  for (const auto& f : idx->frames) refs += f.refs.size(), frame_bytes += f.length;
+  for (const auto& c : idx->chunks) chunk_bytes += c.length;
+  std::cout << fmt::format(
+      "format:            update v1\n"
+      "block size:        {} (block_bits {})\n"
+      "image:             {} blocks ({} bytes)\n"
+      "old image sha256:  {}\n"
+      "new image sha256:  {}\n"
+      "operations:        {} (ZERO {}, COPY {}, REPLACE {}, DELTA {} with {} reference blocks)\n"
+      "REPLACE chunks:    {} of up to {} blocks, {} bytes\n"
+      "DELTA frames:      {} bytes\n"
+      "metadata:          {} bytes ({} raw)\n"
+      "stash:             {}\n"
+      "diff size:         {} bytes\n"
+      "copy-back record:  {} of {} operations{}\n",
+      idx->block_size(), h.block_bits, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
+      hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, idx->chunks.size(), h.chunk_blocks,
+      chunk_bytes, frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
+      idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
+}
+
+void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::string& diff_path) {
+  auto idx = load_v1(diff);
+  if (!idx.ok()) return cli::fail(idx.status().context(diff_path));
+  auto sys = FileDevice::open(old_path);
+  if (!sys.ok()) return cli::fail(sys.status());
+  const uint64_t bs = idx->block_size();
+  const uint64_t img = idx->h.image_blocks * bs;
+  if ((*sys)->size() < img)
+    return cli::fail(fmt::format("{} is {} bytes but the diff is for a {}-byte image", old_path, (*sys)->size(), img));
+  if (idx->h.ckpt_state)
+    return cli::fail(diff_path + ": a copy-back through the update target has started; finish it there");
+  auto hash = sha256_device(**sys, img);
+  if (!hash.ok()) return cli::fail(hash.status());
+  if (*hash != idx->h.old_sha256)
+    return cli::fail(fmt::format("{}: sha256 {} is not the diff's old image {}; nothing written", old_path, hex(*hash),
+                                 hex(idx->h.old_sha256)));
+  // Offline and not crash-safe (the target is): compute every block in
+  // order, then write in order. Validation of every payload happens first.
+  std::vector<uint8_t> out(idx->ops.size() * bs);
+  std::vector<uint8_t> chunk(uint64_t{idx->h.chunk_blocks} * bs);
+  int64_t cur = -1;
+  Progress prog("update-apply", idx->ops.size(), false);
+  for (size_t i = 0; i < idx->ops.size(); i++) {
+    const V1Op& op = idx->ops[i];
+    std::span<uint8_t> o(out.data() + i * bs, bs);
+    Status s;
+    if (op.type == OpType::Replace) {
+      int64_t ci = op.index / idx->h.chunk_blocks;
+      if (ci != cur) s = v1_read_chunk(diff, *idx, ci, chunk), cur = ci;
+      if (s.ok()) std::memcpy(o.data(), chunk.data() + (op.index % idx->h.chunk_blocks) * bs, bs);
+    } else {
+      s = v1_compute(diff, **sys, *idx, i, o);
+    }
+    if (!s.ok()) return cli::fail(s.context(diff_path + ": nothing written"));
+  }
+  // All reads of old blocks are done above, so any write order is safe here.
+  for (size_t i = 0; i < idx->ops.size(); i++) {
+    Status s = (*sys)->write(idx->ops[i].dest * bs, std::span<const uint8_t>(out.data() + i * bs, bs));
+    if (!s.ok()) return cli::fail(s);
+    prog.add(1);
+  }
+  if (Status s = (*sys)->flush(); !s.ok()) return cli::fail(s);
+  prog.finish();
+  auto nh = sha256_device(**sys, img);
+  if (!nh.ok()) return cli::fail(nh.status());
+  if (*nh != idx->h.new_sha256) return cli::fail(fmt::format("{}: result sha256 {} is not the new image's", old_path, hex(*nh)));
+  std::cout << fmt::format("applied {} operations to {} (sha256 of the result matches the diff)\n", idx->ops.size(), old_path);
+}
+
 void cmd_info(const std::string& path) {
   auto f = FileDevice::open(path, {.writable = false});
   if (!f.ok()) return cli::fail(f.status());
+  auto ver = diff_version(**f);
+  if (!ver.ok()) return cli::fail(ver.status().context(path));
+  if (*ver == 1) return cmd_info_v1(**f, path);
   auto idx = load_diff(**f);
   if (!idx.ok()) return cli::fail(idx.status().context(path));
   const auto& sb = idx->sb;
@@ -45,6 +125,24 @@ void cmd_info(const std::string& path) {
 void cmd_apply(const std::string& old_path, const std::string& diff_path, const std::string& verify) {
   auto diff = FileDevice::open(diff_path, {.writable = false});
   if (!diff.ok()) return cli::fail(diff.status());
+  auto ver = diff_version(**diff);
+  if (!ver.ok()) return cli::fail(ver.status().context(diff_path));
+  if (*ver == 1) {
+    cmd_apply_v1(**diff, old_path, diff_path);
+    if (verify.empty()) return;
+    auto sys = FileDevice::open(old_path, {.writable = false});
+    auto nf = FileDevice::open(verify, {.writable = false});
+    if (!sys.ok() || !nf.ok()) return cli::fail("verify: cannot open the images");
+    std::vector<uint8_t> a(1 << 20), b(1 << 20);
+    for (uint64_t off = 0; off < (*nf)->size(); off += a.size()) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(a.size(), (*nf)->size() - off));
+      if (!(*sys)->read(off, std::span<uint8_t>(a.data(), n)).ok() || !(*nf)->read(off, std::span<uint8_t>(b.data(), n)).ok() ||
+          std::memcmp(a.data(), b.data(), n) != 0)
+        return cli::fail(fmt::format("verify: {} differs from {} near byte {}", old_path, verify, off));
+    }
+    std::cout << fmt::format("verified: {} equals {}\n", old_path, verify);
+    return;
+  }
   auto idx = load_diff(**diff);
   if (!idx.ok()) return cli::fail(idx.status().context(diff_path));
   auto sys = FileDevice::open(old_path);
@@ -95,8 +193,12 @@ void cmd_apply(const std::string& old_path, const std::string& diff_path, const 
 
 void register_update_cli(CLI::App& app) {
   {
-    auto* sub = app.add_subcommand("update-diff", "make a diff that turns OLD into NEW (dm-update format v0)");
+    auto* sub = app.add_subcommand("update-diff", "make a diff that turns OLD into NEW (format v1; --format v0 for the seed's)");
     auto o = std::make_shared<DiffOptions>();
+    auto fmt_name = std::make_shared<std::string>("v1");
+    auto no_delta = std::make_shared<bool>(false);
+    sub->add_option("--format", *fmt_name, "v1 (default: moves, similar blocks, ordered in-place copy-back) or v0 (seed)");
+    sub->add_flag("--no-delta", *no_delta, "v1: no DELTA (similar block) operations");
     auto paths = std::make_shared<std::array<std::string, 3>>();
     sub->add_option("old", (*paths)[0], "old image")->required()->check(CLI::ExistingFile);
     sub->add_option("new", (*paths)[1], "new image")->required()->check(CLI::ExistingFile);
@@ -106,7 +208,26 @@ void register_update_cli(CLI::App& app) {
     sub->add_option("--block-size", o->block_size, "block size in bytes (default 4096)");
     sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default 16)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
-    sub->callback([o, paths] {
+    sub->callback([o, paths, fmt_name, no_delta] {
+      if (*fmt_name == "v1") {
+        if (o->algorithm != "zstd") return cli::fail("--format v1 uses zstd; -a " + o->algorithm + " needs --format v0");
+        DiffV1Options v;
+        v.level = o->level;
+        v.block_size = o->block_size;
+        v.chunk_blocks = o->chunk_blocks;
+        v.threads = o->threads;
+        v.delta = !*no_delta;
+        auto st = make_diff_v1((*paths)[0], (*paths)[1], (*paths)[2], v);
+        if (!st.ok()) return cli::fail(st.status());
+        std::cout << fmt::format(
+            "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} read their own "
+            "block); {} turned into REPLACE to break cycles; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
+            (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->delta,
+            st->stash_ops, st->converted, st->meta_bytes, st->diff_bytes,
+            st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
+        return;
+      }
+      if (*fmt_name != "v0") return cli::fail("--format " + *fmt_name + ": want v0 or v1");
       auto st = make_diff((*paths)[0], (*paths)[1], (*paths)[2], *o);
       if (!st.ok()) return cli::fail(st.status());
       std::cout << fmt::format(

@@ -30,4 +30,28 @@ struct DiffStats {
 Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_path,
                             const std::string& out_path, const DiffOptions& opts);
 
+// Format v1 (format_v1.h): ZERO / COPY / REPLACE / DELTA operations in a
+// conflict-free order. Both images are mapped (the page cache holds them).
+struct DiffV1Options {
+  int level = 19;
+  uint32_t block_size = 4096;
+  uint32_t chunk_blocks = 16;
+  unsigned threads = 2;
+  bool progress = true;
+  bool delta = true;      // try DELTA against similar old blocks
+  uint32_t neighbourhood = 8;  // new blocks each side searched for COPY anchors
+};
+
+struct DiffV1Stats {
+  uint64_t image_bytes = 0, blocks = 0, changed_blocks = 0;
+  uint64_t zero = 0, copy = 0, replace = 0, delta = 0;
+  uint64_t converted = 0;  // COPY/DELTA turned into REPLACE to break cycles
+  uint64_t stash_ops = 0;  // DELTA operations that read their own block
+  uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
+  double seconds = 0;
+};
+
+Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string& new_path,
+                                 const std::string& out_path, const DiffV1Options& opts);
+
 }  // namespace udm::update

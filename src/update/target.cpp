@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "update/format.h"
+#include "update/format_v1.h"
 #include "util/log.h"
 
 namespace udm {
@@ -241,6 +242,9 @@ Result<TargetPtr> make_update_target(const TargetParams& p) {
   if (sys->caps().read_only && bg)
     return ReadOnly("update: system device " + p.args[0] + " is read-only; use no_bg_update to serve without copying");
   UDM_ASSIGN_OR_RETURN(DevicePtr diff, p.resolver->open(p.args[1], true));
+  auto ver = diff_version(*diff);
+  if (!ver.ok()) return ver.status().context("update: diff " + p.args[1]);
+  if (*ver == 1) return make_update_target_v1(std::move(sys), std::move(diff), p.args[1], p.length, bg);
   auto idx = load_diff(*diff);
   if (!idx.ok()) return idx.status().context("update: diff " + p.args[1]);
   uint64_t bs = idx->block_size();

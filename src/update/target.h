@@ -11,4 +11,7 @@
 
 namespace udm {
 Result<TargetPtr> make_update_target(const TargetParams& p);
+// The same over a v1 diff (target_v1.cpp); make_update_target dispatches by version.
+Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std::string& diff_name, uint64_t length,
+                                        bool bg);
 }  // namespace udm

@@ -77,3 +77,54 @@ inline std::string wait_copied(Target& t, int seconds = 60) {
 }
 
 }  // namespace udm::test
+
+namespace udm::test {
+
+// An old/new pair for format v1: moved runs, swapped runs, 3-cycles of runs,
+// blocks edited in place (a few bytes), moved-and-edited blocks, zeroed and
+// novel blocks. `blocks` must be >= 64.
+inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_pair(uint64_t blocks, uint32_t bs, uint64_t seed) {
+  auto old_img = random_bytes(blocks * bs, seed);
+  // Some compressible blocks too (text-like), so REPLACE chunks compress.
+  std::mt19937_64 rng(seed * 97 + 3);
+  for (uint64_t b = 0; b < blocks; b += 3)
+    for (uint32_t i = 0; i < bs; i++) old_img[b * bs + i] = static_cast<uint8_t>('a' + (i * 7 + b) % 23);
+  auto new_img = old_img;
+  auto blk = [&](std::vector<uint8_t>& v, uint64_t b) { return v.begin() + static_cast<ptrdiff_t>(b * bs); };
+  auto copy_run = [&](uint64_t from, uint64_t to, uint64_t len) {
+    std::copy(blk(old_img, from), blk(old_img, from + len), blk(new_img, to));
+  };
+  auto r = [&](uint64_t n) { return rng() % n; };
+  for (int i = 0; i < 4; i++) copy_run(r(blocks - 8), r(blocks - 8), 1 + r(8));  // moves
+  for (int i = 0; i < 2; i++) {                                                    // swaps
+    uint64_t a = r(blocks - 8), b = r(blocks - 8), len = 1 + r(8);
+    copy_run(a, b, len);
+    copy_run(b, a, len);
+  }
+  for (int i = 0; i < 2; i++) {  // 3-cycles of runs
+    uint64_t a = r(blocks / 3 - 4), b = blocks / 3 + r(blocks / 3 - 4), c = 2 * blocks / 3 + r(blocks / 3 - 4);
+    copy_run(a, b, 3);
+    copy_run(b, c, 3);
+    copy_run(c, a, 3);
+  }
+  for (int i = 0; i < 10; i++) {  // in-place edits
+    uint64_t b = r(blocks);
+    for (int k = 0; k < 20; k++) new_img[b * bs + r(bs)] ^= static_cast<uint8_t>(1 + r(255));
+  }
+  for (int i = 0; i < 3; i++) {  // a moved file whose middle block was edited
+    uint64_t from = r(blocks - 8), to = r(blocks - 8);
+    copy_run(from, to, 5);
+    for (int k = 0; k < 30; k++) new_img[(to + 2) * bs + r(bs)] ^= 0x41;
+  }
+  for (int i = 0; i < 4; i++) {
+    uint64_t b = r(blocks);
+    std::fill(blk(new_img, b), blk(new_img, b + 1), 0);
+  }
+  for (int i = 0; i < 6; i++) {  // novel
+    auto x = random_bytes(bs, rng());
+    std::copy(x.begin(), x.end(), blk(new_img, r(blocks)));
+  }
+  return {old_img, new_img};
+}
+
+}  // namespace udm::test

@@ -1,0 +1,462 @@
+// update-diff, format v1: moved blocks (hash index of old), similar blocks
+// (zstd with nearby old blocks as a prefix), a conflict-free order.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <queue>
+#include <thread>
+#include <unordered_map>
+
+#include "update/differ.h"
+#include "update/format_v1.h"
+#include "util/progress.h"
+
+namespace udm::update {
+
+namespace {
+
+struct Mapped {
+  const uint8_t* p = nullptr;
+  size_t n = 0;
+  ~Mapped() {
+    if (p && n) ::munmap(const_cast<uint8_t*>(p), n);
+  }
+};
+
+Status map_file(const std::string& path, Mapped& m) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("open " + path);
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return ErrnoStatus("stat " + path);
+  }
+  m.n = static_cast<size_t>(st.st_size);
+  if (m.n) {
+    void* p = ::mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      return ErrnoStatus("mmap " + path);
+    }
+    ::madvise(p, m.n, MADV_WILLNEED);
+    m.p = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+// f(i) for i in [0, n) on `threads` threads, dynamic batches of 16.
+template <class F>
+void parallel_for(size_t n, unsigned threads, F f) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (;;) {
+      size_t b = next.fetch_add(16);
+      if (b >= n) return;
+      for (size_t i = b; i < std::min(n, b + 16); i++) f(i);
+    }
+  };
+  std::vector<std::thread> ts;
+  for (unsigned t = 1; t < threads; t++) ts.emplace_back(work);
+  work();
+  for (auto& t : ts) t.join();
+}
+
+struct CCtx {
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  ~CCtx() { ZSTD_freeCCtx(c); }
+};
+
+std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag) {
+  thread_local CCtx cc;
+  ZSTD_CCtx_reset(cc.c, ZSTD_reset_session_and_parameters);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_compressionLevel, level);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_contentSizeFlag, size_flag ? 1 : 0);
+  if (pn) ZSTD_CCtx_refPrefix(cc.c, prefix, pn);
+  std::vector<uint8_t> out(ZSTD_compressBound(n));
+  size_t r = ZSTD_compress2(cc.c, out.data(), out.size(), src, n);
+  if (ZSTD_isError(r)) return {};
+  out.resize(r);
+  return out;
+}
+
+std::array<uint8_t, 32> sha256(const uint8_t* p, size_t n) {
+  std::array<uint8_t, 32> out{};
+  unsigned len = 0;
+  EVP_Digest(p, n, out.data(), &len, EVP_sha256(), nullptr);
+  return out;
+}
+
+struct GOp {
+  uint64_t dest = 0;
+  OpType type = OpType::Replace;
+  uint64_t src = 0;
+  std::vector<uint64_t> refs;  // DELTA
+  std::vector<uint8_t> frame;  // DELTA
+  uint32_t rep_cost = 0;       // standalone compressed size (0 = not computed)
+};
+
+}  // namespace
+
+Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string& new_path,
+                                 const std::string& out_path, const DiffV1Options& o) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (o.block_size < 512 || o.block_size > (1u << 20) || (o.block_size & (o.block_size - 1)))
+    return Invalid(fmt::format("--block-size {}: must be a power of two in 512..1 MiB", o.block_size));
+  if (o.chunk_blocks == 0 || uint64_t{o.chunk_blocks} * o.block_size > (64ull << 20))
+    return Invalid(fmt::format("--chunk-blocks {}: must be 1.. with chunks of at most 64 MiB", o.chunk_blocks));
+  const uint64_t bs = o.block_size;
+  const unsigned threads = std::max(1u, o.threads);
+  const int level = o.level ? o.level : 19;
+  Mapped oldm, newm;
+  UDM_TRY(map_file(old_path, oldm));
+  UDM_TRY(map_file(new_path, newm));
+  const uint64_t size = newm.n;
+  if (oldm.n != size)
+    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes (the update maps blocks in place)",
+                               old_path, oldm.n, new_path, size));
+  if (size == 0 || size % bs)
+    return Invalid(fmt::format("image size {} is not a positive multiple of the block size {}", size, bs));
+  const uint64_t blocks = size / bs;
+  if (blocks >= (1ull << 31)) return Invalid("image has 2^31 blocks or more");
+  const uint8_t* OLD = oldm.p;
+  const uint8_t* NEW = newm.p;
+  if (!o.progress) Progress::force_enable(false);
+
+  DiffV1Stats st;
+  st.image_bytes = size;
+  st.blocks = blocks;
+
+  // 1. Hashes: SHA-256 of both images, XXH3 of every old block, changed flags.
+  std::array<uint8_t, 32> old_sha{}, new_sha{};
+  std::vector<uint64_t> oh(blocks);
+  std::vector<uint8_t> changed(blocks);
+  {
+    Progress prog("update-diff: hashing", blocks, false);
+    std::thread sh([&] {
+      old_sha = sha256(OLD, size);
+      new_sha = sha256(NEW, size);
+    });
+    parallel_for(blocks, threads, [&](size_t b) {
+      oh[b] = XXH3_64bits(OLD + b * bs, bs);
+      changed[b] = std::memcmp(OLD + b * bs, NEW + b * bs, bs) != 0;
+      if ((b & 255) == 0) prog.add(std::min<uint64_t>(256, blocks - b));
+    });
+    sh.join();
+    prog.finish();
+  }
+  // Index of old blocks by content hash; blocks the update leaves alone first
+  // (a COPY from them never conflicts).
+  std::unordered_map<uint64_t, uint32_t> index;
+  index.reserve(blocks * 2);
+  for (int pass = 0; pass < 2; pass++)
+    for (uint64_t b = 0; b < blocks; b++)
+      if (changed[b] == pass) index.emplace(oh[b], static_cast<uint32_t>(b));
+  oh.clear();
+  oh.shrink_to_fit();
+
+  // 2. Classify changed blocks.
+  std::vector<GOp> ops;
+  std::vector<int32_t> writer(blocks, -1);
+  std::vector<uint8_t> zero(bs, 0);
+  for (uint64_t d = 0; d < blocks; d++) {
+    if (!changed[d]) continue;
+    GOp g;
+    g.dest = d;
+    const uint8_t* nb = NEW + d * bs;
+    if (std::memcmp(nb, zero.data(), bs) == 0) {
+      g.type = OpType::Zero;
+    } else {
+      auto it = index.find(XXH3_64bits(nb, bs));
+      if (it != index.end() && std::memcmp(OLD + uint64_t{it->second} * bs, nb, bs) == 0) {
+        g.type = OpType::Copy;
+        g.src = it->second;
+      }
+    }
+    writer[d] = static_cast<int32_t>(ops.size());
+    ops.push_back(std::move(g));
+  }
+  st.changed_blocks = ops.size();
+  index.clear();
+
+  // 3. Similar blocks: for a novel block, the old blocks at its own place and
+  // where its COPY neighbours came from (the same file's old version), one
+  // block either side; zstd with them as prefix vs alone.
+  std::vector<uint32_t> novel;
+  for (uint32_t k = 0; k < ops.size(); k++)
+    if (ops[k].type == OpType::Replace) novel.push_back(k);
+  {
+    Progress prog("update-diff: similar blocks", novel.size(), false);
+    parallel_for(novel.size(), threads, [&](size_t i) {
+      GOp& g = ops[novel[i]];
+      const uint8_t* nb = NEW + g.dest * bs;
+      auto rep = zcompress(nb, bs, nullptr, 0, level, false);
+      g.rep_cost = static_cast<uint32_t>(rep.empty() ? bs : rep.size());
+      if (!o.delta) return prog.add(1);
+      std::vector<uint64_t> bases{g.dest};
+      const int64_t W = o.neighbourhood;
+      for (int64_t dist = 1; dist <= W && bases.size() < 4; dist++) {
+        for (int64_t sgn : {-1, 1}) {
+          int64_t n = static_cast<int64_t>(g.dest) + sgn * dist;
+          if (n < 0 || n >= static_cast<int64_t>(blocks)) continue;
+          int32_t w = writer[n];
+          if (w < 0 || ops[w].type != OpType::Copy) continue;
+          int64_t base = static_cast<int64_t>(ops[w].src) - sgn * dist;
+          if (base < 0 || base >= static_cast<int64_t>(blocks)) continue;
+          if (std::find(bases.begin(), bases.end(), uint64_t(base)) == bases.end()) bases.push_back(uint64_t(base));
+        }
+      }
+      std::vector<uint64_t> refs;
+      // Farthest candidates first: the prefix's end (closest offsets) gets the best guess.
+      for (size_t bi = bases.size(); bi-- > 0;) {
+        for (int64_t dlt : {-1, 0, 1}) {
+          int64_t r = static_cast<int64_t>(bases[bi]) + dlt;
+          if (r < 0 || r >= static_cast<int64_t>(blocks)) continue;
+          if (std::memcmp(OLD + uint64_t(r) * bs, zero.data(), bs) == 0) continue;
+          if (std::find(refs.begin(), refs.end(), uint64_t(r)) == refs.end()) refs.push_back(uint64_t(r));
+        }
+      }
+      if (refs.empty()) return prog.add(1);
+      std::vector<uint8_t> prefix(refs.size() * bs);
+      for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
+      auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false);
+      // A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
+      if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * 7 / 10) {
+        g.type = OpType::Delta;
+        g.refs = std::move(refs);
+        g.frame = std::move(fr);
+      }
+      prog.add(1);
+    });
+    prog.finish();
+  }
+
+  // 4. Order: op A before op B when A reads the old block B overwrites.
+  // Kahn's algorithm (lowest destination first); when stuck, every cycle
+  // (strongly connected component) loses its cheapest reader, turned into
+  // REPLACE.
+  const size_t n = ops.size();
+  std::vector<std::vector<uint32_t>> succ(n);
+  std::vector<uint32_t> indeg(n, 0);
+  auto add_reads = [&](uint32_t k) {
+    auto edge = [&](uint64_t b) {
+      int32_t w = writer[b];
+      if (w >= 0 && static_cast<uint32_t>(w) != k) {
+        succ[k].push_back(static_cast<uint32_t>(w));
+        indeg[w]++;
+      }
+    };
+    if (ops[k].type == OpType::Copy) edge(ops[k].src);
+    if (ops[k].type == OpType::Delta)
+      for (uint64_t r : ops[k].refs) edge(r);
+  };
+  for (uint32_t k = 0; k < n; k++) add_reads(k);
+  std::vector<uint32_t> order;
+  order.reserve(n);
+  std::vector<uint8_t> emitted(n, 0);
+  std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<>> ready;
+  for (uint32_t k = 0; k < n; k++)
+    if (!indeg[k]) ready.push(k);
+  auto cost = [&](uint32_t k) -> int64_t {
+    GOp& g = ops[k];
+    if (!g.rep_cost) {
+      auto c = zcompress(NEW + g.dest * bs, bs, nullptr, 0, 3, false);
+      g.rep_cost = static_cast<uint32_t>(c.empty() ? bs : c.size());
+    }
+    return g.type == OpType::Delta ? int64_t(g.rep_cost) - int64_t(g.frame.size()) : int64_t(g.rep_cost);
+  };
+  auto convert = [&](uint32_t k) {
+    for (uint32_t w : succ[k])
+      if (!emitted[w] && --indeg[w] == 0) ready.push(w);
+    succ[k].clear();
+    ops[k].type = OpType::Replace;
+    ops[k].refs.clear();
+    ops[k].frame.clear();
+    st.converted++;
+  };
+  std::vector<int32_t> tindex(n), low(n);
+  std::vector<uint8_t> onstack(n);
+  while (order.size() < n) {
+    while (!ready.empty()) {
+      uint32_t k = ready.top();
+      ready.pop();
+      emitted[k] = 1;
+      order.push_back(k);
+      for (uint32_t w : succ[k])
+        if (--indeg[w] == 0) ready.push(w);
+    }
+    if (order.size() == n) break;
+    // Stuck: Tarjan over the remaining graph (iterative).
+    std::fill(tindex.begin(), tindex.end(), -1);
+    std::fill(onstack.begin(), onstack.end(), 0);
+    int32_t counter = 0;
+    std::vector<uint32_t> stk;
+    std::vector<std::pair<uint32_t, size_t>> call;
+    std::vector<uint32_t> victims;
+    for (uint32_t s = 0; s < n; s++) {
+      if (emitted[s] || tindex[s] >= 0) continue;
+      call.push_back({s, 0});
+      tindex[s] = low[s] = counter++;
+      stk.push_back(s);
+      onstack[s] = 1;
+      while (!call.empty()) {
+        auto& [v, ei] = call.back();
+        if (ei < succ[v].size()) {
+          uint32_t w = succ[v][ei++];
+          if (emitted[w]) continue;
+          if (tindex[w] < 0) {
+            tindex[w] = low[w] = counter++;
+            stk.push_back(w);
+            onstack[w] = 1;
+            call.push_back({w, 0});
+          } else if (onstack[w]) {
+            low[v] = std::min(low[v], tindex[w]);
+          }
+          continue;
+        }
+        uint32_t vv = v;
+        call.pop_back();
+        if (!call.empty()) low[call.back().first] = std::min(low[call.back().first], low[vv]);
+        if (low[vv] == tindex[vv]) {
+          std::vector<uint32_t> comp;
+          uint32_t w;
+          do {
+            w = stk.back();
+            stk.pop_back();
+            onstack[w] = 0;
+            comp.push_back(w);
+          } while (w != vv);
+          if (comp.size() > 1) {
+            uint32_t best = comp[0];
+            int64_t bc = cost(best);
+            for (uint32_t c : comp)
+              if (int64_t cc = cost(c); cc < bc) best = c, bc = cc;
+            victims.push_back(best);
+          }
+        }
+      }
+    }
+    if (victims.empty()) return IoError("update-diff: ordering stuck without a cycle (bug)");
+    for (uint32_t v : victims) convert(v);
+  }
+
+  // 5. Payload: REPLACE blocks in apply order form the chunks; DELTA frames follow.
+  std::vector<V1Op> vops;
+  std::vector<uint32_t> rep_blocks;
+  std::vector<V1Frame> frames;
+  std::vector<uint32_t> delta_ops;
+  bool stash = false;
+  for (uint32_t k : order) {
+    GOp& g = ops[k];
+    V1Op v;
+    v.dest = g.dest;
+    v.type = g.type;
+    v.src = g.src;
+    if (g.type == OpType::Zero) st.zero++;
+    if (g.type == OpType::Copy) st.copy++;
+    if (g.type == OpType::Replace) {
+      v.index = static_cast<uint32_t>(rep_blocks.size());
+      rep_blocks.push_back(k);
+      st.replace++;
+    }
+    if (g.type == OpType::Delta) {
+      v.index = static_cast<uint32_t>(frames.size());
+      V1Frame f;
+      f.length = g.frame.size();
+      f.refs = g.refs;
+      frames.push_back(std::move(f));
+      delta_ops.push_back(k);
+      st.delta++;
+      if (std::find(g.refs.begin(), g.refs.end(), g.dest) != g.refs.end()) {
+        stash = true;
+        st.stash_ops++;
+      }
+    }
+    vops.push_back(v);
+  }
+  const size_t nchunks = (rep_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
+  std::vector<std::vector<uint8_t>> chunks(nchunks);
+  {
+    Progress prog("update-diff: compressing", nchunks, false);
+    parallel_for(nchunks, threads, [&](size_t c) {
+      size_t first = c * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, rep_blocks.size() - first);
+      std::vector<uint8_t> raw(cnt * bs);
+      for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
+      chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
+      prog.add(1);
+    });
+    prog.finish();
+  }
+  std::vector<uint64_t> chunk_lengths;
+  for (auto& c : chunks) {
+    if (c.empty()) return IoError("update-diff: zstd failed on a chunk");
+    chunk_lengths.push_back(c.size());
+  }
+  auto meta = encode_v1_meta(vops, chunk_lengths, frames);
+  std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
+  size_t cm = ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 19);
+  if (ZSTD_isError(cm)) return IoError("update-diff: zstd failed on the metadata");
+  cmeta.resize(cm);
+
+  V1Header h;
+  h.block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
+  h.chunk_blocks = o.chunk_blocks;
+  h.image_blocks = blocks;
+  h.op_count = vops.size();
+  h.stash_blocks = stash ? 1 : 0;
+  h.meta_offset = kV1HeaderSize + (stash ? bs : 0);
+  h.meta_size = cmeta.size();
+  h.meta_raw_size = meta.size();
+  h.data_offset = h.meta_offset + h.meta_size;
+  h.data_size = 0;
+  for (auto& c : chunks) h.data_size += c.size();
+  for (auto& f : frames) h.data_size += f.length;
+  h.old_sha256 = old_sha;
+  h.new_sha256 = new_sha;
+
+  int fd = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("create " + out_path);
+  uint64_t pos = 0;
+  auto append = [&](const uint8_t* p, size_t len) -> Status {
+    size_t done = 0;
+    while (done < len) {
+      ssize_t w = ::pwrite(fd, p + done, len - done, static_cast<off_t>(pos + done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus("write " + out_path);
+      }
+      done += static_cast<size_t>(w);
+    }
+    pos += len;
+    return Status::Ok();
+  };
+  auto hb = encode_v1_header(h);
+  Status s = append(hb.data(), hb.size());
+  if (s.ok() && stash) s = append(zero.data(), bs);
+  if (s.ok()) s = append(cmeta.data(), cmeta.size());
+  for (auto& c : chunks)
+    if (s.ok()) s = append(c.data(), c.size());
+  for (uint32_t k : delta_ops)
+    if (s.ok()) s = append(ops[k].frame.data(), ops[k].frame.size());
+  if (s.ok() && ::fsync(fd) != 0) s = ErrnoStatus("fsync " + out_path);
+  ::close(fd);
+  UDM_TRY(s);
+  st.chunks = nchunks;
+  st.meta_bytes = cmeta.size();
+  st.diff_bytes = pos;
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace udm::update

@@ -1,0 +1,416 @@
+#include "update/format_v1.h"
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "io/memory_device.h"
+#include "update/codec.h"
+#include "util/endian.h"
+
+namespace udm::update {
+
+namespace {
+constexpr char kMagic[8] = {'u', 'p', 'd', 'a', 't', 'e', 0, 0};
+constexpr size_t kCrcEnd = 156;
+constexpr size_t kCkptLen = 28;
+
+void put_varint(std::vector<uint8_t>& o, uint64_t v) {
+  while (v >= 0x80) {
+    o.push_back(static_cast<uint8_t>(v | 0x80));
+    v >>= 7;
+  }
+  o.push_back(static_cast<uint8_t>(v));
+}
+uint64_t zz(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t unzz(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+
+struct Reader {
+  const uint8_t* p;
+  const uint8_t* end;
+  bool ok = true;
+  uint64_t varint() {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (p >= end) return ok = false, 0;
+      uint8_t b = *p++;
+      v |= uint64_t{b & 0x7fu} << shift;
+      if (!(b & 0x80)) return v;
+    }
+    ok = false;
+    return 0;
+  }
+  uint8_t byte() {
+    if (p >= end) return ok = false, 0;
+    return *p++;
+  }
+};
+
+uint32_t crc(const uint8_t* p, size_t n) { return static_cast<uint32_t>(::crc32(0, p, static_cast<uInt>(n))); }
+}  // namespace
+
+std::string hex(std::span<const uint8_t> b) {
+  std::string s;
+  for (uint8_t c : b) s += fmt::format("{:02x}", c);
+  return s;
+}
+
+std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
+  std::array<uint8_t, kV1HeaderSize> b{};
+  std::memcpy(b.data(), kMagic, 8);
+  b[8] = kVersion1;
+  b[9] = h.block_bits;
+  put_le32(&b[12], h.chunk_blocks);
+  std::memcpy(&b[16], h.compression.data(), std::min<size_t>(h.compression.size(), 15));
+  put_le64(&b[32], h.image_blocks);
+  put_le64(&b[40], h.op_count);
+  put_le64(&b[48], h.meta_offset);
+  put_le64(&b[56], h.meta_size);
+  put_le64(&b[64], h.meta_raw_size);
+  put_le64(&b[72], h.data_offset);
+  put_le64(&b[80], h.data_size);
+  std::memcpy(&b[88], h.old_sha256.data(), 32);
+  std::memcpy(&b[120], h.new_sha256.data(), 32);
+  put_le32(&b[152], h.stash_blocks);
+  put_le32(&b[kCrcEnd], crc(b.data(), kCrcEnd));
+  put_le32(&b[kV1CkptOffset], h.ckpt_state ? kV1CkptTag : 0);
+  put_le32(&b[kV1CkptOffset + 4], h.ckpt_state);
+  put_le64(&b[kV1CkptOffset + 8], h.ckpt_done);
+  put_le64(&b[kV1CkptOffset + 16], h.ckpt_stash_op);
+  put_le32(&b[kV1CkptOffset + 24], h.ckpt_stash_crc);
+  put_le32(&b[kV1CkptOffset + kCkptLen], crc(&b[kV1CkptOffset], kCkptLen));
+  return b;
+}
+
+Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
+  if (b.size() < kV1HeaderSize)
+    return Corrupt(fmt::format("v1 header: diff is {} bytes, shorter than the {}-byte header", b.size(), kV1HeaderSize));
+  if (std::memcmp(b.data(), kMagic, 8) != 0) return Corrupt("header magic: not an update diff (want \"update\\0\")");
+  if (b[8] != kVersion1) return Corrupt(fmt::format("header version: {} is not 1", b[8]));
+  if (le32(&b[kCrcEnd]) != crc(b.data(), kCrcEnd))
+    return Corrupt("v1 header checksum: the CRC-32 at byte 156 does not match bytes 0..155");
+  V1Header h;
+  h.block_bits = b[9];
+  if (le16(&b[10]) != 0) return Corrupt(fmt::format("v1 header flags: {:#x} (no flags are defined)", le16(&b[10])));
+  h.chunk_blocks = le32(&b[12]);
+  h.image_blocks = le64(&b[32]);
+  h.op_count = le64(&b[40]);
+  h.meta_offset = le64(&b[48]);
+  h.meta_size = le64(&b[56]);
+  h.meta_raw_size = le64(&b[64]);
+  h.data_offset = le64(&b[72]);
+  h.data_size = le64(&b[80]);
+  std::memcpy(h.old_sha256.data(), &b[88], 32);
+  std::memcpy(h.new_sha256.data(), &b[120], 32);
+  h.stash_blocks = le32(&b[152]);
+  if (h.stash_blocks > 1) return Corrupt(fmt::format("v1 header stash_blocks: {} (must be 0 or 1)", h.stash_blocks));
+  for (size_t i = kCrcEnd + 4; i < kV1CkptOffset; i++)
+    if (b[i]) return Corrupt(fmt::format("v1 header reserved byte {}: not zero", i));
+  if (h.block_bits < 9 || h.block_bits > 20)
+    return Corrupt(fmt::format("v1 header block_bits: {} (must be 9..20)", h.block_bits));
+  if (h.chunk_blocks == 0 || (uint64_t{h.chunk_blocks} << h.block_bits) > (64ull << 20))
+    return Corrupt(fmt::format("v1 header chunk_blocks: {} (must be 1.. and chunks at most 64 MiB)", h.chunk_blocks));
+  const uint8_t* name = &b[16];
+  const uint8_t* nul = static_cast<const uint8_t*>(std::memchr(name, 0, 16));
+  if (!nul) return Corrupt("v1 header compression: name is not NUL-terminated");
+  h.compression.assign(reinterpret_cast<const char*>(name), static_cast<size_t>(nul - name));
+  for (const uint8_t* q = nul; q < name + 16; q++)
+    if (*q) return Corrupt("v1 header compression: bytes after the NUL are not zero");
+  if (h.compression != "zstd") return Corrupt("v1 header compression: '" + h.compression + "' (v1 requires zstd)");
+  if (h.image_blocks == 0 || h.image_blocks >= (1ull << 40))
+    return Corrupt(fmt::format("v1 header image_blocks: {} (must be 1..2^40)", h.image_blocks));
+  if (h.op_count > h.image_blocks || h.op_count > kV1MaxOps)
+    return Corrupt(fmt::format("v1 header op_count: {} for {} blocks", h.op_count, h.image_blocks));
+  if (h.meta_offset != kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits))
+    return Corrupt(fmt::format("v1 header meta_offset: {} (must be {} after the header and stash)", h.meta_offset,
+                               kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits)));
+  if (h.meta_size == 0 || h.meta_size > (1ull << 40)) return Corrupt(fmt::format("v1 header meta_size: {}", h.meta_size));
+  if (h.meta_raw_size == 0 || h.meta_raw_size > kV1MaxMetaRaw ||
+      h.meta_raw_size > 16 + h.op_count * (40 + 10ull * kV1MaxRefs))
+    return Corrupt(fmt::format("v1 header meta_raw_size: {} is implausible for {} operations", h.meta_raw_size, h.op_count));
+  if (h.data_offset != h.meta_offset + h.meta_size)
+    return Corrupt(fmt::format("v1 header data_offset: {} (must follow the metadata at {})", h.data_offset,
+                               h.meta_offset + h.meta_size));
+  if (h.data_size > (1ull << 48)) return Corrupt(fmt::format("v1 header data_size: {}", h.data_size));
+  // Checkpoint: absent (all zero) or tagged with a valid CRC.
+  const uint8_t* c = &b[kV1CkptOffset];
+  uint32_t tag = le32(c);
+  if (tag == kV1CkptTag && le32(c + kCkptLen) == crc(c, kCkptLen)) {
+    h.ckpt_state = le32(c + 4);
+    h.ckpt_done = le64(c + 8);
+    h.ckpt_stash_op = le64(c + 16);
+    h.ckpt_stash_crc = le32(c + 24);
+    if (h.ckpt_stash_op && (!h.stash_blocks || h.ckpt_stash_op != h.ckpt_done + 1))
+      return Corrupt(fmt::format("v1 checkpoint: stash for operation {} with {} done", h.ckpt_stash_op, h.ckpt_done));
+    if (h.ckpt_state > 1) return Corrupt(fmt::format("v1 checkpoint state: {}", h.ckpt_state));
+    if (h.ckpt_done > h.op_count)
+      return Corrupt(fmt::format("v1 checkpoint: {} operations done of {}", h.ckpt_done, h.op_count));
+  } else if (tag != 0) {
+    return Corrupt("v1 checkpoint: bad tag or checksum");
+  }
+  return h;
+}
+
+std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
+                                    const std::vector<V1Frame>& frames) {
+  std::vector<uint8_t> o;
+  put_varint(o, chunk_lengths.size());
+  for (uint64_t l : chunk_lengths) put_varint(o, l);
+  put_varint(o, frames.size());
+  int64_t prev_dest = -1, prev_delta = 0;
+  for (const auto& op : ops) {
+    o.push_back(static_cast<uint8_t>(op.type));
+    put_varint(o, zz(static_cast<int64_t>(op.dest) - (prev_dest + 1)));
+    prev_dest = static_cast<int64_t>(op.dest);
+    if (op.type == OpType::Copy) {
+      int64_t d = static_cast<int64_t>(op.src) - static_cast<int64_t>(op.dest);
+      put_varint(o, zz(d - prev_delta));
+      prev_delta = d;
+    } else if (op.type == OpType::Delta) {
+      const V1Frame& f = frames[op.index];
+      put_varint(o, f.length);
+      put_varint(o, f.refs.size());
+      for (uint64_t r : f.refs) put_varint(o, zz(static_cast<int64_t>(r) - static_cast<int64_t>(op.dest)));
+    }
+  }
+  return o;
+}
+
+int64_t V1Index::find(uint64_t dest) const {
+  auto it = std::lower_bound(by_dest.begin(), by_dest.end(), dest,
+                             [](const std::pair<uint64_t, uint32_t>& e, uint64_t d) { return e.first < d; });
+  if (it == by_dest.end() || it->first != dest) return -1;
+  return it->second;
+}
+
+Result<int> diff_version(BlockDevice& diff) {
+  if (diff.size() < 64) return Corrupt(fmt::format("diff is {} bytes, shorter than a superblock", diff.size()));
+  uint8_t b[16];
+  UDM_TRY(diff.read(0, std::span<uint8_t>(b, 16)));
+  if (std::memcmp(b, kMagic, 8) != 0) return Corrupt("superblock magic: not an update diff (want \"update\\0\")");
+  if (b[8] == 0) return 0;
+  if (b[8] == 1) return 1;
+  return Corrupt(fmt::format("superblock version: {} is not supported (this reader knows 0 and 1)", b[8]));
+}
+
+Result<V1Index> load_v1(BlockDevice& dev) {
+  V1Index idx;
+  idx.file_size = dev.size();
+  std::vector<uint8_t> hb(kV1HeaderSize);
+  if (idx.file_size < kV1HeaderSize)
+    return Corrupt(fmt::format("v1 header: diff is {} bytes, shorter than the {}-byte header", idx.file_size, kV1HeaderSize));
+  UDM_TRY(dev.read(0, hb));
+  UDM_ASSIGN_OR_RETURN(idx.h, decode_v1_header(hb));
+  const V1Header& h = idx.h;
+  if (h.data_offset > idx.file_size || h.data_size > idx.file_size - h.data_offset)
+    return Corrupt(fmt::format("v1 header data_offset/data_size: [{}, +{}) is outside the {}-byte file", h.data_offset,
+                               h.data_size, idx.file_size));
+  std::vector<uint8_t> cmeta(h.meta_size);
+  UDM_TRY(dev.read(h.meta_offset, cmeta));
+  unsigned long long fsz = ZSTD_getFrameContentSize(cmeta.data(), cmeta.size());
+  if (fsz != h.meta_raw_size)
+    return Corrupt(fmt::format("v1 metadata: frame content size does not match meta_raw_size {}", h.meta_raw_size));
+  std::vector<uint8_t> meta(h.meta_raw_size);
+  size_t got = ZSTD_decompress(meta.data(), meta.size(), cmeta.data(), cmeta.size());
+  if (ZSTD_isError(got)) return Corrupt(std::string("v1 metadata: zstd: ") + ZSTD_getErrorName(got));
+  if (got != meta.size()) return Corrupt(fmt::format("v1 metadata: decompresses to {} bytes, want {}", got, meta.size()));
+
+  Reader r{meta.data(), meta.data() + meta.size()};
+  const uint64_t bs = idx.block_size();
+  const uint64_t chunk_bytes = uint64_t{h.chunk_blocks} * bs;
+  uint64_t n_chunks = r.varint();
+  if (!r.ok || n_chunks > h.op_count) return Corrupt(fmt::format("v1 metadata: chunk count {} is bad", n_chunks));
+  uint64_t off = h.data_offset, end = h.data_offset + h.data_size;
+  const uint64_t chunk_limit = ZSTD_compressBound(chunk_bytes);
+  for (uint64_t i = 0; i < n_chunks; i++) {
+    uint64_t l = r.varint();
+    if (!r.ok || l == 0 || l > chunk_limit || l > end - off)
+      return Corrupt(fmt::format("v1 metadata: chunk {} length {} is bad or runs past the data", i, l));
+    idx.chunks.push_back(V1Frame{off, l, {}});
+    off += l;
+  }
+  uint64_t n_frames = r.varint();
+  if (!r.ok || n_frames > h.op_count) return Corrupt(fmt::format("v1 metadata: delta frame count {} is bad", n_frames));
+  idx.ops.resize(h.op_count);
+  idx.by_dest.resize(h.op_count);
+  int64_t prev_dest = -1, prev_delta = 0;
+  uint64_t n_replace = 0;
+  const uint64_t frame_limit = ZSTD_compressBound(bs);
+  for (uint64_t i = 0; i < h.op_count; i++) {
+    V1Op& op = idx.ops[i];
+    uint8_t t = r.byte();
+    if (!r.ok || t > 3) return Corrupt(fmt::format("v1 operation {}: type {} is bad or missing", i, t));
+    op.type = static_cast<OpType>(t);
+    int64_t dd = unzz(r.varint());
+    int64_t dest = prev_dest + 1 + dd;
+    if (!r.ok || dest < 0 || static_cast<uint64_t>(dest) >= h.image_blocks)
+      return Corrupt(fmt::format("v1 operation {}: destination {} is outside the image ({} blocks)", i, dest, h.image_blocks));
+    op.dest = static_cast<uint64_t>(dest);
+    prev_dest = dest;
+    if (op.type == OpType::Copy) {
+      int64_t d = prev_delta + unzz(r.varint());
+      int64_t src = dest + d;
+      if (!r.ok || src < 0 || static_cast<uint64_t>(src) >= h.image_blocks || src == dest)
+        return Corrupt(fmt::format("v1 operation {}: COPY source {} is bad", i, src));
+      op.src = static_cast<uint64_t>(src);
+      prev_delta = d;
+    } else if (op.type == OpType::Replace) {
+      if (n_replace >= n_chunks * h.chunk_blocks)
+        return Corrupt(fmt::format("v1 operation {}: more REPLACE blocks than {} chunks hold", i, n_chunks));
+      op.index = static_cast<uint32_t>(n_replace++);
+    } else if (op.type == OpType::Delta) {
+      if (idx.frames.size() >= n_frames) return Corrupt(fmt::format("v1 operation {}: more DELTA operations than frames", i));
+      V1Frame f;
+      f.length = r.varint();
+      uint64_t nref = r.varint();
+      if (!r.ok || f.length == 0 || f.length > frame_limit || f.length > end - off)
+        return Corrupt(fmt::format("v1 operation {}: delta frame length {} is bad or runs past the data", i, f.length));
+      if (nref == 0 || nref > kV1MaxRefs)
+        return Corrupt(fmt::format("v1 operation {}: {} reference blocks (must be 1..{})", i, nref, kV1MaxRefs));
+      for (uint64_t k = 0; k < nref; k++) {
+        int64_t ref = dest + unzz(r.varint());
+        if (!r.ok || ref < 0 || static_cast<uint64_t>(ref) >= h.image_blocks)
+          return Corrupt(fmt::format("v1 operation {}: reference block {} is outside the image", i, ref));
+        f.refs.push_back(static_cast<uint64_t>(ref));
+      }
+      f.offset = off;
+      off += f.length;
+      op.index = static_cast<uint32_t>(idx.frames.size());
+      idx.frames.push_back(std::move(f));
+    }
+    idx.by_dest[i] = {op.dest, static_cast<uint32_t>(i)};
+  }
+  idx.n_replace = n_replace;
+  if (r.p != r.end) return Corrupt(fmt::format("v1 metadata: {} bytes left over after the operations", r.end - r.p));
+  if (idx.frames.size() != n_frames)
+    return Corrupt(fmt::format("v1 metadata: {} delta frames listed but {} DELTA operations", n_frames, idx.frames.size()));
+  if ((n_replace + h.chunk_blocks - 1) / h.chunk_blocks != n_chunks)
+    return Corrupt(fmt::format("v1 metadata: {} REPLACE blocks do not fill {} chunks of {}", n_replace, n_chunks, h.chunk_blocks));
+  if (off != end) return Corrupt(fmt::format("v1 metadata: chunks and frames cover {} of {} data bytes", off - h.data_offset, h.data_size));
+  std::sort(idx.by_dest.begin(), idx.by_dest.end());
+  for (size_t i = 1; i < idx.by_dest.size(); i++)
+    if (idx.by_dest[i].first == idx.by_dest[i - 1].first)
+      return Corrupt(fmt::format("v1 operations: block {} is written twice", idx.by_dest[i].first));
+  // Order check: an operation may read an old block only before the
+  // operation that overwrites it (or, for DELTA, while writing it itself).
+  idx.last_reader.assign(h.op_count, -1);
+  auto check_read = [&](uint64_t i, uint64_t b, bool self_ok) -> Status {
+    int64_t w = idx.find(b);
+    if (w < 0) return Status::Ok();
+    if (static_cast<uint64_t>(w) < i || (static_cast<uint64_t>(w) == i && (!self_ok || !h.stash_blocks)))
+      return Corrupt(fmt::format("v1 operation {}: reads block {} after operation {} overwrote it", i, b, w));
+    if (static_cast<uint64_t>(w) > i) idx.last_reader[w] = std::max<int64_t>(idx.last_reader[w], static_cast<int64_t>(i));
+    return Status::Ok();
+  };
+  for (uint64_t i = 0; i < h.op_count; i++) {
+    const V1Op& op = idx.ops[i];
+    if (op.type == OpType::Copy) UDM_TRY(check_read(i, op.src, false));
+    if (op.type == OpType::Delta)
+      for (uint64_t ref : idx.frames[op.index].refs) UDM_TRY(check_read(i, ref, true));
+  }
+  if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
+  return idx;
+}
+
+Result<V1Index> load_v1_bytes(std::span<const uint8_t> file) {
+  MemoryDevice m(std::vector<uint8_t>(file.begin(), file.end()), true);
+  return load_v1(m);
+}
+
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out) {
+  const V1Frame& c = idx.chunks[ci];
+  uint64_t blocks = std::min<uint64_t>(idx.h.chunk_blocks, idx.n_replace - uint64_t{idx.h.chunk_blocks} * ci);
+  std::vector<uint8_t> src(c.length);
+  UDM_TRY(diff.read(c.offset, src));
+  uint64_t want = blocks * idx.block_size();
+  if (out.size() < want) return Invalid("v1 chunk: output buffer too small");
+  size_t n = ZSTD_decompress(out.data(), want, src.data(), src.size());
+  if (ZSTD_isError(n)) return Corrupt(fmt::format("v1 chunk {} at {}: zstd: {}", ci, c.offset, ZSTD_getErrorName(n)));
+  if (n != want) return Corrupt(fmt::format("v1 chunk {} at {}: decompresses to {} bytes, want {}", ci, c.offset, n, want));
+  return Status::Ok();
+}
+
+Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
+  const V1Frame& f = idx.frames[fi];
+  const uint64_t bs = idx.block_size();
+  std::vector<uint8_t> prefix(f.refs.size() * bs), src(f.length);
+  for (size_t k = 0; k < f.refs.size(); k++) UDM_TRY(old.read(f.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, bs)));
+  UDM_TRY(diff.read(f.offset, src));
+  thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters);
+  ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, 27);
+  ZSTD_DCtx_refPrefix(dctx.get(), prefix.data(), prefix.size());
+  size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), bs, src.data(), src.size());
+  if (ZSTD_isError(n)) return Corrupt(fmt::format("v1 delta frame {} at {}: zstd: {}", fi, f.offset, ZSTD_getErrorName(n)));
+  if (n != bs) return Corrupt(fmt::format("v1 delta frame {} at {}: decompresses to {} bytes, want {}", fi, f.offset, n, bs));
+  return Status::Ok();
+}
+
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out) {
+  const V1Op& op = idx.ops[i];
+  const uint64_t bs = idx.block_size();
+  switch (op.type) {
+    case OpType::Zero:
+      std::memset(out.data(), 0, bs);
+      return Status::Ok();
+    case OpType::Copy:
+      return old.read(op.src * bs, out.subspan(0, bs));
+    case OpType::Delta:
+      return v1_read_delta(diff, old, idx, op.index, out);
+    case OpType::Replace: {
+      std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
+      size_t ci = op.index / idx.h.chunk_blocks;
+      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk));
+      std::memcpy(out.data(), chunk.data() + (op.index % idx.h.chunk_blocks) * bs, bs);
+      return Status::Ok();
+    }
+  }
+  return Invalid("bad op");
+}
+
+Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash) {
+  if (!stash.empty()) {
+    // The block first, flushed; then the record that points at it.
+    UDM_TRY(diff.write(kV1HeaderSize, stash));
+    UDM_TRY(diff.flush());
+  }
+  std::vector<uint8_t> sector(512);
+  UDM_TRY(diff.read(0, sector));
+  uint8_t* c = &sector[kV1CkptOffset];
+  put_le32(c, kV1CkptTag);
+  put_le32(c + 4, state);
+  put_le64(c + 8, done);
+  put_le64(c + 16, stash.empty() ? 0 : done + 1);
+  put_le32(c + 24, stash.empty() ? 0 : crc(stash.data(), stash.size()));
+  put_le32(c + kCkptLen, crc(c, kCkptLen));
+  return diff.write(0, sector, /*fua=*/true);
+}
+
+Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out) {
+  if (!idx.h.ckpt_stash_op || idx.h.ckpt_stash_op != idx.h.ckpt_done + 1) return false;
+  UDM_TRY(diff.read(kV1HeaderSize, out.subspan(0, idx.block_size())));
+  if (crc(out.data(), idx.block_size()) != idx.h.ckpt_stash_crc)
+    return Corrupt("v1 checkpoint: the stashed block does not match its checksum");
+  return true;
+}
+
+Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes) {
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<uint8_t> buf(1 << 20);
+  for (uint64_t off = 0; off < bytes; off += buf.size()) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - off));
+    UDM_TRY(d.read(off, std::span<uint8_t>(buf.data(), n)));
+    EVP_DigestUpdate(ctx.get(), buf.data(), n);
+  }
+  std::array<uint8_t, 32> out{};
+  unsigned len = 0;
+  EVP_DigestFinal_ex(ctx.get(), out.data(), &len);
+  return out;
+}
+
+}  // namespace udm::update

@@ -1,0 +1,127 @@
+// dm-update diff format v1 (udm's own; docs/update-format.md "Format v1").
+//
+//   [0, 512)        header (little-endian, explicit widths, CRC-32 over 0..155)
+//   [512, 512+bs)   stash block (only if stash_blocks = 1)
+//                   plus the copy-back checkpoint at byte 256 (its own CRC)
+//   [meta_offset)   metadata, one zstd frame: chunk sizes, delta frame sizes
+//                   and reference lists, then the operations in APPLY ORDER
+//   [data_offset)   REPLACE chunks (zstd, chunk_blocks blocks each), then one
+//                   zstd frame per DELTA block (compressed with its reference
+//                   blocks of the OLD image as a prefix)
+//
+// Operations, one per changed destination block:
+//   ZERO           the block becomes zeroes
+//   COPY src       the block becomes old block `src`
+//   REPLACE        the block is the next block of the REPLACE chunks
+//   DELTA refs     the block is the next delta frame, decoded with the old
+//                  blocks `refs` (in list order) as its zstd prefix
+// The stored order never lets an operation overwrite a block that a later
+// operation reads (checked on load).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "device/block_device.h"
+
+namespace udm::update {
+
+constexpr size_t kV1HeaderSize = 512;
+constexpr uint8_t kVersion1 = 1;
+constexpr size_t kV1CkptOffset = 256;
+constexpr uint32_t kV1CkptTag = 0x43504455;  // "UDPC"
+constexpr uint32_t kV1MaxRefs = 64;
+constexpr uint64_t kV1MaxOps = 1ull << 28;
+constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
+
+enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3 };
+
+struct V1Header {
+  uint8_t block_bits = 12;
+  uint32_t chunk_blocks = 16;
+  std::string compression = "zstd";
+  uint64_t image_blocks = 0;
+  uint64_t op_count = 0;
+  uint64_t meta_offset = kV1HeaderSize;
+  uint64_t meta_size = 0;
+  uint64_t meta_raw_size = 0;
+  uint64_t data_offset = 0;
+  uint64_t data_size = 0;
+  std::array<uint8_t, 32> old_sha256{};
+  std::array<uint8_t, 32> new_sha256{};
+  // checkpoint (not covered by the header CRC; has its own)
+  uint32_t ckpt_state = 0;  // 0 none, 1 started (old hash checked, writes may have happened)
+  uint64_t ckpt_done = 0;   // operations [0, done) are applied and flushed
+  uint64_t ckpt_stash_op = 0;   // done+1 if the stash holds operation `done`'s new block
+  uint32_t ckpt_stash_crc = 0;  // CRC-32 of the stashed block
+  uint32_t stash_blocks = 0;    // 1: a block-sized stash follows the header
+};
+
+struct V1Op {
+  uint64_t dest = 0;
+  OpType type = OpType::Zero;
+  uint64_t src = 0;    // COPY: old block
+  uint32_t index = 0;  // REPLACE: payload block number; DELTA: frame number
+};
+
+struct V1Frame {
+  uint64_t offset = 0;  // absolute file offset
+  uint64_t length = 0;
+  std::vector<uint64_t> refs;
+};
+
+struct V1Index {
+  V1Header h;
+  uint64_t file_size = 0;
+  std::vector<V1Op> ops;                       // apply order
+  std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, op index) sorted by dest
+  std::vector<V1Frame> chunks;                 // REPLACE chunks (refs empty)
+  std::vector<V1Frame> frames;                 // DELTA frames
+  // For op i: the highest op index that reads OLD block ops[i].dest (-1 if none).
+  // Before op i is written, a durable checkpoint > last_reader[i] must exist.
+  std::vector<int64_t> last_reader;
+  uint64_t n_replace = 0;  // REPLACE operations (blocks in the chunks)
+
+  uint32_t block_size() const { return 1u << h.block_bits; }
+  int64_t find(uint64_t dest) const;
+  uint64_t recorded_done() const { return h.ckpt_state == 1 ? h.ckpt_done : 0; }
+};
+
+std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h);
+Result<V1Header> decode_v1_header(std::span<const uint8_t> bytes);
+
+// Metadata (before compression). Ops carry dest/type/src; chunk and frame
+// offsets are derived from their lengths.
+std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
+                                    const std::vector<V1Frame>& frames);
+
+// 1 if the device holds a v1 diff, 0 if v0 (by the version byte; the magic
+// is checked); error if neither.
+Result<int> diff_version(BlockDevice& diff);
+Result<V1Index> load_v1(BlockDevice& diff);
+Result<V1Index> load_v1_bytes(std::span<const uint8_t> file);
+
+// Decoded REPLACE chunk i into out (>= chunk_blocks blocks).
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out);
+// Decode one DELTA frame reading its refs from `old` (the intact old blocks).
+Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
+// Compute the new content of op `i` from the diff and the still-intact old
+// blocks (REPLACE decodes its whole chunk; callers with a cache do better).
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out);
+
+// Persist the checkpoint (one 512-byte header write with FUA). With a
+// stash block, it is written and flushed first and the record names it as
+// the new content of operation `done` (used when that operation reads the
+// block it overwrites).
+Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash = {});
+// True (and the block in out) if the checkpoint holds a valid stash for op ckpt_done.
+Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out);
+
+// SHA-256 of the first `bytes` bytes of a device.
+Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes);
+std::string hex(std::span<const uint8_t> b);
+
+}  // namespace udm::update

@@ -1,0 +1,270 @@
+// The `update` target over a v1 diff (format_v1.h).
+//
+// Reads: a block without an operation passes to the system device; one
+// whose operation is applied (index < done) is read from the system device;
+// otherwise it is computed from the diff and the old blocks, which the
+// stored order keeps intact until every operation that reads them is
+// applied. Computing and applying exclude each other per operation (a
+// shared/exclusive lock), so a reader never sees an old block change under it.
+//
+// Copy-back: operations in the stored order. Before writing operation i's
+// block, if an operation at or after the durable checkpoint still reads the
+// old content of that block (last_reader[i] >= checkpoint), the system device
+// is flushed and the checkpoint "i done" is written with FUA; an operation
+// that reads its own block first stashes its new content in the diff (stash,
+// flush, checkpoint naming it). After a power cut the copy restarts at the
+// checkpoint; every operation from there is recomputed from blocks that are
+// still old, or from the stash.
+#include <fmt/format.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+
+#include "update/format_v1.h"
+#include "update/target.h"
+#include "util/log.h"
+
+namespace udm {
+using namespace update;
+
+namespace {
+
+class UpdateTargetV1 : public Target {
+ public:
+  UpdateTargetV1(DevicePtr sys, DevicePtr diff, V1Index idx, bool bg, std::vector<uint8_t> stash)
+      : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), bg_(bg), stash_(std::move(stash)) {
+    done_ = idx_.recorded_done();
+    durable_ = done_;
+    started_ = idx_.h.ckpt_state == 1;
+    durable_has_stash_ = !stash_.empty();
+    stash_op_ = stash_.empty() ? UINT64_MAX : done_.load();
+  }
+  ~UpdateTargetV1() override { stop_copy(); }
+
+  std::string type() const override { return "update"; }
+  uint64_t size() const override { return idx_.h.image_blocks * idx_.block_size(); }
+  DeviceCaps caps() const override {
+    DeviceCaps c;
+    c.read_only = true;
+    c.can_trim = false;
+    c.can_write_zeroes = false;
+    c.logical_block = 512;
+    c.physical_block = std::max<uint32_t>(4096, idx_.block_size());
+    return c;
+  }
+  std::string status() const override { return fmt::format("{} {}", done_.load(), idx_.ops.size()); }
+  void presuspend() override { stop_copy(); }
+  void resume() override {
+    if (bg_ && done_ < idx_.ops.size()) start_copy();
+  }
+
+ protected:
+  Status do_read(uint64_t off, std::span<uint8_t> buf) override {
+    const uint64_t bs = idx_.block_size();
+    std::vector<uint8_t> tmp;
+    uint64_t pos = off, end = off + buf.size();
+    while (pos < end) {
+      uint64_t block = pos / bs, in_block = pos - block * bs;
+      int64_t e = idx_.find(block);
+      if (e < 0) {
+        auto it = std::upper_bound(idx_.by_dest.begin(), idx_.by_dest.end(), block,
+                                   [](uint64_t b, const std::pair<uint64_t, uint32_t>& en) { return b < en.first; });
+        uint64_t run_end = it == idx_.by_dest.end() ? end : std::min(end, it->first * bs);
+        UDM_TRY(sys_->read(pos, buf.subspan(pos - off, run_end - pos)));
+        pos = run_end;
+        continue;
+      }
+      uint64_t n = std::min(end - pos, bs - in_block);
+      std::shared_lock lk(apply_mu_);
+      if (static_cast<uint64_t>(e) < done_) {
+        UDM_TRY(sys_->read(pos, buf.subspan(pos - off, n)));
+      } else {
+        tmp.resize(bs);
+        UDM_TRY(compute(static_cast<size_t>(e), tmp));
+        std::memcpy(buf.data() + (pos - off), tmp.data() + in_block, n);
+      }
+      pos += n;
+    }
+    return Status::Ok();
+  }
+  Status do_write(uint64_t, std::span<const uint8_t>, bool) override {
+    return ReadOnly("update target: the device is read-only while the update is applied");
+  }
+  Status do_trim(uint64_t, uint64_t) override {
+    return ReadOnly("update target: the device is read-only while the update is applied");
+  }
+  Status do_write_zeroes(uint64_t, uint64_t, bool) override {
+    return ReadOnly("update target: the device is read-only while the update is applied");
+  }
+  Status do_flush() override { return Status::Ok(); }
+
+ private:
+  // New content of operation i (not yet applied) into out.
+  Status compute(size_t i, std::span<uint8_t> out) {
+    const uint64_t bs = idx_.block_size();
+    if (i == stash_op_) {
+      std::memcpy(out.data(), stash_.data(), bs);
+      return Status::Ok();
+    }
+    const V1Op& op = idx_.ops[i];
+    if (op.type != OpType::Replace) return v1_compute(*diff_, *sys_, idx_, i, out);
+    size_t ci = op.index / idx_.h.chunk_blocks;
+    UDM_ASSIGN_OR_RETURN(auto chunk, get_chunk(ci));
+    std::memcpy(out.data(), chunk->data() + uint64_t{op.index % idx_.h.chunk_blocks} * bs, bs);
+    return Status::Ok();
+  }
+
+  // Decoded REPLACE chunks, shared; a chunk is decoded once while others wait.
+  struct Slot {
+    std::vector<uint8_t> data;
+    bool ready = false;
+    Status status;
+  };
+  Result<std::shared_ptr<const std::vector<uint8_t>>> get_chunk(size_t ci) {
+    std::unique_lock lk(cache_mu_);
+    auto it = cache_.find(ci);
+    if (it != cache_.end()) {
+      auto slot = it->second;
+      cache_cv_.wait(lk, [&] { return slot->ready; });
+      if (!slot->status.ok()) return slot->status;
+      return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
+    }
+    auto slot = std::make_shared<Slot>();
+    cache_[ci] = slot;
+    fifo_.push_back(ci);
+    while (fifo_.size() > 64) {
+      auto v = cache_.find(fifo_.front());
+      if (v != cache_.end() && !v->second->ready) break;
+      if (v != cache_.end()) cache_.erase(v);
+      fifo_.erase(fifo_.begin());
+    }
+    lk.unlock();
+    slot->data.resize(uint64_t{idx_.h.chunk_blocks} * idx_.block_size());
+    Status s = v1_read_chunk(*diff_, idx_, ci, slot->data);
+    lk.lock();
+    slot->status = s;
+    slot->ready = true;
+    if (!s.ok()) cache_.erase(ci);
+    cache_cv_.notify_all();
+    if (!s.ok()) return s;
+    return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
+  }
+
+  void start_copy() {
+    std::lock_guard lk(thread_mu_);
+    if (thread_.joinable()) return;
+    stop_ = false;
+    thread_ = std::thread([this] { copy_loop(); });
+  }
+  void stop_copy() {
+    std::lock_guard lk(thread_mu_);
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    thread_.join();
+  }
+
+  Status checkpoint(uint64_t done, std::span<const uint8_t> stash = {}) {
+    UDM_TRY(sys_->flush());  // applied blocks first ...
+    if (durable_has_stash_ && !stash.empty()) {
+      // Never overwrite a stash the durable record still points at.
+      UDM_TRY(v1_write_checkpoint(*diff_, 1, done));
+      durable_has_stash_ = false;
+    }
+    UDM_TRY(v1_write_checkpoint(*diff_, 1, done, stash));  // ... then the record
+    durable_ = done;
+    durable_has_stash_ = !stash.empty();
+    return Status::Ok();
+  }
+
+  void copy_loop() {
+    constexpr uint64_t kPersistEvery = 1024;
+    const uint64_t bs = idx_.block_size();
+    const uint64_t n = idx_.ops.size();
+    std::vector<uint8_t> buf(bs);
+    Status s;
+    if (!started_) {
+      // The old image was checked against the diff's hash when the target
+      // was made; record that the copy-back has begun before the first write.
+      s = v1_write_checkpoint(*diff_, 1, done_);
+      started_ = s.ok();
+    }
+    while (s.ok() && !stop_ && done_ < n) {
+      const uint64_t i = done_;
+      const V1Op& op = idx_.ops[i];
+      s = compute(i, buf);
+      if (!s.ok()) break;
+      bool self = false;
+      if (op.type == OpType::Delta && i != stash_op_) {
+        const auto& refs = idx_.frames[op.index].refs;
+        self = std::find(refs.begin(), refs.end(), op.dest) != refs.end();
+      }
+      if (self || idx_.last_reader[i] >= static_cast<int64_t>(durable_)) {
+        s = checkpoint(i, self ? std::span<const uint8_t>(buf) : std::span<const uint8_t>());
+        if (!s.ok()) break;
+      }
+      {
+        std::unique_lock lk(apply_mu_);
+        s = sys_->write(op.dest * bs, buf);
+        if (!s.ok()) break;
+        done_ = i + 1;
+      }
+      if (done_ - durable_ >= kPersistEvery) s = checkpoint(done_);
+    }
+    if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
+    if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
+  }
+
+  DevicePtr sys_, diff_;
+  V1Index idx_;
+  bool bg_;
+  std::vector<uint8_t> stash_;
+  uint64_t stash_op_ = UINT64_MAX;
+  std::atomic<uint64_t> done_{0};
+  uint64_t durable_ = 0;
+  bool started_ = false;
+  bool durable_has_stash_ = false;
+  std::shared_mutex apply_mu_;
+  std::mutex cache_mu_;
+  std::condition_variable cache_cv_;
+  std::map<size_t, std::shared_ptr<Slot>> cache_;
+  std::vector<size_t> fifo_;
+  std::atomic<bool> stop_{false};
+  std::mutex thread_mu_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std::string& diff_name, uint64_t length,
+                                        bool bg) {
+  auto idx = load_v1(*diff);
+  if (!idx.ok()) return idx.status().context("update: diff " + diff_name);
+  const uint64_t img = idx->h.image_blocks * idx->block_size();
+  if (length != img)
+    return Invalid(fmt::format("update: segment of {} bytes but the v1 diff is for a {}-byte image", length, img));
+  if (sys->size() < img)
+    return Invalid(fmt::format("update: system device is {} bytes, the diff's image {} bytes", sys->size(), img));
+  if (bg && diff->caps().read_only)
+    return ReadOnly("update: a v1 copy-back keeps its checkpoint in the diff, which is read-only; use no_bg_update");
+  std::vector<uint8_t> stash;
+  if (idx->h.ckpt_state == 0) {
+    // Nothing written yet: the system device must hold exactly the old image.
+    UDM_ASSIGN_OR_RETURN(auto h, sha256_device(*sys, img));
+    if (h != idx->h.old_sha256)
+      return Invalid(fmt::format("update: system device sha256 {} is not the diff's old image {}; nothing written",
+                                 hex(h), hex(idx->h.old_sha256)));
+  } else {
+    stash.resize(idx->block_size());
+    UDM_ASSIGN_OR_RETURN(bool has, v1_read_stash(*diff, *idx, stash));
+    if (!has) stash.clear();
+  }
+  return TargetPtr(std::make_shared<UpdateTargetV1>(std::move(sys), std::move(diff), std::move(idx).value(), bg,
+                                                    std::move(stash)));
+}
+
+}  // namespace udm
