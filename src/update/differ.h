@@ -40,12 +40,14 @@ struct DiffV1Options {
   bool progress = true;
   bool delta = true;      // try DELTA against similar old blocks
   uint32_t neighbourhood = 8;  // new blocks each side searched for COPY anchors
+  uint32_t anchor_blocks = 6;  // old blocks sharing content anchors used as references
 };
 
 struct DiffV1Stats {
   uint64_t image_bytes = 0, blocks = 0, changed_blocks = 0;
   uint64_t zero = 0, copy = 0, replace = 0, delta = 0;
   uint64_t converted = 0;  // COPY/DELTA turned into REPLACE to break cycles
+  uint64_t trimmed = 0;    // DELTA that dropped the references closing a cycle
   uint64_t stash_ops = 0;  // DELTA operations that read their own block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
   double seconds = 0;

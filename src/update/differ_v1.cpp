@@ -98,6 +98,32 @@ std::array<uint8_t, 32> sha256(const uint8_t* p, size_t n) {
   return out;
 }
 
+// Content-defined anchors: a gear hash over the last 64 bytes; positions
+// where its low bits are zero (about 1 in 64) are anchors, keyed by the hash.
+struct Gear {
+  uint64_t t[256];
+  Gear() {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (auto& v : t) {
+      x += 0x9e3779b97f4a7c15ull;
+      uint64_t z = x;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      v = z ^ (z >> 31);
+    }
+  }
+};
+const Gear kGear;
+template <class F>
+void anchors(const uint8_t* p, size_t n, F f) {
+  uint64_t h = 0;
+  int found = 0;
+  for (size_t i = 0; i < n && found < 48; i++) {
+    h = (h << 1) + kGear.t[p[i]];
+    if (i >= 63 && (h & 63) == 0) f(h), found++;
+  }
+}
+
 struct GOp {
   uint64_t dest = 0;
   OpType type = OpType::Replace;
@@ -165,6 +191,26 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       if (changed[b] == pass) index.emplace(oh[b], static_cast<uint32_t>(b));
   oh.clear();
   oh.shrink_to_fit();
+  // Anchor index of old blocks (for similar blocks anywhere in old).
+  std::vector<std::pair<uint64_t, uint32_t>> aidx;
+  if (o.delta) {
+    std::vector<std::vector<std::pair<uint64_t, uint32_t>>> parts(threads);
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; t++)
+      ts.emplace_back([&, t] {
+        for (uint64_t b = t; b < blocks; b += threads)
+          anchors(OLD + b * bs, bs, [&](uint64_t k) { parts[t].push_back({k, static_cast<uint32_t>(b)}); });
+        std::sort(parts[t].begin(), parts[t].end());
+      });
+    for (auto& t : ts) t.join();
+    for (auto& p : parts) {
+      size_t mid = aidx.size();
+      aidx.insert(aidx.end(), p.begin(), p.end());
+      std::inplace_merge(aidx.begin(), aidx.begin() + static_cast<ptrdiff_t>(mid), aidx.end());
+      p.clear();
+      p.shrink_to_fit();
+    }
+  }
 
   // 2. Classify changed blocks.
   std::vector<GOp> ops;
@@ -217,16 +263,38 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
           if (std::find(bases.begin(), bases.end(), uint64_t(base)) == bases.end()) bases.push_back(uint64_t(base));
         }
       }
+      // Old blocks sharing anchors with this one (skip anchors common to many blocks).
+      std::vector<std::pair<uint32_t, uint64_t>> votes;  // (count, block)
+      anchors(nb, bs, [&](uint64_t key) {
+        auto lo = std::lower_bound(aidx.begin(), aidx.end(), std::pair<uint64_t, uint32_t>{key, 0});
+        auto hi = lo;
+        while (hi != aidx.end() && hi->first == key && hi - lo <= 8) ++hi;
+        if (hi - lo > 8 || lo == hi) return;
+        for (auto it = lo; it != hi; ++it) {
+          auto v = std::find_if(votes.begin(), votes.end(), [&](auto& x) { return x.second == it->second; });
+          if (v == votes.end()) votes.push_back({1, it->second});
+          else v->first++;
+        }
+      });
+      std::sort(votes.begin(), votes.end(), std::greater<>());
       std::vector<uint64_t> refs;
+      for (size_t vi = 0; vi < votes.size() && vi < o.anchor_blocks; vi++)
+        if (votes[vi].first >= 2 && std::find(bases.begin(), bases.end(), votes[vi].second) == bases.end())
+          refs.push_back(votes[vi].second);
+      std::reverse(refs.begin(), refs.end());
       // Farthest candidates first: the prefix's end (closest offsets) gets the best guess.
       for (size_t bi = bases.size(); bi-- > 0;) {
         for (int64_t dlt : {-1, 0, 1}) {
+          // Around its own place only the block itself: its neighbours are
+          // usually rewritten too and would tie the two into a cycle.
+          if (bi == 0 && dlt != 0) continue;
           int64_t r = static_cast<int64_t>(bases[bi]) + dlt;
           if (r < 0 || r >= static_cast<int64_t>(blocks)) continue;
           if (std::memcmp(OLD + uint64_t(r) * bs, zero.data(), bs) == 0) continue;
           if (std::find(refs.begin(), refs.end(), uint64_t(r)) == refs.end()) refs.push_back(uint64_t(r));
         }
       }
+      if (refs.size() > kV1MaxRefs) refs.erase(refs.begin(), refs.end() - kV1MaxRefs);
       if (refs.empty()) return prog.add(1);
       std::vector<uint8_t> prefix(refs.size() * bs);
       for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
@@ -276,7 +344,35 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     }
     return g.type == OpType::Delta ? int64_t(g.rep_cost) - int64_t(g.frame.size()) : int64_t(g.rep_cost);
   };
-  auto convert = [&](uint32_t k) {
+  std::vector<int32_t> comp_of(n, -1);
+  auto convert = [&](uint32_t k, int32_t cid) {
+    GOp& g = ops[k];
+    if (g.type == OpType::Delta) {
+      // First try dropping only the references inside this cycle.
+      std::vector<uint64_t> keep;
+      for (uint64_t r : g.refs)
+        if (writer[r] < 0 || static_cast<uint32_t>(writer[r]) == k || comp_of[writer[r]] != cid) keep.push_back(r);
+      if (!keep.empty() && keep.size() < g.refs.size()) {
+        std::vector<uint8_t> prefix(keep.size() * bs);
+        for (size_t i = 0; i < keep.size(); i++) std::memcpy(prefix.data() + i * bs, OLD + keep[i] * bs, bs);
+        auto fr = zcompress(NEW + g.dest * bs, bs, prefix.data(), prefix.size(), level, false);
+        if (!fr.empty() && fr.size() + 2 * keep.size() < g.rep_cost * 7 / 10) {
+          std::vector<uint32_t> rest;
+          for (uint32_t w : succ[k]) {
+            if (comp_of[w] == cid) {
+              if (!emitted[w] && --indeg[w] == 0) ready.push(w);
+            } else {
+              rest.push_back(w);
+            }
+          }
+          succ[k] = std::move(rest);
+          g.refs = std::move(keep);
+          g.frame = std::move(fr);
+          st.trimmed++;
+          return;
+        }
+      }
+    }
     for (uint32_t w : succ[k])
       if (!emitted[w] && --indeg[w] == 0) ready.push(w);
     succ[k].clear();
@@ -303,7 +399,8 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     int32_t counter = 0;
     std::vector<uint32_t> stk;
     std::vector<std::pair<uint32_t, size_t>> call;
-    std::vector<uint32_t> victims;
+    std::vector<std::pair<uint32_t, int32_t>> victims;
+    std::fill(comp_of.begin(), comp_of.end(), -1);
     for (uint32_t s = 0; s < n; s++) {
       if (emitted[s] || tindex[s] >= 0) continue;
       call.push_back({s, 0});
@@ -342,13 +439,14 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
             int64_t bc = cost(best);
             for (uint32_t c : comp)
               if (int64_t cc = cost(c); cc < bc) best = c, bc = cc;
-            victims.push_back(best);
+            for (uint32_t c : comp) comp_of[c] = static_cast<int32_t>(victims.size());
+            victims.push_back({best, static_cast<int32_t>(victims.size())});
           }
         }
       }
     }
     if (victims.empty()) return IoError("update-diff: ordering stuck without a cycle (bug)");
-    for (uint32_t v : victims) convert(v);
+    for (auto [v, cid] : victims) convert(v, cid);
   }
 
   // 5. Payload: REPLACE blocks in apply order form the chunks; DELTA frames follow.
