@@ -20,7 +20,14 @@ BowTarget::BowTarget(DevicePtr dev, uint64_t length, BowOptions opts)
       blocks_(length / opts.block_size),
       map_(length / opts.block_size, BlockType::kUnchanged) {}
 
-BowTarget::~BowTarget() = default;
+BowTarget::~BowTarget() {
+  {
+    std::lock_guard l(mu_);
+    stop_ = true;  // the committer finishes what is queued first
+  }
+  cv_.notify_all();
+  if (committer_.joinable()) committer_.join();
+}
 
 Result<std::shared_ptr<BowTarget>> BowTarget::create(DevicePtr dev, uint64_t length,
                                                      BowOptions opts) {
@@ -37,6 +44,7 @@ Result<std::shared_ptr<BowTarget>> BowTarget::create(DevicePtr dev, uint64_t len
   if (dev->caps().read_only) return Invalid("bow: the device is read-only");
   std::shared_ptr<BowTarget> t(new BowTarget(std::move(dev), length, opts));
   UDM_TRY(t->load_existing());
+  t->committer_ = std::thread([p = t.get()] { p->committer_loop(); });
   return t;
 }
 
@@ -76,6 +84,7 @@ Status BowTarget::load_existing() {
   map_.set(0, 1, BlockType::kLog);
   map_.set(sector0_block_, sector0_block_ + 1, BlockType::kSector0);
   written_.assign(blocks_ / 64 + 1, 0);
+  virtual_fill_ = static_cast<uint32_t>(log_.entries.size());
   state_ = 1;
   stats_.resumed = true;
   stats_.sequence = log_.sequence;
@@ -149,6 +158,12 @@ Status BowTarget::set_state(int target) {
     return Invalid(fmt::format("bow: cannot go from state {} to state {} (only 0 -> 1 -> 2)", cur,
                                target));
   if (target == 1) return checkpoint();
+  {
+    // Writes are drained (state_mu_); let the committer finish what is queued.
+    std::unique_lock l(mu_);
+    cv_.wait(l, [&] { return (queue_.empty() && !committing_) || !fatal_.ok(); });
+    if (!fatal_.ok()) return fatal_;
+  }
   std::unique_lock s0(s0_mu_);
   return commit(false);
 }
@@ -200,6 +215,7 @@ Status BowTarget::checkpoint() {
     return s.context("bow: checkpoint");
   }
   log_ = std::move(log);
+  virtual_fill_ = 1;
   sector0_block_ = live;
   state_ = 1;
   stats_.entries = 1;
@@ -306,14 +322,36 @@ Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, b
 
 Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
   UDM_TRY(check_range(off, buf.size(), "read"));
+  if (buf.empty()) return Status::Ok();
   std::shared_lock st(state_mu_);
-  if (off < bs_ && !buf.empty()) {
+  // Write-back jobs not yet on the device: their data is laid over what the
+  // device returns (their blocks are busy, so nothing else writes them).
+  std::vector<JobPtr> over;
+  {
+    std::lock_guard l(mu_);
+    if (!deferred_.empty()) {
+      uint64_t b0 = off / bs_, b1 = (off + buf.size() + bs_ - 1) / bs_;
+      auto it = deferred_.upper_bound(b0);
+      if (it != deferred_.begin()) --it;
+      for (; it != deferred_.end() && it->first < b1; ++it) {
+        const Job& j = *it->second;
+        if (j.off < off + buf.size() && j.off + j.len > off) over.push_back(it->second);
+      }
+    }
+  }
+  if (off < bs_) {
     uint64_t n = std::min<uint64_t>(buf.size(), bs_ - off);
     UDM_TRY(io_block0_read(off, buf.first(n)));
-    if (n == buf.size()) return Status::Ok();
-    return dev_->read(off + n, buf.subspan(n));
+    if (n < buf.size()) UDM_TRY(dev_->read(off + n, buf.subspan(n)));
+  } else {
+    UDM_TRY(dev_->read(off, buf));
   }
-  return dev_->read(off, buf);
+  for (const JobPtr& j : over) {
+    uint64_t a = std::max(off, j->off), e = std::min(off + buf.size(), j->off + j->len);
+    if (j->data.empty()) std::fill(buf.begin() + (a - off), buf.begin() + (e - off), 0);
+    else std::copy(j->data.begin() + (a - j->off), j->data.begin() + (e - j->off), buf.begin() + (a - off));
+  }
+  return Status::Ok();
 }
 
 Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) {
@@ -326,6 +364,83 @@ Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua) {
   UDM_TRY(check_range(off, len, "write_zeroes"));
   if (len == 0) return Status::Ok();
   return write_common(off, len, nullptr, fua);
+}
+
+namespace {
+constexpr uint64_t kMaxPendingBytes = 64u << 20;  // write-back data held at most
+}
+
+bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0) {
+  const uint32_t cap = log_capacity(bs_);
+  const uint32_t fill0 = virtual_fill_;
+  std::vector<Run> got;
+  std::vector<uint64_t> logs;
+  auto take = [&](uint64_t max_len) -> std::optional<Run> {
+    auto f = alloc_free(max_len);
+    if (f) {
+      map_.set(f->start, f->end, BlockType::kBackup);
+      got.push_back(*f);
+    }
+    return f;
+  };
+  bool ok = true;
+  for (const Run& r : runs) {
+    for (uint64_t pos = r.start; ok && pos < r.end;) {
+      auto f = take(std::min<uint64_t>(r.end - pos, kMaxCopyBytes / bs_));
+      if (!f) {
+        ok = false;
+        break;
+      }
+      if (virtual_fill_ == cap) {  // this entry opens a new log block
+        auto lb = take(1);
+        if (!lb) {
+          ok = false;
+          break;
+        }
+        got.pop_back();  // not the job's: kept busy in the pool until used
+        logs.push_back(lb->start);
+        virtual_fill_ = 1;
+      }
+      virtual_fill_++;
+      job.copies.push_back({pos, f->start, f->end - f->start});
+      pos += f->end - f->start;
+    }
+    if (!ok) break;
+  }
+  if (ok && move_s0) {
+    auto f = take(1);
+    if (f) job.new_s0 = f->start;
+    else ok = false;
+  }
+  if (!ok) {
+    for (const Run& a : got) map_.set(a.start, a.end, BlockType::kFree);
+    for (uint64_t b : logs) map_.set(b, b + 1, BlockType::kFree);
+    virtual_fill_ = fill0;
+    job.copies.clear();
+    job.new_s0.reset();
+    return false;
+  }
+  for (const Run& a : got) job.busy.push_back({a.start, a.end});
+  // Rollover blocks go to a pool: jobs may be queued in another order than
+  // they were planned in, but the pool always holds enough for every queued
+  // entry (the same count of entries needs the same count of rollovers).
+  for (uint64_t b : logs) {
+    log_pool_.push_back(b);
+    busy_add(b, b + 1);
+  }
+  return true;
+}
+
+void BowTarget::finish_job(Job& j, Status s) {
+  for (const auto& [a, b] : j.busy) busy_remove(a, b);
+  j.busy.clear();
+  if (j.deferred) {
+    deferred_.erase(j.b0);
+    pending_bytes_ -= j.len;
+  }
+  j.result = std::move(s);
+  j.done = true;
+  done_seq_ = std::max(done_seq_, j.seq);
 }
 
 Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
@@ -345,7 +460,8 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         cv_.wait(l);
         continue;
       }
-      Job job;
+      std::vector<Run> runs;
+      bool move_s0 = false;
       map_.visit(b0, b1, [&](const Run& r) {
         switch (r.type) {
           case BlockType::kFree:
@@ -359,39 +475,85 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
             }
             break;
           case BlockType::kUnchanged:
-          case BlockType::kBackup: job.runs.push_back(r); break;
-          case BlockType::kSector0: job.move_sector0 = true; break;
+          case BlockType::kBackup: runs.push_back(r); break;
+          case BlockType::kSector0: move_s0 = true; break;
           case BlockType::kChanged:
           case BlockType::kLog: break;  // block 0's I/O goes to the live copy
         }
       });
-      if (job.runs.empty() && !job.move_sector0) break;
-      for (const Run& r : job.runs) busy_add(r.start, r.end);
-      if (job.move_sector0) busy_add(sector0_block_, sector0_block_ + 1);
-      run_job(job, l);
-      if (!job.result.ok()) return job.result;
-      // Saved (or the state changed): look again.
+      if (runs.empty() && !move_s0) break;
+      auto job = std::make_shared<Job>();
+      if (!plan_job(*job, runs, move_s0)) {
+        if (!opts_.drop_on_full) {
+          uint64_t need = 0;
+          for (const Run& r : runs) need += r.end - r.start;
+          return NoSpace(fmt::format("bow: no free space left to back up {} bytes before this "
+                                     "write (on_full=fail)",
+                                     need * bs_));
+        }
+        // on_full=drop: the committer finishes what is queued, then drops
+        // the checkpoint; then this write passes through.
+        drop_requested_ = true;
+        cv_.notify_all();
+        cv_.wait(l, [&] { return state_ != 1 || !fatal_.ok(); });
+        continue;
+      }
+      // Write-back unless the caller wants durability now or too much is held.
+      job->deferred = opts_.write_back && !fua && pending_bytes_ + len <= kMaxPendingBytes;
+      if (job->deferred) {
+        job->busy.push_back({b0, b1});  // the whole write: later writes wait for it
+        job->off = off;
+        job->len = len;
+        job->b0 = b0;
+        pending_bytes_ += len;
+      } else {
+        for (const Run& r : runs) job->busy.push_back({r.start, r.end});
+        if (move_s0) job->busy.push_back({sector0_block_, sector0_block_ + 1});
+      }
+      for (const auto& [a, b] : job->busy) busy_add(a, b);
+      if (job->deferred && data) {
+        // Copy the data without the lock (the blocks are busy: nobody else
+        // writes them; reads see the old data until the write is queued,
+        // which is fine: it is not acknowledged yet).
+        l.unlock();
+        job->data.assign(data, data + len);
+        l.lock();
+      }
+      if (job->deferred) deferred_[b0] = job;
+      job->seq = ++next_seq_;
+      queue_.push_back(job);
+      cv_.notify_all();
+      if (job->deferred) return Status::Ok();
+      cv_.wait(l, [&] { return job->done; });
+      if (!job->result.ok()) return job->result;
+      // Saved: look again (the blocks are CHANGED now).
     }
   }
   return lower_write(off, len, data, fua);
 }
 
-void BowTarget::run_job(Job& job, std::unique_lock<std::mutex>& l) {
-  queue_.push_back(&job);
-  while (!job.done) {
-    if (!committer_active_) {
-      // Commit one batch (it holds this job), then hand over: a waiting
-      // writer whose job is still queued becomes the next committer, while
-      // this one goes on with its own write.
-      committer_active_ = true;
-      std::vector<Job*> batch(queue_.begin(), queue_.end());
-      queue_.clear();
-      process_batch(std::move(batch), l);
-      committer_active_ = false;
-      cv_.notify_all();
-    } else {
-      cv_.wait(l);
+void BowTarget::committer_loop() {
+  std::unique_lock l(mu_);
+  for (;;) {
+    cv_.wait(l, [&] { return stop_ || !queue_.empty() || drop_requested_; });
+    if (!queue_.empty()) {
+      process_batch(l);
+      continue;
     }
+    if (drop_requested_) {
+      drop_requested_ = false;
+      if (state_ == 1 && fatal_.ok()) {
+        l.unlock();
+        {
+          std::unique_lock s0(s0_mu_);
+          (void)commit(true);  // on failure commit() sets fatal_
+        }
+        l.lock();
+      }
+      cv_.notify_all();
+      continue;
+    }
+    if (stop_) return;
   }
 }
 
@@ -410,141 +572,51 @@ Status BowTarget::copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* 
   return Status::Ok();
 }
 
-// Called with mu_ held; returns with it held. Every job in `batch` is done
-// when it returns (ok, ENOSPC, fatal error, or retry after a drop).
-void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mutex>& l) {
-  auto release = [&](Job* j) {
-    for (const Run& r : j->runs) busy_remove(r.start, r.end);
-    if (j->move_sector0) busy_remove(sector0_block_, sector0_block_ + 1);
-  };
-  auto finish = [&](Job* j, Status s, bool retry) {
-    release(j);
-    j->result = std::move(s);
-    j->retry = retry;
-    j->done = true;
+// Commits every queued job as one batch: copies, flush, log, flush, then the
+// deferred writes. Called by the committer with mu_ held; returns with it held.
+void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
+  std::vector<JobPtr> batch(queue_.begin(), queue_.end());
+  queue_.clear();
+  committing_ = true;
+  auto write_deferred = [&](Status s) {
+    for (const JobPtr& j : batch)
+      if (j->deferred && s.ok())
+        s = lower_write(j->off, j->len, j->data.empty() ? nullptr : j->data.data(), false);
+    return s;
   };
   if (!fatal_.ok() || state_ != 1) {
-    for (Job* j : batch) finish(j, fatal_, true);
+    // Stopped, or the checkpoint was dropped/committed: backups are moot;
+    // write-back data still goes down (pass-through).
+    Status s = fatal_;
+    l.unlock();
+    if (s.ok()) s = write_deferred(s);
+    l.lock();
+    for (const JobPtr& j : batch) finish_job(*j, s);
+    committing_ = false;
     cv_.notify_all();
     return;
   }
-  struct Plan {
-    Job* job;
-    std::vector<Copy> copies;
-    std::vector<Run> allocated;
-    std::optional<uint64_t> new_s0;
-  };
   const uint64_t bsec = bs_ / 512;
   const uint32_t cap = log_capacity(bs_);
-  std::vector<Plan> plans;
-  bool want_drop = false;
-  auto undo = [&](Plan& p) {
-    for (const Run& a : p.allocated) {
-      map_.set(a.start, a.end, BlockType::kFree);
-      busy_remove(a.start, a.end);
-    }
-    p.allocated.clear();
-    p.copies.clear();
-  };
-  auto alloc = [&](uint64_t max_len) -> std::optional<Run> {
-    auto f = alloc_free(max_len);
-    if (f) {
-      map_.set(f->start, f->end, BlockType::kBackup);
-      busy_add(f->start, f->end);
-    }
-    return f;
-  };
-  size_t new_entries = 0;
-  for (Job* j : batch) {
-    Plan p{j, {}, {}, std::nullopt};
-    bool ok = true;
-    for (const Run& r : j->runs) {
-      for (uint64_t pos = r.start; ok && pos < r.end;) {
-        auto f = alloc(std::min<uint64_t>(r.end - pos, kMaxCopyBytes / bs_));
-        if (!f) {
-          ok = false;
-          break;
-        }
-        p.allocated.push_back(*f);
-        p.copies.push_back({pos, f->start, f->end - f->start});
-        pos += f->end - f->start;
-      }
-      if (!ok) break;
-    }
-    if (ok && j->move_sector0) {
-      auto f = alloc(1);
-      if (f) {
-        p.allocated.push_back(*f);
-        p.new_s0 = f->start;
-      } else {
-        ok = false;
-      }
-    }
-    if (!ok) {
-      undo(p);
-      if (opts_.drop_on_full) {
-        want_drop = true;
-      } else {
-        uint64_t need = 0;
-        for (const Run& r : j->runs) need += r.end - r.start;
-        finish(j, NoSpace(fmt::format("bow: no free space left to back up {} bytes before this "
-                                      "write (on_full=fail)", need * bs_)),
-               false);
-      }
-      continue;
-    }
-    new_entries += p.copies.size();
-    plans.push_back(std::move(p));
-  }
-  // Log blocks for rollovers: each new log block takes one entry for the
-  // saved previous log.
-  std::vector<uint64_t> log_blocks;
-  if (!want_drop && !plans.empty()) {
-    size_t room = cap - log_.entries.size();
-    size_t rollovers = new_entries > room ? (new_entries - room + cap - 2) / (cap - 1) : 0;
-    for (size_t k = 0; k < rollovers; k++) {
-      auto f = alloc(1);
-      if (!f) break;
-      log_blocks.push_back(f->start);
-    }
-    if (log_blocks.size() < rollovers) {
-      for (uint64_t b : log_blocks) {
-        map_.set(b, b + 1, BlockType::kFree);
-        busy_remove(b, b + 1);
-      }
-      log_blocks.clear();
-      for (Plan& p : plans) {
-        undo(p);
-        if (!opts_.drop_on_full)
-          finish(p.job, NoSpace("bow: no free space left for the log (on_full=fail)"), false);
-      }
-      if (opts_.drop_on_full) want_drop = true;
-      else plans.clear();
-    }
-  }
-  if (want_drop) {
-    for (Plan& p : plans) undo(p);
-    std::vector<Job*> rest;
-    for (Job* j : batch)
-      if (!j->done) rest.push_back(j);
-    l.unlock();
-    Status s;
-    {
-      std::unique_lock s0(s0_mu_);
-      s = commit(true);
-    }
-    l.lock();
-    for (Job* j : rest) finish(j, s, true);
-    cv_.notify_all();
-    return;
-  }
-  if (plans.empty()) {
-    cv_.notify_all();
-    return;
-  }
   bool moving_s0 = false;
-  for (const Plan& p : plans) moving_s0 |= p.new_s0.has_value();
+  for (const JobPtr& j : batch) moving_s0 |= j->new_s0.has_value();
   const uint64_t old_s0 = sector0_block_;
+  LogBlock log = log_;
+  // Rollover blocks this batch needs, from the pool.
+  std::vector<uint64_t> log_blocks;
+  {
+    size_t fill = log.entries.size(), n = 0;
+    for (const JobPtr& j : batch) n += j->copies.size();
+    for (size_t e = 0; e < n; e++) {
+      if (fill == cap) {
+        if (log_pool_.empty()) break;  // cannot happen; reported below
+        log_blocks.push_back(log_pool_.front());
+        log_pool_.pop_front();
+        fill = 1;
+      }
+      fill++;
+    }
+  }
   l.unlock();
 
   std::unique_lock<std::shared_mutex> s0x(s0_mu_, std::defer_lock);
@@ -553,45 +625,53 @@ void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mut
   // Copies whose dests follow each other (next-fit allocation makes most of
   // a batch contiguous) are gathered into one buffer and written at once.
   std::vector<Copy*> all;
-  for (Plan& p : plans)
-    for (Copy& c : p.copies) all.push_back(&c);
-  std::vector<uint8_t> gather;
+  for (const JobPtr& j : batch)
+    for (Copy& c : j->copies) all.push_back(&c);
+  std::vector<uint8_t>& gather = gather_;  // kept: no page faults per batch
   for (size_t i = 0; i < all.size() && s.ok();) {
-    size_t j = i + 1;
+    size_t k = i + 1;
     uint64_t n = all[i]->n;
-    while (j < all.size() && all[j]->dst == all[j - 1]->dst + all[j - 1]->n &&
-           (n + all[j]->n) * bs_ <= kMaxCopyBytes) {
-      n += all[j]->n;
-      j++;
+    while (k < all.size() && all[k]->dst == all[k - 1]->dst + all[k - 1]->n &&
+           (n + all[k]->n) * bs_ <= kMaxCopyBytes) {
+      n += all[k]->n;
+      k++;
     }
-    if (j == i + 1 && n * bs_ > (1u << 20)) {
+    if (k == i + 1 && n * bs_ > (1u << 20)) {
       s = copy_blocks(all[i]->src, all[i]->dst, all[i]->n, &all[i]->crc);
     } else {
       gather.resize(n * bs_);
       uint64_t pos = 0;
-      for (size_t k = i; k < j && s.ok(); k++) {
-        auto piece = std::span<uint8_t>(gather.data() + pos, all[k]->n * bs_);
-        s = dev_->read(all[k]->src * bs_, piece);
-        all[k]->crc = entry_checksum(all[k]->src, piece);
+      for (size_t x = i; x < k && s.ok(); x++) {
+        auto piece = std::span<uint8_t>(gather.data() + pos, all[x]->n * bs_);
+        s = dev_->read(all[x]->src * bs_, piece);
+        all[x]->crc = entry_checksum(all[x]->src, piece);
         pos += piece.size();
       }
       if (s.ok()) s = dev_->write(all[i]->dst * bs_, gather);
     }
-    i = j;
+    i = k;
   }
-  for (Plan& p : plans)
-    if (s.ok() && p.new_s0) s = copy_blocks(old_s0, *p.new_s0, 1, nullptr);
+  uint64_t s0_now = old_s0;
+  for (const JobPtr& j : batch)
+    if (s.ok() && j->new_s0) {
+      s = copy_blocks(s0_now, *j->new_s0, 1, nullptr);
+      s0_now = *j->new_s0;
+    }
   // Append the entries; roll the log block over when full (the full block is
-  // saved to a free block and entry 0 of the next one records that).
-  LogBlock log = log_;
+  // saved to a block reserved when the job was queued, and entry 0 of the
+  // next one records that).
   uint64_t entries_added = 0, bytes_added = 0;
-  size_t next_log_block = 0;
-  for (Plan& p : plans) {
-    if (p.new_s0) log.sector0 = *p.new_s0 * bsec;
-    for (const Copy& c : p.copies) {
+  log.sector0 = s0_now * bsec;
+  size_t next_lb = 0;
+  for (const JobPtr& j : batch) {
+    for (const Copy& c : j->copies) {
       if (!s.ok()) break;
       if (log.entries.size() == cap) {
-        uint64_t lb = log_blocks[next_log_block++];
+        if (next_lb >= log_blocks.size()) {
+          s = Status::Error(EIO, "bow: internal error: no log block reserved for a rollover");
+          break;
+        }
+        uint64_t lb = log_blocks[next_lb++];
         std::vector<uint8_t> bytes = encode_log(log);
         s = dev_->write(lb * bs_, bytes);
         LogBlock next{bs_, log.sequence + 1, log.sector0,
@@ -605,42 +685,45 @@ void BowTarget::process_batch(std::vector<Job*> batch, std::unique_lock<std::mut
     }
   }
   // Saved data (and saved log blocks) durable before the log names them; the
-  // log durable before any of the writes that wait on it go down.
+  // log durable before any write it protects goes down.
   if (s.ok()) s = dev_->flush();
   if (s.ok()) s = dev_->write(0, encode_log(log));
   if (s.ok()) s = dev_->flush();
+  if (s0x.owns_lock()) {
+    std::lock_guard g(mu_);
+    if (s.ok()) sector0_block_ = s0_now;  // before block-0 I/O resumes
+  }
+  if (s0x.owns_lock()) s0x.unlock();
+  s = write_deferred(s);
 
   l.lock();
   if (!s.ok()) {
-    fatal_ = s.context("bow: saving blocks before a write failed; the target stopped (restore "
-                       "with udm bow-restore or commit)");
-    for (Plan& p : plans) {
-      for (const Run& a : p.allocated) busy_remove(a.start, a.end);
-      finish(p.job, fatal_, false);
-    }
+    if (fatal_.ok())
+      fatal_ = s.context("bow: saving blocks before a write failed; the target stopped (restore "
+                         "with udm bow-restore or commit)");
+    for (const JobPtr& j : batch) finish_job(*j, fatal_);
     for (uint64_t b : log_blocks) busy_remove(b, b + 1);
+    committing_ = false;
     cv_.notify_all();
     return;
   }
   log_ = std::move(log);
-  for (Plan& p : plans) {
-    for (const Copy& c : p.copies) map_.set(c.src, c.src + c.n, BlockType::kChanged);
-    for (const Run& a : p.allocated) busy_remove(a.start, a.end);
-    if (p.new_s0) {
-      map_.set(old_s0, old_s0 + 1, BlockType::kChanged);
-      map_.set(*p.new_s0, *p.new_s0 + 1, BlockType::kSector0);
-      sector0_block_ = *p.new_s0;
-      busy_remove(old_s0, old_s0 + 1);
-      p.job->move_sector0 = false;  // already released
-    }
-    finish(p.job, Status::Ok(), false);
-  }
   for (uint64_t b : log_blocks) busy_remove(b, b + 1);
+  uint64_t s0 = old_s0;
+  for (const JobPtr& j : batch) {
+    for (const Copy& c : j->copies) map_.set(c.src, c.src + c.n, BlockType::kChanged);
+    if (j->new_s0) {
+      map_.set(s0, s0 + 1, BlockType::kChanged);
+      map_.set(*j->new_s0, *j->new_s0 + 1, BlockType::kSector0);
+      s0 = *j->new_s0;
+    }
+    finish_job(*j, Status::Ok());
+  }
   stats_.entries += entries_added;
-  stats_.batches++;
   stats_.backed_up_bytes += bytes_added;
+  stats_.batches++;
   stats_.sequence = log_.sequence;
-  if (s0x.owns_lock()) s0x.unlock();
+  committing_ = false;
   cv_.notify_all();
 }
 
@@ -661,7 +744,16 @@ Status BowTarget::do_trim(uint64_t off, uint64_t len) {
   return Status::Ok();
 }
 
-Status BowTarget::do_flush() { return dev_->flush(); }
+Status BowTarget::do_flush() {
+  {
+    // Every write acknowledged before this flush must be on the device.
+    std::unique_lock l(mu_);
+    uint64_t target = next_seq_;
+    cv_.wait(l, [&] { return done_seq_ >= target || !fatal_.ok(); });
+    if (!fatal_.ok()) return fatal_;
+  }
+  return dev_->flush();
+}
 
 Result<TargetPtr> make_bow_target(const TargetParams& p) {
   if (p.args.empty()) return Invalid("bow: expected <dev> [<#opt_args> on_full=fail|drop block_size=N]");

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <thread>
 
 #include "bow/bow_format.h"
 #include "bow/range_map.h"
@@ -38,6 +39,11 @@ namespace udm::bow {
 struct BowOptions {
   bool drop_on_full = false;  // on_full=drop
   uint32_t block_size = 4096;
+  // Acknowledge writes that need a backup before the backup is committed
+  // (the write goes down after its log entry is durable; reads see it at
+  // once; flush waits for it). Off: every such write waits for its backup
+  // (deterministic I/O order, used by the crash sweeps too).
+  bool write_back = true;
 };
 
 struct BowStats {
@@ -82,17 +88,27 @@ class BowTarget : public Target {
   BowTarget(DevicePtr dev, uint64_t length, BowOptions opts);
   Status load_existing();
 
-  struct Job {
-    std::vector<Run> runs;  // UNCHANGED / BACKUP runs to save
-    bool move_sector0 = false;
-    Status result;
-    bool done = false;
-    bool retry = false;  // state changed under us (drop): just retry the write
-  };
   struct Copy {
     uint64_t src, dst, n;  // blocks
     uint32_t crc = 0;
   };
+  // A backup to commit. Sources, dests, a new home for the live block 0 and
+  // log blocks for rollovers are all allocated when the job is queued, so
+  // ENOSPC is known at once. A deferred job (write-back) also carries the
+  // write: the writer is acknowledged at once and the committer sends the
+  // write down after the backup's log entry is durable.
+  struct Job {
+    std::vector<Copy> copies;
+    std::vector<std::pair<uint64_t, uint64_t>> busy;  // ranges marked busy
+    std::optional<uint64_t> new_s0;
+    bool deferred = false;
+    uint64_t off = 0, len = 0, b0 = 0;
+    std::vector<uint8_t> data;  // empty for write_zeroes
+    uint64_t seq = 0;
+    Status result;
+    bool done = false;
+  };
+  using JobPtr = std::shared_ptr<Job>;
 
   // Write-type I/O: data (may be null for zeroes).
   Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
@@ -100,9 +116,12 @@ class BowTarget : public Target {
   // Block-0 aware write / read of [off, off+len) with the state fixed.
   Status io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
   Status io_block0_read(uint64_t off, std::span<uint8_t> buf);
-  // Queue `job` and run batches until it is done (called with mu_ held).
-  void run_job(Job& job, std::unique_lock<std::mutex>& l);
-  void process_batch(std::vector<Job*> batch, std::unique_lock<std::mutex>& l);
+  void committer_loop();
+  void process_batch(std::unique_lock<std::mutex>& l);
+  void finish_job(Job& j, Status s);  // mu_ held
+  // Allocates everything `job` needs (mu_ held); false if space ran out
+  // (nothing is left allocated then).
+  bool plan_job(Job& job, const std::vector<Run>& runs, bool move_s0);
   Status copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* crc);
   Status checkpoint();
   Status commit(bool dropped);  // caller holds s0_mu_ exclusively
@@ -136,8 +155,17 @@ class BowTarget : public Target {
   std::vector<uint64_t> written_;      // bitmap over blocks (state 1)
   uint64_t written_free_ = 0;          // FREE-typed blocks with their bit set
   uint64_t sector0_block_ = 0;         // live block 0 (state 1)
-  std::deque<Job*> queue_;
-  bool committer_active_ = false;
+  std::deque<JobPtr> queue_;
+  std::map<uint64_t, JobPtr> deferred_;  // queued write-back jobs by first block
+  bool committing_ = false;              // the committer has a batch in hand
+  bool drop_requested_ = false;
+  bool stop_ = false;
+  uint64_t next_seq_ = 0, done_seq_ = 0;  // jobs queued / completed (in order)
+  uint64_t pending_bytes_ = 0;            // data held by deferred jobs
+  uint32_t virtual_fill_ = 0;  // entries in the current log block, queued jobs included
+  std::deque<uint64_t> log_pool_;  // blocks reserved for log rollovers (busy)
+  std::thread committer_;
+  std::vector<uint8_t> gather_;  // the committer's copy buffer
   Status fatal_;
   BowStats stats_;
   LogBlock log_;  // the log in block 0 (touched only by the committer or transitions)

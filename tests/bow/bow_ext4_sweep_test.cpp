@@ -67,7 +67,11 @@ std::string file_sums(const std::string& img, const std::vector<std::string>& fi
 
 }  // namespace
 
-TEST(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
+class BowExt4Sweep : public ::testing::TestWithParam<bool> {};
+
+// Parameter: write-back on (the default) or off.
+TEST_P(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
+  const bool write_back = GetParam();
   for (const char* tool : {"mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs"})
     if (!udm::test::have_tool(tool)) GTEST_SKIP() << "needs " << tool;
   TempDir tmp;
@@ -136,6 +140,7 @@ TEST(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
     if (cut != UINT64_MAX) disk->cut_after_writes(cut);
     BowOptions o;
     o.block_size = kBowBlock;
+    o.write_back = write_back;
     auto bow = BowTarget::create(disk, kImage, o).value();
     for (uint64_t bb : bow_free) EXPECT_TRUE(bow->trim(bb * kBowBlock, kBowBlock).ok());
     bool cp = bow->set_state(1).ok();
@@ -190,3 +195,5 @@ TEST(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
     if (n % 8 == 0) ASSERT_EQ(file_sums(restored, files), sums_before);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(WriteBack, BowExt4Sweep, ::testing::Bool());

@@ -121,13 +121,14 @@ struct RunResult {
 
 // Runs trim -> checkpoint -> workload on a fault device cut after `cut`
 // write ops (UINT64_MAX: never); stops at the first failure.
-RunResult run(const Setup& s, uint64_t cut, double survival, uint64_t seed) {
+RunResult run(const Setup& s, uint64_t cut, double survival, uint64_t seed, bool wb) {
   auto disk = std::make_shared<FaultDevice>(s.image);
   if (survival > 0) disk->set_unflushed_survival(survival, seed);
   if (cut != UINT64_MAX) disk->cut_after_writes(cut);
   RunResult r{false, {}, 0, Model(s.image), {}};
   BowOptions o;
   o.block_size = s.bs;
+  o.write_back = wb;
   auto t = BowTarget::create(disk, s.size, o);
   EXPECT_TRUE(t.ok()) << t.status().to_string();
   auto bow = t.value();
@@ -205,19 +206,22 @@ void check_after_cut(const Setup& s, const RunResult& r, const std::string& what
   ASSERT_EQ(d->contents(), view);
 }
 
-void sweep(uint32_t bs, uint64_t blocks, double survival) {
+// wb: write-back on (batches depend on timing, so the cut points vary from
+// run to run) or off (every run issues the same operations).
+void sweep(uint32_t bs, uint64_t blocks, double survival, bool wb) {
   Setup s = make_setup(bs, blocks, bs + blocks);
-  RunResult full = run(s, UINT64_MAX, 0, 0);
+  RunResult full = run(s, UINT64_MAX, 0, 0, wb);
   ASSERT_TRUE(full.checkpointed);
   check_after_cut(s, full, "no cut");
   ASSERT_GT(full.write_ops, 40u);
   // The workload really saves blocks (and, with small blocks, rolls the log over).
   EXPECT_GT(full.stats.entries, 10u);
   if (bs == 512) EXPECT_GT(full.stats.sequence, 0u);
-  std::cout << fmt::format("block size {}: {} write ops, {} log entries, log sequence {}\n", bs,
-                           full.write_ops, full.stats.entries, full.stats.sequence);
+  std::cout << fmt::format("block size {}, write-back {}: {} write ops, {} log entries, log "
+                           "sequence {}\n",
+                           bs, wb, full.write_ops, full.stats.entries, full.stats.sequence);
   for (uint64_t n = 0; n <= full.write_ops; n++) {
-    RunResult r = run(s, n, survival, n);
+    RunResult r = run(s, n, survival, n, wb);
     check_after_cut(s, r, fmt::format("cut after {} of {} writes", n, full.write_ops));
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -225,7 +229,19 @@ void sweep(uint32_t bs, uint64_t blocks, double survival) {
 
 }  // namespace
 
-TEST(BowSweep, PowerCutAfterEveryWrite4KiBUnflushedDropped) { sweep(4096, 128, 0); }
-TEST(BowSweep, PowerCutAfterEveryWrite4KiBRandomUnflushedSurvive) { sweep(4096, 128, 0.5); }
-TEST(BowSweep, PowerCutAfterEveryWrite1KiBUnflushedDropped) { sweep(1024, 256, 0); }
-TEST(BowSweep, PowerCutAfterEveryWrite512RandomUnflushedSurvive) { sweep(512, 512, 0.5); }
+TEST(BowSweep, PowerCutAfterEveryWrite4KiBUnflushedDropped) {
+  sweep(4096, 128, 0, false);
+  sweep(4096, 128, 0, true);
+}
+TEST(BowSweep, PowerCutAfterEveryWrite4KiBRandomUnflushedSurvive) {
+  sweep(4096, 128, 0.5, false);
+  sweep(4096, 128, 0.5, true);
+}
+TEST(BowSweep, PowerCutAfterEveryWrite1KiBUnflushedDropped) {
+  sweep(1024, 256, 0, false);
+  sweep(1024, 256, 0, true);
+}
+TEST(BowSweep, PowerCutAfterEveryWrite512RandomUnflushedSurvive) {
+  sweep(512, 512, 0.5, false);
+  sweep(512, 512, 0.5, true);
+}

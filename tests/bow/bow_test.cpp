@@ -91,12 +91,15 @@ TEST(Bow, CheckpointWritesBackupAndRestoreGivesCheckpointBack) {
   ASSERT_TRUE(r.bow->write(9 * kBs + 512, pattern(512, 2)).ok());
   ASSERT_TRUE(r.bow->write(11 * kBs + 3072, pattern(2048, 3)).ok());  // spans 2 blocks
   ASSERT_TRUE(r.bow->write(1024, pattern(1024, 4)).ok());
+  ASSERT_TRUE(r.bow->flush().ok());  // write-back: backups are committed by now
   auto st = r.bow->stats();
   EXPECT_EQ(st.backed_up_bytes, kBs + 3 * kBs + kBs + 2 * kBs);
   uint64_t entries_before = st.entries;
   ASSERT_TRUE(r.bow->write(40 * kBs, pattern(4 * kBs, 5)).ok());  // free space: no backup
+  ASSERT_TRUE(r.bow->flush().ok());
   EXPECT_EQ(r.bow->stats().entries, entries_before);
   ASSERT_TRUE(r.bow->write(4 * kBs, pattern(kBs, 6)).ok());  // already changed: no backup
+  ASSERT_TRUE(r.bow->flush().ok());
   EXPECT_EQ(r.bow->stats().entries, entries_before);
   ASSERT_TRUE(r.bow->write_zeroes(20 * kBs, 2 * kBs).ok());
   // The view shows the latest data, block 0 included.
@@ -124,6 +127,7 @@ TEST(Bow, CommitPutsBlockZeroHomeAndPassesThrough) {
   checkpoint(r);
   ASSERT_TRUE(r.bow->write(0, pattern(kBs, 7)).ok());
   ASSERT_TRUE(r.bow->write(5 * kBs, pattern(kBs, 8)).ok());
+  ASSERT_TRUE(r.bow->flush().ok());
   auto latest = read_all(*r.bow);
   ASSERT_TRUE(r.bow->set_state(2).ok());
   EXPECT_EQ(r.disk->contents(), latest);
@@ -163,6 +167,7 @@ TEST(Bow, WritingIntoTheLiveBlockZeroCopyOrBackupsMovesThem) {
   EXPECT_EQ(r.bow->block_type(33), BlockType::kBackup);
   ASSERT_TRUE(r.bow->write(0, pattern(kBs, 11)).ok());
   ASSERT_TRUE(r.bow->write(32 * kBs, pattern(2 * kBs, 12)).ok());
+  ASSERT_TRUE(r.bow->flush().ok());
   EXPECT_EQ(r.bow->block_type(32), BlockType::kChanged);
   EXPECT_EQ(r.bow->block_type(33), BlockType::kChanged);
   std::vector<uint8_t> b(kBs);
@@ -192,6 +197,7 @@ TEST(Bow, OneKiBAndSectorBlockSizes) {
     // Enough scattered 512-byte writes to roll the log over several times.
     for (int i = 0; i < 100; i++)
       ASSERT_TRUE(r.bow->write((1 + i) * bs + (i % (bs / 512)) * 512, pattern(512, 100 + i)).ok());
+    ASSERT_TRUE(r.bow->flush().ok());
     EXPECT_GT(r.bow->stats().sequence, 0u);
     ASSERT_TRUE(r.bow->write(2 * bs, pattern(bs * 3, 77)).ok());  // rewrite: no backup
     r.bow.reset();
@@ -239,6 +245,7 @@ TEST(Bow, ResumeAfterRestartKeepsTheCheckpoint) {
   checkpoint(r);
   ASSERT_TRUE(r.bow->write(3 * kBs, pattern(2 * kBs, 1)).ok());
   ASSERT_TRUE(r.bow->write(0, pattern(kBs, 2)).ok());
+  ASSERT_TRUE(r.bow->flush().ok());
   auto latest = read_all(*r.bow);
   r.bow.reset();
   auto t = BowTarget::create(r.disk, kSize, {});
@@ -292,6 +299,7 @@ TEST(Bow, ConcurrentWritersOnlyWaitForTheirOwnBlocks) {
     });
   }
   for (auto& t : ts) t.join();
+  ASSERT_TRUE(r.bow->flush().ok());
   EXPECT_TRUE(r.bow->map_consistent());
   auto latest = read_all(*r.bow);
   auto copy = std::make_shared<MemoryDevice>(r.disk->contents());
@@ -352,6 +360,7 @@ Chained make_chained() {
   r.checkpoint = read_all(*r.bow);
   EXPECT_TRUE(r.bow->set_state(1).ok());
   for (int i = 1; i < 60; i++) EXPECT_TRUE(r.bow->write(i * 512, pattern(512, i)).ok());
+  EXPECT_TRUE(r.bow->flush().ok());
   EXPECT_EQ(r.bow->stats().sequence, 3u);
   return {r.disk, r.checkpoint, r.free};
 }
@@ -440,4 +449,35 @@ TEST(BowRestore, PowerCutAtEveryWriteOfTheRestoreThenRunAgain) {
     }
     ASSERT_TRUE(in_use_blocks_equal(after->contents(), c.checkpoint, c.free, 512));
   }
+}
+
+TEST(Bow, WriteBackIsVisibleAtOnceAndFuaIsSynchronous) {
+  Rig r = make_rig(32, 64);
+  checkpoint(r);
+  // A write that needs a backup is acknowledged before the backup is
+  // committed; reads (whole, partial, overlapping) see it at once.
+  auto w = pattern(2 * kBs + 1024, 21);
+  ASSERT_TRUE(r.bow->write(3 * kBs + 512, w).ok());
+  ASSERT_TRUE(r.bow->write_zeroes(8 * kBs, 1024).ok());
+  std::vector<uint8_t> b(4 * kBs);
+  ASSERT_TRUE(r.bow->read(3 * kBs, b).ok());
+  EXPECT_TRUE(std::equal(b.begin(), b.begin() + 512, r.checkpoint.begin() + 3 * kBs));
+  EXPECT_TRUE(std::equal(w.begin(), w.end(), b.begin() + 512));
+  std::vector<uint8_t> z(2048);
+  ASSERT_TRUE(r.bow->read(8 * kBs, z).ok());
+  EXPECT_TRUE(std::all_of(z.begin(), z.begin() + 1024, [](uint8_t x) { return x == 0; }));
+  EXPECT_TRUE(std::equal(z.begin() + 1024, z.end(), r.checkpoint.begin() + 8 * kBs + 1024));
+  // A rewrite of a block with a queued backup waits for it, then wins.
+  ASSERT_TRUE(r.bow->write(3 * kBs + 512, pattern(512, 22)).ok());
+  ASSERT_TRUE(r.bow->read(3 * kBs + 512, std::span(b).first(512)).ok());
+  EXPECT_TRUE(std::equal(b.begin(), b.begin() + 512, pattern(512, 22).begin()));
+  // FUA: the backup is durable (logged) when the write returns.
+  uint64_t before = r.bow->stats().entries;
+  ASSERT_TRUE(r.bow->write(20 * kBs, pattern(kBs, 23), /*fua=*/true).ok());
+  EXPECT_GT(r.bow->stats().entries, before);
+  // After flush everything is on the device: restore gives the checkpoint.
+  ASSERT_TRUE(r.bow->flush().ok());
+  auto copy = std::make_shared<MemoryDevice>(r.disk->contents());
+  restore(*copy);
+  EXPECT_TRUE(in_use_blocks_equal(copy->contents(), r.checkpoint, r.free, kBs));
 }
