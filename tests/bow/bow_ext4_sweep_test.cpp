@@ -157,10 +157,12 @@ TEST_P(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
       // No cut: the view is the changed filesystem (every block it uses;
       // its free blocks may hold backups); commit makes it real.
       auto view = read_all(*bow);
-      for (uint64_t blk = 0; blk < kImage / kFsBlock; blk++)
-        if (!fs_free_b.count(blk))
-          EXPECT_TRUE(std::equal(view.begin() + blk * kFsBlock, view.begin() + (blk + 1) * kFsBlock,
-                                 img_b.begin() + blk * kFsBlock)) << "block " << blk;
+      for (uint64_t blk = 0; blk < kImage / kFsBlock; blk++) {
+        if (fs_free_b.count(blk)) continue;
+        EXPECT_TRUE(std::equal(view.begin() + blk * kFsBlock, view.begin() + (blk + 1) * kFsBlock,
+                               img_b.begin() + blk * kFsBlock))
+            << "block " << blk;
+      }
       EXPECT_TRUE(bow->set_state(2).ok());
       EXPECT_EQ(disk->current_image(), view);
       udm::test::write_file(tmp.file("committed.img"), view);
@@ -179,8 +181,12 @@ TEST_P(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
     auto [cp, durable] = run_once(n, nullptr);
     auto d = std::make_shared<MemoryDevice>(durable);
     auto chain = read_chain(*d);
-    if (cp) ASSERT_TRUE(chain.ok()) << chain.status().to_string();
-    if (chain.ok()) ASSERT_TRUE(apply_chain(*d, chain.value()).ok());
+    if (cp) {
+      ASSERT_TRUE(chain.ok()) << chain.status().to_string();
+    }
+    if (chain.ok()) {
+      ASSERT_TRUE(apply_chain(*d, chain.value()).ok());
+    }
     auto img = d->contents();
     // Every block ext4 had in use is back, byte for byte.
     for (uint64_t blk = 0; blk < kImage / kFsBlock; blk++) {
@@ -192,7 +198,9 @@ TEST_P(BowExt4Sweep, PowerCutAfterEveryWriteThenRestoreAndFsck) {
     udm::test::write_file(restored, img);
     r = run({"e2fsck", "-fn", restored});
     ASSERT_TRUE(r.ok()) << r.describe();
-    if (n % 8 == 0) ASSERT_EQ(file_sums(restored, files), sums_before);
+    if (n % 8 == 0) {
+      ASSERT_EQ(file_sums(restored, files), sums_before);
+    }
   }
 }
 

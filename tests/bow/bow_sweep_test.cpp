@@ -163,7 +163,9 @@ void check_after_cut(const Setup& s, const RunResult& r, const std::string& what
   {
     auto d = std::make_shared<MemoryDevice>(r.durable);
     auto chain = read_chain(*d);
-    if (r.checkpointed) ASSERT_TRUE(chain.ok()) << chain.status().to_string();
+    if (r.checkpointed) {
+      ASSERT_TRUE(chain.ok()) << chain.status().to_string();
+    }
     if (chain.ok()) {
       ASSERT_TRUE(apply_chain(*d, chain.value()).ok());
     } else {
@@ -216,7 +218,9 @@ void sweep(uint32_t bs, uint64_t blocks, double survival, bool wb) {
   ASSERT_GT(full.write_ops, 40u);
   // The workload really saves blocks (and, with small blocks, rolls the log over).
   EXPECT_GT(full.stats.entries, 10u);
-  if (bs == 512) EXPECT_GT(full.stats.sequence, 0u);
+  if (bs == 512) {
+    EXPECT_GT(full.stats.sequence, 0u);
+  }
   std::cout << fmt::format("block size {}, write-back {}: {} write ops, {} log entries, log "
                            "sequence {}\n",
                            bs, wb, full.write_ops, full.stats.entries, full.stats.sequence);

@@ -340,7 +340,9 @@ TEST(Bow, TableLineParsing) {
                                                        {"/dev/x", "1", "frob"}}) {
     auto t = make(bad);
     EXPECT_FALSE(t.ok());
-    if (!t.ok()) EXPECT_NE(t.status().message().find("bow"), std::string::npos) << t.status().message();
+    if (!t.ok()) {
+      EXPECT_NE(t.status().message().find("bow"), std::string::npos) << t.status().message();
+    }
   }
 }
 
