@@ -2,15 +2,21 @@
 // changed block comes from the diff) against reading the new image file
 // directly, same process, same patterns: sequential 1 MiB over the whole
 // device, random 4 KiB over changed blocks and over unchanged blocks.
-// Usage: update_read_bench SYSTEM(old copy) DIFF NEW
+// For a v1 diff it then runs the background copy-back to completion (timed:
+// compare with `cp` of the new image, printed by bench/update/run) and
+// repeats the random reads over the changed blocks, now applied (read from
+// the partition): unapplied vs applied.
+// Usage: update_read_bench SYSTEM(old copy, modified for v1) DIFF(writable copy) NEW
 #include <fmt/format.h>
 
 #include <chrono>
 #include <random>
+#include <thread>
 
 #include "io/file_device.h"
 #include "io/path_resolver.h"
 #include "update/format.h"
+#include "update/format_v1.h"
 #include "update/target.h"
 
 using namespace udm;
@@ -42,11 +48,25 @@ int main(int argc, char** argv) {
   auto t = make_update_target(p);
   if (!t.ok()) return fmt::print(stderr, "{}\n", t.status().to_string()), 1;
   auto diff = FileDevice::open(argv[2], {.writable = false});
-  auto idx = update::load_diff(**diff);
-  const uint64_t size = (*newf)->size(), bs = idx->block_size();
+  const uint64_t size = (*newf)->size();
+  uint64_t bs = 4096;
+  std::string desc;
   std::vector<uint64_t> changed, unchanged;
+  std::vector<uint64_t> dests;
+  int version = *update::diff_version(**diff);
+  if (version == 0) {
+    auto idx = update::load_diff(**diff);
+    bs = idx->block_size();
+    for (const auto& e : idx->entries) dests.push_back(e.dest);
+    desc = fmt::format("v0, chunk {} blocks, {}", idx->sb.chunk_blocks, idx->sb.compression);
+  } else {
+    auto idx = update::load_v1(**diff);
+    bs = idx->block_size();
+    for (const auto& e : idx->by_dest) dests.push_back(e.first);
+    desc = fmt::format("v1, {} operations, chunk {} blocks", idx->ops.size(), idx->h.chunk_blocks);
+  }
   for (uint64_t b = 0, e = 0; b < size / bs; b++) {
-    if (e < idx->entries.size() && idx->entries[e].dest == b) {
+    if (e < dests.size() && dests[e] == b) {
       changed.push_back(b);
       e++;
     } else {
@@ -64,8 +84,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n && !blocks.empty(); i++)
       (void)d.read(blocks[rng() % blocks.size()] * bs, std::span<uint8_t>(buf.data(), 4096));
   };
-  fmt::print("update target vs the new image file ({} MiB, {} changed blocks, chunk {} blocks, {})\n",
-             size >> 20, changed.size(), idx->sb.chunk_blocks, idx->sb.compression);
+  fmt::print("update target vs the new image file ({} MiB, {} changed blocks, {})\n", size >> 20, changed.size(), desc);
   fmt::print("{:<28} {:>12} {:>12} {:>8}\n", "pattern", "update", "new file", "ratio");
   seq(**t);  // warm both page caches
   seq(**newf);
@@ -78,5 +97,34 @@ int main(int argc, char** argv) {
     b = timed([&] { rnd(**newf, *set, n); });
     fmt::print("{:<28} {:>8.0f} IOPS  {:>8.0f} IOPS  {:>7.2f}x\n", name, n / a, n / b, b / a);
   }
+  if (version != 1) return 0;
+  // Unapplied vs applied: the same random reads over changed blocks, before
+  // and after the copy-back.
+  double unapplied = timed([&] { rnd(**t, changed, n); });
+  *t = nullptr;  // release the no_bg target before the copy-back one
+  p.args = {argv[1], argv[2], "0"};
+  auto tb = make_update_target(p);
+  if (!tb.ok()) return fmt::print(stderr, "{}\n", tb.status().to_string()), 1;
+  double copy = timed([&] {
+    (*tb)->resume();
+    for (;;) {
+      auto st = (*tb)->status();
+      auto sp = st.find(' ');
+      if (st.substr(0, sp) == st.substr(sp + 1)) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  (*tb)->presuspend();
+  double applied = timed([&] { rnd(**tb, changed, n); });
+  fmt::print("{:<28} {:>8.0f} IOPS unapplied, {:>8.0f} IOPS applied: unapplied/applied {:.2f}x\n",
+             "random 4 KiB, changed", n / unapplied, n / applied, applied / unapplied);
+  fmt::print("copy-back (incl. flushes and checkpoints): {:.3f} s for {} blocks\n", copy, changed.size());
+  std::vector<uint8_t> x(1 << 20), y(1 << 20);
+  for (uint64_t off = 0; off < size; off += x.size()) {
+    (void)(*tb)->read(off, x);
+    (void)(*newf)->read(off, y);
+    if (x != y) return fmt::print(stderr, "MISMATCH at {} after the copy-back\n", off), 1;
+  }
+  fmt::print("after the copy-back the device equals the new image\n");
   return 0;
 }

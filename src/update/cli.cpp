@@ -206,15 +206,15 @@ void register_update_cli(CLI::App& app) {
     sub->add_option("-a,--algorithm", o->algorithm, "none|zstd|lz4|deflate (default zstd)");
     sub->add_option("-l,--level", o->level, "compression level (0 = default)");
     sub->add_option("--block-size", o->block_size, "block size in bytes (default 4096)");
-    sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default 16)");
+    auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 64)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
-    sub->callback([o, paths, fmt_name, no_delta] {
+    sub->callback([o, paths, fmt_name, no_delta, chunk_opt] {
       if (*fmt_name == "v1") {
         if (o->algorithm != "zstd") return cli::fail("--format v1 uses zstd; -a " + o->algorithm + " needs --format v0");
         DiffV1Options v;
         v.level = o->level;
         v.block_size = o->block_size;
-        v.chunk_blocks = o->chunk_blocks;
+        if (chunk_opt->count()) v.chunk_blocks = o->chunk_blocks;
         v.threads = o->threads;
         v.delta = !*no_delta;
         auto st = make_diff_v1((*paths)[0], (*paths)[1], (*paths)[2], v);

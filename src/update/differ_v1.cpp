@@ -114,6 +114,8 @@ struct Gear {
   }
 };
 const Gear kGear;
+// A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
+constexpr uint32_t kDeltaNum = 7;  // DELTA if frame + refs < 7/10 of the block alone
 template <class F>
 void anchors(const uint8_t* p, size_t n, F f) {
   uint64_t h = 0;
@@ -300,7 +302,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
       auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false);
       // A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
-      if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * 7 / 10) {
+      if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * kDeltaNum / 10) {
         g.type = OpType::Delta;
         g.refs = std::move(refs);
         g.frame = std::move(fr);
@@ -356,7 +358,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
         std::vector<uint8_t> prefix(keep.size() * bs);
         for (size_t i = 0; i < keep.size(); i++) std::memcpy(prefix.data() + i * bs, OLD + keep[i] * bs, bs);
         auto fr = zcompress(NEW + g.dest * bs, bs, prefix.data(), prefix.size(), level, false);
-        if (!fr.empty() && fr.size() + 2 * keep.size() < g.rep_cost * 7 / 10) {
+        if (!fr.empty() && fr.size() + 2 * keep.size() < g.rep_cost * kDeltaNum / 10) {
           std::vector<uint32_t> rest;
           for (uint32_t w : succ[k]) {
             if (comp_of[w] == cid) {

@@ -1,0 +1,37 @@
+// Format v1 parser (header, checkpoint, metadata, order check), then every
+// operation computed against a fixed old image: any file is either refused
+// with a message or yields an index whose payload lies inside the file and
+// whose order never reads a block after it was overwritten.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "io/memory_device.h"
+#include "update/format_v1.h"
+
+using namespace udm::update;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  udm::MemoryDevice dev(std::vector<uint8_t>(data, data + size), true);
+  auto idx = load_v1(dev);
+  if (!idx.ok()) {
+    if (idx.status().message().empty()) std::abort();
+    return 0;
+  }
+  for (const auto& c : idx->chunks)
+    if (c.offset < idx->h.data_offset || c.offset + c.length > size) std::abort();
+  for (const auto& f : idx->frames)
+    if (f.offset < idx->h.data_offset || f.offset + f.length > size || f.refs.empty()) std::abort();
+  for (size_t i = 0; i < idx->ops.size(); i++) {
+    if (idx->find(idx->ops[i].dest) != static_cast<int64_t>(i)) std::abort();
+    if (idx->last_reader[i] >= static_cast<int64_t>(i)) std::abort();
+  }
+  const uint64_t bs = idx->block_size();
+  if (idx->h.image_blocks * bs > (64u << 20)) return 0;  // keep the old image small
+  udm::MemoryDevice old(std::vector<uint8_t>(idx->h.image_blocks * bs, 0x5a), true);
+  std::vector<uint8_t> out(bs);
+  for (size_t i = 0; i < idx->ops.size() && i < 256; i++) (void)v1_compute(dev, old, *idx, i, out);
+  std::vector<uint8_t> stash(bs);
+  (void)v1_read_stash(dev, *idx, stash);
+  return 0;
+}
