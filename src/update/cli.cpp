@@ -221,9 +221,9 @@ void register_update_cli(CLI::App& app) {
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
             "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} read their own "
-            "block); {} turned into REPLACE and {} DELTA trimmed to break cycles; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
+            "block); {} turned into REPLACE and {} DELTA trimmed to break cycles; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
             (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->delta,
-            st->stash_ops, st->converted, st->trimmed, st->meta_bytes, st->diff_bytes,
+            st->stash_ops, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
             st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
         return;
       }

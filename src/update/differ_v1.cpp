@@ -303,6 +303,17 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false);
       // A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
       if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * kDeltaNum / 10) {
+        // Reading its own block costs the copy-back a stash write and two
+        // flushes: keep the self reference only if it really pays.
+        auto self = std::find(refs.begin(), refs.end(), g.dest);
+        if (self != refs.end() && refs.size() > 1) {
+          std::vector<uint64_t> other(refs.begin(), self);
+          other.insert(other.end(), self + 1, refs.end());
+          std::vector<uint8_t> p2(other.size() * bs);
+          for (size_t k = 0; k < other.size(); k++) std::memcpy(p2.data() + k * bs, OLD + other[k] * bs, bs);
+          auto f2 = zcompress(nb, bs, p2.data(), p2.size(), level, false);
+          if (!f2.empty() && f2.size() <= fr.size() + 16) refs = std::move(other), fr = std::move(f2);
+        }
         g.type = OpType::Delta;
         g.refs = std::move(refs);
         g.frame = std::move(fr);
@@ -385,14 +396,37 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   };
   std::vector<int32_t> tindex(n), low(n);
   std::vector<uint8_t> onstack(n);
+  // Fewer copy-back barriers: the target must checkpoint before overwriting
+  // a block read since its last checkpoint. Among ready operations, those
+  // whose destination was read since the last (simulated) barrier wait
+  // until nothing else is ready; then one barrier lets them all go.
+  std::vector<uint8_t> read_since(n, 0);
+  std::vector<uint32_t> read_list, deferred;
+  auto note_reads = [&](uint32_t k) {
+    for (uint32_t w : succ[k])
+      if (!read_since[w]) read_since[w] = 1, read_list.push_back(w);
+  };
   while (order.size() < n) {
-    while (!ready.empty()) {
-      uint32_t k = ready.top();
-      ready.pop();
-      emitted[k] = 1;
-      order.push_back(k);
-      for (uint32_t w : succ[k])
-        if (--indeg[w] == 0) ready.push(w);
+    for (;;) {
+      while (!ready.empty()) {
+        uint32_t k = ready.top();
+        ready.pop();
+        if (read_since[k]) {
+          deferred.push_back(k);
+          continue;
+        }
+        emitted[k] = 1;
+        order.push_back(k);
+        note_reads(k);
+        for (uint32_t w : succ[k])
+          if (--indeg[w] == 0) ready.push(w);
+      }
+      if (deferred.empty()) break;
+      st.barriers++;
+      for (uint32_t w : read_list) read_since[w] = 0;
+      read_list.clear();
+      for (uint32_t k : deferred) ready.push(k);
+      deferred.clear();
     }
     if (order.size() == n) break;
     // Stuck: Tarjan over the remaining graph (iterative).
