@@ -28,6 +28,7 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
   std::cout << fmt::format(
       "format:            update v1\n"
       "block size:        {} (block_bits {})\n"
+      "compression:       {}\n"
       "image:             {} blocks ({} bytes)\n"
       "old image sha256:  {}\n"
       "new image sha256:  {}\n"
@@ -38,7 +39,7 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "stash:             {}\n"
       "diff size:         {} bytes\n"
       "copy-back record:  {} of {} operations{}\n",
-      idx->block_size(), h.block_bits, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
+      idx->block_size(), h.block_bits, h.compression, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
       hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, idx->chunks.size(), h.chunk_blocks,
       chunk_bytes, frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
       idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
@@ -53,8 +54,8 @@ void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::str
   const uint64_t img = idx->h.image_blocks * bs;
   if ((*sys)->size() < img)
     return cli::fail(fmt::format("{} is {} bytes but the diff is for a {}-byte image", old_path, (*sys)->size(), img));
-  if (idx->h.ckpt_state)
-    return cli::fail(diff_path + ": a copy-back through the update target has started; finish it there");
+  // The diff's checkpoint (if a target used it) is about another device; the
+  // old-image hash below decides whether OLD can take this diff.
   auto hash = sha256_device(**sys, img);
   if (!hash.ok()) return cli::fail(hash.status());
   if (*hash != idx->h.old_sha256)
