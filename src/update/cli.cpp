@@ -21,7 +21,7 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
   auto idx = load_v1(f);
   if (!idx.ok()) return cli::fail(idx.status().context(path));
   const auto& h = idx->h;
-  uint64_t n[4] = {0, 0, 0, 0}, refs = 0, chunk_bytes = 0, frame_bytes = 0;
+  uint64_t n[5] = {0, 0, 0, 0, 0}, refs = 0, chunk_bytes = 0, frame_bytes = 0;
   for (const auto& op : idx->ops) n[static_cast<int>(op.type)]++;
   for (const auto& f : idx->frames) refs += f.refs.size(), frame_bytes += f.length;
   for (const auto& c : idx->chunks) chunk_bytes += c.length;
@@ -32,7 +32,7 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "image:             {} blocks ({} bytes)\n"
       "old image sha256:  {}\n"
       "new image sha256:  {}\n"
-      "operations:        {} (ZERO {}, COPY {}, REPLACE {}, DELTA {} with {} reference blocks)\n"
+      "operations:        {} (ZERO {}, COPY {}, REPLACE {}, DELTA {} with {} reference blocks, SAVE {})\n"
       "REPLACE chunks:    {} of up to {} blocks, {} bytes\n"
       "DELTA frames:      {} bytes\n"
       "metadata:          {} bytes ({} raw)\n"
@@ -40,7 +40,7 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "diff size:         {} bytes\n"
       "copy-back record:  {} of {} operations{}\n",
       idx->block_size(), h.block_bits, h.compression, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
-      hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, idx->chunks.size(), h.chunk_blocks,
+      hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
       chunk_bytes, frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
       idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
 }
@@ -222,9 +222,9 @@ void register_update_cli(CLI::App& app) {
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
             "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} read their own "
-            "block); {} turned into REPLACE and {} DELTA trimmed to break cycles; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
+            "block); {} COPY cycles broken by SAVE, {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
             (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->delta,
-            st->stash_ops, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
+            st->stash_ops, st->saves, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
             st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
         return;
       }

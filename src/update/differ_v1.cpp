@@ -347,8 +347,21 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   order.reserve(n);
   std::vector<uint8_t> emitted(n, 0);
   std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<>> ready;
-  for (uint32_t k = 0; k < n; k++)
-    if (!indeg[k]) ready.push(k);
+  // REPLACE/ZERO operations whose old block nobody reads are held back to
+  // the end: they can host a block saved to break a COPY cycle (SAVE).
+  std::vector<uint8_t> withheld(n, 0);
+  std::vector<uint32_t> pool;
+  for (uint32_t k = 0; k < n; k++) {
+    if (indeg[k]) continue;
+    if (ops[k].type == OpType::Replace || ops[k].type == OpType::Zero) {
+      withheld[k] = 1;
+      pool.push_back(k);
+    } else {
+      ready.push(k);
+    }
+  }
+  std::vector<uint32_t> pool_all = pool;
+  bool released = false;
   auto cost = [&](uint32_t k) -> int64_t {
     GOp& g = ops[k];
     if (!g.rep_cost) {
@@ -406,11 +419,45 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     for (uint32_t w : succ[k])
       if (!read_since[w]) read_since[w] = 1, read_list.push_back(w);
   };
-  while (order.size() < n) {
+  // Break a COPY cycle without REPLACE: X copies old y, which the cycle
+  // overwrites. A SAVE first copies old y into block t of a held-back
+  // operation T (nobody reads old t); X then copies t, and T writes t's real
+  // content after X. Edges: S before Y and X, X before T.
+  auto convert_save = [&](uint32_t X) {
+    uint32_t T = pool.back();
+    pool.pop_back();
+    uint64_t y = ops[X].src;
+    uint32_t Y = static_cast<uint32_t>(writer[y]);
+    GOp sg;
+    sg.dest = ops[T].dest;
+    sg.type = OpType::Save;
+    sg.src = y;
+    uint32_t S = static_cast<uint32_t>(ops.size());
+    ops.push_back(std::move(sg));
+    succ.push_back({Y, X});
+    indeg.push_back(0);
+    emitted.push_back(0);
+    read_since.push_back(0);
+    comp_of.push_back(-1);
+    tindex.push_back(-1);
+    low.push_back(0);
+    onstack.push_back(0);
+    withheld.push_back(0);
+    indeg[X]++;  // Y: +1 from S, -1 from X below
+    auto& sx = succ[X];
+    sx.erase(std::find(sx.begin(), sx.end(), Y));
+    sx.push_back(T);
+    indeg[T]++;
+    ops[X].src = ops[T].dest;
+    ready.push(S);
+    st.saves++;
+  };
+  while (order.size() < ops.size()) {
     for (;;) {
       while (!ready.empty()) {
         uint32_t k = ready.top();
         ready.pop();
+        if (emitted[k]) continue;
         if (read_since[k]) {
           deferred.push_back(k);
           continue;
@@ -428,17 +475,34 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       for (uint32_t k : deferred) ready.push(k);
       deferred.clear();
     }
-    if (order.size() == n) break;
+    if (order.size() == ops.size()) break;
+    if (!released) {
+      size_t held = 0;
+      for (uint32_t k : pool_all) held += !emitted[k];
+      if (order.size() + held == ops.size()) {
+        // Everything else is placed: the held-back operations go last.
+        released = true;
+        for (uint32_t k : pool_all)
+          if (!emitted[k] && !indeg[k]) ready.push(k);
+        continue;
+      }
+    }
     // Stuck: Tarjan over the remaining graph (iterative).
     std::fill(tindex.begin(), tindex.end(), -1);
     std::fill(onstack.begin(), onstack.end(), 0);
     int32_t counter = 0;
     std::vector<uint32_t> stk;
     std::vector<std::pair<uint32_t, size_t>> call;
-    std::vector<std::pair<uint32_t, int32_t>> victims;
+    struct Victim {
+      uint32_t v;
+      int32_t cid;
+      bool save;
+    };
+    std::vector<Victim> victims;
+    size_t free_left = pool.size();
     std::fill(comp_of.begin(), comp_of.end(), -1);
-    for (uint32_t s = 0; s < n; s++) {
-      if (emitted[s] || tindex[s] >= 0) continue;
+    for (uint32_t s = 0; s < ops.size(); s++) {
+      if (emitted[s] || withheld[s] || tindex[s] >= 0) continue;
       call.push_back({s, 0});
       tindex[s] = low[s] = counter++;
       stk.push_back(s);
@@ -447,7 +511,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
         auto& [v, ei] = call.back();
         if (ei < succ[v].size()) {
           uint32_t w = succ[v][ei++];
-          if (emitted[w]) continue;
+          if (emitted[w] || withheld[w]) continue;
           if (tindex[w] < 0) {
             tindex[w] = low[w] = counter++;
             stk.push_back(w);
@@ -476,13 +540,29 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
             for (uint32_t c : comp)
               if (int64_t cc = cost(c); cc < bc) best = c, bc = cc;
             for (uint32_t c : comp) comp_of[c] = static_cast<int32_t>(victims.size());
-            victims.push_back({best, static_cast<int32_t>(victims.size())});
+            bool save = false;
+            if (free_left > 0) {
+              for (uint32_t c : comp) {
+                if (ops[c].type != OpType::Copy) continue;
+                int32_t w2 = writer[ops[c].src];
+                if (w2 >= 0 && comp_of[w2] == comp_of[c]) {
+                  best = c;
+                  save = true;
+                  free_left--;
+                  break;
+                }
+              }
+            }
+            victims.push_back({best, static_cast<int32_t>(victims.size()), save});
           }
         }
       }
     }
     if (victims.empty()) return IoError("update-diff: ordering stuck without a cycle (bug)");
-    for (auto [v, cid] : victims) convert(v, cid);
+    for (auto [v, cid, save] : victims) {
+      if (save) convert_save(v);
+      else convert(v, cid);
+    }
   }
 
   // 5. Payload: REPLACE blocks in apply order form the chunks; DELTA frames follow.
@@ -499,6 +579,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     v.src = g.src;
     if (g.type == OpType::Zero) st.zero++;
     if (g.type == OpType::Copy) st.copy++;
+    if (g.type == OpType::Save) st.save_ops++;
     if (g.type == OpType::Replace) {
       v.index = static_cast<uint32_t>(rep_blocks.size());
       rep_blocks.push_back(k);
@@ -587,6 +668,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   ::close(fd);
   UDM_TRY(s);
   st.chunks = nchunks;
+  st.ops = vops.size();
   st.meta_bytes = cmeta.size();
   st.diff_bytes = pos;
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -166,7 +166,7 @@ std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vec
     o.push_back(static_cast<uint8_t>(op.type));
     put_varint(o, zz(static_cast<int64_t>(op.dest) - (prev_dest + 1)));
     prev_dest = static_cast<int64_t>(op.dest);
-    if (op.type == OpType::Copy) {
+    if (op.type == OpType::Copy || op.type == OpType::Save) {
       int64_t d = static_cast<int64_t>(op.src) - static_cast<int64_t>(op.dest);
       put_varint(o, zz(d - prev_delta));
       prev_delta = d;
@@ -178,6 +178,13 @@ std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vec
     }
   }
   return o;
+}
+
+int64_t V1Index::save_of(uint64_t b) const {
+  auto it = std::lower_bound(saves.begin(), saves.end(), b,
+                             [](const std::pair<uint64_t, uint32_t>& e, uint64_t d) { return e.first < d; });
+  if (it == saves.end() || it->first != b) return -1;
+  return it->second;
 }
 
 int64_t V1Index::find(uint64_t dest) const {
@@ -236,14 +243,14 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   uint64_t n_frames = r.varint();
   if (!r.ok || n_frames > h.op_count) return Corrupt(fmt::format("v1 metadata: delta frame count {} is bad", n_frames));
   idx.ops.resize(h.op_count);
-  idx.by_dest.resize(h.op_count);
+  idx.by_dest.reserve(h.op_count);
   int64_t prev_dest = -1, prev_delta = 0;
   uint64_t n_replace = 0;
   const uint64_t frame_limit = ZSTD_compressBound(bs);
   for (uint64_t i = 0; i < h.op_count; i++) {
     V1Op& op = idx.ops[i];
     uint8_t t = r.byte();
-    if (!r.ok || t > 3) return Corrupt(fmt::format("v1 operation {}: type {} is bad or missing", i, t));
+    if (!r.ok || t > 4) return Corrupt(fmt::format("v1 operation {}: type {} is bad or missing", i, t));
     op.type = static_cast<OpType>(t);
     int64_t dd = unzz(r.varint());
     int64_t dest = prev_dest + 1 + dd;
@@ -251,11 +258,11 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       return Corrupt(fmt::format("v1 operation {}: destination {} is outside the image ({} blocks)", i, dest, h.image_blocks));
     op.dest = static_cast<uint64_t>(dest);
     prev_dest = dest;
-    if (op.type == OpType::Copy) {
+    if (op.type == OpType::Copy || op.type == OpType::Save) {
       int64_t d = prev_delta + unzz(r.varint());
       int64_t src = dest + d;
       if (!r.ok || src < 0 || static_cast<uint64_t>(src) >= h.image_blocks || src == dest)
-        return Corrupt(fmt::format("v1 operation {}: COPY source {} is bad", i, src));
+        return Corrupt(fmt::format("v1 operation {}: COPY/SAVE source {} is bad", i, src));
       op.src = static_cast<uint64_t>(src);
       prev_delta = d;
     } else if (op.type == OpType::Replace) {
@@ -282,7 +289,8 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       op.index = static_cast<uint32_t>(idx.frames.size());
       idx.frames.push_back(std::move(f));
     }
-    idx.by_dest[i] = {op.dest, static_cast<uint32_t>(i)};
+    if (op.type == OpType::Save) idx.saves.push_back({op.dest, static_cast<uint32_t>(i)});
+    else idx.by_dest.push_back({op.dest, static_cast<uint32_t>(i)});
   }
   idx.n_replace = n_replace;
   if (r.p != r.end) return Corrupt(fmt::format("v1 metadata: {} bytes left over after the operations", r.end - r.p));
@@ -295,11 +303,31 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   for (size_t i = 1; i < idx.by_dest.size(); i++)
     if (idx.by_dest[i].first == idx.by_dest[i - 1].first)
       return Corrupt(fmt::format("v1 operations: block {} is written twice", idx.by_dest[i].first));
+  std::sort(idx.saves.begin(), idx.saves.end());
+  for (size_t i = 0; i < idx.saves.size(); i++) {
+    if (i > 0 && idx.saves[i].first == idx.saves[i - 1].first)
+      return Corrupt(fmt::format("v1 operations: block {} parks two SAVEs", idx.saves[i].first));
+    int64_t w = idx.find(idx.saves[i].first);
+    if (w < 0 || w < idx.saves[i].second)
+      return Corrupt(fmt::format("v1 operation {}: SAVE into block {} that no later operation writes",
+                                 idx.saves[i].second, idx.saves[i].first));
+  }
   // Order check: an operation may read an old block only before the
   // operation that overwrites it (or, for DELTA, while writing it itself).
   idx.last_reader.assign(h.op_count, -1);
   auto check_read = [&](uint64_t i, uint64_t b, bool self_ok) -> Status {
     int64_t w = idx.find(b);
+    int64_t sv = idx.save_of(b);
+    if (sv >= 0) {
+      if (static_cast<int64_t>(i) < sv) {  // reads the old block before it is parked over
+        idx.last_reader[sv] = std::max<int64_t>(idx.last_reader[sv], static_cast<int64_t>(i));
+      } else if (idx.ops[i].type == OpType::Copy && static_cast<int64_t>(i) < w) {  // reads the parked block
+        idx.last_reader[w] = std::max<int64_t>(idx.last_reader[w], static_cast<int64_t>(i));
+        return Status::Ok();
+      } else {
+        return Corrupt(fmt::format("v1 operation {}: reads block {} after SAVE {} parked a block there", i, b, sv));
+      }
+    }
     if (w < 0) return Status::Ok();
     if (static_cast<uint64_t>(w) < i || (static_cast<uint64_t>(w) == i && (!self_ok || !h.stash_blocks)))
       return Corrupt(fmt::format("v1 operation {}: reads block {} after operation {} overwrote it", i, b, w));
@@ -308,7 +336,9 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   };
   for (uint64_t i = 0; i < h.op_count; i++) {
     const V1Op& op = idx.ops[i];
-    if (op.type == OpType::Copy) UDM_TRY(check_read(i, op.src, false));
+    if (op.type == OpType::Copy || op.type == OpType::Save) UDM_TRY(check_read(i, op.src, false));
+    if (op.type == OpType::Save && idx.save_of(op.src) >= 0)
+      return Corrupt(fmt::format("v1 operation {}: SAVE of block {} which is itself a parking block", i, op.src));
     if (op.type == OpType::Delta)
       for (uint64_t ref : idx.frames[op.index].refs) UDM_TRY(check_read(i, ref, true));
   }
@@ -350,14 +380,21 @@ Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, si
   return Status::Ok();
 }
 
-Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out) {
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
+                  uint64_t done) {
   const V1Op& op = idx.ops[i];
   const uint64_t bs = idx.block_size();
   switch (op.type) {
     case OpType::Zero:
       std::memset(out.data(), 0, bs);
       return Status::Ok();
-    case OpType::Copy:
+    case OpType::Copy: {
+      int64_t sv = idx.save_of(op.src);
+      if (sv >= 0 && static_cast<int64_t>(i) > sv && done <= static_cast<uint64_t>(sv))
+        return old.read(idx.ops[sv].src * bs, out.subspan(0, bs));  // not parked yet: the original
+      return old.read(op.src * bs, out.subspan(0, bs));
+    }
+    case OpType::Save:
       return old.read(op.src * bs, out.subspan(0, bs));
     case OpType::Delta:
       return v1_read_delta(diff, old, idx, op.index, out);

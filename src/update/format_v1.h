@@ -15,6 +15,9 @@
 //   REPLACE        the block is the next block of the REPLACE chunks
 //   DELTA refs     the block is the next delta frame, decoded with the old
 //                  blocks `refs` (in list order) as its zstd prefix
+//   SAVE src       not a final content: old block `src` is parked in block
+//                  `dest` (whose own operation comes later); a COPY after the
+//                  SAVE and before that operation reads the parked block.
 // The stored order never lets an operation overwrite a block that a later
 // operation reads (checked on load).
 #pragma once
@@ -37,7 +40,7 @@ constexpr uint32_t kV1MaxRefs = 64;
 constexpr uint64_t kV1MaxOps = 1ull << 28;
 constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
 
-enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3 };
+enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4 };
 
 struct V1Header {
   uint8_t block_bits = 12;
@@ -77,7 +80,8 @@ struct V1Index {
   V1Header h;
   uint64_t file_size = 0;
   std::vector<V1Op> ops;                       // apply order
-  std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, op index) sorted by dest
+  std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, final op index) sorted by dest (no SAVE)
+  std::vector<std::pair<uint64_t, uint32_t>> saves;    // (block, SAVE op index) sorted
   std::vector<V1Frame> chunks;                 // REPLACE chunks (refs empty)
   std::vector<V1Frame> frames;                 // DELTA frames
   // For op i: the highest op index that reads OLD block ops[i].dest (-1 if none).
@@ -87,6 +91,7 @@ struct V1Index {
 
   uint32_t block_size() const { return 1u << h.block_bits; }
   int64_t find(uint64_t dest) const;
+  int64_t save_of(uint64_t block) const;
   uint64_t recorded_done() const { return h.ckpt_state == 1 ? h.ckpt_done : 0; }
 };
 
@@ -110,7 +115,10 @@ Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
 // Compute the new content of op `i` from the diff and the still-intact old
 // blocks (REPLACE decodes its whole chunk; callers with a cache do better).
-Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out);
+// `done`: operations applied on `old` so far (a COPY of a parked block reads
+// the parking block once its SAVE is applied, the original before).
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
+                  uint64_t done = 0);
 
 // Persist the checkpoint (one 512-byte header write with FUA). With a
 // stash block, it is written and flushed first and the record names it as

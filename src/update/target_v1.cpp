@@ -112,7 +112,7 @@ class UpdateTargetV1 : public Target {
       return Status::Ok();
     }
     const V1Op& op = idx_.ops[i];
-    if (op.type != OpType::Replace) return v1_compute(*diff_, *sys_, idx_, i, out);
+    if (op.type != OpType::Replace) return v1_compute(*diff_, *sys_, idx_, i, out, done_.load());
     size_t ci = op.index / idx_.h.chunk_blocks;
     UDM_ASSIGN_OR_RETURN(auto chunk, get_chunk(ci));
     std::memcpy(out.data(), chunk->data() + uint64_t{op.index % idx_.h.chunk_blocks} * bs, bs);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <iostream>
 
 #include "io/fault_device.h"
 #include "io/memory_device.h"
@@ -140,10 +141,12 @@ TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
   ASSERT_GT(st->copy, 0u);
   ASSERT_GT(st->stash_ops, 0u);
   ASSERT_GT(st->replace, 0u);
+  std::cerr << "v1 sweep diff: COPY " << st->copy << " SAVE " << st->save_ops << " DELTA " << st->delta << " (self "
+            << st->stash_ops << ") REPLACE " << st->replace << " ZERO " << st->zero << "\n";
   auto diff = read_file(tmp.file("d"));
   std::vector<uint8_t> disk0 = old_img;
   disk0.insert(disk0.end(), diff.begin(), diff.end());
-  const uint64_t total = st->changed_blocks;
+  const uint64_t total = st->ops;
   const std::string done_status = std::to_string(total) + " " + std::to_string(total);
 
   uint64_t full_writes;

@@ -75,7 +75,7 @@ void check_v1(const V1Built& b, uint32_t bs) {
     ASSERT_TRUE((*t)->read(0, got).ok());
     ASSERT_TRUE(got == b.new_img) << "view != new during copy-back, pass " << pass;
   }
-  std::string total = std::to_string(b.stats.changed_blocks);
+  std::string total = std::to_string(b.stats.ops);
   ASSERT_EQ(wait_copied(**t), total + " " + total);
   (*t)->presuspend();
   ASSERT_TRUE(sys->contents() == b.new_img) << "partition != new after copy-back";
