@@ -23,7 +23,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& f : idx->frames)
     if (f.offset < idx->h.data_offset || f.offset + f.length > size || f.refs.empty()) std::abort();
   for (size_t i = 0; i < idx->ops.size(); i++) {
-    if (idx->find(idx->ops[i].dest) != static_cast<int64_t>(i)) std::abort();
+    bool save = idx->ops[i].type == OpType::Save;
+    if (!save && idx->find(idx->ops[i].dest) != static_cast<int64_t>(i)) std::abort();
+    if (save && idx->find(idx->ops[i].dest) <= static_cast<int64_t>(i)) std::abort();
     if (idx->last_reader[i] >= static_cast<int64_t>(i)) std::abort();
   }
   const uint64_t bs = idx->block_size();
