@@ -34,14 +34,14 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "new image sha256:  {}\n"
       "operations:        {} (ZERO {}, COPY {}, REPLACE {}, DELTA {} with {} reference blocks, SAVE {})\n"
       "REPLACE chunks:    {} of up to {} blocks, {} bytes\n"
-      "DELTA frames:      {} bytes\n"
+      "DELTA frames:      {} holding {} blocks, {} bytes\n"
       "metadata:          {} bytes ({} raw)\n"
       "stash:             {}\n"
       "diff size:         {} bytes\n"
       "copy-back record:  {} of {} operations{}\n",
       idx->block_size(), h.block_bits, h.compression, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
       hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
-      chunk_bytes, frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
+      chunk_bytes, idx->frames.size(), n[3], frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
       idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
 }
 
@@ -198,8 +198,11 @@ void register_update_cli(CLI::App& app) {
     auto o = std::make_shared<DiffOptions>();
     auto fmt_name = std::make_shared<std::string>("v1");
     auto no_delta = std::make_shared<bool>(false);
+    auto group = std::make_shared<uint32_t>(DiffV1Options{}.delta_group);
     sub->add_option("--format", *fmt_name, "v1 (default: moves, similar blocks, ordered in-place copy-back) or v0 (seed)");
     sub->add_flag("--no-delta", *no_delta, "v1: no DELTA (similar block) operations");
+    sub->add_option("--delta-group", *group, "v1: DELTA blocks that may share one frame (1..32, default 16)")
+        ->check(CLI::Range(1u, kV1MaxGroup));
     auto paths = std::make_shared<std::array<std::string, 3>>();
     sub->add_option("old", (*paths)[0], "old image")->required()->check(CLI::ExistingFile);
     sub->add_option("new", (*paths)[1], "new image")->required()->check(CLI::ExistingFile);
@@ -207,9 +210,9 @@ void register_update_cli(CLI::App& app) {
     sub->add_option("-a,--algorithm", o->algorithm, "none|zstd|lz4|deflate (default zstd)");
     sub->add_option("-l,--level", o->level, "compression level (0 = default)");
     sub->add_option("--block-size", o->block_size, "block size in bytes (default 4096)");
-    auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 64)");
+    auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 128)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
-    sub->callback([o, paths, fmt_name, no_delta, chunk_opt] {
+    sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt] {
       if (*fmt_name == "v1") {
         if (o->algorithm != "zstd") return cli::fail("--format v1 uses zstd; -a " + o->algorithm + " needs --format v0");
         DiffV1Options v;
@@ -218,13 +221,14 @@ void register_update_cli(CLI::App& app) {
         if (chunk_opt->count()) v.chunk_blocks = o->chunk_blocks;
         v.threads = o->threads;
         v.delta = !*no_delta;
+        v.delta_group = *group;
         auto st = make_diff_v1((*paths)[0], (*paths)[1], (*paths)[2], v);
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
-            "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} read their own "
-            "block); {} COPY cycles broken by SAVE, {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
+            "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} frames, {} read "
+            "their own block); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
             (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->delta,
-            st->stash_ops, st->saves, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
+            st->delta_frames, st->stash_ops, st->saves, st->zero_parks, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
             st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
         return;
       }

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_c_format (magicless delta frames)
 #include <zstd.h>
 
 #include <algorithm>
@@ -77,10 +78,12 @@ struct CCtx {
   ~CCtx() { ZSTD_freeCCtx(c); }
 };
 
-std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag) {
+std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag,
+                               bool magicless = false) {
   thread_local CCtx cc;
   ZSTD_CCtx_reset(cc.c, ZSTD_reset_session_and_parameters);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_compressionLevel, level);
+  if (magicless) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_format, ZSTD_f_zstd1_magicless);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_checksumFlag, 0);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_contentSizeFlag, size_flag ? 1 : 0);
   if (pn) ZSTD_CCtx_refPrefix(cc.c, prefix, pn);
@@ -99,7 +102,9 @@ std::array<uint8_t, 32> sha256(const uint8_t* p, size_t n) {
 }
 
 // Content-defined anchors: a gear hash over the last 64 bytes; positions
-// where its low bits are zero (about 1 in 64) are anchors, keyed by the hash.
+// where its top 6 bits are zero (about 1 in 64) are anchors, keyed by the
+// hash. (The top bits depend on all 64 bytes; the low bits only on the last
+// few, which made text with a small alphabet nearly anchorless.)
 struct Gear {
   uint64_t t[256];
   Gear() {
@@ -122,7 +127,7 @@ void anchors(const uint8_t* p, size_t n, F f) {
   int found = 0;
   for (size_t i = 0; i < n && found < 48; i++) {
     h = (h << 1) + kGear.t[p[i]];
-    if (i >= 63 && (h & 63) == 0) f(h), found++;
+    if (i >= 63 && (h >> 58) == 0) f(h), found++;
   }
 }
 
@@ -265,19 +270,28 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
           if (std::find(bases.begin(), bases.end(), uint64_t(base)) == bases.end()) bases.push_back(uint64_t(base));
         }
       }
-      // Old blocks sharing anchors with this one (skip anchors common to many blocks).
+      // Old blocks sharing anchors with this one. Anchors found in more
+      // than 8 old blocks (repeated content) are skipped, unless no anchor is
+      // rarer: then they vote for the first 8 of their blocks (consistent
+      // across the block's anchors, so a shifted copy still wins).
       std::vector<std::pair<uint32_t, uint64_t>> votes;  // (count, block)
-      anchors(nb, bs, [&](uint64_t key) {
-        auto lo = std::lower_bound(aidx.begin(), aidx.end(), std::pair<uint64_t, uint32_t>{key, 0});
-        auto hi = lo;
-        while (hi != aidx.end() && hi->first == key && hi - lo <= 8) ++hi;
-        if (hi - lo > 8 || lo == hi) return;
-        for (auto it = lo; it != hi; ++it) {
-          auto v = std::find_if(votes.begin(), votes.end(), [&](auto& x) { return x.second == it->second; });
-          if (v == votes.end()) votes.push_back({1, it->second});
-          else v->first++;
-        }
-      });
+      for (int pass = 0; pass < 2 && votes.empty(); pass++) {
+        anchors(nb, bs, [&](uint64_t key) {
+          auto lo = std::lower_bound(aidx.begin(), aidx.end(), std::pair<uint64_t, uint32_t>{key, 0});
+          auto hi = lo;
+          while (hi != aidx.end() && hi->first == key && hi - lo <= 8) ++hi;
+          if (lo == hi) return;
+          if (hi - lo > 8) {
+            if (pass == 0) return;
+            hi = lo + 8;
+          }
+          for (auto it = lo; it != hi; ++it) {
+            auto v = std::find_if(votes.begin(), votes.end(), [&](auto& x) { return x.second == it->second; });
+            if (v == votes.end()) votes.push_back({1, it->second});
+            else v->first++;
+          }
+        });
+      }
       std::sort(votes.begin(), votes.end(), std::greater<>());
       std::vector<uint64_t> refs;
       for (size_t vi = 0; vi < votes.size() && vi < o.anchor_blocks; vi++)
@@ -300,7 +314,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       if (refs.empty()) return prog.add(1);
       std::vector<uint8_t> prefix(refs.size() * bs);
       for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
-      auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false);
+      auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false, true);
       // A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
       if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * kDeltaNum / 10) {
         // Reading its own block costs the copy-back a stash write and two
@@ -311,7 +325,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
           other.insert(other.end(), self + 1, refs.end());
           std::vector<uint8_t> p2(other.size() * bs);
           for (size_t k = 0; k < other.size(); k++) std::memcpy(p2.data() + k * bs, OLD + other[k] * bs, bs);
-          auto f2 = zcompress(nb, bs, p2.data(), p2.size(), level, false);
+          auto f2 = zcompress(nb, bs, p2.data(), p2.size(), level, false, true);
           if (!f2.empty() && f2.size() <= fr.size() + 16) refs = std::move(other), fr = std::move(f2);
         }
         g.type = OpType::Delta;
@@ -361,6 +375,15 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     }
   }
   std::vector<uint32_t> pool_all = pool;
+  // More parking places: a block that is all zero in both images (free
+  // space of the filesystem) has no operation and nobody reads it. A SAVE
+  // may park a block there if a ZERO operation, held back like the pool's,
+  // puts the zeroes back at the end. Taken from the end of the image first.
+  std::vector<uint64_t> spare_zero;
+  if (o.zero_parking)
+    for (uint64_t b = blocks; b-- > 0;)
+      if (!changed[b] && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
+  std::reverse(spare_zero.begin(), spare_zero.end());
   bool released = false;
   auto cost = [&](uint32_t k) -> int64_t {
     GOp& g = ops[k];
@@ -381,7 +404,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       if (!keep.empty() && keep.size() < g.refs.size()) {
         std::vector<uint8_t> prefix(keep.size() * bs);
         for (size_t i = 0; i < keep.size(); i++) std::memcpy(prefix.data() + i * bs, OLD + keep[i] * bs, bs);
-        auto fr = zcompress(NEW + g.dest * bs, bs, prefix.data(), prefix.size(), level, false);
+        auto fr = zcompress(NEW + g.dest * bs, bs, prefix.data(), prefix.size(), level, false, true);
         if (!fr.empty() && fr.size() + 2 * keep.size() < g.rep_cost * kDeltaNum / 10) {
           std::vector<uint32_t> rest;
           for (uint32_t w : succ[k]) {
@@ -424,8 +447,31 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   // operation T (nobody reads old t); X then copies t, and T writes t's real
   // content after X. Edges: S before Y and X, X before T.
   auto convert_save = [&](uint32_t X) {
-    uint32_t T = pool.back();
-    pool.pop_back();
+    uint32_t T;
+    if (!pool.empty()) {
+      T = pool.back();
+      pool.pop_back();
+    } else {
+      // A held-back ZERO operation for a spare zero block.
+      GOp zg;
+      zg.dest = spare_zero.back();
+      spare_zero.pop_back();
+      zg.type = OpType::Zero;
+      T = static_cast<uint32_t>(ops.size());
+      writer[zg.dest] = static_cast<int32_t>(T);
+      ops.push_back(std::move(zg));
+      succ.push_back({});
+      indeg.push_back(0);
+      emitted.push_back(0);
+      read_since.push_back(0);
+      comp_of.push_back(-1);
+      tindex.push_back(-1);
+      low.push_back(0);
+      onstack.push_back(0);
+      withheld.push_back(1);
+      pool_all.push_back(T);
+      st.zero_parks++;
+    }
     uint64_t y = ops[X].src;
     uint32_t Y = static_cast<uint32_t>(writer[y]);
     GOp sg;
@@ -499,7 +545,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       bool save;
     };
     std::vector<Victim> victims;
-    size_t free_left = pool.size();
+    size_t free_left = pool.size() + spare_zero.size();
     std::fill(comp_of.begin(), comp_of.end(), -1);
     for (uint32_t s = 0; s < ops.size(); s++) {
       if (emitted[s] || withheld[s] || tindex[s] >= 0) continue;
@@ -565,11 +611,88 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     }
   }
 
-  // 5. Payload: REPLACE blocks in apply order form the chunks; DELTA frames follow.
+  // 5. Payload. DELTA operations consecutive in the apply order whose
+  // destinations are near each other (the same file, usually) share one
+  // frame when that is smaller: every member then reads the union of their
+  // references, so the union may only hold blocks that nothing overwrites
+  // before the group's last member.
+  std::vector<uint64_t> over_at(blocks, UINT64_MAX);  // first position that overwrites a block (SAVE or final)
+  for (size_t p = order.size(); p-- > 0;) over_at[ops[order[p]].dest] = p;
+  struct Frame {
+    std::vector<uint32_t> members;  // ops, apply order
+    std::vector<uint64_t> refs;
+    std::vector<uint8_t> data;      // grouped frame (empty: the members' own frames)
+  };
+  std::vector<Frame> groups;
+  {
+    const size_t G = std::clamp<uint32_t>(o.delta_group, 1, kV1MaxGroup);
+    Frame cur;
+    for (size_t p = 0; p < order.size(); p++) {
+      uint32_t k = order[p];
+      if (ops[k].type != OpType::Delta) continue;
+      bool join = false;
+      std::vector<uint64_t> uni;
+      if (!cur.members.empty() && cur.members.size() < G) {
+        uint64_t last = ops[cur.members.back()].dest, d = ops[k].dest;
+        if ((d > last ? d - last : last - d) <= 64) {
+          uni = cur.refs;
+          for (uint64_t r : ops[k].refs)
+            if (std::find(uni.begin(), uni.end(), r) == uni.end()) uni.push_back(r);
+          join = uni.size() <= kV1MaxRefs &&
+                 std::all_of(uni.begin(), uni.end(), [&](uint64_t r) { return over_at[r] > p; });
+        }
+      }
+      if (join) {
+        cur.members.push_back(k);
+        cur.refs = std::move(uni);
+        continue;
+      }
+      if (!cur.members.empty()) groups.push_back(std::move(cur));
+      cur = Frame{{k}, ops[k].refs, {}};
+    }
+    if (!cur.members.empty()) groups.push_back(std::move(cur));
+    Progress prog("update-diff: grouping deltas", groups.size(), false);
+    parallel_for(groups.size(), threads, [&](size_t gi) {
+      Frame& f = groups[gi];
+      if (f.members.size() > 1) {
+        std::vector<uint8_t> prefix(f.refs.size() * bs), raw(f.members.size() * bs);
+        for (size_t i = 0; i < f.refs.size(); i++) std::memcpy(prefix.data() + i * bs, OLD + f.refs[i] * bs, bs);
+        size_t singles = 0;
+        for (size_t i = 0; i < f.members.size(); i++) {
+          std::memcpy(raw.data() + i * bs, NEW + ops[f.members[i]].dest * bs, bs);
+          singles += ops[f.members[i]].frame.size() + 2 * ops[f.members[i]].refs.size();
+        }
+        auto fr = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, false, true);
+        if (!fr.empty() && fr.size() + 2 * f.refs.size() < singles) f.data = std::move(fr);
+      }
+      prog.add(1);
+    });
+    prog.finish();
+    // A group that did not pay is split back into single frames.
+    std::vector<Frame> out;
+    for (auto& f : groups) {
+      if (f.members.size() > 1 && f.data.empty()) {
+        for (uint32_t k : f.members) out.push_back(Frame{{k}, ops[k].refs, {}});
+      } else {
+        out.push_back(std::move(f));
+      }
+    }
+    groups = std::move(out);
+  }
+  std::vector<std::pair<uint32_t, uint32_t>> frame_of(ops.size(), {UINT32_MAX, 0});  // op -> (frame, member)
+  std::vector<V1Frame> frames;
+  for (uint32_t fi = 0; fi < groups.size(); fi++) {
+    Frame& f = groups[fi];
+    if (f.data.empty()) f.data = std::move(ops[f.members[0]].frame);
+    for (uint32_t m = 0; m < f.members.size(); m++) frame_of[f.members[m]] = {fi, m};
+    V1Frame vf;
+    vf.length = f.data.size();
+    vf.refs = f.refs;
+    vf.blocks = static_cast<uint32_t>(f.members.size());
+    frames.push_back(std::move(vf));
+  }
   std::vector<V1Op> vops;
   std::vector<uint32_t> rep_blocks;
-  std::vector<V1Frame> frames;
-  std::vector<uint32_t> delta_ops;
   bool stash = false;
   for (uint32_t k : order) {
     GOp& g = ops[k];
@@ -581,25 +704,25 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     if (g.type == OpType::Copy) st.copy++;
     if (g.type == OpType::Save) st.save_ops++;
     if (g.type == OpType::Replace) {
-      v.index = static_cast<uint32_t>(rep_blocks.size());
       rep_blocks.push_back(k);
       st.replace++;
     }
     if (g.type == OpType::Delta) {
-      v.index = static_cast<uint32_t>(frames.size());
-      V1Frame f;
-      f.length = g.frame.size();
-      f.refs = g.refs;
-      frames.push_back(std::move(f));
-      delta_ops.push_back(k);
+      v.index = frame_of[k].first;
+      v.member = frame_of[k].second;
       st.delta++;
-      if (std::find(g.refs.begin(), g.refs.end(), g.dest) != g.refs.end()) {
+      const auto& refs = frames[v.index].refs;
+      if (std::find(refs.begin(), refs.end(), g.dest) != refs.end()) {
         stash = true;
         st.stash_ops++;
       }
     }
     vops.push_back(v);
   }
+  st.delta_frames = frames.size();
+  // REPLACE blocks go into the chunks in destination order (the reader
+  // derives each one's place the same way).
+  std::sort(rep_blocks.begin(), rep_blocks.end(), [&](uint32_t a, uint32_t b) { return ops[a].dest < ops[b].dest; });
   const size_t nchunks = (rep_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
   std::vector<std::vector<uint8_t>> chunks(nchunks);
   {
@@ -662,8 +785,8 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   if (s.ok()) s = append(cmeta.data(), cmeta.size());
   for (auto& c : chunks)
     if (s.ok()) s = append(c.data(), c.size());
-  for (uint32_t k : delta_ops)
-    if (s.ok()) s = append(ops[k].frame.data(), ops[k].frame.size());
+  for (auto& f : groups)
+    if (s.ok()) s = append(f.data.data(), f.data.size());
   if (s.ok() && ::fsync(fd) != 0) s = ErrnoStatus("fsync " + out_path);
   ::close(fd);
   UDM_TRY(s);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 #include <zlib.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_d_format / ZSTD_c_format (magicless delta frames)
 #include <zstd.h>
 
 #include <algorithm>
@@ -170,9 +171,11 @@ std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vec
       int64_t d = static_cast<int64_t>(op.src) - static_cast<int64_t>(op.dest);
       put_varint(o, zz(d - prev_delta));
       prev_delta = d;
-    } else if (op.type == OpType::Delta) {
+    } else if (op.type == OpType::Delta && op.member == 0) {
+      // The first member of a frame carries the frame; the others nothing.
       const V1Frame& f = frames[op.index];
       put_varint(o, f.length);
+      put_varint(o, f.blocks);
       put_varint(o, f.refs.size());
       for (uint64_t r : f.refs) put_varint(o, zz(static_cast<int64_t>(r) - static_cast<int64_t>(op.dest)));
     }
@@ -246,7 +249,8 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   idx.by_dest.reserve(h.op_count);
   int64_t prev_dest = -1, prev_delta = 0;
   uint64_t n_replace = 0;
-  const uint64_t frame_limit = ZSTD_compressBound(bs);
+  uint32_t frame_left = 0;  // members of the current DELTA frame still to come
+  std::vector<uint32_t> replace_ops;
   for (uint64_t i = 0; i < h.op_count; i++) {
     V1Op& op = idx.ops[i];
     uint8_t t = r.byte();
@@ -268,13 +272,22 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     } else if (op.type == OpType::Replace) {
       if (n_replace >= n_chunks * h.chunk_blocks)
         return Corrupt(fmt::format("v1 operation {}: more REPLACE blocks than {} chunks hold", i, n_chunks));
-      op.index = static_cast<uint32_t>(n_replace++);
+      n_replace++;
+      replace_ops.push_back(static_cast<uint32_t>(i));
+    } else if (op.type == OpType::Delta && frame_left > 0) {
+      V1Frame& f = idx.frames.back();
+      op.index = static_cast<uint32_t>(idx.frames.size() - 1);
+      op.member = f.blocks - frame_left--;
     } else if (op.type == OpType::Delta) {
-      if (idx.frames.size() >= n_frames) return Corrupt(fmt::format("v1 operation {}: more DELTA operations than frames", i));
+      if (idx.frames.size() >= n_frames) return Corrupt(fmt::format("v1 operation {}: more DELTA frames than {} listed", i, n_frames));
       V1Frame f;
       f.length = r.varint();
+      uint64_t nblk = r.varint();
       uint64_t nref = r.varint();
-      if (!r.ok || f.length == 0 || f.length > frame_limit || f.length > end - off)
+      if (!r.ok || nblk == 0 || nblk > kV1MaxGroup)
+        return Corrupt(fmt::format("v1 operation {}: delta frame of {} blocks (must be 1..{})", i, nblk, kV1MaxGroup));
+      f.blocks = static_cast<uint32_t>(nblk);
+      if (f.length == 0 || f.length > ZSTD_compressBound(nblk * bs) || f.length > end - off)
         return Corrupt(fmt::format("v1 operation {}: delta frame length {} is bad or runs past the data", i, f.length));
       if (nref == 0 || nref > kV1MaxRefs)
         return Corrupt(fmt::format("v1 operation {}: {} reference blocks (must be 1..{})", i, nref, kV1MaxRefs));
@@ -287,6 +300,8 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       f.offset = off;
       off += f.length;
       op.index = static_cast<uint32_t>(idx.frames.size());
+      op.member = 0;
+      frame_left = f.blocks - 1;
       idx.frames.push_back(std::move(f));
     }
     if (op.type == OpType::Save) idx.saves.push_back({op.dest, static_cast<uint32_t>(i)});
@@ -294,8 +309,17 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   }
   idx.n_replace = n_replace;
   if (r.p != r.end) return Corrupt(fmt::format("v1 metadata: {} bytes left over after the operations", r.end - r.p));
+  if (frame_left)
+    return Corrupt(fmt::format("v1 metadata: the last delta frame misses {} of its DELTA operations", frame_left));
   if (idx.frames.size() != n_frames)
-    return Corrupt(fmt::format("v1 metadata: {} delta frames listed but {} DELTA operations", n_frames, idx.frames.size()));
+    return Corrupt(fmt::format("v1 metadata: {} delta frames listed but the DELTA operations use {}", n_frames,
+                               idx.frames.size()));
+  // REPLACE blocks sit in the chunks in destination order (neighbouring
+  // blocks of a file compress together whatever their apply order).
+  std::sort(replace_ops.begin(), replace_ops.end(), [&](uint32_t a, uint32_t b) {
+    return idx.ops[a].dest != idx.ops[b].dest ? idx.ops[a].dest < idx.ops[b].dest : a < b;
+  });
+  for (size_t k = 0; k < replace_ops.size(); k++) idx.ops[replace_ops[k]].index = static_cast<uint32_t>(k);
   if ((n_replace + h.chunk_blocks - 1) / h.chunk_blocks != n_chunks)
     return Corrupt(fmt::format("v1 metadata: {} REPLACE blocks do not fill {} chunks of {}", n_replace, n_chunks, h.chunk_blocks));
   if (off != end) return Corrupt(fmt::format("v1 metadata: chunks and frames cover {} of {} data bytes", off - h.data_offset, h.data_size));
@@ -367,16 +391,20 @@ Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
   const V1Frame& f = idx.frames[fi];
   const uint64_t bs = idx.block_size();
+  const uint64_t want = uint64_t{f.blocks} * bs;
+  if (out.size() < want) return Invalid("v1 delta frame: output buffer too small");
   std::vector<uint8_t> prefix(f.refs.size() * bs), src(f.length);
   for (size_t k = 0; k < f.refs.size(); k++) UDM_TRY(old.read(f.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, bs)));
   UDM_TRY(diff.read(f.offset, src));
   thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
   ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters);
   ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, 27);
+  ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_format, ZSTD_f_zstd1_magicless);
   ZSTD_DCtx_refPrefix(dctx.get(), prefix.data(), prefix.size());
-  size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), bs, src.data(), src.size());
+  size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), want, src.data(), src.size());
   if (ZSTD_isError(n)) return Corrupt(fmt::format("v1 delta frame {} at {}: zstd: {}", fi, f.offset, ZSTD_getErrorName(n)));
-  if (n != bs) return Corrupt(fmt::format("v1 delta frame {} at {}: decompresses to {} bytes, want {}", fi, f.offset, n, bs));
+  if (n != want)
+    return Corrupt(fmt::format("v1 delta frame {} at {}: decompresses to {} bytes, want {}", fi, f.offset, n, want));
   return Status::Ok();
 }
 
@@ -396,8 +424,14 @@ Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_
     }
     case OpType::Save:
       return old.read(op.src * bs, out.subspan(0, bs));
-    case OpType::Delta:
-      return v1_read_delta(diff, old, idx, op.index, out);
+    case OpType::Delta: {
+      const V1Frame& f = idx.frames[op.index];
+      if (f.blocks == 1) return v1_read_delta(diff, old, idx, op.index, out);
+      std::vector<uint8_t> frame(uint64_t{f.blocks} * bs);
+      UDM_TRY(v1_read_delta(diff, old, idx, op.index, frame));
+      std::memcpy(out.data(), frame.data() + uint64_t{op.member} * bs, bs);
+      return Status::Ok();
+    }
     case OpType::Replace: {
       std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
       size_t ci = op.index / idx.h.chunk_blocks;

@@ -5,16 +5,20 @@
 //                   plus the copy-back checkpoint at byte 256 (its own CRC)
 //   [meta_offset)   metadata, one zstd frame: chunk sizes, delta frame sizes
 //                   and reference lists, then the operations in APPLY ORDER
-//   [data_offset)   REPLACE chunks (zstd, chunk_blocks blocks each), then one
-//                   zstd frame per DELTA block (compressed with its reference
-//                   blocks of the OLD image as a prefix)
+//   [data_offset)   REPLACE chunks (zstd, chunk_blocks blocks each, REPLACE
+//                   blocks taken in destination order), then the DELTA frames
+//                   (magicless zstd, 1..32 blocks each, compressed with their
+//                   reference blocks of the OLD image as a prefix)
 //
 // Operations, one per changed destination block:
 //   ZERO           the block becomes zeroes
 //   COPY src       the block becomes old block `src`
-//   REPLACE        the block is the next block of the REPLACE chunks
-//   DELTA refs     the block is the next delta frame, decoded with the old
-//                  blocks `refs` (in list order) as its zstd prefix
+//   REPLACE        the block is block k of the REPLACE chunks, k = its rank
+//                  among the REPLACE operations sorted by destination
+//   DELTA          the block is the next block of the current delta frame
+//                  (a frame holds 1..32 DELTA operations consecutive in the
+//                  apply order and is decoded with the old blocks `refs`, in
+//                  list order, as its zstd prefix; every member reads them)
 //   SAVE src       not a final content: old block `src` is parked in block
 //                  `dest` (whose own operation comes later); a COPY after the
 //                  SAVE and before that operation reads the parked block.
@@ -37,6 +41,7 @@ constexpr uint8_t kVersion1 = 1;
 constexpr size_t kV1CkptOffset = 256;
 constexpr uint32_t kV1CkptTag = 0x43504455;  // "UDPC"
 constexpr uint32_t kV1MaxRefs = 64;
+constexpr uint32_t kV1MaxGroup = 32;  // DELTA blocks per frame
 constexpr uint64_t kV1MaxOps = 1ull << 28;
 constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
 
@@ -68,12 +73,14 @@ struct V1Op {
   OpType type = OpType::Zero;
   uint64_t src = 0;    // COPY: old block
   uint32_t index = 0;  // REPLACE: payload block number; DELTA: frame number
+  uint32_t member = 0; // DELTA: block number inside the frame
 };
 
 struct V1Frame {
   uint64_t offset = 0;  // absolute file offset
   uint64_t length = 0;
   std::vector<uint64_t> refs;
+  uint32_t blocks = 1;  // DELTA frames: decoded size in blocks
 };
 
 struct V1Index {
@@ -111,7 +118,8 @@ Result<V1Index> load_v1_bytes(std::span<const uint8_t> file);
 
 // Decoded REPLACE chunk i into out (>= chunk_blocks blocks).
 Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out);
-// Decode one DELTA frame reading its refs from `old` (the intact old blocks).
+// Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
+// `old` (the intact old blocks).
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
 // Compute the new content of op `i` from the diff and the still-intact old
 // blocks (REPLACE decodes its whole chunk; callers with a cache do better).

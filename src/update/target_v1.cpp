@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -112,20 +113,30 @@ class UpdateTargetV1 : public Target {
       return Status::Ok();
     }
     const V1Op& op = idx_.ops[i];
+    if (op.type == OpType::Delta) {
+      // A DELTA frame, decoded once for all its members (its references
+      // stay intact until its last member is applied, so it never goes stale).
+      UDM_ASSIGN_OR_RETURN(auto frame, get_payload(kFrameKey + op.index));
+      std::memcpy(out.data(), frame->data() + uint64_t{op.member} * bs, bs);
+      return Status::Ok();
+    }
     if (op.type != OpType::Replace) return v1_compute(*diff_, *sys_, idx_, i, out, done_.load());
     size_t ci = op.index / idx_.h.chunk_blocks;
-    UDM_ASSIGN_OR_RETURN(auto chunk, get_chunk(ci));
+    UDM_ASSIGN_OR_RETURN(auto chunk, get_payload(ci));
     std::memcpy(out.data(), chunk->data() + uint64_t{op.index % idx_.h.chunk_blocks} * bs, bs);
     return Status::Ok();
   }
 
-  // Decoded REPLACE chunks, shared; a chunk is decoded once while others wait.
+  // Decoded REPLACE chunks and DELTA frames (key kFrameKey + frame), shared;
+  // each is decoded once while others wait. FIFO within a byte budget.
+  static constexpr size_t kFrameKey = size_t{1} << 40;
+  static constexpr uint64_t kCacheBytes = 64ull << 20;
   struct Slot {
     std::vector<uint8_t> data;
     bool ready = false;
     Status status;
   };
-  Result<std::shared_ptr<const std::vector<uint8_t>>> get_chunk(size_t ci) {
+  Result<std::shared_ptr<const std::vector<uint8_t>>> get_payload(size_t ci) {
     std::unique_lock lk(cache_mu_);
     auto it = cache_.find(ci);
     if (it != cache_.end()) {
@@ -135,21 +146,26 @@ class UpdateTargetV1 : public Target {
       return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
     }
     auto slot = std::make_shared<Slot>();
+    const uint64_t bytes = (ci >= kFrameKey ? uint64_t{idx_.frames[ci - kFrameKey].blocks} : uint64_t{idx_.h.chunk_blocks}) *
+                           idx_.block_size();
     cache_[ci] = slot;
-    fifo_.push_back(ci);
-    while (fifo_.size() > 64) {
-      auto v = cache_.find(fifo_.front());
+    fifo_.push_back({ci, bytes});
+    cache_bytes_ += bytes;
+    while (cache_bytes_ > kCacheBytes && fifo_.size() > 1) {
+      auto v = cache_.find(fifo_.front().first);
       if (v != cache_.end() && !v->second->ready) break;
       if (v != cache_.end()) cache_.erase(v);
-      fifo_.erase(fifo_.begin());
+      cache_bytes_ -= fifo_.front().second;
+      fifo_.pop_front();
     }
     lk.unlock();
-    slot->data.resize(uint64_t{idx_.h.chunk_blocks} * idx_.block_size());
-    Status s = v1_read_chunk(*diff_, idx_, ci, slot->data);
+    slot->data.resize(bytes);
+    Status s = ci >= kFrameKey ? v1_read_delta(*diff_, *sys_, idx_, ci - kFrameKey, slot->data)
+                               : v1_read_chunk(*diff_, idx_, ci, slot->data);
     lk.lock();
     slot->status = s;
     slot->ready = true;
-    if (!s.ok()) cache_.erase(ci);
+    if (!s.ok()) cache_.erase(ci);  // its FIFO entry stays until evicted (find() misses)
     cache_cv_.notify_all();
     if (!s.ok()) return s;
     return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
@@ -232,7 +248,8 @@ class UpdateTargetV1 : public Target {
   std::mutex cache_mu_;
   std::condition_variable cache_cv_;
   std::map<size_t, std::shared_ptr<Slot>> cache_;
-  std::vector<size_t> fifo_;
+  std::deque<std::pair<size_t, uint64_t>> fifo_;  // (key, bytes)
+  uint64_t cache_bytes_ = 0;
   std::atomic<bool> stop_{false};
   std::mutex thread_mu_;
   std::thread thread_;

@@ -83,6 +83,30 @@ namespace udm::test {
 // An old/new pair for format v1: moved runs, swapped runs, 3-cycles of runs,
 // blocks edited in place (a few bytes), moved-and-edited blocks, zeroed and
 // novel blocks. `blocks` must be >= 64.
+// Random blocks whose runs are swapped and rotated (COPY cycles only, no
+// REPLACE), the last quarter of the image zero in both images (free space).
+inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_cycle_pair(uint64_t blocks, uint32_t bs,
+                                                                             uint64_t seed) {
+  const uint64_t used = blocks * 3 / 4;
+  auto old_img = random_bytes(blocks * bs, seed);
+  std::fill(old_img.begin() + static_cast<ptrdiff_t>(used * bs), old_img.end(), 0);
+  auto new_img = old_img;
+  auto copy_run = [&](uint64_t from, uint64_t to, uint64_t len) {
+    std::copy(old_img.begin() + static_cast<ptrdiff_t>(from * bs), old_img.begin() + static_cast<ptrdiff_t>((from + len) * bs),
+              new_img.begin() + static_cast<ptrdiff_t>(to * bs));
+  };
+  // Disjoint groups of 6 blocks: a swap of two 2-block runs, then a
+  // rotation of three single blocks.
+  for (uint64_t g = 0; g + 6 <= used; g += 12) {
+    copy_run(g, g + 2, 2);
+    copy_run(g + 2, g, 2);
+    copy_run(g + 4, g + 5, 1);
+    copy_run(g + 5, g + 6, 1);
+    copy_run(g + 6, g + 4, 1);
+  }
+  return {std::move(old_img), std::move(new_img)};
+}
+
 inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_pair(uint64_t blocks, uint32_t bs, uint64_t seed) {
   auto old_img = random_bytes(blocks * bs, seed);
   // Some compressible blocks too (text-like), so REPLACE chunks compress.
@@ -115,6 +139,12 @@ inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_pair(uint64
     uint64_t from = r(blocks - 8), to = r(blocks - 8);
     copy_run(from, to, 5);
     for (int k = 0; k < 30; k++) new_img[(to + 2) * bs + r(bs)] ^= 0x41;
+  }
+  for (int i = 0; i < 2; i++) {  // a moved file with several edited blocks in a row (DELTA frames of many blocks)
+    uint64_t from = r(blocks - 10), to = r(blocks - 10);
+    copy_run(from, to, 8);
+    for (uint64_t b = to + 1; b < to + 7; b++)
+      for (int k = 0; k < 12; k++) new_img[b * bs + r(bs)] ^= 0x5a;
   }
   for (int i = 0; i < 4; i++) {
     uint64_t b = r(blocks);
