@@ -210,7 +210,7 @@ void register_update_cli(CLI::App& app) {
     sub->add_option("-a,--algorithm", o->algorithm, "none|zstd|lz4|deflate (default zstd)");
     sub->add_option("-l,--level", o->level, "compression level (0 = default)");
     sub->add_option("--block-size", o->block_size, "block size in bytes (default 4096)");
-    auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 128)");
+    auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 256)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
     sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt] {
       if (*fmt_name == "v1") {

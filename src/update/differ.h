@@ -35,7 +35,7 @@ Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_
 struct DiffV1Options {
   int level = 19;
   uint32_t block_size = 4096;
-  uint32_t chunk_blocks = 128;  // REPLACE blocks per chunk (decoded whole on a read)
+  uint32_t chunk_blocks = 256;  // REPLACE blocks per chunk (decoded whole on a read)
   unsigned threads = 2;
   bool progress = true;
   bool delta = true;      // try DELTA against similar old blocks
