@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <map>
 
 #include "cli/cli_common.h"
 #include "io/file_device.h"
@@ -21,10 +22,11 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
   auto idx = load_v1(f);
   if (!idx.ok()) return cli::fail(idx.status().context(path));
   const auto& h = idx->h;
-  uint64_t n[5] = {0, 0, 0, 0, 0}, refs = 0, chunk_bytes = 0, frame_bytes = 0;
+  uint64_t n[6] = {0, 0, 0, 0, 0, 0}, refs = 0, chunk_bytes = 0, frame_bytes = 0, xchunk_bytes = 0;
   for (const auto& op : idx->ops) n[static_cast<int>(op.type)]++;
   for (const auto& f : idx->frames) refs += f.refs.size(), frame_bytes += f.length;
   for (const auto& c : idx->chunks) chunk_bytes += c.length;
+  for (const auto& c : idx->xchunks) xchunk_bytes += c.length;
   std::cout << fmt::format(
       "format:            update v1\n"
       "block size:        {} (block_bits {})\n"
@@ -32,16 +34,17 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "image:             {} blocks ({} bytes)\n"
       "old image sha256:  {}\n"
       "new image sha256:  {}\n"
-      "operations:        {} (ZERO {}, COPY {}, REPLACE {}, DELTA {} with {} reference blocks, SAVE {})\n"
+      "operations:        {} (ZERO {}, COPY {}, REPLACE {}, XOR {}, DELTA {} with {} reference blocks, SAVE {})\n"
       "REPLACE chunks:    {} of up to {} blocks, {} bytes\n"
+      "XOR chunks:        {}, {} bytes\n"
       "DELTA frames:      {} holding {} blocks, {} bytes\n"
       "metadata:          {} bytes ({} raw)\n"
       "stash:             {}\n"
       "diff size:         {} bytes\n"
       "copy-back record:  {} of {} operations{}\n",
       idx->block_size(), h.block_bits, h.compression, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
-      hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
-      chunk_bytes, idx->frames.size(), n[3], frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
+      hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[5], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
+      chunk_bytes, idx->xchunks.size(), xchunk_bytes, idx->frames.size(), n[3], frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
       idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
 }
 
@@ -64,17 +67,37 @@ void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::str
   // Offline and not crash-safe (the target is): compute every block in
   // order, then write in order. Validation of every payload happens first.
   std::vector<uint8_t> out(idx->ops.size() * bs);
-  std::vector<uint8_t> chunk(uint64_t{idx->h.chunk_blocks} * bs);
-  int64_t cur = -1;
+  // Decoded payloads (REPLACE and XOR chunks, DELTA frames), each decoded
+  // once: the apply order visits them out of their storage order.
+  std::map<std::pair<int, size_t>, std::vector<uint8_t>> payload;
+  auto get = [&](int kind, size_t k) -> Result<const std::vector<uint8_t>*> {
+    auto it = payload.find({kind, k});
+    if (it != payload.end()) return &it->second;
+    std::vector<uint8_t> buf(uint64_t{kind == 2 ? idx->frames[k].blocks : idx->h.chunk_blocks} * bs);
+    Status st = kind == 2 ? v1_read_delta(diff, **sys, *idx, k, buf) : v1_read_chunk(diff, *idx, k, buf, kind == 1);
+    if (!st.ok()) return st;
+    return &payload.emplace(std::make_pair(kind, k), std::move(buf)).first->second;
+  };
   Progress prog("update-apply", idx->ops.size(), false);
   for (size_t i = 0; i < idx->ops.size(); i++) {
     const V1Op& op = idx->ops[i];
     std::span<uint8_t> o(out.data() + i * bs, bs);
     Status s;
-    if (op.type == OpType::Replace) {
-      int64_t ci = op.index / idx->h.chunk_blocks;
-      if (ci != cur) s = v1_read_chunk(diff, *idx, ci, chunk), cur = ci;
-      if (s.ok()) std::memcpy(o.data(), chunk.data() + (op.index % idx->h.chunk_blocks) * bs, bs);
+    const uint64_t cb = idx->h.chunk_blocks;
+    if (op.type == OpType::Replace || op.type == OpType::Xor || op.type == OpType::Delta) {
+      const bool d = op.type == OpType::Delta;
+      auto p = get(d ? 2 : op.type == OpType::Xor ? 1 : 0, d ? op.index : op.index / cb);
+      if (!p.ok()) {
+        s = p.status();
+      } else {
+        const uint8_t* src = (*p)->data() + (d ? uint64_t{op.member} : op.index % cb) * bs;
+        if (op.type == OpType::Xor) {
+          s = (*sys)->read(op.src, o);
+          if (s.ok()) v1_xor_into(o, src);
+        } else {
+          std::memcpy(o.data(), src, bs);
+        }
+      }
     } else {
       s = v1_compute(diff, **sys, *idx, i, o);
     }
@@ -225,9 +248,9 @@ void register_update_cli(CLI::App& app) {
         auto st = make_diff_v1((*paths)[0], (*paths)[1], (*paths)[2], v);
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
-            "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), DELTA {} ({} frames, {} read "
+            "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), XOR {} ({} chunks), DELTA {} ({} frames, {} read "
             "their own block); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
-            (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->delta,
+            (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->xor_ops, st->xchunks, st->delta,
             st->delta_frames, st->stash_ops, st->saves, st->zero_parks, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
             st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
         return;

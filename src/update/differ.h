@@ -47,14 +47,14 @@ struct DiffV1Options {
 
 struct DiffV1Stats {
   uint64_t image_bytes = 0, blocks = 0, changed_blocks = 0;
-  uint64_t zero = 0, copy = 0, replace = 0, delta = 0, delta_frames = 0;
+  uint64_t zero = 0, copy = 0, replace = 0, delta = 0, delta_frames = 0, xor_ops = 0, xchunks = 0;
   uint64_t converted = 0;  // COPY/DELTA turned into REPLACE to break cycles
   uint64_t trimmed = 0;    // DELTA that dropped the references closing a cycle
   uint64_t saves = 0, save_ops = 0;  // COPY cycles broken by saving the block (SAVE operations)
   uint64_t zero_parks = 0;  // of those, parked in free zero blocks (each adds a ZERO operation)
   uint64_t ops = 0;        // operations in the diff (changed blocks + SAVE)
   uint64_t barriers = 0;   // checkpoints the copy-back needs for the order (at least)
-  uint64_t stash_ops = 0;  // DELTA operations that read their own block
+  uint64_t stash_ops = 0;  // DELTA/XOR operations that read their own block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
   double seconds = 0;
 };

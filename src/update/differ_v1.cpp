@@ -127,7 +127,7 @@ void anchors(const uint8_t* p, size_t n, F f) {
   int found = 0;
   for (size_t i = 0; i < n && found < 48; i++) {
     h = (h << 1) + kGear.t[p[i]];
-    if (i >= 63 && (h >> 58) == 0) f(h), found++;
+    if (i >= 63 && (h >> 58) == 0) f(h, i), found++;
   }
 }
 
@@ -137,6 +137,7 @@ struct GOp {
   uint64_t src = 0;
   std::vector<uint64_t> refs;  // DELTA
   std::vector<uint8_t> frame;  // DELTA
+  uint32_t alt_cost = 0;       // DELTA, XOR: estimated payload bytes
   uint32_t rep_cost = 0;       // standalone compressed size (0 = not computed)
 };
 
@@ -199,14 +200,15 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   oh.clear();
   oh.shrink_to_fit();
   // Anchor index of old blocks (for similar blocks anywhere in old).
-  std::vector<std::pair<uint64_t, uint32_t>> aidx;
+  // Entries are (key, byte position of the anchor's last byte in old).
+  std::vector<std::pair<uint64_t, uint64_t>> aidx;
   if (o.delta) {
-    std::vector<std::vector<std::pair<uint64_t, uint32_t>>> parts(threads);
+    std::vector<std::vector<std::pair<uint64_t, uint64_t>>> parts(threads);
     std::vector<std::thread> ts;
     for (unsigned t = 0; t < threads; t++)
       ts.emplace_back([&, t] {
         for (uint64_t b = t; b < blocks; b += threads)
-          anchors(OLD + b * bs, bs, [&](uint64_t k) { parts[t].push_back({k, static_cast<uint32_t>(b)}); });
+          anchors(OLD + b * bs, bs, [&](uint64_t k, size_t i) { parts[t].push_back({k, b * bs + i}); });
         std::sort(parts[t].begin(), parts[t].end());
       });
     for (auto& t : ts) t.join();
@@ -274,10 +276,11 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       // than 8 old blocks (repeated content) are skipped, unless no anchor is
       // rarer: then they vote for the first 8 of their blocks (consistent
       // across the block's anchors, so a shifted copy still wins).
-      std::vector<std::pair<uint32_t, uint64_t>> votes;  // (count, block)
+      std::vector<std::pair<uint32_t, uint64_t>> votes;   // (count, block)
+      std::vector<std::pair<uint32_t, uint64_t>> svotes;  // (count, byte offset in old of this block's start)
       for (int pass = 0; pass < 2 && votes.empty(); pass++) {
-        anchors(nb, bs, [&](uint64_t key) {
-          auto lo = std::lower_bound(aidx.begin(), aidx.end(), std::pair<uint64_t, uint32_t>{key, 0});
+        anchors(nb, bs, [&](uint64_t key, size_t at) {
+          auto lo = std::lower_bound(aidx.begin(), aidx.end(), std::pair<uint64_t, uint64_t>{key, 0});
           auto hi = lo;
           while (hi != aidx.end() && hi->first == key && hi - lo <= 8) ++hi;
           if (lo == hi) return;
@@ -286,11 +289,49 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
             hi = lo + 8;
           }
           for (auto it = lo; it != hi; ++it) {
-            auto v = std::find_if(votes.begin(), votes.end(), [&](auto& x) { return x.second == it->second; });
-            if (v == votes.end()) votes.push_back({1, it->second});
+            uint64_t ob = it->second / bs;
+            auto v = std::find_if(votes.begin(), votes.end(), [&](auto& x) { return x.second == ob; });
+            if (v == votes.end()) votes.push_back({1, ob});
             else v->first++;
+            if (it->second < at) continue;
+            uint64_t sh = it->second - at;
+            auto w = std::find_if(svotes.begin(), svotes.end(), [&](auto& x) { return x.second == sh; });
+            if (w == svotes.end()) svotes.push_back({1, sh});
+            else w->first++;
           }
         });
+      }
+      // XOR: the old bytes at one offset that differ least from this block
+      // (the offsets anchors agree on, its own place, where COPY neighbours
+      // put its old copy). Sparse edits leave a payload of mostly zeroes.
+      {
+        std::sort(svotes.begin(), svotes.end(), std::greater<>());
+        std::vector<uint64_t> cand;
+        for (size_t k = 0; k < svotes.size() && k < 3; k++)
+          if (svotes[k].first >= 2) cand.push_back(svotes[k].second);
+        for (uint64_t b : bases) cand.push_back(b * bs);
+        uint64_t best = UINT64_MAX;
+        size_t best_diff = bs / 4 + 1;  // more differing bytes than this: not an XOR block
+        for (uint64_t c : cand) {
+          if (c > size - bs) continue;
+          size_t diff = 0;
+          const uint8_t* ob = OLD + c;
+          for (size_t k = 0; k < bs && diff < best_diff; k++) diff += ob[k] != nb[k];
+          if (diff < best_diff) best_diff = diff, best = c;
+        }
+        if (best != UINT64_MAX) {
+          std::vector<uint8_t> pay(nb, nb + bs);
+          v1_xor_into(pay, OLD + best);
+          auto xc = zcompress(pay.data(), bs, nullptr, 0, 3, false, true);
+          uint32_t cost = static_cast<uint32_t>(xc.empty() ? bs : xc.size());
+          if (cost < g.rep_cost * kDeltaNum / 10) {
+            g.type = OpType::Xor;
+            g.src = best;
+            g.alt_cost = cost;
+            // Clearly good (a few edits): no need to try DELTA as well.
+            if (cost <= 48) return prog.add(1);
+          }
+        }
       }
       std::sort(votes.begin(), votes.end(), std::greater<>());
       std::vector<uint64_t> refs;
@@ -315,8 +356,10 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       std::vector<uint8_t> prefix(refs.size() * bs);
       for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
       auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false, true);
-      // A REPLACE block also gains from its chunk neighbours: DELTA must win clearly.
-      if (!fr.empty() && fr.size() + 2 * refs.size() < g.rep_cost * kDeltaNum / 10) {
+      // A REPLACE block also gains from its chunk neighbours: DELTA must win
+      // clearly; an XOR found above must be beaten too.
+      const uint32_t bar = g.type == OpType::Xor ? g.alt_cost : g.rep_cost * kDeltaNum / 10;
+      if (!fr.empty() && fr.size() + 2 * refs.size() < bar) {
         // Reading its own block costs the copy-back a stash write and two
         // flushes: keep the self reference only if it really pays.
         auto self = std::find(refs.begin(), refs.end(), g.dest);
@@ -331,6 +374,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
         g.type = OpType::Delta;
         g.refs = std::move(refs);
         g.frame = std::move(fr);
+        g.src = 0;
       }
       prog.add(1);
     });
@@ -355,6 +399,10 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     if (ops[k].type == OpType::Copy) edge(ops[k].src);
     if (ops[k].type == OpType::Delta)
       for (uint64_t r : ops[k].refs) edge(r);
+    if (ops[k].type == OpType::Xor) {
+      edge(ops[k].src / bs);
+      if ((ops[k].src + bs - 1) / bs != ops[k].src / bs) edge((ops[k].src + bs - 1) / bs);
+    }
   };
   for (uint32_t k = 0; k < n; k++) add_reads(k);
   std::vector<uint32_t> order;
@@ -380,9 +428,16 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   // may park a block there if a ZERO operation, held back like the pool's,
   // puts the zeroes back at the end. Taken from the end of the image first.
   std::vector<uint64_t> spare_zero;
-  if (o.zero_parking)
+  if (o.zero_parking) {
+    std::vector<uint8_t> read(blocks, 0);  // a block somebody reads is no parking place
+    for (const GOp& g : ops) {
+      if (g.type == OpType::Copy) read[g.src] = 1;
+      for (uint64_t r : g.refs) read[r] = 1;
+      if (g.type == OpType::Xor) read[g.src / bs] = read[(g.src + bs - 1) / bs] = 1;
+    }
     for (uint64_t b = blocks; b-- > 0;)
-      if (!changed[b] && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
+      if (!changed[b] && !read[b] && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
+  }
   std::reverse(spare_zero.begin(), spare_zero.end());
   bool released = false;
   auto cost = [&](uint32_t k) -> int64_t {
@@ -391,6 +446,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       auto c = zcompress(NEW + g.dest * bs, bs, nullptr, 0, 3, false);
       g.rep_cost = static_cast<uint32_t>(c.empty() ? bs : c.size());
     }
+    if (g.type == OpType::Xor) return int64_t(g.rep_cost) - int64_t(g.alt_cost);
     return g.type == OpType::Delta ? int64_t(g.rep_cost) - int64_t(g.frame.size()) : int64_t(g.rep_cost);
   };
   std::vector<int32_t> comp_of(n, -1);
@@ -426,6 +482,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       if (!emitted[w] && --indeg[w] == 0) ready.push(w);
     succ[k].clear();
     ops[k].type = OpType::Replace;
+    ops[k].src = 0;
     ops[k].refs.clear();
     ops[k].frame.clear();
     st.converted++;
@@ -692,7 +749,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     frames.push_back(std::move(vf));
   }
   std::vector<V1Op> vops;
-  std::vector<uint32_t> rep_blocks;
+  std::vector<uint32_t> rep_blocks, xor_blocks;
   bool stash = false;
   for (uint32_t k : order) {
     GOp& g = ops[k];
@@ -706,6 +763,14 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     if (g.type == OpType::Replace) {
       rep_blocks.push_back(k);
       st.replace++;
+    }
+    if (g.type == OpType::Xor) {
+      xor_blocks.push_back(k);
+      st.xor_ops++;
+      if (g.src / bs == g.dest || (g.src + bs - 1) / bs == g.dest) {
+        stash = true;
+        st.stash_ops++;
+      }
     }
     if (g.type == OpType::Delta) {
       v.index = frame_of[k].first;
@@ -722,26 +787,39 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   st.delta_frames = frames.size();
   // REPLACE blocks go into the chunks in destination order (the reader
   // derives each one's place the same way).
-  std::sort(rep_blocks.begin(), rep_blocks.end(), [&](uint32_t a, uint32_t b) { return ops[a].dest < ops[b].dest; });
+  // So do the XOR payloads (new block XOR the old bytes at its source).
+  auto by_dest = [&](uint32_t a, uint32_t b) { return ops[a].dest < ops[b].dest; };
+  std::sort(rep_blocks.begin(), rep_blocks.end(), by_dest);
+  std::sort(xor_blocks.begin(), xor_blocks.end(), by_dest);
   const size_t nchunks = (rep_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
-  std::vector<std::vector<uint8_t>> chunks(nchunks);
+  const size_t nxchunks = (xor_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
+  std::vector<std::vector<uint8_t>> chunks(nchunks + nxchunks);
   {
-    Progress prog("update-diff: compressing", nchunks, false);
-    parallel_for(nchunks, threads, [&](size_t c) {
-      size_t first = c * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, rep_blocks.size() - first);
+    Progress prog("update-diff: compressing", nchunks + nxchunks, false);
+    parallel_for(nchunks + nxchunks, threads, [&](size_t c) {
+      const bool x = c >= nchunks;
+      const auto& list = x ? xor_blocks : rep_blocks;
+      size_t first = (x ? c - nchunks : c) * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, list.size() - first);
       std::vector<uint8_t> raw(cnt * bs);
-      for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
+      for (size_t i = 0; i < cnt; i++) {
+        const GOp& g = ops[list[first + i]];
+        std::span<uint8_t> blk(raw.data() + i * bs, bs);
+        std::memcpy(blk.data(), NEW + g.dest * bs, bs);
+        if (x) v1_xor_into(blk, OLD + g.src);
+      }
       chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
       prog.add(1);
     });
     prog.finish();
   }
-  std::vector<uint64_t> chunk_lengths;
-  for (auto& c : chunks) {
-    if (c.empty()) return IoError("update-diff: zstd failed on a chunk");
-    chunk_lengths.push_back(c.size());
+  std::vector<uint64_t> chunk_lengths, xchunk_lengths;
+  for (size_t c = 0; c < chunks.size(); c++) {
+    if (chunks[c].empty()) return IoError("update-diff: zstd failed on a chunk");
+    (c < nchunks ? chunk_lengths : xchunk_lengths).push_back(chunks[c].size());
   }
-  auto meta = encode_v1_meta(vops, chunk_lengths, frames);
+  st.xchunks = nxchunks;
+  const uint8_t block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
+  auto meta = encode_v1_meta(vops, chunk_lengths, frames, xchunk_lengths, block_bits);
   std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
   size_t cm = ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 19);
   if (ZSTD_isError(cm)) return IoError("update-diff: zstd failed on the metadata");

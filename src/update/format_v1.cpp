@@ -157,12 +157,15 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
 }
 
 std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
-                                    const std::vector<V1Frame>& frames) {
+                                    const std::vector<V1Frame>& frames, const std::vector<uint64_t>& xchunk_lengths,
+                                    uint8_t block_bits) {
   std::vector<uint8_t> o;
   put_varint(o, chunk_lengths.size());
   for (uint64_t l : chunk_lengths) put_varint(o, l);
+  put_varint(o, xchunk_lengths.size());
+  for (uint64_t l : xchunk_lengths) put_varint(o, l);
   put_varint(o, frames.size());
-  int64_t prev_dest = -1, prev_delta = 0;
+  int64_t prev_dest = -1, prev_delta = 0, prev_shift = 0;
   for (const auto& op : ops) {
     o.push_back(static_cast<uint8_t>(op.type));
     put_varint(o, zz(static_cast<int64_t>(op.dest) - (prev_dest + 1)));
@@ -171,6 +174,12 @@ std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vec
       int64_t d = static_cast<int64_t>(op.src) - static_cast<int64_t>(op.dest);
       put_varint(o, zz(d - prev_delta));
       prev_delta = d;
+    } else if (op.type == OpType::Xor) {
+      // Source as a byte shift from the destination's own offset, delta-coded
+      // against the previous XOR's (constant along a shifted file).
+      int64_t shift = static_cast<int64_t>(op.src) - static_cast<int64_t>(op.dest << block_bits);
+      put_varint(o, zz(shift - prev_shift));
+      prev_shift = shift;
     } else if (op.type == OpType::Delta && op.member == 0) {
       // The first member of a frame carries the frame; the others nothing.
       const V1Frame& f = frames[op.index];
@@ -205,6 +214,12 @@ Result<int> diff_version(BlockDevice& diff) {
   if (b[8] == 0) return 0;
   if (b[8] == 1) return 1;
   return Corrupt(fmt::format("superblock version: {} is not supported (this reader knows 0 and 1)", b[8]));
+}
+
+// Wrapping addition: hostile varints must not overflow signed arithmetic;
+// a wrapped result is then refused by the range checks.
+static int64_t wadd(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
 }
 
 Result<V1Index> load_v1(BlockDevice& dev) {
@@ -243,28 +258,39 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     idx.chunks.push_back(V1Frame{off, l, {}});
     off += l;
   }
+  uint64_t n_xchunks = r.varint();
+  if (!r.ok || n_xchunks > h.op_count) return Corrupt(fmt::format("v1 metadata: XOR chunk count {} is bad", n_xchunks));
+  for (uint64_t i = 0; i < n_xchunks; i++) {
+    uint64_t l = r.varint();
+    if (!r.ok || l == 0 || l > chunk_limit || l > end - off)
+      return Corrupt(fmt::format("v1 metadata: XOR chunk {} length {} is bad or runs past the data", i, l));
+    idx.xchunks.push_back(V1Frame{off, l, {}});
+    off += l;
+  }
   uint64_t n_frames = r.varint();
   if (!r.ok || n_frames > h.op_count) return Corrupt(fmt::format("v1 metadata: delta frame count {} is bad", n_frames));
   idx.ops.resize(h.op_count);
   idx.by_dest.reserve(h.op_count);
-  int64_t prev_dest = -1, prev_delta = 0;
-  uint64_t n_replace = 0;
+  int64_t prev_dest = -1, prev_delta = 0, prev_shift = 0;
+  uint64_t n_replace = 0, n_xor = 0;
+  std::vector<uint32_t> xor_ops;
+  const uint64_t image_bytes = h.image_blocks * bs;
   uint32_t frame_left = 0;  // members of the current DELTA frame still to come
   std::vector<uint32_t> replace_ops;
   for (uint64_t i = 0; i < h.op_count; i++) {
     V1Op& op = idx.ops[i];
     uint8_t t = r.byte();
-    if (!r.ok || t > 4) return Corrupt(fmt::format("v1 operation {}: type {} is bad or missing", i, t));
+    if (!r.ok || t > 5) return Corrupt(fmt::format("v1 operation {}: type {} is bad or missing", i, t));
     op.type = static_cast<OpType>(t);
     int64_t dd = unzz(r.varint());
-    int64_t dest = prev_dest + 1 + dd;
+    int64_t dest = wadd(prev_dest + 1, dd);
     if (!r.ok || dest < 0 || static_cast<uint64_t>(dest) >= h.image_blocks)
       return Corrupt(fmt::format("v1 operation {}: destination {} is outside the image ({} blocks)", i, dest, h.image_blocks));
     op.dest = static_cast<uint64_t>(dest);
     prev_dest = dest;
     if (op.type == OpType::Copy || op.type == OpType::Save) {
-      int64_t d = prev_delta + unzz(r.varint());
-      int64_t src = dest + d;
+      int64_t d = wadd(prev_delta, unzz(r.varint()));
+      int64_t src = wadd(dest, d);
       if (!r.ok || src < 0 || static_cast<uint64_t>(src) >= h.image_blocks || src == dest)
         return Corrupt(fmt::format("v1 operation {}: COPY/SAVE source {} is bad", i, src));
       op.src = static_cast<uint64_t>(src);
@@ -274,6 +300,17 @@ Result<V1Index> load_v1(BlockDevice& dev) {
         return Corrupt(fmt::format("v1 operation {}: more REPLACE blocks than {} chunks hold", i, n_chunks));
       n_replace++;
       replace_ops.push_back(static_cast<uint32_t>(i));
+    } else if (op.type == OpType::Xor) {
+      int64_t shift = wadd(prev_shift, unzz(r.varint()));
+      int64_t src = wadd(static_cast<int64_t>(op.dest * bs), shift);
+      if (!r.ok || src < 0 || static_cast<uint64_t>(src) > image_bytes - bs)
+        return Corrupt(fmt::format("v1 operation {}: XOR source bytes at {} are outside the image", i, src));
+      if (n_xor >= n_xchunks * h.chunk_blocks)
+        return Corrupt(fmt::format("v1 operation {}: more XOR blocks than {} XOR chunks hold", i, n_xchunks));
+      op.src = static_cast<uint64_t>(src);
+      prev_shift = shift;
+      n_xor++;
+      xor_ops.push_back(static_cast<uint32_t>(i));
     } else if (op.type == OpType::Delta && frame_left > 0) {
       V1Frame& f = idx.frames.back();
       op.index = static_cast<uint32_t>(idx.frames.size() - 1);
@@ -292,7 +329,7 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       if (nref == 0 || nref > kV1MaxRefs)
         return Corrupt(fmt::format("v1 operation {}: {} reference blocks (must be 1..{})", i, nref, kV1MaxRefs));
       for (uint64_t k = 0; k < nref; k++) {
-        int64_t ref = dest + unzz(r.varint());
+        int64_t ref = wadd(dest, unzz(r.varint()));
         if (!r.ok || ref < 0 || static_cast<uint64_t>(ref) >= h.image_blocks)
           return Corrupt(fmt::format("v1 operation {}: reference block {} is outside the image", i, ref));
         f.refs.push_back(static_cast<uint64_t>(ref));
@@ -320,6 +357,13 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     return idx.ops[a].dest != idx.ops[b].dest ? idx.ops[a].dest < idx.ops[b].dest : a < b;
   });
   for (size_t k = 0; k < replace_ops.size(); k++) idx.ops[replace_ops[k]].index = static_cast<uint32_t>(k);
+  if ((n_xor + h.chunk_blocks - 1) / h.chunk_blocks != n_xchunks)
+    return Corrupt(fmt::format("v1 metadata: {} XOR blocks do not fill {} XOR chunks of {}", n_xor, n_xchunks, h.chunk_blocks));
+  std::sort(xor_ops.begin(), xor_ops.end(), [&](uint32_t a, uint32_t b) {
+    return idx.ops[a].dest != idx.ops[b].dest ? idx.ops[a].dest < idx.ops[b].dest : a < b;
+  });
+  for (size_t k = 0; k < xor_ops.size(); k++) idx.ops[xor_ops[k]].index = static_cast<uint32_t>(k);
+  idx.n_xor = n_xor;
   if ((n_replace + h.chunk_blocks - 1) / h.chunk_blocks != n_chunks)
     return Corrupt(fmt::format("v1 metadata: {} REPLACE blocks do not fill {} chunks of {}", n_replace, n_chunks, h.chunk_blocks));
   if (off != end) return Corrupt(fmt::format("v1 metadata: chunks and frames cover {} of {} data bytes", off - h.data_offset, h.data_size));
@@ -365,6 +409,11 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       return Corrupt(fmt::format("v1 operation {}: SAVE of block {} which is itself a parking block", i, op.src));
     if (op.type == OpType::Delta)
       for (uint64_t ref : idx.frames[op.index].refs) UDM_TRY(check_read(i, ref, true));
+    if (op.type == OpType::Xor) {
+      auto [b0, b1] = v1_xor_blocks(idx, op);
+      UDM_TRY(check_read(i, b0, true));
+      if (b1 != b0) UDM_TRY(check_read(i, b1, true));
+    }
   }
   if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
   return idx;
@@ -375,9 +424,9 @@ Result<V1Index> load_v1_bytes(std::span<const uint8_t> file) {
   return load_v1(m);
 }
 
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out) {
-  const V1Frame& c = idx.chunks[ci];
-  uint64_t blocks = std::min<uint64_t>(idx.h.chunk_blocks, idx.n_replace - uint64_t{idx.h.chunk_blocks} * ci);
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk) {
+  const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
+  uint64_t blocks = std::min<uint64_t>(idx.h.chunk_blocks, (xor_chunk ? idx.n_xor : idx.n_replace) - uint64_t{idx.h.chunk_blocks} * ci);
   std::vector<uint8_t> src(c.length);
   UDM_TRY(diff.read(c.offset, src));
   uint64_t want = blocks * idx.block_size();
@@ -432,15 +481,35 @@ Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_
       std::memcpy(out.data(), frame.data() + uint64_t{op.member} * bs, bs);
       return Status::Ok();
     }
-    case OpType::Replace: {
+    case OpType::Replace:
+    case OpType::Xor: {
+      const bool x = op.type == OpType::Xor;
       std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
       size_t ci = op.index / idx.h.chunk_blocks;
-      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk));
-      std::memcpy(out.data(), chunk.data() + (op.index % idx.h.chunk_blocks) * bs, bs);
+      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x));
+      const uint8_t* pay = chunk.data() + (op.index % idx.h.chunk_blocks) * bs;
+      if (!x) {
+        std::memcpy(out.data(), pay, bs);
+        return Status::Ok();
+      }
+      UDM_TRY(old.read(op.src, out.subspan(0, bs)));
+      v1_xor_into(out.subspan(0, bs), pay);
       return Status::Ok();
     }
   }
   return Invalid("bad op");
+}
+
+void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay) {
+  size_t i = 0;
+  for (; i + 8 <= out.size(); i += 8) {
+    uint64_t a, b;
+    std::memcpy(&a, out.data() + i, 8);
+    std::memcpy(&b, pay + i, 8);
+    a ^= b;
+    std::memcpy(out.data() + i, &a, 8);
+  }
+  for (; i < out.size(); i++) out[i] ^= pay[i];
 }
 
 Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash) {

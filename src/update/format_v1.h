@@ -19,6 +19,11 @@
 //                  (a frame holds 1..32 DELTA operations consecutive in the
 //                  apply order and is decoded with the old blocks `refs`, in
 //                  list order, as its zstd prefix; every member reads them)
+//   XOR srcbyte    the block is the OLD image's bytes [srcbyte, srcbyte+bs)
+//                  (any byte offset: content shifted inside a file) XOR
+//                  block k of the XOR chunks, k = its rank among the XOR
+//                  operations sorted by destination (payloads of sparse
+//                  edits, mostly zeroes, compressed together)
 //   SAVE src       not a final content: old block `src` is parked in block
 //                  `dest` (whose own operation comes later); a COPY after the
 //                  SAVE and before that operation reads the parked block.
@@ -45,7 +50,7 @@ constexpr uint32_t kV1MaxGroup = 32;  // DELTA blocks per frame
 constexpr uint64_t kV1MaxOps = 1ull << 28;
 constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
 
-enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4 };
+enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4, Xor = 5 };
 
 struct V1Header {
   uint8_t block_bits = 12;
@@ -71,8 +76,8 @@ struct V1Header {
 struct V1Op {
   uint64_t dest = 0;
   OpType type = OpType::Zero;
-  uint64_t src = 0;    // COPY: old block
-  uint32_t index = 0;  // REPLACE: payload block number; DELTA: frame number
+  uint64_t src = 0;    // COPY, SAVE: old block; XOR: byte offset in the old image
+  uint32_t index = 0;  // REPLACE, XOR: payload block number; DELTA: frame number
   uint32_t member = 0; // DELTA: block number inside the frame
 };
 
@@ -90,11 +95,13 @@ struct V1Index {
   std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, final op index) sorted by dest (no SAVE)
   std::vector<std::pair<uint64_t, uint32_t>> saves;    // (block, SAVE op index) sorted
   std::vector<V1Frame> chunks;                 // REPLACE chunks (refs empty)
+  std::vector<V1Frame> xchunks;                // XOR payload chunks
   std::vector<V1Frame> frames;                 // DELTA frames
   // For op i: the highest op index that reads OLD block ops[i].dest (-1 if none).
   // Before op i is written, a durable checkpoint > last_reader[i] must exist.
   std::vector<int64_t> last_reader;
   uint64_t n_replace = 0;  // REPLACE operations (blocks in the chunks)
+  uint64_t n_xor = 0;      // XOR operations (blocks in the XOR chunks)
 
   uint32_t block_size() const { return 1u << h.block_bits; }
   int64_t find(uint64_t dest) const;
@@ -108,7 +115,10 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> bytes);
 // Metadata (before compression). Ops carry dest/type/src; chunk and frame
 // offsets are derived from their lengths.
 std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
-                                    const std::vector<V1Frame>& frames);
+                                    const std::vector<V1Frame>& frames, const std::vector<uint64_t>& xchunk_lengths,
+                                    uint8_t block_bits);
+// out ^= pay (out.size() bytes).
+void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay);
 
 // 1 if the device holds a v1 diff, 0 if v0 (by the version byte; the magic
 // is checked); error if neither.
@@ -116,8 +126,12 @@ Result<int> diff_version(BlockDevice& diff);
 Result<V1Index> load_v1(BlockDevice& diff);
 Result<V1Index> load_v1_bytes(std::span<const uint8_t> file);
 
-// Decoded REPLACE chunk i into out (>= chunk_blocks blocks).
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out);
+// Decoded REPLACE chunk i (or XOR chunk i with xor=true) into out (>= chunk_blocks blocks).
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false);
+// The old blocks an XOR operation reads: [first, last] (one or two).
+inline std::pair<uint64_t, uint64_t> v1_xor_blocks(const V1Index& idx, const V1Op& op) {
+  return {op.src >> idx.h.block_bits, (op.src + idx.block_size() - 1) >> idx.h.block_bits};
+}
 // Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
 // `old` (the intact old blocks).
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);

@@ -120,6 +120,13 @@ class UpdateTargetV1 : public Target {
       std::memcpy(out.data(), frame->data() + uint64_t{op.member} * bs, bs);
       return Status::Ok();
     }
+    if (op.type == OpType::Xor) {
+      // Old bytes at the source offset, XOR the payload (cached XOR chunk).
+      UDM_ASSIGN_OR_RETURN(auto chunk, get_payload(kXorKey + op.index / idx_.h.chunk_blocks));
+      UDM_TRY(sys_->read(op.src, out.subspan(0, bs)));
+      v1_xor_into(out.subspan(0, bs), chunk->data() + uint64_t{op.index % idx_.h.chunk_blocks} * bs);
+      return Status::Ok();
+    }
     if (op.type != OpType::Replace) return v1_compute(*diff_, *sys_, idx_, i, out, done_.load());
     size_t ci = op.index / idx_.h.chunk_blocks;
     UDM_ASSIGN_OR_RETURN(auto chunk, get_payload(ci));
@@ -130,6 +137,7 @@ class UpdateTargetV1 : public Target {
   // Decoded REPLACE chunks and DELTA frames (key kFrameKey + frame), shared;
   // each is decoded once while others wait. FIFO within a byte budget.
   static constexpr size_t kFrameKey = size_t{1} << 40;
+  static constexpr size_t kXorKey = size_t{1} << 41;  // XOR chunks
   static constexpr uint64_t kCacheBytes = 64ull << 20;
   struct Slot {
     std::vector<uint8_t> data;
@@ -146,8 +154,9 @@ class UpdateTargetV1 : public Target {
       return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
     }
     auto slot = std::make_shared<Slot>();
-    const uint64_t bytes = (ci >= kFrameKey ? uint64_t{idx_.frames[ci - kFrameKey].blocks} : uint64_t{idx_.h.chunk_blocks}) *
-                           idx_.block_size();
+    const uint64_t bytes =
+        (ci >= kFrameKey && ci < kXorKey ? uint64_t{idx_.frames[ci - kFrameKey].blocks} : uint64_t{idx_.h.chunk_blocks}) *
+        idx_.block_size();
     cache_[ci] = slot;
     fifo_.push_back({ci, bytes});
     cache_bytes_ += bytes;
@@ -160,8 +169,9 @@ class UpdateTargetV1 : public Target {
     }
     lk.unlock();
     slot->data.resize(bytes);
-    Status s = ci >= kFrameKey ? v1_read_delta(*diff_, *sys_, idx_, ci - kFrameKey, slot->data)
-                               : v1_read_chunk(*diff_, idx_, ci, slot->data);
+    Status s = ci >= kXorKey     ? v1_read_chunk(*diff_, idx_, ci - kXorKey, slot->data, true)
+               : ci >= kFrameKey ? v1_read_delta(*diff_, *sys_, idx_, ci - kFrameKey, slot->data)
+                                 : v1_read_chunk(*diff_, idx_, ci, slot->data);
     lk.lock();
     slot->status = s;
     slot->ready = true;
@@ -218,6 +228,10 @@ class UpdateTargetV1 : public Target {
       if (op.type == OpType::Delta && i != stash_op_) {
         const auto& refs = idx_.frames[op.index].refs;
         self = std::find(refs.begin(), refs.end(), op.dest) != refs.end();
+      }
+      if (op.type == OpType::Xor && i != stash_op_) {
+        auto [b0, b1] = v1_xor_blocks(idx_, op);
+        self = b0 == op.dest || b1 == op.dest;
       }
       if (self || idx_.last_reader[i] >= static_cast<int64_t>(durable_)) {
         s = checkpoint(i, self ? std::span<const uint8_t>(buf) : std::span<const uint8_t>());

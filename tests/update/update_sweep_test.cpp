@@ -214,8 +214,9 @@ TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
   ASSERT_GT(st->stash_ops, 0u);
   ASSERT_GT(st->replace, 0u);
   ASSERT_LT(st->delta_frames, st->delta) << "no DELTA frame holds more than one block";
+  ASSERT_GT(st->xor_ops, 0u);
   std::cerr << "v1 sweep diff: COPY " << st->copy << " SAVE " << st->save_ops << " DELTA " << st->delta << " in "
-            << st->delta_frames << " frames (self "
+            << st->delta_frames << " frames, XOR " << st->xor_ops << " (self "
             << st->stash_ops << ") REPLACE " << st->replace << " ZERO " << st->zero << "\n";
   v1_sweep(old_img, new_img, tmp.file("d"), *st);
 }

@@ -140,11 +140,14 @@ inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_pair(uint64
     copy_run(from, to, 5);
     for (int k = 0; k < 30; k++) new_img[(to + 2) * bs + r(bs)] ^= 0x41;
   }
-  for (int i = 0; i < 2; i++) {  // a moved file with several edited blocks in a row (DELTA frames of many blocks)
-    uint64_t from = r(blocks - 10), to = r(blocks - 10);
+  for (int i = 0; i < 2; i++) {  // a moved file with bytes inserted inside several blocks in a row: no single
+    uint64_t from = r(blocks - 10), to = r(blocks - 10);  // offset fits them (not XOR), DELTA frames of many blocks
     copy_run(from, to, 8);
-    for (uint64_t b = to + 1; b < to + 7; b++)
-      for (int k = 0; k < 12; k++) new_img[b * bs + r(bs)] ^= 0x5a;
+    for (uint64_t b = to + 1; b < to + 7; b++) {
+      auto at = blk(new_img, b) + static_cast<ptrdiff_t>(bs / 2);
+      std::copy_backward(at, blk(new_img, b + 1) - 9, blk(new_img, b + 1));
+      for (int k = 0; k < 9; k++) at[k] = static_cast<uint8_t>(r(256));
+    }
   }
   for (int i = 0; i < 4; i++) {
     uint64_t b = r(blocks);
