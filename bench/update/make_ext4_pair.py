@@ -69,7 +69,7 @@ try:
         for _ in range(max(1, len(data) // 2000)):  # scattered edits (addresses, versions)
             data[rng.randrange(len(data))] = rng.randrange(256)
         for _ in range(rng.randrange(1, 4)):  # inserted and deleted runs shift what follows
-            at = rng.randrange(len(data))
+            at = rng.randrange(len(data) + 1)
             if rng.random() < 0.5:
                 data[at:at] = os.urandom(rng.randrange(1, 200))
             else:

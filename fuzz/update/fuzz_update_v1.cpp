@@ -20,6 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   for (const auto& c : idx->chunks)
     if (c.offset < idx->h.data_offset || c.offset + c.length > size) std::abort();
+  for (const auto& c : idx->xchunks)
+    if (c.offset < idx->h.data_offset || c.offset + c.length > size) std::abort();
   for (const auto& f : idx->frames)
     if (f.offset < idx->h.data_offset || f.offset + f.length > size || f.refs.empty()) std::abort();
   for (size_t i = 0; i < idx->ops.size(); i++) {
@@ -27,6 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!save && idx->find(idx->ops[i].dest) != static_cast<int64_t>(i)) std::abort();
     if (save && idx->find(idx->ops[i].dest) <= static_cast<int64_t>(i)) std::abort();
     if (idx->last_reader[i] >= static_cast<int64_t>(i)) std::abort();
+    if (idx->ops[i].type == OpType::Xor && idx->ops[i].src + idx->block_size() > idx->h.image_blocks * idx->block_size())
+      std::abort();
   }
   const uint64_t bs = idx->block_size();
   if (idx->h.image_blocks * bs > (64u << 20)) return 0;  // keep the old image small
