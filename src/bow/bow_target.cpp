@@ -360,7 +360,7 @@ Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua)
   return write_common(off, buf.size(), buf.data(), fua);
 }
 
-Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua) {
+Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) {
   UDM_TRY(check_range(off, len, "write_zeroes"));
   if (len == 0) return Status::Ok();
   return write_common(off, len, nullptr, fua);

@@ -59,8 +59,8 @@ class HeldDevice : public BlockDevice {
     return dev_->write(o, b, fua);
   }
   Status do_trim(uint64_t o, uint64_t l) override { return dev_->trim(o, l); }
-  Status do_write_zeroes(uint64_t o, uint64_t l, bool fua) override {
-    return dev_->write_zeroes(o, l, fua);
+  Status do_write_zeroes(uint64_t o, uint64_t l, bool fua, bool may_unmap) override {
+    return dev_->write_zeroes(o, l, fua, may_unmap);
   }
   Status do_flush() override { return dev_->flush(); }
   const MappedDevicePtr& device() const { return dev_; }

@@ -30,16 +30,28 @@ Status BlockDevice::trim(uint64_t offset, uint64_t length) {
   return do_trim(offset, length);
 }
 
-Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) {
   UDM_TRY(check_range(offset, length, "write_zeroes"));
-  return do_write_zeroes(offset, length, fua);
+  return do_write_zeroes(offset, length, fua, may_unmap);
 }
 
 Status BlockDevice::do_trim(uint64_t, uint64_t) {
   return NotSupported("device does not support discard");
 }
 
-Status BlockDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+Status BlockDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) {
+  if (may_unmap && length > 0) {
+    DeviceCaps c = caps();
+    if (c.can_trim && c.trim_zeroes) {
+      Status s = do_trim(offset, length);
+      if (s.ok()) return fua ? do_flush() : s;
+      if (s.code() != EOPNOTSUPP) return s;
+    }
+  }
+  return write_zero_buffers(offset, length, fua);
+}
+
+Status BlockDevice::write_zero_buffers(uint64_t offset, uint64_t length, bool fua) {
   static const std::vector<uint8_t> zeros(1 << 20, 0);
   while (length > 0) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(length, zeros.size()));
@@ -47,7 +59,7 @@ Status BlockDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) 
     offset += n;
     length -= n;
   }
-  return fua ? flush() : Status::Ok();
+  return fua ? do_flush() : Status::Ok();
 }
 
 }  // namespace udm

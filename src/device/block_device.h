@@ -44,11 +44,15 @@ class BlockDevice {
   Status read(uint64_t offset, std::span<uint8_t> buf);
   // fua: the data is durable when this returns OK (as if flush() followed).
   Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua = false);
-  // Discard: the range's contents become unspecified (or zero if
-  // caps().trim_zeroes). Default hook: EOPNOTSUPP.
+  // Discard (advisory): the range's contents become unspecified, or read as
+  // zeroes if caps().trim_zeroes. Default hook: EOPNOTSUPP.
   Status trim(uint64_t offset, uint64_t length);
-  // Default hook: writes zero buffers.
-  Status write_zeroes(uint64_t offset, uint64_t length, bool fua = false);
+  // Zero-out: when this returns OK every byte of the range reads as zero.
+  // may_unmap: the device may deallocate the range to do it (NBD WRITE_ZEROES
+  // without NO_HOLE, loop's punch-hole); without it the range stays allocated
+  // (NO_HOLE, FALLOC_FL_ZERO_RANGE). Default hook: trims when may_unmap and
+  // caps() says trim zeroes, else writes zero buffers.
+  Status write_zeroes(uint64_t offset, uint64_t length, bool fua = false, bool may_unmap = false);
   // Make every write that completed before this call durable.
   Status flush() { return do_flush(); }
 
@@ -65,8 +69,12 @@ class BlockDevice {
   virtual Status do_read(uint64_t offset, std::span<uint8_t> buf) = 0;
   virtual Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) = 0;
   virtual Status do_trim(uint64_t offset, uint64_t length);
-  virtual Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua);
+  virtual Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap);
   virtual Status do_flush() = 0;
+
+  // Zero-out by writing zero buffers through do_write (the fallback every
+  // do_write_zeroes may use; never re-enters the public entry points).
+  Status write_zero_buffers(uint64_t offset, uint64_t length, bool fua);
 
   // EINVAL unless [offset, offset+len) lies inside the device.
   Status check_range(uint64_t offset, uint64_t len, const char* op) const;

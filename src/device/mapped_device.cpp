@@ -166,14 +166,14 @@ Status MappedDevice::do_trim(uint64_t offset, uint64_t length) {
                         });
 }
 
-Status MappedDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+Status MappedDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) {
   enter();
   GateGuard g{this, &MappedDevice::leave};
   if (read_only_) return ReadOnly(name_ + ": device is read-only");
   UDM_TRY(check_range(offset, length, "write_zeroes"));
   return for_each_piece(offset, length,
                         [&](const Segment& s, uint64_t off, uint64_t, uint64_t n) {
-                          return s.target->write_zeroes(off, n, fua);
+                          return s.target->write_zeroes(off, n, fua, may_unmap);
                         });
 }
 

@@ -93,7 +93,7 @@ Status FaultDevice::do_trim(uint64_t offset, uint64_t length) {
   return store(Record{offset, length, {}}, false);
 }
 
-Status FaultDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+Status FaultDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) {
   UDM_TRY(check_range(offset, length, "write_zeroes"));
   if (length == 0) return Status::Ok();
   return store(Record{offset, length, {}}, fua);

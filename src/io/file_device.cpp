@@ -117,23 +117,27 @@ Status FileDevice::do_trim(uint64_t offset, uint64_t length) {
   return Status::Ok();
 }
 
-Status FileDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua) {
+Status FileDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) {
   if (!writable_) return ReadOnly(path_ + " is open read-only");
-  UDM_TRY(check_range(offset, length, "write_zeroes"));
   if (length == 0) return Status::Ok();
   bool done = false;
   if (is_blk_) {
+    // The kernel's zero-out: offloaded (WRITE ZEROES / WRITE SAME) or written.
     uint64_t range[2] = {offset, length};
     done = ioctl(fd_, BLKZEROOUT, range) == 0;
   } else {
-    done = fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                     static_cast<off_t>(length)) == 0;
-    if (!done)
-      done = fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+    auto fa = [&](int mode) {
+      return fallocate(fd_, mode | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                        static_cast<off_t>(length)) == 0;
+    };
+    // Unmapping allowed: a hole is the cheapest zero. Otherwise keep the
+    // blocks allocated (unwritten extents).
+    done = (may_unmap && fa(FALLOC_FL_PUNCH_HOLE)) || fa(FALLOC_FL_ZERO_RANGE);
   }
-  if (!done) return BlockDevice::write_zeroes(offset, length, fua);
-  return fua ? flush() : Status::Ok();
+  // Neither offload worked (tmpfs has no zero-range, some filesystems have
+  // neither): write zero buffers. Never re-enter write_zeroes() here.
+  if (!done) return write_zero_buffers(offset, length, fua);
+  return fua ? do_flush() : Status::Ok();
 }
 
 Status FileDevice::do_flush() {

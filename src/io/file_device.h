@@ -27,7 +27,7 @@ class FileDevice : public BlockDevice {
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
   Status do_trim(uint64_t offset, uint64_t length) override;
-  Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) override;
   Status do_flush() override;
 
   const std::string& path() const { return path_; }

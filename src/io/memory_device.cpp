@@ -35,10 +35,10 @@ Status MemoryDevice::do_write(uint64_t offset, std::span<const uint8_t> buf, boo
 }
 
 Status MemoryDevice::do_trim(uint64_t offset, uint64_t length) {
-  return write_zeroes(offset, length, false);
+  return do_write_zeroes(offset, length, false, true);
 }
 
-Status MemoryDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool) {
+Status MemoryDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool, bool) {
   if (read_only_) return ReadOnly("memory device is read-only");
   UDM_TRY(check_range(offset, length, "write_zeroes"));
   std::unique_lock lk(mu_);

@@ -317,7 +317,7 @@ Status LsmtDevice::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua
   return fua ? do_flush() : Status::Ok();
 }
 
-Status LsmtDevice::do_write_zeroes(uint64_t off, uint64_t len, bool fua) {
+Status LsmtDevice::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) {
   if (!rw_) return ReadOnly("lsmt: no writable layer");
   uint64_t a = (off + 511) / 512 * 512, b = (off + len) / 512 * 512;
   if (a >= b) {
@@ -336,7 +336,7 @@ Status LsmtDevice::do_write_zeroes(uint64_t off, uint64_t len, bool fua) {
   return fua ? do_flush() : Status::Ok();
 }
 
-Status LsmtDevice::do_trim(uint64_t off, uint64_t len) { return do_write_zeroes(off, len, false); }
+Status LsmtDevice::do_trim(uint64_t off, uint64_t len) { return do_write_zeroes(off, len, false, true); }
 
 Status LsmtDevice::do_flush() {
   if (!rw_) return Status::Ok();

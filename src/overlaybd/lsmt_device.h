@@ -75,7 +75,7 @@ class LsmtDevice : public Target {
   Status do_read(uint64_t off, std::span<uint8_t> buf) override;
   Status do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) override;
   Status do_trim(uint64_t off, uint64_t len) override;
-  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua) override;
+  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) override;
   Status do_flush() override;
 
  private:

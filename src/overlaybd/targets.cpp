@@ -27,7 +27,7 @@ class ZFileTarget : public Target {
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return z_->read(off, buf); }
   Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly("zfile target is read-only"); }
   Status do_trim(uint64_t, uint64_t) override { return ReadOnly("zfile target is read-only"); }
-  Status do_write_zeroes(uint64_t, uint64_t, bool) override { return ReadOnly("zfile target is read-only"); }
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return ReadOnly("zfile target is read-only"); }
   Status do_flush() override { return Status::Ok(); }
 
  private:

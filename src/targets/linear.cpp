@@ -27,9 +27,9 @@ class LinearTarget : public Target {
     UDM_TRY(check_range(off, len, "trim"));
     return dev_->trim(offset_ + off, len);
   }
-  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua) override {
+  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) override {
     UDM_TRY(check_range(off, len, "write_zeroes"));
-    return dev_->write_zeroes(offset_ + off, len, fua);
+    return dev_->write_zeroes(offset_ + off, len, fua, may_unmap);
   }
   Status do_flush() override { return dev_->flush(); }
 
@@ -60,7 +60,7 @@ class ZeroTarget : public Target {
     return check_range(off, buf.size(), "write");
   }
   Status do_trim(uint64_t off, uint64_t len) override { return check_range(off, len, "trim"); }
-  Status do_write_zeroes(uint64_t off, uint64_t len, bool) override {
+  Status do_write_zeroes(uint64_t off, uint64_t len, bool, bool) override {
     return check_range(off, len, "write_zeroes");
   }
   Status do_flush() override { return Status::Ok(); }
@@ -79,7 +79,7 @@ class ErrorTarget : public Target {
     return IoError("error target: write");
   }
   Status do_trim(uint64_t, uint64_t) override { return IoError("error target: discard"); }
-  Status do_write_zeroes(uint64_t, uint64_t, bool) override {
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override {
     return IoError("error target: write zeroes");
   }
   Status do_flush() override { return Status::Ok(); }

@@ -153,7 +153,7 @@ class UpdateTarget : public Target {
   Status do_trim(uint64_t, uint64_t) override {
     return ReadOnly("update target: the device is read-only while the update is applied");
   }
-  Status do_write_zeroes(uint64_t, uint64_t, bool) override {
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override {
     return ReadOnly("update target: the device is read-only while the update is applied");
   }
   Status do_flush() override { return Status::Ok(); }  // nothing of ours is volatile

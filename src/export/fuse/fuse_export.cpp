@@ -219,10 +219,12 @@ void op_fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len, fu
   l = std::min(l, dsize - o);
   Status s;
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
-    s = f->dev->trim(o, l);  // loop's REQ_OP_DISCARD
-    if (s.code() == EOPNOTSUPP) s = Status::Ok();  // discard is advisory
+    // A punched range of a regular file reads as zeroes, and loop sends both
+    // REQ_OP_DISCARD and REQ_OP_WRITE_ZEROES (unmap allowed) this way: so
+    // this is a zero-out that may deallocate, never an advisory discard.
+    s = f->dev->write_zeroes(o, l, false, /*may_unmap=*/true);
   } else if (mode == FALLOC_FL_ZERO_RANGE || mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
-    s = f->dev->write_zeroes(o, l);  // loop's REQ_OP_WRITE_ZEROES
+    s = f->dev->write_zeroes(o, l, false, /*may_unmap=*/false);  // loop's REQ_NOUNMAP zero-out
   } else if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
     s = Status::Ok();  // preallocation: a device is always fully "allocated"
   } else {

@@ -282,7 +282,8 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
         s = NotSupported("fast zero not possible");
         break;
       }
-      s = d.write_zeroes(r.offset, r.length, fua);
+      // Without NO_HOLE the server may punch a hole, as long as it reads zero.
+      s = d.write_zeroes(r.offset, r.length, fua, !(r.flags & kCmdFlagNoHole));
       break;
     case kCmdCache:
       break;  // nothing to prefetch into: OK
