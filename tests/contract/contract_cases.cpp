@@ -1,0 +1,326 @@
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "contract/contract_util.h"
+#include "io/file_device.h"
+#include "io/memory_device.h"
+#include "overlaybd/grow_file.h"
+#include "overlaybd/lsmt_device.h"
+#include "overlaybd/writer.h"
+#include "update/differ.h"
+
+namespace udm::contract {
+
+using udm::test::random_bytes;
+
+Result<DevicePtr> TestResolver::open(const std::string& spec, bool) {
+  auto it = devs.find(spec);
+  if (it == devs.end()) return Status::Error(ENXIO, "no device " + spec);
+  return it->second;
+}
+
+static std::atomic<int> g_env_seq{0};
+
+Env::Env(bool files) : files_(files), uniq_(fmt::format("c{}-", g_env_seq++)) {}
+
+Env::~Env() {
+  while (!devs_.empty()) {
+    res_.devs.erase(devs_.back().first);
+    devs_.pop_back();
+  }
+  res_.devs.clear();
+}
+
+std::string Env::backing(const std::string& name, const std::vector<uint8_t>& init) {
+  if (files_) {
+    std::string p = path(name);
+    udm::test::write_file(p, init);
+    auto f = FileDevice::open(p, {.writable = true});
+    if (!f.ok()) return "";
+    res_.devs[p] = *f;
+    return p;
+  }
+  return add(name, std::make_shared<MemoryDevice>(init));
+}
+
+std::string Env::add(const std::string& name, DevicePtr dev) {
+  std::string spec = uniq_ + name;
+  res_.devs[spec] = std::move(dev);
+  return spec;
+}
+
+Result<MappedDevicePtr> Env::make(const std::string& name, const std::string& table) {
+  UDM_ASSIGN_OR_RETURN(TableSpec spec, parse_table(table));
+  std::string full = uniq_ + name;
+  UDM_ASSIGN_OR_RETURN(auto t, Table::build(spec, res_, TargetRegistry::builtin(), full));
+  auto dev = std::make_shared<MappedDevice>(full, std::move(t));
+  devs_.push_back({full, dev});
+  res_.devs[full] = dev;
+  return dev;
+}
+
+void Env::drop(const std::string& name) {
+  std::string full = uniq_ + name;
+  res_.devs.erase(full);
+  for (auto it = devs_.begin(); it != devs_.end(); ++it)
+    if (it->first == full) {
+      devs_.erase(it);
+      return;
+    }
+}
+
+namespace {
+
+const uint64_t kSectors = kDevSize / 512;
+
+// Forwards to another device; every write-type call sleeps first, so a
+// background job over it (a merge) is still running while the suite works.
+class SlowDevice : public BlockDevice {
+ public:
+  SlowDevice(DevicePtr d, int us) : d_(std::move(d)), us_(us) {}
+  uint64_t size() const override { return d_->size(); }
+  DeviceCaps caps() const override { return d_->caps(); }
+
+ protected:
+  Status do_read(uint64_t o, std::span<uint8_t> b) override { return d_->read(o, b); }
+  Status do_write(uint64_t o, std::span<const uint8_t> b, bool fua) override {
+    usleep(us_);
+    return d_->write(o, b, fua);
+  }
+  Status do_trim(uint64_t o, uint64_t l) override { return d_->trim(o, l); }
+  Status do_write_zeroes(uint64_t o, uint64_t l, bool fua, bool unmap) override {
+    usleep(us_);
+    return d_->write_zeroes(o, l, fua, unmap);
+  }
+  Status do_flush() override { return d_->flush(); }
+
+ private:
+  DevicePtr d_;
+  int us_;
+};
+
+Built mk(MappedDevicePtr d, Kind k, std::vector<uint8_t> expect = {}) {
+  Built b;
+  b.dev = std::move(d);
+  b.kind = k;
+  b.expect = std::move(expect);
+  return b;
+}
+
+std::vector<uint8_t> read_all(BlockDevice& d) {
+  std::vector<uint8_t> v(d.size());
+  if (!d.read(0, v).ok()) v.clear();
+  return v;
+}
+
+// An image with random, zero and repeated regions.
+std::vector<uint8_t> mixed_image(uint64_t seed) {
+  auto img = random_bytes(kDevSize, seed);
+  std::fill(img.begin() + kDevSize / 8, img.begin() + kDevSize / 4, 0);
+  std::copy(img.begin(), img.begin() + 65536, img.begin() + kDevSize / 2);
+  return img;
+}
+
+Result<Built> linear(Env& e) {
+  std::string a = e.backing("a", random_bytes(kDevSize / 2 + 65536, 1));
+  std::string b = e.backing("b", random_bytes(kDevSize / 2, 2));
+  // Two segments: requests crossing the boundary are split by the table.
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {0} linear {1} 128\n{0} {0} linear {2} 0\n",
+                                                         kSectors / 2, a, b)));
+  return mk(d, Kind::kReadWrite);
+}
+
+Result<Built> zero(Env& e) {
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zero", kSectors)));
+  return mk(d, Kind::kDropsWrites);
+}
+
+Result<Built> error(Env& e) {
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} error", kSectors)));
+  return mk(d, Kind::kErrors);
+}
+
+Result<Built> bow(Env& e, int state) {
+  std::string s = e.backing("bowdev", random_bytes(kDevSize, 3));
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} bow {}", kSectors, s)));
+  // Free space is learnt from zero-outs that may unmap (loop's punch-hole).
+  UDM_TRY(d->write_zeroes(kDevSize / 4, kDevSize * 3 / 4, false, true));
+  if (state >= 1) UDM_TRY(d->message(0, {"state", "1"}).status());
+  if (state >= 2) UDM_TRY(d->message(0, {"state", "2"}).status());
+  return mk(d, Kind::kReadWrite);
+}
+
+// An origin with one persistent snapshot of it; `which` picks the device
+// under test: "origin" or "snap".
+Result<Built> snapshot(Env& e, const std::string& which, const std::string& mode) {
+  auto init = mixed_image(4);
+  std::string o = e.backing("origin", init);
+  std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
+  UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+  UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} {} 8", kSectors, o, c, mode)));
+  Built b = mk(which == "origin" ? od : sd, Kind::kReadWrite);
+  MappedDevicePtr other = which == "origin" ? sd : od;
+  // The other side must not see the workload.
+  b.check = [other, init]() -> std::string {
+    auto now = read_all(*other);
+    return now == init ? "" : "the other device of the snapshot pair changed";
+  };
+  return b;
+}
+
+// Parses "<allocated>/<total> <metadata>" of a snapshot-merge status.
+bool merge_done(MappedDevice& d) {
+  auto lines = d.status_lines();
+  if (lines.empty()) return false;
+  unsigned long long s, l, a, t, m;
+  char type[64];
+  if (sscanf(lines[0].c_str(), "%llu %llu %63s %llu/%llu %llu", &s, &l, type, &a, &t, &m) != 6) return false;
+  return a == m;
+}
+
+Result<Built> merge(Env& e, bool wait_done) {
+  auto init = mixed_image(5);
+  std::string o = e.backing("origin", init);
+  std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
+  std::vector<uint8_t> view;
+  {
+    UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+    UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o, c)));
+    // Give the merge work: change a quarter of the snapshot's chunks.
+    std::mt19937_64 rng(6);
+    for (int i = 0; i < 64; i++) {
+      auto data = random_bytes(4096, rng());
+      UDM_TRY(sd->write((rng() % (kDevSize / 4096)) * 4096, data));
+    }
+    UDM_TRY(sd->flush());
+    view = read_all(*sd);
+    e.drop("snap");
+    e.drop("origin-dev");
+  }
+  // The merge writes the origin through a slow path so it is still running
+  // while the suite's workload goes on (unless we wait for it).
+  DevicePtr odev = *e.resolver().open(o, true);
+  std::string slow = e.add("slow-origin", std::make_shared<SlowDevice>(odev, wait_done ? 0 : 3000));
+  UDM_ASSIGN_OR_RETURN(auto md, e.make("merge", fmt::format("0 {} snapshot-merge {} {} P 8", kSectors, slow, c)));
+  Built b = mk(md, Kind::kReadWrite);
+  if (wait_done) {
+    for (int i = 0; i < 3000 && !merge_done(*md); i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!merge_done(*md)) return Status::Error(ETIMEDOUT, "merge did not finish");
+  } else {
+    b.note = merge_done(*md) ? "merge already done at start" : "merge running at start";
+  }
+  if (read_all(*md) != view) return Status::Error(EIO, "merge device does not read as the snapshot");
+  return b;
+}
+
+Result<Built> lsmt_rw(Env& e) {
+  using namespace udm::obd;
+  auto raw = mixed_image(7);
+  // A base layer made from a raw image (zero ranges stay unmapped).
+  std::string lp = e.path("base.lsmt");
+  {
+    UDM_ASSIGN_OR_RETURN(auto out, open_grow_file(lp, true, true));
+    auto sink = file_sink(out, false);
+    MemoryDevice rd(raw, true);
+    UDM_TRY(raw_to_layer(rd, *sink, CommitOptions{}));
+  }
+  std::string base;
+  if (e.files()) {
+    UDM_ASSIGN_OR_RETURN(auto f, FileDevice::open(lp, {.writable = false}));
+    base = e.add("base", f);
+  } else {
+    base = e.add("base", std::make_shared<MemoryDevice>(udm::test::read_file(lp), true));
+  }
+  std::string dp = e.path("rw.data"), ip = e.path("rw.index");
+  {
+    UDM_ASSIGN_OR_RETURN(auto data, open_grow_file(dp, true, true));
+    UDM_ASSIGN_OR_RETURN(auto index, open_grow_file(ip, true, true));
+    UDM_TRY(create_rw_layer(*data, *index, kDevSize, "", ""));
+  }
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} lsmt {} rw {} {}", kSectors, base, dp, ip)));
+  if (read_all(*d) != raw) return Status::Error(EIO, "lsmt does not read as its base layer");
+  return mk(d, Kind::kReadWrite);
+}
+
+Result<Built> zfile(Env& e) {
+  using namespace udm::obd;
+  auto raw = mixed_image(8);
+  std::string zp = e.path("img.zfile");
+  {
+    UDM_ASSIGN_OR_RETURN(auto out, open_grow_file(zp, true, true));
+    auto sink = zfile_sink(out, ZFileWriteOptions{});
+    UDM_TRY(sink->write(raw));
+    UDM_TRY(sink->finish());
+  }
+  std::string spec = e.backing("zfile", udm::test::read_file(zp));
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zfile {}", kSectors, spec)));
+  return mk(d, Kind::kReadOnly, raw);
+}
+
+// An update device over the old image and a diff (v0 or v1), copy-back
+// running in the background (bg) or not.
+Result<Built> update(Env& e, int version, bool bg) {
+  auto old_img = mixed_image(9);
+  auto new_img = old_img;
+  std::mt19937_64 rng(10);
+  for (int i = 0; i < 60; i++) {  // changed, zeroed and moved blocks
+    uint64_t b = rng() % (kDevSize / 4096), from = rng() % (kDevSize / 4096);
+    if (i % 3 == 0) {
+      auto r = random_bytes(4096, rng());
+      std::copy(r.begin(), r.end(), new_img.begin() + b * 4096);
+    } else if (i % 3 == 1) {
+      std::fill(new_img.begin() + b * 4096, new_img.begin() + (b + 1) * 4096, 0);
+    } else {
+      std::copy(old_img.begin() + from * 4096, old_img.begin() + (from + 1) * 4096, new_img.begin() + b * 4096);
+    }
+  }
+  std::string op = e.path("old.img"), np = e.path("new.img"), dp = e.path("diff.img");
+  udm::test::write_file(op, old_img);
+  udm::test::write_file(np, new_img);
+  if (version == 0) {
+    update::DiffOptions o;
+    o.progress = false;
+    UDM_TRY(update::make_diff(op, np, dp, o).status());
+  } else {
+    update::DiffV1Options o;
+    o.progress = false;
+    o.level = 3;
+    UDM_TRY(update::make_diff_v1(op, np, dp, o).status());
+  }
+  std::string sys = e.backing("sys", old_img);
+  std::string diff = e.backing("diff", udm::test::read_file(dp));
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} update {} {} {}", kSectors, sys, diff,
+                                                         bg ? "0" : "1 no_bg_update")));
+  return mk(d, Kind::kReadOnly, new_img);
+}
+
+}  // namespace
+
+const std::vector<Case>& contract_cases() {
+  static const std::vector<Case> cases = {
+      {"linear", linear},
+      {"zero", zero},
+      {"error", error},
+      {"bow_state0", [](Env& e) { return bow(e, 0); }},
+      {"bow_state1", [](Env& e) { return bow(e, 1); }},
+      {"bow_state2", [](Env& e) { return bow(e, 2); }},
+      {"snapshot_origin", [](Env& e) { return snapshot(e, "origin", "P"); }},
+      {"snapshot_P", [](Env& e) { return snapshot(e, "snap", "P"); }},
+      {"snapshot_N", [](Env& e) { return snapshot(e, "snap", "N"); }},
+      {"snapshot_merge_running", [](Env& e) { return merge(e, false); }},
+      {"snapshot_merge_done", [](Env& e) { return merge(e, true); }},
+      {"lsmt_rw", lsmt_rw, /*file_only=*/false},
+      {"zfile", zfile},
+      {"update_v0", [](Env& e) { return update(e, 0, false); }},
+      {"update_v1", [](Env& e) { return update(e, 1, false); }},
+      {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
+  };
+  return cases;
+}
+
+}  // namespace udm::contract

@@ -1,0 +1,402 @@
+// The block-device contract (docs/architecture.md, "The contract"), checked
+// for every target type over memory and over file backing devices. One
+// parameterized suite: a new target adds one line to contract_cases().
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+#include "contract/contract_util.h"
+
+using namespace udm;
+using namespace udm::contract;
+using udm::test::random_bytes;
+
+namespace {
+
+struct Param {
+  const Case* c;
+  bool files;
+  friend void PrintTo(const Param& p, std::ostream* os) { *os << p.c->name << (p.files ? " over files" : " over memory"); }
+};
+
+std::string param_name(const testing::TestParamInfo<Param>& i) {
+  return i.param.c->name + (i.param.files ? "_file" : "_mem");
+}
+
+std::vector<Param> all_params() {
+  std::vector<Param> out;
+  for (const auto& c : contract_cases()) {
+    out.push_back({&c, true});
+    if (!c.file_only) out.push_back({&c, false});
+  }
+  return out;
+}
+
+// A model of the device's bytes; `known` is false where the contract leaves
+// the contents unspecified (after an advisory trim that does not zero).
+struct Model {
+  std::vector<uint8_t> bytes;
+  std::vector<bool> known;
+  explicit Model(std::vector<uint8_t> b) : bytes(std::move(b)), known(bytes.size(), true) {}
+  void put(uint64_t off, std::span<const uint8_t> d) {
+    std::copy(d.begin(), d.end(), bytes.begin() + off);
+    std::fill(known.begin() + off, known.begin() + off + d.size(), true);
+  }
+  void zero(uint64_t off, uint64_t len) {
+    std::fill(bytes.begin() + off, bytes.begin() + off + len, 0);
+    std::fill(known.begin() + off, known.begin() + off + len, true);
+  }
+  void forget(uint64_t off, uint64_t len) { std::fill(known.begin() + off, known.begin() + off + len, false); }
+  // First byte where `got` (read at off) contradicts the model, or -1.
+  int64_t mismatch(uint64_t off, std::span<const uint8_t> got) const {
+    for (size_t i = 0; i < got.size(); i++)
+      if (known[off + i] && got[i] != bytes[off + i]) return static_cast<int64_t>(off + i);
+    return -1;
+  }
+};
+
+class Contract : public testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    env_ = std::make_unique<Env>(GetParam().files);
+    auto b = GetParam().c->make(*env_);
+    ASSERT_TRUE(b.ok()) << b.status().to_string();
+    built_ = std::move(*b);
+    dev_ = built_.dev;
+    ASSERT_EQ(dev_->size(), kDevSize);
+    if (!built_.note.empty()) RecordProperty("note", built_.note);
+  }
+  void TearDown() override {
+    if (built_.check) {
+      EXPECT_EQ(built_.check(), "");
+    }
+    built_ = Built{};
+    dev_.reset();
+    env_.reset();
+  }
+  std::vector<uint8_t> read_all() {
+    std::vector<uint8_t> v(kDevSize);
+    Status s = dev_->read(0, v);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    return v;
+  }
+  Kind kind() const { return built_.kind; }
+
+  std::unique_ptr<Env> env_;
+  Built built_;
+  MappedDevicePtr dev_;
+};
+
+TEST_P(Contract, CapsAreConsistent) {
+  DeviceCaps c = dev_->caps();
+  EXPECT_GE(c.logical_block, 512u);
+  EXPECT_EQ(c.logical_block & (c.logical_block - 1), 0u) << "logical block not a power of two";
+  EXPECT_EQ(c.physical_block % c.logical_block, 0u);
+  EXPECT_GE(c.max_io, 1u << 20);
+  if (c.trim_zeroes) {
+    EXPECT_TRUE(c.can_trim) << "trim_zeroes without can_trim";
+  }
+  if (c.fast_zero) {
+    EXPECT_TRUE(c.can_write_zeroes) << "fast_zero without can_write_zeroes";
+  }
+  EXPECT_EQ(c.read_only, kind() == Kind::kReadOnly) << "read_only must say whether writes are refused";
+}
+
+TEST_P(Contract, OutOfRangeIsRefusedAndHarmless) {
+  std::vector<uint8_t> before = kind() == Kind::kErrors ? std::vector<uint8_t>{} : read_all();
+  std::vector<uint8_t> buf(1024, 0xAB);
+  EXPECT_EQ(dev_->read(kDevSize, std::span<uint8_t>(buf.data(), 512)).code(), EINVAL);
+  EXPECT_EQ(dev_->read(kDevSize - 512, buf).code(), EINVAL);
+  EXPECT_EQ(dev_->read(UINT64_MAX - 100, buf).code(), EINVAL);
+  EXPECT_EQ(dev_->write(kDevSize - 512, buf).code(), EINVAL);
+  EXPECT_EQ(dev_->write(UINT64_MAX - 511, std::span<const uint8_t>(buf.data(), 512)).code(), EINVAL);
+  EXPECT_EQ(dev_->trim(kDevSize - 512, 1024).code(), EINVAL);
+  EXPECT_EQ(dev_->write_zeroes(kDevSize - 512, 1024).code(), EINVAL);
+  EXPECT_EQ(dev_->write_zeroes(kDevSize, 1, false, true).code(), EINVAL);
+  if (kind() != Kind::kErrors) {
+    EXPECT_EQ(read_all(), before) << "a refused request changed data";
+  }
+}
+
+TEST_P(Contract, ReadOnlyRefusesEveryWrite) {
+  if (kind() != Kind::kReadOnly) GTEST_SKIP() << "writable";
+  std::vector<uint8_t> buf(4096, 0x5A);
+  EXPECT_EQ(dev_->write(0, buf).code(), EROFS);
+  EXPECT_EQ(dev_->write(8192, buf, true).code(), EROFS);
+  EXPECT_EQ(dev_->write_zeroes(0, 65536).code(), EROFS);
+  EXPECT_EQ(dev_->write_zeroes(0, 65536, false, true).code(), EROFS);
+  Status t = dev_->trim(0, 65536);
+  EXPECT_TRUE(t.code() == EROFS || t.code() == EOPNOTSUPP) << t.to_string();
+  EXPECT_TRUE(dev_->flush().ok());
+  EXPECT_EQ(read_all(), built_.expect);
+}
+
+TEST_P(Contract, ReadsAtAnySectorGranularity) {
+  if (kind() == Kind::kErrors) {
+    std::vector<uint8_t> b(512);
+    EXPECT_EQ(dev_->read(0, b).code(), EIO);
+    EXPECT_EQ(dev_->write(0, b).code(), EIO);
+    GTEST_SKIP() << "every I/O fails by design";
+  }
+  auto whole = read_all();
+  if (kind() == Kind::kReadOnly) {
+    EXPECT_EQ(whole, built_.expect);
+  } else if (kind() == Kind::kDropsWrites) {
+    EXPECT_EQ(whole, std::vector<uint8_t>(kDevSize, 0));
+  }
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 300; i++) {
+    uint64_t off = (rng() % (kDevSize / 512)) * 512;
+    uint64_t len = std::min<uint64_t>(((rng() % 160) + 1) * 512, kDevSize - off);
+    std::vector<uint8_t> b(len);
+    Status s = dev_->read(off, b);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    ASSERT_TRUE(std::equal(b.begin(), b.end(), whole.begin() + off)) << "read " << len << " at " << off;
+  }
+}
+
+// Random writes (FUA or not), zero-outs (unmap allowed or not), advisory
+// trims and flushes, at 512-byte granularity with offsets and lengths not
+// aligned to any target block or chunk; every read is checked against a
+// model of what the contract promises.
+TEST_P(Contract, ReadAfterWriteZeroesTrimFlush) {
+  if (kind() != Kind::kReadWrite && kind() != Kind::kDropsWrites)
+    GTEST_SKIP() << "not writable";
+  const bool drops = kind() == Kind::kDropsWrites;
+  DeviceCaps caps = dev_->caps();
+  Model m(read_all());
+  std::mt19937_64 rng(GetParam().files ? 11 : 12);
+  auto check = [&](uint64_t off, uint64_t len, int step) {
+    std::vector<uint8_t> got(len);
+    Status s = dev_->read(off, got);
+    ASSERT_TRUE(s.ok()) << "step " << step << ": " << s.to_string();
+    if (drops) {
+      ASSERT_EQ(got, std::vector<uint8_t>(len, 0)) << "step " << step;
+      return;
+    }
+    int64_t bad = m.mismatch(off, got);
+    ASSERT_EQ(bad, -1) << "step " << step << ": byte " << bad << " (read " << len << " at " << off << ")";
+  };
+  for (int step = 0; step < 400; step++) {
+    uint64_t off = (rng() % (kDevSize / 512)) * 512;
+    uint64_t len = std::min<uint64_t>(((rng() % 96) + 1) * 512, kDevSize - off);
+    int op = static_cast<int>(rng() % 20);
+    Status s;
+    if (op < 9) {
+      auto data = random_bytes(len, rng());
+      s = dev_->write(off, data, op == 0);
+      if (s.ok()) m.put(off, data);
+    } else if (op < 13) {
+      bool unmap = op < 11;
+      s = dev_->write_zeroes(off, len, op == 12, unmap);
+      if (s.ok()) m.zero(off, len);
+    } else if (op < 15) {
+      s = dev_->trim(off, len);
+      if (s.code() == EOPNOTSUPP) {
+        EXPECT_FALSE(caps.can_trim) << "can_trim but trim is not supported";
+        s = Status::Ok();
+      } else if (s.ok()) {
+        if (caps.trim_zeroes) m.zero(off, len);
+        else m.forget(off, len);
+      }
+    } else if (op < 16) {
+      s = dev_->flush();
+    } else {
+      ASSERT_NO_FATAL_FAILURE(check(off, len, step));
+      continue;
+    }
+    ASSERT_TRUE(s.ok()) << "step " << step << " op " << op << " at " << off << "+" << len << ": "
+                        << s.to_string();
+    ASSERT_NO_FATAL_FAILURE(check(off, len, step));
+  }
+  ASSERT_TRUE(dev_->flush().ok());
+  ASSERT_NO_FATAL_FAILURE(check(0, kDevSize, -1));
+}
+
+// Zero-outs read as zero at once, whatever the flags, including ranges that
+// start and end inside a target block.
+TEST_P(Contract, WriteZeroesReadsZero) {
+  if (kind() != Kind::kReadWrite) GTEST_SKIP() << "not read-write";
+  const uint64_t ranges[][2] = {{0, 512}, {4096, 4096}, {1536, 9728}, {65536 + 512, 131072 - 1024},
+                                {kDevSize - 4608, 4608}};
+  int i = 0;
+  for (auto [off, len] : ranges) {
+    auto data = random_bytes(len + 1024 <= kDevSize - off ? len + 1024 : len, 100 + i);
+    ASSERT_TRUE(dev_->write(off, data).ok());
+    bool unmap = i % 2 == 0;
+    Status s = dev_->write_zeroes(off, len, i == 3, unmap);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    std::vector<uint8_t> got(data.size());
+    ASSERT_TRUE(dev_->read(off, got).ok());
+    for (size_t k = 0; k < got.size(); k++)
+      ASSERT_EQ(got[k], k < len ? 0 : data[k]) << "range " << i << " byte " << k << " unmap=" << unmap;
+    i++;
+  }
+}
+
+// A trim is advisory, but a target that says trim_zeroes must zero every
+// byte, and a trim never disturbs bytes outside its range.
+TEST_P(Contract, TrimHonoursCaps) {
+  if (kind() != Kind::kReadWrite) GTEST_SKIP() << "not read-write";
+  DeviceCaps caps = dev_->caps();
+  auto data = random_bytes(3 * 65536, 77);
+  const uint64_t base = 65536;
+  ASSERT_TRUE(dev_->write(base, data).ok());
+  Status s = dev_->trim(base + 65536 + 512, 65536 - 1024);
+  if (!caps.can_trim) {
+    EXPECT_TRUE(s.ok() || s.code() == EOPNOTSUPP) << s.to_string();
+  } else {
+    ASSERT_TRUE(s.ok()) << s.to_string();
+  }
+  std::vector<uint8_t> got(data.size());
+  ASSERT_TRUE(dev_->read(base, got).ok());
+  for (size_t k = 0; k < got.size(); k++) {
+    bool inside = k >= 65536 + 512 && k < 2 * 65536 - 512;
+    if (!inside) {
+      ASSERT_EQ(got[k], data[k]) << "byte " << k << " outside the trimmed range changed";
+    } else if (s.ok() && caps.can_trim && caps.trim_zeroes) {
+      ASSERT_EQ(got[k], 0) << "byte " << k;
+    }
+  }
+}
+
+TEST_P(Contract, FlushAndFuaSucceed) {
+  if (kind() == Kind::kErrors) GTEST_SKIP() << "every I/O fails by design";
+  EXPECT_TRUE(dev_->flush().ok());
+  if (kind() == Kind::kReadOnly) return;
+  auto data = random_bytes(8192, 5);
+  ASSERT_TRUE(dev_->write(12288, data, true).ok());
+  ASSERT_TRUE(dev_->write_zeroes(40960, 8192, true, false).ok());
+  EXPECT_TRUE(dev_->flush().ok());
+  std::vector<uint8_t> got(8192);
+  ASSERT_TRUE(dev_->read(12288, got).ok());
+  if (kind() == Kind::kReadWrite) {
+    EXPECT_EQ(got, data);
+  }
+}
+
+// Sector stamps: every 512-byte sector a writer writes names its offset and
+// the write, and the rest of the sector is derived from both, so a reader can
+// tell a whole sector of one write from a torn, misplaced or stale one.
+void stamp(uint8_t* s, uint64_t off, uint64_t id) {
+  std::mt19937_64 r(off * 0x9E3779B97F4A7C15ull ^ id);
+  memcpy(s, &off, 8);
+  memcpy(s + 8, &id, 8);
+  for (int i = 16; i < 512; i += 8) {
+    uint64_t v = r();
+    memcpy(s + i, &v, 8);
+  }
+}
+bool is_stamp(const uint8_t* s, uint64_t off) {
+  uint64_t o, id;
+  memcpy(&o, s, 8);
+  memcpy(&id, s + 8, 8);
+  if (o != off || id == 0) return false;
+  uint8_t want[512];
+  stamp(want, off, id);
+  return memcmp(want, s, 512) == 0;
+}
+
+// Two writers and two readers on overlapping ranges: every sector a reader
+// sees is the sector's original bytes or the whole sector of one write.
+TEST_P(Contract, ConcurrentWritersAndReaders) {
+  if (kind() == Kind::kErrors || kind() == Kind::kDropsWrites) GTEST_SKIP() << "no data to race on";
+  const auto initial = read_all();
+  const bool writable = kind() == Kind::kReadWrite;
+  // Work on the first 256 KiB so ranges overlap often.
+  const uint64_t span = 256 * 1024;
+  std::atomic<uint64_t> next_id{1};
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::string first_bad;
+  std::mutex bad_mu;
+  auto fail = [&](std::string what) {
+    if (bad++ == 0) {
+      std::lock_guard lk(bad_mu);
+      first_bad = std::move(what);
+    }
+  };
+  auto writer = [&](int seed) {
+    std::mt19937_64 rng(seed);
+    for (int i = 0; i < 300 && !bad; i++) {
+      uint64_t off = (rng() % (span / 512)) * 512;
+      uint64_t len = std::min<uint64_t>(((rng() % 32) + 1) * 512, span - off);
+      uint64_t id = next_id++;
+      std::vector<uint8_t> d(len);
+      for (uint64_t k = 0; k < len; k += 512) stamp(d.data() + k, off + k, id);
+      Status s = dev_->write(off, d, i % 50 == 0);
+      if (!s.ok()) fail("write: " + s.to_string());
+    }
+  };
+  auto reader = [&](int seed) {
+    std::mt19937_64 rng(seed);
+    while (!stop && !bad) {
+      uint64_t off = (rng() % (span / 512)) * 512;
+      uint64_t len = std::min<uint64_t>(((rng() % 64) + 1) * 512, span - off);
+      std::vector<uint8_t> d(len);
+      Status s = dev_->read(off, d);
+      if (!s.ok()) return fail("read: " + s.to_string());
+      for (uint64_t k = 0; k < len; k += 512) {
+        const uint8_t* sec = d.data() + k;
+        if (memcmp(sec, initial.data() + off + k, 512) == 0) continue;
+        if (writable && is_stamp(sec, off + k)) continue;
+        return fail("sector at " + std::to_string(off + k) + " is neither original nor one write's");
+      }
+    }
+  };
+  std::vector<std::thread> th;
+  th.emplace_back(reader, 1);
+  th.emplace_back(reader, 2);
+  if (writable) {
+    th.emplace_back(writer, 3);
+    th.emplace_back(writer, 4);
+  }
+  if (writable) {
+    th[2].join();
+    th[3].join();
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  stop = true;
+  th[0].join();
+  th[1].join();
+  ASSERT_EQ(bad.load(), 0) << first_bad;
+  // After the storm: stable, and every sector original or one write's.
+  ASSERT_TRUE(dev_->flush().ok());
+  auto a = read_all(), b = read_all();
+  ASSERT_EQ(a, b) << "reads are not stable after the writers stopped";
+  for (uint64_t k = 0; k < span; k += 512)
+    ASSERT_TRUE(memcmp(a.data() + k, initial.data() + k, 512) == 0 || is_stamp(a.data() + k, k))
+        << "sector " << k;
+  ASSERT_TRUE(std::equal(a.begin() + span, a.end(), initial.begin() + span)) << "bytes past the range changed";
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTargets, Contract, testing::ValuesIn(all_params()), param_name);
+
+}  // namespace
+namespace {
+// Regular-file users of the FUSE export (and NBD clients that never agreed
+// on block sizes) send requests at any byte offset and length.
+TEST_P(Contract, ByteGranularReadsAndWrites) {
+  if (kind() != Kind::kReadWrite && kind() != Kind::kReadOnly) GTEST_SKIP();
+  Model m(read_all());
+  std::mt19937_64 rng(21);
+  for (int step = 0; step < 200; step++) {
+    uint64_t off = rng() % (kDevSize - 70000);
+    uint64_t len = 1 + rng() % 66000;
+    if (kind() == Kind::kReadWrite && step % 2 == 0) {
+      auto data = random_bytes(len, rng());
+      Status s = dev_->write(off, data);
+      ASSERT_TRUE(s.ok()) << "write " << len << " at " << off << ": " << s.to_string();
+      m.put(off, data);
+    }
+    std::vector<uint8_t> got(len);
+    Status s = dev_->read(off, got);
+    ASSERT_TRUE(s.ok()) << "read " << len << " at " << off << ": " << s.to_string();
+    ASSERT_EQ(m.mismatch(off, got), -1) << "read " << len << " at " << off;
+  }
+  ASSERT_EQ(m.mismatch(0, read_all()), -1);
+}
+}  // namespace
