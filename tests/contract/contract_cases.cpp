@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "contract/contract_util.h"
+#include "io/fault_device.h"
 #include "io/file_device.h"
 #include "io/memory_device.h"
 #include "overlaybd/grow_file.h"
@@ -36,7 +37,31 @@ Env::~Env() {
   res_.devs.clear();
 }
 
+std::unique_ptr<Env> Env::faulty() {
+  auto e = std::make_unique<Env>(false);
+  e->fault_ = true;
+  return e;
+}
+
+void Env::cut_power() {
+  for (auto& [n, d] : faults_) static_cast<FaultDevice&>(*d).power_cut();
+}
+
+std::unique_ptr<Env> Env::reboot() const {
+  auto e = std::make_unique<Env>(false);
+  e->uniq_ = uniq_;
+  for (auto& [n, d] : faults_) e->images_[n] = static_cast<FaultDevice&>(*d).durable_image();
+  return e;
+}
+
 std::string Env::backing(const std::string& name, const std::vector<uint8_t>& init) {
+  if (auto it = images_.find(name); it != images_.end())
+    return add(name, std::make_shared<MemoryDevice>(it->second));
+  if (fault_) {
+    auto d = std::make_shared<FaultDevice>(init);
+    faults_[name] = d;
+    return add(name, d);
+  }
   if (files_) {
     std::string p = path(name);
     udm::test::write_file(p, init);
@@ -319,6 +344,54 @@ const std::vector<Case>& contract_cases() {
       {"update_v0", [](Env& e) { return update(e, 0, false); }},
       {"update_v1", [](Env& e) { return update(e, 1, false); }},
       {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
+  };
+  return cases;
+}
+
+}  // namespace udm::contract
+
+namespace udm::contract {
+
+const std::vector<DurableCase>& durable_cases() {
+  auto bow_boot = [](int state) {
+    return [state](Env& e, bool first) -> Result<MappedDevicePtr> {
+      std::string s = e.backing("bowdev", random_bytes(kDevSize, 3));
+      UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} bow {}", kSectors, s)));
+      if (first) {
+        UDM_TRY(d->write_zeroes(kDevSize / 4, kDevSize * 3 / 4, false, true));
+        if (state >= 1) UDM_TRY(d->message(0, {"state", "1"}).status());
+      }
+      return d;
+    };
+  };
+  auto snap_boot = [](bool origin) {
+    return [origin](Env& e, bool) -> Result<MappedDevicePtr> {
+      std::string o = e.backing("origin", mixed_image(4));
+      std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
+      UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+      UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o, c)));
+      return origin ? od : sd;
+    };
+  };
+  // The other half of the pair still reads as the original image.
+  auto snap_check = [](bool origin) {
+    return [origin](Env& e) -> std::string {
+      auto other = e.resolver().open(e.uniq() + (origin ? "snap" : "origin-dev"), false);
+      if (!other.ok()) return other.status().to_string();
+      return read_all(**other) == mixed_image(4) ? "" : "the other device of the snapshot pair changed";
+    };
+  };
+  static const std::vector<DurableCase> cases = {
+      {"linear",
+       [](Env& e, bool) -> Result<MappedDevicePtr> {
+         std::string a = e.backing("a", random_bytes(kDevSize, 1));
+         return e.make("dev", fmt::format("0 {} linear {} 0", kSectors, a));
+       },
+       {}},
+      {"bow_state0", bow_boot(0), {}},
+      {"bow_state1", bow_boot(1), {}},
+      {"snapshot_origin", snap_boot(true), snap_check(true)},
+      {"snapshot_P", snap_boot(false), snap_check(false)},
   };
   return cases;
 }

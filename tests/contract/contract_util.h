@@ -39,6 +39,11 @@ class TestResolver : public DeviceResolver {
 class Env {
  public:
   explicit Env(bool files);
+  // Fault mode: backing devices are FaultDevices (volatile write cache).
+  static std::unique_ptr<Env> faulty();
+  // After cut_power(): the same names over what the disks held durably.
+  std::unique_ptr<Env> reboot() const;
+  void cut_power();
   ~Env();  // destroys devices top-down, then the backing
 
   bool files() const { return files_; }
@@ -57,6 +62,9 @@ class Env {
 
  private:
   bool files_;
+  bool fault_ = false;
+  std::map<std::string, DevicePtr> faults_;            // fault mode: name -> FaultDevice
+  std::map<std::string, std::vector<uint8_t>> images_;  // rebooted: name -> durable bytes
   udm::test::TempDir tmp_;
   std::string uniq_;
   TestResolver res_;
@@ -81,6 +89,16 @@ struct Case {
 
 // Every target type in every configuration the contract covers.
 const std::vector<Case>& contract_cases();
+
+// Targets whose state lives on their backing devices, for the durability
+// check: boot(env, true) creates the device on fresh disks, boot(env, false)
+// rebuilds it after a power cut; check() tells whether side views survived.
+struct DurableCase {
+  std::string name;
+  std::function<Result<MappedDevicePtr>(Env&, bool first_boot)> boot;
+  std::function<std::string(Env&)> check;  // may be empty
+};
+const std::vector<DurableCase>& durable_cases();
 
 constexpr uint64_t kDevSize = 1 << 20;  // every device under test is 1 MiB
 
