@@ -1,41 +1,20 @@
-// linear <dev> <offset_sectors>: maps the segment onto <dev> starting at
-// <offset_sectors>, like dm-linear. The nbdkit-filter-sized target.
+// The core targets, as in device-mapper:
+//   linear <dev> <offset_sectors>   the segment maps onto <dev> from <offset_sectors>
+//   zero                            reads zeroes, accepts and drops writes
+//   error                           fails every I/O with EIO
 #include <fmt/format.h>
 
 #include "device/table.h"
-#include "device/target.h"
+#include "device/target_args.h"
+#include "device/target_kit.h"
 
 namespace udm {
 namespace {
 
-class LinearTarget : public Target {
+class LinearTarget : public ForwardingTarget {
  public:
-  LinearTarget(DevicePtr dev, uint64_t offset, uint64_t length)
-      : dev_(std::move(dev)), offset_(offset), length_(length) {}
+  using ForwardingTarget::ForwardingTarget;
   std::string type() const override { return "linear"; }
-  uint64_t size() const override { return length_; }
-  DeviceCaps caps() const override { return dev_->caps(); }
-  Status do_read(uint64_t off, std::span<uint8_t> buf) override {
-    UDM_TRY(check_range(off, buf.size(), "read"));
-    return dev_->read(offset_ + off, buf);
-  }
-  Status do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) override {
-    UDM_TRY(check_range(off, buf.size(), "write"));
-    return dev_->write(offset_ + off, buf, fua);
-  }
-  Status do_trim(uint64_t off, uint64_t len) override {
-    UDM_TRY(check_range(off, len, "trim"));
-    return dev_->trim(offset_ + off, len);
-  }
-  Status do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) override {
-    UDM_TRY(check_range(off, len, "write_zeroes"));
-    return dev_->write_zeroes(offset_ + off, len, fua, may_unmap);
-  }
-  Status do_flush() override { return dev_->flush(); }
-
- private:
-  DevicePtr dev_;
-  uint64_t offset_, length_;
 };
 
 class ZeroTarget : public Target {
@@ -50,19 +29,16 @@ class ZeroTarget : public Target {
     c.fast_zero = true;
     return c;
   }
-  Status do_read(uint64_t off, std::span<uint8_t> buf) override {
-    UDM_TRY(check_range(off, buf.size(), "read"));
+
+ protected:
+  Status do_read(uint64_t, std::span<uint8_t> buf) override {
     std::fill(buf.begin(), buf.end(), 0);
     return Status::Ok();
   }
   // Like dm-zero, writes are accepted and dropped.
-  Status do_write(uint64_t off, std::span<const uint8_t> buf, bool) override {
-    return check_range(off, buf.size(), "write");
-  }
-  Status do_trim(uint64_t off, uint64_t len) override { return check_range(off, len, "trim"); }
-  Status do_write_zeroes(uint64_t off, uint64_t len, bool, bool) override {
-    return check_range(off, len, "write_zeroes");
-  }
+  Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return Status::Ok(); }
+  Status do_trim(uint64_t, uint64_t) override { return Status::Ok(); }
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return Status::Ok(); }
   Status do_flush() override { return Status::Ok(); }
 
  private:
@@ -74,14 +50,12 @@ class ErrorTarget : public Target {
   explicit ErrorTarget(uint64_t length) : length_(length) {}
   std::string type() const override { return "error"; }
   uint64_t size() const override { return length_; }
+
+ protected:
   Status do_read(uint64_t, std::span<uint8_t>) override { return IoError("error target: read"); }
-  Status do_write(uint64_t, std::span<const uint8_t>, bool) override {
-    return IoError("error target: write");
-  }
+  Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return IoError("error target: write"); }
   Status do_trim(uint64_t, uint64_t) override { return IoError("error target: discard"); }
-  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override {
-    return IoError("error target: write zeroes");
-  }
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return IoError("error target: write zeroes"); }
   Status do_flush() override { return Status::Ok(); }
 
  private:
@@ -89,35 +63,34 @@ class ErrorTarget : public Target {
 };
 
 Result<TargetPtr> make_linear(const TargetParams& p) {
-  if (p.args.size() != 2)
-    return Invalid(fmt::format("linear: expected 2 arguments, got {}", p.args.size()));
-  UDM_ASSIGN_OR_RETURN(uint64_t off_sectors, parse_u64_arg(p.args[1], "linear: offset"));
-  if (off_sectors > UINT64_MAX / kSectorSize) return Invalid("linear: offset overflows");
-  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(p.args[0], true));
-  uint64_t off = off_sectors * kSectorSize;
+  TargetArgs a("linear", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<device>"));
+  UDM_ASSIGN_OR_RETURN(uint64_t off, a.next_sectors("<offset_sectors>"));
+  UDM_TRY(a.done());
+  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(spec, true));
   if (off > dev->size() || p.length > dev->size() - off)
     return Invalid(fmt::format(
         "linear: device {} is too small: {} bytes, the segment needs {} bytes from offset {}",
-        p.args[0], dev->size(), p.length, off));
+        spec, dev->size(), p.length, off));
   return TargetPtr(std::make_shared<LinearTarget>(std::move(dev), off, p.length));
+}
+
+Result<TargetPtr> make_zero(const TargetParams& p) {
+  UDM_TRY(TargetArgs("zero", p.args).done());
+  return TargetPtr(std::make_shared<ZeroTarget>(p.length));
+}
+
+Result<TargetPtr> make_error(const TargetParams& p) {
+  UDM_TRY(TargetArgs("error", p.args).done());
+  return TargetPtr(std::make_shared<ErrorTarget>(p.length));
 }
 
 }  // namespace
 
 void register_core_targets(TargetRegistry& r) {
   r.add("linear", make_linear, "linear <device> <offset_sectors>");
-  r.add("zero",
-        [](const TargetParams& p) -> Result<TargetPtr> {
-          if (!p.args.empty()) return Invalid("zero: takes no arguments");
-          return TargetPtr(std::make_shared<ZeroTarget>(p.length));
-        },
-        "zero");
-  r.add("error",
-        [](const TargetParams& p) -> Result<TargetPtr> {
-          if (!p.args.empty()) return Invalid("error: takes no arguments");
-          return TargetPtr(std::make_shared<ErrorTarget>(p.length));
-        },
-        "error");
+  r.add("zero", make_zero, "zero");
+  r.add("error", make_error, "error");
 }
 
 }  // namespace udm
