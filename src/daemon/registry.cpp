@@ -6,7 +6,6 @@
 
 #include <algorithm>
 
-#include "io/path_resolver.h"
 #include "util/log.h"
 
 namespace udm {
@@ -19,18 +18,16 @@ DeviceRegistry::~DeviceRegistry() {
   for (auto it = order_.rbegin(); it != order_.rend(); ++it) devices_.erase(*it);
 }
 
-Status DeviceRegistry::validate_name(const std::string& name) {
-  if (name.empty() || name.size() > 127) return Invalid("device name must be 1-127 characters");
-  if (name == "." || name == "..") return Invalid("device name cannot be '.' or '..'");
-  for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
-          c == '+'))
-      return Invalid(fmt::format("device name '{}' has character '{}' (allowed: letters, digits, "
-                                 "'-', '_', '.', '+')",
-                                 name, c));
-  }
-  return Status::Ok();
-}
+DeviceRegistry::DeviceRegistry(const TargetRegistry& targets)
+    : targets_(targets),
+      resolver_([this](const std::string& name, bool) -> Result<DevicePtr> {
+        MappedDevicePtr dev = get(name);
+        if (!dev)
+          return Status::Error(ENXIO, fmt::format("no udm device named '{}' (files need an absolute "
+                                                  "path starting with '/')",
+                                                  name));
+        return DevicePtr(std::make_shared<HeldDevice>(std::move(dev)));
+      }) {}
 
 Result<std::shared_ptr<Table>> DeviceRegistry::build(const std::string& name,
                                                      const std::string& table_text) {
@@ -117,13 +114,7 @@ Status DeviceRegistry::shutdown_all() {
 }
 
 Result<DevicePtr> DeviceRegistry::open(const std::string& spec, bool writable) {
-  if (!spec.empty() && spec[0] == '/') return open_path_spec(spec, writable);
-  MappedDevicePtr dev = get(spec);
-  if (!dev)
-    return Status::Error(ENXIO, fmt::format("no udm device named '{}' (files need an absolute "
-                                            "path starting with '/')",
-                                            spec));
-  return DevicePtr(std::make_shared<HeldDevice>(std::move(dev)));
+  return resolver_.open(spec, writable);
 }
 
 Result<DevicePtr> DeviceRegistry::open_export(const std::string& name) {

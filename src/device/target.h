@@ -15,14 +15,17 @@
 
 namespace udm {
 
-// Opens backing devices for targets. A spec starting with '/' is a file or
-// block-device path; anything else is the name of another udm device
-// (stacking). The returned device stays open (and counted as a holder of a
-// udm device) until the last reference is dropped.
+// Opens backing devices for targets (io/resolver.h decides what a spec is: a
+// path, a URI of a registered backing source, or the name of another udm
+// device). The returned device stays open (and counted as a holder of a udm
+// device) until the last reference is dropped.
 class DeviceResolver {
  public:
   virtual ~DeviceResolver() = default;
   virtual Result<DevicePtr> open(const std::string& spec, bool writable) = 0;
+  // A key that is equal for two specs exactly when they name the same device
+  // (io/resolver.h implements it for paths, URIs and names).
+  virtual Result<std::string> identity(const std::string& spec) { return "spec:" + spec; }
 };
 
 class Target : public BlockDevice {

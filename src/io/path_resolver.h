@@ -1,21 +1,10 @@
-// Opens "/path" specs as FileDevices. The daemon's resolver adds udm device
-// names on top; tests and offline tools use this one alone.
+// Superseded by io/resolver.h (one resolver for paths, URIs and names); kept
+// as an alias while callers move over.
 #pragma once
 
-#include "device/target.h"
-#include "io/file_device.h"
+#include "io/resolver.h"
 
 namespace udm {
-
-class PathResolver : public DeviceResolver {
- public:
-  // Opens writable when asked; a file that cannot be opened writable (EROFS,
-  // EACCES) is opened read-only so the target reports read-only caps.
-  Result<DevicePtr> open(const std::string& spec, bool writable) override;
-};
-
-// Opens `spec` as a path if it starts with '/', else fails with a message
-// telling that device names need the daemon.
-Result<DevicePtr> open_path_spec(const std::string& spec, bool writable);
-
+using PathResolver = Resolver;
+inline Result<DevicePtr> open_path_spec(const std::string& spec, bool writable) { return Resolver().open(spec, writable); }
 }  // namespace udm
