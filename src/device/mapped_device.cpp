@@ -131,6 +131,9 @@ Status MappedDevice::for_each_piece(uint64_t offset, uint64_t length, F&& f) {
   return Status::Ok();
 }
 
+// The public call checked the range against the size when it arrived; a
+// request that then waited at the gate may meet a reloaded table of another
+// size, so each hook checks again once inside the gate.
 Status MappedDevice::do_read(uint64_t offset, std::span<uint8_t> buf) {
   enter();
   GateGuard g{this, &MappedDevice::leave};
