@@ -39,7 +39,9 @@ Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_
   UDM_ASSIGN_OR_RETURN(auto newf, FileDevice::open(new_path, {.writable = false}));
   uint64_t size = newf->size();
   if (oldf->size() != size)
-    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes (the v0 format maps blocks in place)",
+    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes; format v0 cannot carry that (its "
+                               "header has no image size, so a reader can neither size the update device nor check the "
+                               "system device); use format v1, which can",
                                old_path, oldf->size(), new_path, size));
   if (size % o.block_size)
     return Invalid(fmt::format("image size {} is not a multiple of the block size {}", size, o.block_size));

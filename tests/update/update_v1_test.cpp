@@ -182,7 +182,9 @@ TEST(UpdateV1, CorruptFilesRefused) {
   with([](V1Header& h) { h.chunk_blocks = 0; }, "chunk_blocks");
   with([](V1Header& h) { h.compression = "lz4"; }, "compression");
   with([](V1Header& h) { h.image_blocks = 0; }, "image_blocks");
-  with([](V1Header& h) { h.op_count = h.image_blocks + 1; }, "op_count");
+  // One final operation per block plus at most one SAVE per block.
+  with([](V1Header& h) { h.op_count = v1_max_ops(h.image_blocks) + 1; }, "op_count");
+  with([](V1Header& h) { h.op_count = h.image_blocks + 1; }, "");  // allowed by the header, refused by the metadata
   with([](V1Header& h) { h.meta_offset += 1; }, "meta_offset");
   with([](V1Header& h) { h.data_offset += 1; }, "data_offset");
   with([](V1Header& h) { h.data_size += 1; }, "data");
