@@ -99,6 +99,10 @@ Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_
     for (auto& t : ts) t.join();
     for (auto& c : batch) {
       UDM_TRY(c.status);
+      // The loader's limit (format.h): the directory, sentinel included.
+      if (entries.size() + c.dests.size() + 1 > kMaxDirEntries)
+        return Invalid(fmt::format("more than {} changed blocks: a v0 directory holds at most {} entries (format v1 "
+                                   "has no such limit)", kMaxDirEntries - 1, kMaxDirEntries));
       uint64_t src = pos;
       if (src >= (1ull << 48)) return Invalid("diff grew past 2^48 bytes");
       for (size_t i = 0; i < c.dests.size(); i++) entries.push_back(Entry{c.dests[i], src, static_cast<uint32_t>(i)});
