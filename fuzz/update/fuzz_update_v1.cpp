@@ -4,6 +4,7 @@
 // whose order never reads a block after it was overwritten.
 #include <cstdint>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 
 #include "io/memory_device.h"
@@ -29,12 +30,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!save && idx->find(idx->ops[i].dest) != static_cast<int64_t>(i)) std::abort();
     if (save && idx->find(idx->ops[i].dest) <= static_cast<int64_t>(i)) std::abort();
     if (idx->last_reader[i] >= static_cast<int64_t>(i)) std::abort();
-    if (idx->ops[i].type == OpType::Xor && idx->ops[i].src + idx->block_size() > idx->h.image_blocks * idx->block_size())
+    // Old content is read only inside the old image; new blocks past its end all have an operation.
+    if (idx->ops[i].type == OpType::Xor && idx->ops[i].src + idx->block_size() > idx->old_bytes()) std::abort();
+    if (idx->ops[i].type == OpType::Save && idx->ops[i].src >= idx->old_blocks()) std::abort();
+    if (idx->ops[i].type == OpType::Copy && idx->save_of(idx->ops[i].src) < 0 && idx->ops[i].src >= idx->old_blocks())
       std::abort();
   }
+  if (idx->ops.size() > v1_max_ops(idx->h.image_blocks)) std::abort();
+  for (uint64_t b = idx->old_blocks(); b < idx->h.image_blocks; b++)
+    if (idx->find(b) < 0) std::abort();
+  for (const auto& f : idx->frames)
+    for (uint64_t r : f.refs)
+      if (r >= idx->old_blocks()) std::abort();
   const uint64_t bs = idx->block_size();
-  if (idx->h.image_blocks * bs > (64u << 20)) return 0;  // keep the old image small
-  udm::MemoryDevice old(std::vector<uint8_t>(idx->h.image_blocks * bs, 0x5a), true);
+  const uint64_t dev_bytes = std::max(idx->old_bytes(), idx->new_bytes());
+  if (dev_bytes > (64u << 20)) return 0;  // keep the old image small
+  udm::MemoryDevice old(std::vector<uint8_t>(dev_bytes, 0x5a), true);
   std::vector<uint8_t> out(bs);
   for (size_t i = 0; i < idx->ops.size() && i < 256; i++) (void)v1_compute(dev, old, *idx, i, out);
   std::vector<uint8_t> stash(bs);

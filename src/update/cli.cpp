@@ -1,6 +1,8 @@
 // update-diff, update-info, update-apply.
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
 #include <iostream>
@@ -31,7 +33,8 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "format:            update v1\n"
       "block size:        {} (block_bits {})\n"
       "compression:       {}\n"
-      "image:             {} blocks ({} bytes)\n"
+      "new image:         {} blocks ({} bytes)\n"
+      "old image:         {} blocks ({} bytes){}\n"
       "old image sha256:  {}\n"
       "new image sha256:  {}\n"
       "operations:        {} (ZERO {}, COPY {}, REPLACE {}, XOR {}, DELTA {} with {} reference blocks, SAVE {})\n"
@@ -42,7 +45,8 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "stash:             {}\n"
       "diff size:         {} bytes\n"
       "copy-back record:  {} of {} operations{}\n",
-      idx->block_size(), h.block_bits, h.compression, h.image_blocks, h.image_blocks * idx->block_size(), hex(h.old_sha256),
+      idx->block_size(), h.block_bits, h.compression, h.image_blocks, idx->new_bytes(), idx->old_blocks(), idx->old_bytes(),
+      idx->old_blocks() == h.image_blocks ? "" : " (different size)", hex(h.old_sha256),
       hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[5], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
       chunk_bytes, idx->xchunks.size(), xchunk_bytes, idx->frames.size(), n[3], frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
       idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
@@ -53,63 +57,36 @@ void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::str
   if (!idx.ok()) return cli::fail(idx.status().context(diff_path));
   auto sys = FileDevice::open(old_path);
   if (!sys.ok()) return cli::fail(sys.status());
-  const uint64_t bs = idx->block_size();
-  const uint64_t img = idx->h.image_blocks * bs;
-  if ((*sys)->size() < img)
-    return cli::fail(fmt::format("{} is {} bytes but the diff is for a {}-byte image", old_path, (*sys)->size(), img));
+  const uint64_t img = idx->new_bytes(), old_img = idx->old_bytes();
+  if ((*sys)->size() < old_img)
+    return cli::fail(fmt::format("{} is {} bytes, smaller than the diff's old image ({} bytes)", old_path, (*sys)->size(),
+                                 old_img));
+  // A regular file holding exactly the old image becomes exactly the new one
+  // (grown or shrunk); a block device or a larger file keeps its size and
+  // must hold the new image.
+  const bool resize = !(*sys)->is_block_device() && (*sys)->size() == old_img && img != old_img;
+  if (!resize && (*sys)->size() < img)
+    return cli::fail(fmt::format("{} is {} bytes, smaller than the diff's new image ({} bytes)", old_path, (*sys)->size(),
+                                 img));
   // The diff's checkpoint (if a target used it) is about another device; the
   // old-image hash below decides whether OLD can take this diff.
-  auto hash = sha256_device(**sys, img);
+  auto hash = sha256_device(**sys, old_img);
   if (!hash.ok()) return cli::fail(hash.status());
   if (*hash != idx->h.old_sha256)
     return cli::fail(fmt::format("{}: sha256 {} is not the diff's old image {}; nothing written", old_path, hex(*hash),
                                  hex(idx->h.old_sha256)));
   // Offline and not crash-safe (the target is): compute every block in
   // order, then write in order. Validation of every payload happens first.
-  std::vector<uint8_t> out(idx->ops.size() * bs);
-  // Decoded payloads (REPLACE and XOR chunks, DELTA frames), each decoded
-  // once: the apply order visits them out of their storage order.
-  std::map<std::pair<int, size_t>, std::vector<uint8_t>> payload;
-  auto get = [&](int kind, size_t k) -> Result<const std::vector<uint8_t>*> {
-    auto it = payload.find({kind, k});
-    if (it != payload.end()) return &it->second;
-    std::vector<uint8_t> buf(uint64_t{kind == 2 ? idx->frames[k].blocks : idx->h.chunk_blocks} * bs);
-    Status st = kind == 2 ? v1_read_delta(diff, **sys, *idx, k, buf) : v1_read_chunk(diff, *idx, k, buf, kind == 1);
-    if (!st.ok()) return st;
-    return &payload.emplace(std::make_pair(kind, k), std::move(buf)).first->second;
-  };
+  auto out = v1_compute_all(diff, **sys, *idx);
+  if (!out.ok()) return cli::fail(out.status().context(diff_path + ": nothing written"));
+  if (resize) {
+    if (::truncate(old_path.c_str(), static_cast<off_t>(img)) != 0)
+      return cli::fail(ErrnoStatus(fmt::format("resize {} to the new image's {} bytes", old_path, img)));
+    sys = FileDevice::open(old_path);
+    if (!sys.ok()) return cli::fail(sys.status());
+  }
   Progress prog("update-apply", idx->ops.size(), false);
-  for (size_t i = 0; i < idx->ops.size(); i++) {
-    const V1Op& op = idx->ops[i];
-    std::span<uint8_t> o(out.data() + i * bs, bs);
-    Status s;
-    const uint64_t cb = idx->h.chunk_blocks;
-    if (op.type == OpType::Replace || op.type == OpType::Xor || op.type == OpType::Delta) {
-      const bool d = op.type == OpType::Delta;
-      auto p = get(d ? 2 : op.type == OpType::Xor ? 1 : 0, d ? op.index : op.index / cb);
-      if (!p.ok()) {
-        s = p.status();
-      } else {
-        const uint8_t* src = (*p)->data() + (d ? uint64_t{op.member} : op.index % cb) * bs;
-        if (op.type == OpType::Xor) {
-          s = (*sys)->read(op.src, o);
-          if (s.ok()) v1_xor_into(o, src);
-        } else {
-          std::memcpy(o.data(), src, bs);
-        }
-      }
-    } else {
-      s = v1_compute(diff, **sys, *idx, i, o);
-    }
-    if (!s.ok()) return cli::fail(s.context(diff_path + ": nothing written"));
-  }
-  // All reads of old blocks are done above, so any write order is safe here.
-  for (size_t i = 0; i < idx->ops.size(); i++) {
-    Status s = (*sys)->write(idx->ops[i].dest * bs, std::span<const uint8_t>(out.data() + i * bs, bs));
-    if (!s.ok()) return cli::fail(s);
-    prog.add(1);
-  }
-  if (Status s = (*sys)->flush(); !s.ok()) return cli::fail(s);
+  if (Status s = v1_write_all(**sys, *idx, *out, [&](uint64_t n) { prog.add(n); }); !s.ok()) return cli::fail(s);
   prog.finish();
   auto nh = sha256_device(**sys, img);
   if (!nh.ok()) return cli::fail(nh.status());

@@ -39,7 +39,9 @@ Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_
   UDM_ASSIGN_OR_RETURN(auto newf, FileDevice::open(new_path, {.writable = false}));
   uint64_t size = newf->size();
   if (oldf->size() != size)
-    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes (the v0 format maps blocks in place)",
+    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes; format v0 cannot carry that (its "
+                               "header has no image size, so a reader can neither size the update device nor check the "
+                               "system device); use format v1, which can",
                                old_path, oldf->size(), new_path, size));
   if (size % o.block_size)
     return Invalid(fmt::format("image size {} is not a multiple of the block size {}", size, o.block_size));
@@ -97,6 +99,10 @@ Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_
     for (auto& t : ts) t.join();
     for (auto& c : batch) {
       UDM_TRY(c.status);
+      // The loader's limit (format.h): the directory, sentinel included.
+      if (entries.size() + c.dests.size() + 1 > kMaxDirEntries)
+        return Invalid(fmt::format("more than {} changed blocks: a v0 directory holds at most {} entries (format v1 "
+                                   "has no such limit)", kMaxDirEntries - 1, kMaxDirEntries));
       uint64_t src = pos;
       if (src >= (1ull << 48)) return Invalid("diff grew past 2^48 bytes");
       for (size_t i = 0; i < c.dests.size(); i++) entries.push_back(Entry{c.dests[i], src, static_cast<uint32_t>(i)});

@@ -46,7 +46,8 @@ struct DiffV1Options {
 };
 
 struct DiffV1Stats {
-  uint64_t image_bytes = 0, blocks = 0, changed_blocks = 0;
+  uint64_t image_bytes = 0, blocks = 0, changed_blocks = 0;  // the new image's bytes and blocks
+  uint64_t old_blocks = 0;                                   // the old image's blocks
   uint64_t zero = 0, copy = 0, replace = 0, delta = 0, delta_frames = 0, xor_ops = 0, xchunks = 0;
   uint64_t converted = 0;  // COPY/DELTA turned into REPLACE to break cycles
   uint64_t trimmed = 0;    // DELTA that dropped the references closing a cycle

@@ -131,6 +131,28 @@ void anchors(const uint8_t* p, size_t n, F f) {
   }
 }
 
+// The head of a diff (header, stash, metadata) as a device of the whole
+// diff's size; the payload bytes read as zeroes (load_v1 never reads them).
+class HeadDevice : public BlockDevice {
+ public:
+  HeadDevice(std::vector<uint8_t> head, uint64_t size) : head_(std::move(head)), size_(size) {}
+  uint64_t size() const override { return size_; }
+
+ protected:
+  Status do_read(uint64_t off, std::span<uint8_t> buf) override {
+    std::fill(buf.begin(), buf.end(), 0);
+    if (off < head_.size())
+      std::memcpy(buf.data(), head_.data() + off, std::min<uint64_t>(buf.size(), head_.size() - off));
+    return Status::Ok();
+  }
+  Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly("diff head: read-only"); }
+  Status do_flush() override { return Status::Ok(); }
+
+ private:
+  std::vector<uint8_t> head_;
+  uint64_t size_;
+};
+
 struct GOp {
   uint64_t dest = 0;
   OpType type = OpType::Replace;
@@ -146,24 +168,33 @@ struct GOp {
 Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string& new_path,
                                  const std::string& out_path, const DiffV1Options& o) {
   auto t0 = std::chrono::steady_clock::now();
-  if (o.block_size < 512 || o.block_size > (1u << 20) || (o.block_size & (o.block_size - 1)))
-    return Invalid(fmt::format("--block-size {}: must be a power of two in 512..1 MiB", o.block_size));
-  if (o.chunk_blocks == 0 || uint64_t{o.chunk_blocks} * o.block_size > (64ull << 20))
-    return Invalid(fmt::format("--chunk-blocks {}: must be 1.. with chunks of at most 64 MiB", o.chunk_blocks));
+  // The format's limits (format_v1.h), checked up front where the options decide them.
+  if (o.block_size < (1u << kV1MinBlockBits) || o.block_size > (1u << kV1MaxBlockBits) ||
+      (o.block_size & (o.block_size - 1)))
+    return Invalid(fmt::format("--block-size {}: must be a power of two in {}..{}", o.block_size, 1u << kV1MinBlockBits,
+                               1u << kV1MaxBlockBits));
+  if (o.chunk_blocks == 0 || uint64_t{o.chunk_blocks} * o.block_size > kV1MaxChunkBytes)
+    return Invalid(fmt::format("--chunk-blocks {}: must be 1.. with chunks of at most {} MiB", o.chunk_blocks,
+                               kV1MaxChunkBytes >> 20));
   const uint64_t bs = o.block_size;
   const unsigned threads = std::max(1u, o.threads);
   const int level = o.level ? o.level : 19;
   Mapped oldm, newm;
   UDM_TRY(map_file(old_path, oldm));
   UDM_TRY(map_file(new_path, newm));
-  const uint64_t size = newm.n;
-  if (oldm.n != size)
-    return Invalid(fmt::format("images differ in size: {} is {} bytes, {} is {} bytes (the update maps blocks in place)",
-                               old_path, oldm.n, new_path, size));
+  // OLD and NEW may differ in size: destinations are the new image's blocks
+  // [0, blocks), sources only the old image's [0, old_blocks) (the system
+  // device past the old image's end holds anything).
+  const uint64_t size = newm.n, old_size = oldm.n;
   if (size == 0 || size % bs)
-    return Invalid(fmt::format("image size {} is not a positive multiple of the block size {}", size, bs));
-  const uint64_t blocks = size / bs;
-  if (blocks >= (1ull << 31)) return Invalid("image has 2^31 blocks or more");
+    return Invalid(fmt::format("new image {}: size {} is not a positive multiple of the block size {}", new_path, size, bs));
+  if (old_size == 0 || old_size % bs)
+    return Invalid(fmt::format("old image {}: size {} is not a positive multiple of the block size {}", old_path, old_size, bs));
+  const uint64_t blocks = size / bs, old_blocks = old_size / bs;
+  const uint64_t span = std::max(blocks, old_blocks);
+  // This generator indexes blocks with 32-bit integers; the format allows kV1MaxImageBlocks.
+  if (span >= (1ull << 31) || span > kV1MaxImageBlocks)
+    return Invalid(fmt::format("image of {} blocks: update-diff handles fewer than 2^31 blocks", span));
   const uint8_t* OLD = oldm.p;
   const uint8_t* NEW = newm.p;
   if (!o.progress) Progress::force_enable(false);
@@ -171,32 +202,34 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   DiffV1Stats st;
   st.image_bytes = size;
   st.blocks = blocks;
+  st.old_blocks = old_blocks;
 
   // 1. Hashes: SHA-256 of both images, XXH3 of every old block, changed flags.
   std::array<uint8_t, 32> old_sha{}, new_sha{};
-  std::vector<uint64_t> oh(blocks);
-  std::vector<uint8_t> changed(blocks);
+  std::vector<uint64_t> oh(old_blocks);
+  std::vector<uint8_t> changed(blocks);  // every new block past the old image's end is "changed"
   {
-    Progress prog("update-diff: hashing", blocks, false);
+    Progress prog("update-diff: hashing", span, false);
     std::thread sh([&] {
-      old_sha = sha256(OLD, size);
+      old_sha = sha256(OLD, old_size);
       new_sha = sha256(NEW, size);
     });
-    parallel_for(blocks, threads, [&](size_t b) {
-      oh[b] = XXH3_64bits(OLD + b * bs, bs);
-      changed[b] = std::memcmp(OLD + b * bs, NEW + b * bs, bs) != 0;
-      if ((b & 255) == 0) prog.add(std::min<uint64_t>(256, blocks - b));
+    parallel_for(span, threads, [&](size_t b) {
+      if (b < old_blocks) oh[b] = XXH3_64bits(OLD + b * bs, bs);
+      if (b < blocks) changed[b] = b >= old_blocks || std::memcmp(OLD + b * bs, NEW + b * bs, bs) != 0;
+      if ((b & 255) == 0) prog.add(std::min<uint64_t>(256, span - b));
     });
     sh.join();
     prog.finish();
   }
   // Index of old blocks by content hash; blocks the update leaves alone first
   // (a COPY from them never conflicts).
+  // (Old blocks past the new image's end are never overwritten either.)
   std::unordered_map<uint64_t, uint32_t> index;
-  index.reserve(blocks * 2);
+  index.reserve(old_blocks * 2);
   for (int pass = 0; pass < 2; pass++)
-    for (uint64_t b = 0; b < blocks; b++)
-      if (changed[b] == pass) index.emplace(oh[b], static_cast<uint32_t>(b));
+    for (uint64_t b = 0; b < old_blocks; b++)
+      if ((b < blocks && changed[b]) == (pass == 1)) index.emplace(oh[b], static_cast<uint32_t>(b));
   oh.clear();
   oh.shrink_to_fit();
   // Anchor index of old blocks (for similar blocks anywhere in old).
@@ -207,7 +240,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     std::vector<std::thread> ts;
     for (unsigned t = 0; t < threads; t++)
       ts.emplace_back([&, t] {
-        for (uint64_t b = t; b < blocks; b += threads)
+        for (uint64_t b = t; b < old_blocks; b += threads)
           anchors(OLD + b * bs, bs, [&](uint64_t k, size_t i) { parts[t].push_back({k, b * bs + i}); });
         std::sort(parts[t].begin(), parts[t].end());
       });
@@ -223,7 +256,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
 
   // 2. Classify changed blocks.
   std::vector<GOp> ops;
-  std::vector<int32_t> writer(blocks, -1);
+  std::vector<int32_t> writer(span, -1);  // operation writing a block (final content), -1 if none
   std::vector<uint8_t> zero(bs, 0);
   for (uint64_t d = 0; d < blocks; d++) {
     if (!changed[d]) continue;
@@ -259,7 +292,10 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
       auto rep = zcompress(nb, bs, nullptr, 0, level, false);
       g.rep_cost = static_cast<uint32_t>(rep.empty() ? bs : rep.size());
       if (!o.delta) return prog.add(1);
-      std::vector<uint64_t> bases{g.dest};
+      // bases[0] is the block's own place in old (if the old image has it).
+      const bool own = g.dest < old_blocks;
+      std::vector<uint64_t> bases;
+      if (own) bases.push_back(g.dest);
       const int64_t W = o.neighbourhood;
       for (int64_t dist = 1; dist <= W && bases.size() < 4; dist++) {
         for (int64_t sgn : {-1, 1}) {
@@ -268,7 +304,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
           int32_t w = writer[n];
           if (w < 0 || ops[w].type != OpType::Copy) continue;
           int64_t base = static_cast<int64_t>(ops[w].src) - sgn * dist;
-          if (base < 0 || base >= static_cast<int64_t>(blocks)) continue;
+          if (base < 0 || base >= static_cast<int64_t>(old_blocks)) continue;
           if (std::find(bases.begin(), bases.end(), uint64_t(base)) == bases.end()) bases.push_back(uint64_t(base));
         }
       }
@@ -313,7 +349,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
         uint64_t best = UINT64_MAX;
         size_t best_diff = bs / 4 + 1;  // more differing bytes than this: not an XOR block
         for (uint64_t c : cand) {
-          if (c > size - bs) continue;
+          if (c > old_size - bs) continue;
           size_t diff = 0;
           const uint8_t* ob = OLD + c;
           for (size_t k = 0; k < bs && diff < best_diff; k++) diff += ob[k] != nb[k];
@@ -344,9 +380,9 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
         for (int64_t dlt : {-1, 0, 1}) {
           // Around its own place only the block itself: its neighbours are
           // usually rewritten too and would tie the two into a cycle.
-          if (bi == 0 && dlt != 0) continue;
+          if (own && bi == 0 && dlt != 0) continue;
           int64_t r = static_cast<int64_t>(bases[bi]) + dlt;
-          if (r < 0 || r >= static_cast<int64_t>(blocks)) continue;
+          if (r < 0 || r >= static_cast<int64_t>(old_blocks)) continue;
           if (std::memcmp(OLD + uint64_t(r) * bs, zero.data(), bs) == 0) continue;
           if (std::find(refs.begin(), refs.end(), uint64_t(r)) == refs.end()) refs.push_back(uint64_t(r));
         }
@@ -429,13 +465,14 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   // puts the zeroes back at the end. Taken from the end of the image first.
   std::vector<uint64_t> spare_zero;
   if (o.zero_parking) {
-    std::vector<uint8_t> read(blocks, 0);  // a block somebody reads is no parking place
+    std::vector<uint8_t> read(span, 0);  // a block somebody reads is no parking place
     for (const GOp& g : ops) {
       if (g.type == OpType::Copy) read[g.src] = 1;
       for (uint64_t r : g.refs) read[r] = 1;
       if (g.type == OpType::Xor) read[g.src / bs] = read[(g.src + bs - 1) / bs] = 1;
     }
-    for (uint64_t b = blocks; b-- > 0;)
+    // Only blocks both images have (an unchanged block lies in both).
+    for (uint64_t b = std::min(blocks, old_blocks); b-- > 0;)
       if (!changed[b] && !read[b] && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
   }
   std::reverse(spare_zero.begin(), spare_zero.end());
@@ -673,7 +710,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   // frame when that is smaller: every member then reads the union of their
   // references, so the union may only hold blocks that nothing overwrites
   // before the group's last member.
-  std::vector<uint64_t> over_at(blocks, UINT64_MAX);  // first position that overwrites a block (SAVE or final)
+  std::vector<uint64_t> over_at(span, UINT64_MAX);  // first position that overwrites a block (SAVE or final)
   for (size_t p = order.size(); p-- > 0;) over_at[ops[order[p]].dest] = p;
   struct Frame {
     std::vector<uint32_t> members;  // ops, apply order
@@ -829,6 +866,7 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   h.block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
   h.chunk_blocks = o.chunk_blocks;
   h.image_blocks = blocks;
+  h.old_blocks = old_blocks;
   h.op_count = vops.size();
   h.stash_blocks = stash ? 1 : 0;
   h.meta_offset = kV1HeaderSize + (stash ? bs : 0);
@@ -840,6 +878,23 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   for (auto& f : frames) h.data_size += f.length;
   h.old_sha256 = old_sha;
   h.new_sha256 = new_sha;
+  auto hb = encode_v1_header(h);
+
+  // Never write a diff the loader refuses: the header against the format's
+  // limits, then the header and metadata through load_v1 itself (every
+  // operation, count, source, order and SAVE rule), before the first byte.
+  if (Status v = v1_validate_header(h); !v.ok())
+    return Invalid(fmt::format("update-diff: this update exceeds a limit of format v1 ({}); nothing written", v.message()));
+  {
+    std::vector<uint8_t> head(hb.begin(), hb.end());
+    head.resize(h.meta_offset, 0);  // the stash (zero in a fresh diff)
+    head.insert(head.end(), cmeta.begin(), cmeta.end());
+    HeadDevice dev(std::move(head), h.data_offset + h.data_size);
+    auto check = load_v1(dev);
+    if (!check.ok())
+      return IoError(fmt::format("update-diff: internal error: the diff would not load ({}); nothing written",
+                                 check.status().message()));
+  }
 
   int fd = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("create " + out_path);
@@ -857,7 +912,6 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
     pos += len;
     return Status::Ok();
   };
-  auto hb = encode_v1_header(h);
   Status s = append(hb.data(), hb.size());
   if (s.ok() && stash) s = append(zero.data(), bs);
   if (s.ok()) s = append(cmeta.data(), cmeta.size());

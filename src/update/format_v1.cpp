@@ -15,6 +15,10 @@
 
 namespace udm::update {
 
+static_assert(v1_max_frame_bytes(4096) == ZSTD_COMPRESSBOUND(4096));
+static_assert(v1_max_frame_bytes(kV1MaxChunkBytes) == ZSTD_COMPRESSBOUND(kV1MaxChunkBytes));
+static_assert(v1_max_frame_bytes(kV1MaxGroup << kV1MaxBlockBits) == ZSTD_COMPRESSBOUND(kV1MaxGroup << kV1MaxBlockBits));
+
 namespace {
 constexpr char kMagic[8] = {'u', 'p', 'd', 'a', 't', 'e', 0, 0};
 constexpr size_t kCrcEnd = 156;
@@ -52,6 +56,13 @@ struct Reader {
 };
 
 uint32_t crc(const uint8_t* p, size_t n) { return static_cast<uint32_t>(::crc32(0, p, static_cast<uInt>(n))); }
+// The header CRC covers bytes 0..155 and, with the old-size flag, continues
+// over old_blocks (bytes 160..167).
+uint32_t header_crc(const uint8_t* b) {
+  uLong c = ::crc32(0, b, kCrcEnd);
+  if (le16(b + 10) & kV1FlagOldBlocks) c = ::crc32(c, b + kV1OldBlocksOffset, 8);
+  return static_cast<uint32_t>(c);
+}
 }  // namespace
 
 std::string hex(std::span<const uint8_t> b) {
@@ -65,6 +76,8 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   std::memcpy(b.data(), kMagic, 8);
   b[8] = kVersion1;
   b[9] = h.block_bits;
+  const bool own_old = h.old_blocks != 0 && h.old_blocks != h.image_blocks;
+  put_le16(&b[10], own_old ? kV1FlagOldBlocks : 0);
   put_le32(&b[12], h.chunk_blocks);
   std::memcpy(&b[16], h.compression.data(), std::min<size_t>(h.compression.size(), 15));
   put_le64(&b[32], h.image_blocks);
@@ -77,7 +90,8 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   std::memcpy(&b[88], h.old_sha256.data(), 32);
   std::memcpy(&b[120], h.new_sha256.data(), 32);
   put_le32(&b[152], h.stash_blocks);
-  put_le32(&b[kCrcEnd], crc(b.data(), kCrcEnd));
+  if (own_old) put_le64(&b[kV1OldBlocksOffset], h.old_blocks);
+  put_le32(&b[kCrcEnd], header_crc(b.data()));
   put_le32(&b[kV1CkptOffset], h.ckpt_state ? kV1CkptTag : 0);
   put_le32(&b[kV1CkptOffset + 4], h.ckpt_state);
   put_le64(&b[kV1CkptOffset + 8], h.ckpt_done);
@@ -87,16 +101,49 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   return b;
 }
 
+Status v1_validate_header(const V1Header& h) {
+  if (h.block_bits < kV1MinBlockBits || h.block_bits > kV1MaxBlockBits)
+    return Corrupt(fmt::format("v1 header block_bits: {} (must be {}..{})", h.block_bits, kV1MinBlockBits, kV1MaxBlockBits));
+  if (h.chunk_blocks == 0 || (uint64_t{h.chunk_blocks} << h.block_bits) > kV1MaxChunkBytes)
+    return Corrupt(fmt::format("v1 header chunk_blocks: {} (must be 1.. and chunks at most {} MiB)", h.chunk_blocks,
+                               kV1MaxChunkBytes >> 20));
+  if (h.compression != "zstd") return Corrupt("v1 header compression: '" + h.compression + "' (v1 requires zstd)");
+  if (h.image_blocks == 0 || h.image_blocks > kV1MaxImageBlocks)
+    return Corrupt(fmt::format("v1 header image_blocks: {} (must be 1..2^40-1)", h.image_blocks));
+  if (h.old_blocks > kV1MaxImageBlocks)
+    return Corrupt(fmt::format("v1 header old_blocks: {} (must be 1..2^40-1)", h.old_blocks));
+  if (h.op_count > v1_max_ops(h.image_blocks))
+    return Corrupt(fmt::format("v1 header op_count: {} for {} blocks (at most {}: one operation per block and one SAVE "
+                               "per block, at most {} in all)",
+                               h.op_count, h.image_blocks, v1_max_ops(h.image_blocks), kV1MaxOps));
+  if (h.stash_blocks > kV1MaxStashBlocks)
+    return Corrupt(fmt::format("v1 header stash_blocks: {} (must be 0 or {})", h.stash_blocks, kV1MaxStashBlocks));
+  if (h.meta_offset != kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits))
+    return Corrupt(fmt::format("v1 header meta_offset: {} (must be {} after the header and stash)", h.meta_offset,
+                               kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits)));
+  if (h.meta_size == 0 || h.meta_size > kV1MaxMetaSize) return Corrupt(fmt::format("v1 header meta_size: {}", h.meta_size));
+  if (h.meta_raw_size == 0 || h.meta_raw_size > v1_max_meta_raw(h.op_count))
+    return Corrupt(fmt::format("v1 header meta_raw_size: {} is implausible for {} operations (at most {})", h.meta_raw_size,
+                               h.op_count, v1_max_meta_raw(h.op_count)));
+  if (h.data_offset != h.meta_offset + h.meta_size)
+    return Corrupt(fmt::format("v1 header data_offset: {} (must follow the metadata at {})", h.data_offset,
+                               h.meta_offset + h.meta_size));
+  if (h.data_size > kV1MaxDataSize) return Corrupt(fmt::format("v1 header data_size: {}", h.data_size));
+  return Status::Ok();
+}
+
 Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   if (b.size() < kV1HeaderSize)
     return Corrupt(fmt::format("v1 header: diff is {} bytes, shorter than the {}-byte header", b.size(), kV1HeaderSize));
   if (std::memcmp(b.data(), kMagic, 8) != 0) return Corrupt("header magic: not an update diff (want \"update\\0\")");
   if (b[8] != kVersion1) return Corrupt(fmt::format("header version: {} is not 1", b[8]));
-  if (le32(&b[kCrcEnd]) != crc(b.data(), kCrcEnd))
-    return Corrupt("v1 header checksum: the CRC-32 at byte 156 does not match bytes 0..155");
+  if (le32(&b[kCrcEnd]) != header_crc(b.data()))
+    return Corrupt("v1 header checksum: the CRC-32 at byte 156 does not match the header bytes it covers");
   V1Header h;
   h.block_bits = b[9];
-  if (le16(&b[10]) != 0) return Corrupt(fmt::format("v1 header flags: {:#x} (no flags are defined)", le16(&b[10])));
+  const uint16_t flags = le16(&b[10]);
+  if (flags & ~kV1FlagOldBlocks)
+    return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, is defined)", flags));
   h.chunk_blocks = le32(&b[12]);
   h.image_blocks = le64(&b[32]);
   h.op_count = le64(&b[40]);
@@ -108,35 +155,29 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   std::memcpy(h.old_sha256.data(), &b[88], 32);
   std::memcpy(h.new_sha256.data(), &b[120], 32);
   h.stash_blocks = le32(&b[152]);
-  if (h.stash_blocks > 1) return Corrupt(fmt::format("v1 header stash_blocks: {} (must be 0 or 1)", h.stash_blocks));
-  for (size_t i = kCrcEnd + 4; i < kV1CkptOffset; i++)
+  size_t reserved_from = kCrcEnd + 4;
+  if (flags & kV1FlagOldBlocks) {
+    for (size_t i = reserved_from; i < kV1OldBlocksOffset; i++)
+      if (b[i]) return Corrupt(fmt::format("v1 header reserved byte {}: not zero", i));
+    h.old_blocks = le64(&b[kV1OldBlocksOffset]);
+    if (h.old_blocks == 0 || h.old_blocks > kV1MaxImageBlocks)
+      return Corrupt(fmt::format("v1 header old_blocks: {} (must be 1..2^40-1)", h.old_blocks));
+    if (h.old_blocks == h.image_blocks)
+      return Corrupt(fmt::format("v1 header old_blocks: {} equals image_blocks (the flag is only for images of "
+                                 "different sizes)", h.old_blocks));
+    reserved_from = kV1OldBlocksOffset + 8;
+  } else {
+    h.old_blocks = h.image_blocks;
+  }
+  for (size_t i = reserved_from; i < kV1CkptOffset; i++)
     if (b[i]) return Corrupt(fmt::format("v1 header reserved byte {}: not zero", i));
-  if (h.block_bits < 9 || h.block_bits > 20)
-    return Corrupt(fmt::format("v1 header block_bits: {} (must be 9..20)", h.block_bits));
-  if (h.chunk_blocks == 0 || (uint64_t{h.chunk_blocks} << h.block_bits) > (64ull << 20))
-    return Corrupt(fmt::format("v1 header chunk_blocks: {} (must be 1.. and chunks at most 64 MiB)", h.chunk_blocks));
   const uint8_t* name = &b[16];
   const uint8_t* nul = static_cast<const uint8_t*>(std::memchr(name, 0, 16));
   if (!nul) return Corrupt("v1 header compression: name is not NUL-terminated");
   h.compression.assign(reinterpret_cast<const char*>(name), static_cast<size_t>(nul - name));
   for (const uint8_t* q = nul; q < name + 16; q++)
     if (*q) return Corrupt("v1 header compression: bytes after the NUL are not zero");
-  if (h.compression != "zstd") return Corrupt("v1 header compression: '" + h.compression + "' (v1 requires zstd)");
-  if (h.image_blocks == 0 || h.image_blocks >= (1ull << 40))
-    return Corrupt(fmt::format("v1 header image_blocks: {} (must be 1..2^40)", h.image_blocks));
-  if (h.op_count > h.image_blocks || h.op_count > kV1MaxOps)
-    return Corrupt(fmt::format("v1 header op_count: {} for {} blocks", h.op_count, h.image_blocks));
-  if (h.meta_offset != kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits))
-    return Corrupt(fmt::format("v1 header meta_offset: {} (must be {} after the header and stash)", h.meta_offset,
-                               kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits)));
-  if (h.meta_size == 0 || h.meta_size > (1ull << 40)) return Corrupt(fmt::format("v1 header meta_size: {}", h.meta_size));
-  if (h.meta_raw_size == 0 || h.meta_raw_size > kV1MaxMetaRaw ||
-      h.meta_raw_size > 16 + h.op_count * (40 + 10ull * kV1MaxRefs))
-    return Corrupt(fmt::format("v1 header meta_raw_size: {} is implausible for {} operations", h.meta_raw_size, h.op_count));
-  if (h.data_offset != h.meta_offset + h.meta_size)
-    return Corrupt(fmt::format("v1 header data_offset: {} (must follow the metadata at {})", h.data_offset,
-                               h.meta_offset + h.meta_size));
-  if (h.data_size > (1ull << 48)) return Corrupt(fmt::format("v1 header data_size: {}", h.data_size));
+  UDM_TRY(v1_validate_header(h));
   // Checkpoint: absent (all zero) or tagged with a valid CRC.
   const uint8_t* c = &b[kV1CkptOffset];
   uint32_t tag = le32(c);
@@ -250,7 +291,7 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   uint64_t n_chunks = r.varint();
   if (!r.ok || n_chunks > h.op_count) return Corrupt(fmt::format("v1 metadata: chunk count {} is bad", n_chunks));
   uint64_t off = h.data_offset, end = h.data_offset + h.data_size;
-  const uint64_t chunk_limit = ZSTD_compressBound(chunk_bytes);
+  const uint64_t chunk_limit = v1_max_frame_bytes(chunk_bytes);
   for (uint64_t i = 0; i < n_chunks; i++) {
     uint64_t l = r.varint();
     if (!r.ok || l == 0 || l > chunk_limit || l > end - off)
@@ -274,7 +315,11 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   int64_t prev_dest = -1, prev_delta = 0, prev_shift = 0;
   uint64_t n_replace = 0, n_xor = 0;
   std::vector<uint32_t> xor_ops;
-  const uint64_t image_bytes = h.image_blocks * bs;
+  // Old content is read only from the old image's blocks; destinations lie in
+  // the new image. A COPY may also read a parking block (checked below).
+  const uint64_t old_blocks = idx.old_blocks();
+  const uint64_t old_bytes = old_blocks * bs;
+  const uint64_t dev_blocks = std::max(old_blocks, h.image_blocks);
   uint32_t frame_left = 0;  // members of the current DELTA frame still to come
   std::vector<uint32_t> replace_ops;
   for (uint64_t i = 0; i < h.op_count; i++) {
@@ -291,8 +336,10 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     if (op.type == OpType::Copy || op.type == OpType::Save) {
       int64_t d = wadd(prev_delta, unzz(r.varint()));
       int64_t src = wadd(dest, d);
-      if (!r.ok || src < 0 || static_cast<uint64_t>(src) >= h.image_blocks || src == dest)
-        return Corrupt(fmt::format("v1 operation {}: COPY/SAVE source {} is bad", i, src));
+      const uint64_t src_limit = op.type == OpType::Save ? old_blocks : dev_blocks;
+      if (!r.ok || src < 0 || static_cast<uint64_t>(src) >= src_limit || src == dest)
+        return Corrupt(fmt::format("v1 operation {}: {} source {} is bad (the old image has {} blocks)", i,
+                                   op.type == OpType::Save ? "SAVE" : "COPY", src, old_blocks));
       op.src = static_cast<uint64_t>(src);
       prev_delta = d;
     } else if (op.type == OpType::Replace) {
@@ -303,8 +350,9 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     } else if (op.type == OpType::Xor) {
       int64_t shift = wadd(prev_shift, unzz(r.varint()));
       int64_t src = wadd(static_cast<int64_t>(op.dest * bs), shift);
-      if (!r.ok || src < 0 || static_cast<uint64_t>(src) > image_bytes - bs)
-        return Corrupt(fmt::format("v1 operation {}: XOR source bytes at {} are outside the image", i, src));
+      if (!r.ok || src < 0 || static_cast<uint64_t>(src) > old_bytes - bs)
+        return Corrupt(fmt::format("v1 operation {}: XOR source bytes at {} are outside the old image ({} bytes)", i, src,
+                                   old_bytes));
       if (n_xor >= n_xchunks * h.chunk_blocks)
         return Corrupt(fmt::format("v1 operation {}: more XOR blocks than {} XOR chunks hold", i, n_xchunks));
       op.src = static_cast<uint64_t>(src);
@@ -324,14 +372,15 @@ Result<V1Index> load_v1(BlockDevice& dev) {
       if (!r.ok || nblk == 0 || nblk > kV1MaxGroup)
         return Corrupt(fmt::format("v1 operation {}: delta frame of {} blocks (must be 1..{})", i, nblk, kV1MaxGroup));
       f.blocks = static_cast<uint32_t>(nblk);
-      if (f.length == 0 || f.length > ZSTD_compressBound(nblk * bs) || f.length > end - off)
+      if (f.length == 0 || f.length > v1_max_frame_bytes(nblk * bs) || f.length > end - off)
         return Corrupt(fmt::format("v1 operation {}: delta frame length {} is bad or runs past the data", i, f.length));
       if (nref == 0 || nref > kV1MaxRefs)
         return Corrupt(fmt::format("v1 operation {}: {} reference blocks (must be 1..{})", i, nref, kV1MaxRefs));
       for (uint64_t k = 0; k < nref; k++) {
         int64_t ref = wadd(dest, unzz(r.varint()));
-        if (!r.ok || ref < 0 || static_cast<uint64_t>(ref) >= h.image_blocks)
-          return Corrupt(fmt::format("v1 operation {}: reference block {} is outside the image", i, ref));
+        if (!r.ok || ref < 0 || static_cast<uint64_t>(ref) >= old_blocks)
+          return Corrupt(fmt::format("v1 operation {}: reference block {} is outside the old image ({} blocks)", i, ref,
+                                     old_blocks));
         f.refs.push_back(static_cast<uint64_t>(ref));
       }
       f.offset = off;
@@ -371,6 +420,18 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   for (size_t i = 1; i < idx.by_dest.size(); i++)
     if (idx.by_dest[i].first == idx.by_dest[i - 1].first)
       return Corrupt(fmt::format("v1 operations: block {} is written twice", idx.by_dest[i].first));
+  if (h.image_blocks > old_blocks) {
+    // The new image's blocks past the old image's end hold whatever the
+    // system device had there: each must get its content from the diff.
+    auto first_new = std::lower_bound(idx.by_dest.begin(), idx.by_dest.end(), std::pair<uint64_t, uint32_t>{old_blocks, 0});
+    uint64_t have = static_cast<uint64_t>(idx.by_dest.end() - first_new);
+    if (have != h.image_blocks - old_blocks) {
+      uint64_t b = old_blocks;
+      for (auto it = first_new; it != idx.by_dest.end() && it->first == b; ++it) b++;
+      return Corrupt(fmt::format("v1 operations: block {} lies past the old image's end ({} blocks) and has no operation",
+                                 b, old_blocks));
+    }
+  }
   std::sort(idx.saves.begin(), idx.saves.end());
   for (size_t i = 0; i < idx.saves.size(); i++) {
     if (i > 0 && idx.saves[i].first == idx.saves[i - 1].first)
@@ -396,6 +457,8 @@ Result<V1Index> load_v1(BlockDevice& dev) {
         return Corrupt(fmt::format("v1 operation {}: reads block {} after SAVE {} parked a block there", i, b, sv));
       }
     }
+    if (b >= old_blocks)
+      return Corrupt(fmt::format("v1 operation {}: reads block {} past the old image's end ({} blocks)", i, b, old_blocks));
     if (w < 0) return Status::Ok();
     if (static_cast<uint64_t>(w) < i || (static_cast<uint64_t>(w) == i && (!self_ok || !h.stash_blocks)))
       return Corrupt(fmt::format("v1 operation {}: reads block {} after operation {} overwrote it", i, b, w));

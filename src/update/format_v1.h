@@ -33,6 +33,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,10 +46,54 @@ constexpr size_t kV1HeaderSize = 512;
 constexpr uint8_t kVersion1 = 1;
 constexpr size_t kV1CkptOffset = 256;
 constexpr uint32_t kV1CkptTag = 0x43504455;  // "UDPC"
-constexpr uint32_t kV1MaxRefs = 64;
+// Header flag bit 0: the old image has its own size, `old_blocks` (u64 at
+// byte 160, covered by the header CRC). Without it the old image is as
+// large as the new one (image_blocks).
+constexpr uint16_t kV1FlagOldBlocks = 1;
+constexpr size_t kV1OldBlocksOffset = 160;
+
+// ---- Limits of format v1 ---------------------------------------------------
+// The ONE place for them: the loader (load_v1, v1_validate_header) refuses
+// what lies outside, and the generator (make_diff_v1) checks its output
+// against the same functions before it writes a byte, then loads the file it
+// wrote. A limit changed here changes both.
+constexpr uint32_t kV1MinBlockBits = 9;
+constexpr uint32_t kV1MaxBlockBits = 20;
+constexpr uint64_t kV1MaxChunkBytes = 64ull << 20;  // chunk_blocks x block size
+constexpr uint64_t kV1MaxImageBlocks = (1ull << 40) - 1;  // old and new image
+constexpr uint32_t kV1MaxRefs = 64;   // reference blocks of one DELTA frame
 constexpr uint32_t kV1MaxGroup = 32;  // DELTA blocks per frame
-constexpr uint64_t kV1MaxOps = 1ull << 28;
+constexpr uint32_t kV1MaxStashBlocks = 1;
+constexpr uint64_t kV1MaxOps = 1ull << 28;  // operations in one diff (in-memory indices are 32-bit)
 constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
+constexpr uint64_t kV1MaxMetaSize = 1ull << 40;
+constexpr uint64_t kV1MaxDataSize = 1ull << 48;
+constexpr uint64_t kV1VarintMax = 10;  // bytes of one LEB128 u64
+// Operations a diff may hold for an image of `image_blocks` (new) blocks:
+// one final operation per destination block, plus at most one SAVE per
+// block, and only into a block whose final operation follows. So SAVEs
+// never outnumber the final operations, and a cycle-heavy update where every
+// block changes may carry up to 2 x image_blocks operations.
+constexpr uint64_t v1_max_ops(uint64_t image_blocks) {
+  return image_blocks > kV1MaxOps / 2 ? kV1MaxOps : 2 * image_blocks;
+}
+// Largest stored REPLACE/XOR chunk or DELTA frame for `raw` decoded bytes:
+// zstd's compress bound (ZSTD_COMPRESSBOUND; static_assert in format_v1.cpp).
+constexpr uint64_t v1_max_frame_bytes(uint64_t raw) {
+  return raw + (raw >> 8) + (raw < (128u << 10) ? ((128u << 10) - raw) >> 11 : 0);
+}
+// Largest decompressed metadata for `op_count` operations: three counts;
+// per operation at most one chunk length (REPLACE and XOR chunks hold at
+// least one operation each), its type byte, its destination and either a
+// source or a DELTA frame header (length, blocks, nref) with kV1MaxRefs
+// references.
+constexpr uint64_t kV1MetaPerOp = kV1VarintMax + 1 + kV1VarintMax + 3 * kV1VarintMax + kV1MaxRefs * kV1VarintMax;
+constexpr uint64_t v1_max_meta_raw(uint64_t op_count) {
+  return op_count > kV1MaxOps ? kV1MaxMetaRaw
+                              : (3 * kV1VarintMax + op_count * kV1MetaPerOp < kV1MaxMetaRaw
+                                     ? 3 * kV1VarintMax + op_count * kV1MetaPerOp
+                                     : kV1MaxMetaRaw);
+}
 
 enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4, Xor = 5 };
 
@@ -56,7 +101,8 @@ struct V1Header {
   uint8_t block_bits = 12;
   uint32_t chunk_blocks = 16;
   std::string compression = "zstd";
-  uint64_t image_blocks = 0;
+  uint64_t image_blocks = 0;  // NEW image (and update device) size in blocks
+  uint64_t old_blocks = 0;    // OLD image size in blocks; 0 or image_blocks: the same size (flag clear)
   uint64_t op_count = 0;
   uint64_t meta_offset = kV1HeaderSize;
   uint64_t meta_size = 0;
@@ -104,6 +150,9 @@ struct V1Index {
   uint64_t n_xor = 0;      // XOR operations (blocks in the XOR chunks)
 
   uint32_t block_size() const { return 1u << h.block_bits; }
+  uint64_t old_blocks() const { return h.old_blocks ? h.old_blocks : h.image_blocks; }
+  uint64_t old_bytes() const { return old_blocks() << h.block_bits; }
+  uint64_t new_bytes() const { return h.image_blocks << h.block_bits; }
   int64_t find(uint64_t dest) const;
   int64_t save_of(uint64_t block) const;
   uint64_t recorded_done() const { return h.ckpt_state == 1 ? h.ckpt_done : 0; }
@@ -111,6 +160,9 @@ struct V1Index {
 
 std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h);
 Result<V1Header> decode_v1_header(std::span<const uint8_t> bytes);
+// Every header field against the limits above (decode_v1_header runs it; the
+// generator runs it on the header it is about to write). Errors name the field.
+Status v1_validate_header(const V1Header& h);
 
 // Metadata (before compression). Ops carry dest/type/src; chunk and frame
 // offsets are derived from their lengths.
@@ -141,6 +193,16 @@ Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, si
 // the parking block once its SAVE is applied, the original before).
 Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
                   uint64_t done = 0);
+
+// Offline apply (update-apply; tests): every operation's new block, in apply
+// order, computed from the diff and the intact old image on `old` before
+// anything is written (so a corrupt diff fails here and changes nothing);
+// each payload decoded once. One block per operation, back to back.
+Result<std::vector<uint8_t>> v1_compute_all(BlockDevice& diff, BlockDevice& old, const V1Index& idx);
+// Writes those blocks to their destinations (`sys` must hold the new image's
+// size), then flushes. `progress` is called once per block.
+Status v1_write_all(BlockDevice& sys, const V1Index& idx, std::span<const uint8_t> blocks,
+                    const std::function<void(uint64_t)>& progress = {});
 
 // Persist the checkpoint (one 512-byte header write with FUA). With a
 // stash block, it is written and flushed first and the record names it as

@@ -48,7 +48,7 @@ class UpdateTargetV1 : public Target {
   ~UpdateTargetV1() override { stop_copy(); }
 
   std::string type() const override { return "update"; }
-  uint64_t size() const override { return idx_.h.image_blocks * idx_.block_size(); }
+  uint64_t size() const override { return idx_.new_bytes(); }  // the NEW image
   DeviceCaps caps() const override {
     DeviceCaps c;
     c.read_only = true;
@@ -275,17 +275,23 @@ Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std
                                         bool bg) {
   auto idx = load_v1(*diff);
   if (!idx.ok()) return idx.status().context("update: diff " + diff_name);
-  const uint64_t img = idx->h.image_blocks * idx->block_size();
+  // The device is the NEW image; the system device holds the OLD image at
+  // its start and must fit both (old sources are read, new blocks written).
+  const uint64_t img = idx->new_bytes(), old_img = idx->old_bytes();
   if (length != img)
-    return Invalid(fmt::format("update: segment of {} bytes but the v1 diff is for a {}-byte image", length, img));
+    return Invalid(fmt::format("update: segment of {} bytes but the v1 diff is for a {}-byte new image", length, img));
   if (sys->size() < img)
-    return Invalid(fmt::format("update: system device is {} bytes, the diff's image {} bytes", sys->size(), img));
+    return Invalid(fmt::format("update: system device is {} bytes, smaller than the diff's new image ({} bytes)",
+                               sys->size(), img));
+  if (sys->size() < old_img)
+    return Invalid(fmt::format("update: system device is {} bytes, smaller than the diff's old image ({} bytes)",
+                               sys->size(), old_img));
   if (bg && diff->caps().read_only)
     return ReadOnly("update: a v1 copy-back keeps its checkpoint in the diff, which is read-only; use no_bg_update");
   std::vector<uint8_t> stash;
   if (idx->h.ckpt_state == 0) {
     // Nothing written yet: the system device must hold exactly the old image.
-    UDM_ASSIGN_OR_RETURN(auto h, sha256_device(*sys, img));
+    UDM_ASSIGN_OR_RETURN(auto h, sha256_device(*sys, old_img));
     if (h != idx->h.old_sha256)
       return Invalid(fmt::format("update: system device sha256 {} is not the diff's old image {}; nothing written",
                                  hex(h), hex(idx->h.old_sha256)));

@@ -10,48 +10,11 @@
 #include "io/fault_device.h"
 #include "io/memory_device.h"
 #include "update_util.h"
+#include "v1_sweep.h"
 
 using namespace udm;
 using namespace udm::test;
 using namespace udm::update;
-
-namespace {
-
-// A window [off, off+len) of another device: the system partition and the
-// diff live on one FaultDevice so one power cut hits both.
-class Slice : public BlockDevice {
- public:
-  Slice(DevicePtr d, uint64_t off, uint64_t len) : d_(std::move(d)), off_(off), len_(len) {}
-  uint64_t size() const override { return len_; }
-  DeviceCaps caps() const override { return d_->caps(); }
-
- protected:
-  Status do_read(uint64_t o, std::span<uint8_t> b) override { return d_->read(off_ + o, b); }
-  Status do_write(uint64_t o, std::span<const uint8_t> b, bool fua) override { return d_->write(off_ + o, b, fua); }
-  Status do_flush() override { return d_->flush(); }
-
- private:
-  DevicePtr d_;
-  uint64_t off_, len_;
-};
-
-struct Rig {
-  std::shared_ptr<FaultDevice> disk;
-  MapResolver r;
-  TargetPtr t;
-};
-
-Rig make_rig(std::vector<uint8_t> image, uint64_t sys_len) {
-  Rig g;
-  g.disk = std::make_shared<FaultDevice>(std::move(image));
-  g.r.devs["sys"] = std::make_shared<Slice>(g.disk, 0, sys_len);
-  g.r.devs["diff"] = std::make_shared<Slice>(g.disk, sys_len, g.disk->size() - sys_len);
-  return g;
-}
-
-uint64_t copied(const Target& t) { return std::stoull(t.status()); }
-
-}  // namespace
 
 TEST(UpdateSweep, PowerCutAfterEveryWrite) {
   TempDir tmp;
@@ -81,7 +44,7 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
     full_writes = g.disk->write_ops();
     ASSERT_GT(full_writes, total);
   }
-  int resumed_from_record = 0;
+  int resumed_from_record = 0, reads_during = 0;
   for (int mode = 0; mode < 2; mode++) {
     for (uint64_t n = 0; n <= full_writes; n++) {
       SCOPED_TRACE("mode " + std::to_string(mode) + " cut after write " + std::to_string(n));
@@ -92,8 +55,16 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
         auto t = make_update(g.r, old_img.size());
         ASSERT_TRUE(t.ok());
         (*t)->resume();
-        for (int i = 0; i < 3000 && !g.disk->dead() && copied(**t) < total; i++)
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        // Reads race the copy-back (mode 0) until the power goes: always new.
+        std::vector<uint8_t> live(new_img.size());
+        for (int i = 0; i < 3000 && !g.disk->dead() && copied(**t) < total; i++) {
+          if (mode == 0 && (*t)->read(0, live).ok() && !g.disk->dead()) {
+            ASSERT_TRUE(live == new_img) << "device showed something other than new during the copy-back";
+            reads_during++;
+          } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }
         (*t)->presuspend();
       }
       if (!g.disk->dead()) g.disk->power_cut();
@@ -119,83 +90,19 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
     }
   }
   EXPECT_GT(resumed_from_record, 0) << "no cut ever resumed from a durable record";
+  EXPECT_GT(reads_during, 0);
 }
 
 // Format v1: the ordered copy-back with COPY chains and cycles, DELTA
-// operations that read their own block (stash) and REPLACE chunks. A power
-// cut after every write N (unflushed writes dropped, or half of them kept),
-// reboot: the device reads as new before and after resuming, and the
-// partition ends equal to new. The sweep itself, for a diff already made
-// from old_img to new_img:
-static void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& new_img, const std::string& diff_path,
-              const DiffV1Stats& st_) {
-  const DiffV1Stats* st = &st_;
-  auto diff = read_file(diff_path);
-  std::vector<uint8_t> disk0 = old_img;
-  disk0.insert(disk0.end(), diff.begin(), diff.end());
-  const uint64_t total = st->ops;
-  const std::string done_status = std::to_string(total) + " " + std::to_string(total);
-
-  uint64_t full_writes;
-  {
-    Rig g = make_rig(disk0, old_img.size());
-    auto t = make_update(g.r, old_img.size());
-    ASSERT_TRUE(t.ok()) << t.status().to_string();
-    (*t)->resume();
-    ASSERT_EQ(wait_copied(**t), done_status);
-    (*t)->presuspend();
-    full_writes = g.disk->write_ops();
-    ASSERT_GT(full_writes, total);
-    auto img = g.disk->current_image();
-    ASSERT_TRUE(std::equal(new_img.begin(), new_img.end(), img.begin()));
-  }
-  int resumed_from_record = 0, reads_during = 0;
-  for (int mode = 0; mode < 2; mode++) {
-    for (uint64_t n = 0; n <= full_writes; n++) {
-      SCOPED_TRACE("mode " + std::to_string(mode) + " cut after write " + std::to_string(n));
-      Rig g = make_rig(disk0, old_img.size());
-      if (mode == 1) g.disk->set_unflushed_survival(0.5, n);
-      g.disk->cut_after_writes(n);
-      std::vector<uint8_t> view(new_img.size());
-      {
-        auto t = make_update(g.r, old_img.size());
-        ASSERT_TRUE(t.ok());
-        (*t)->resume();
-        // Reads while the copy-back runs (until the power goes).
-        for (int i = 0; i < 3000 && !g.disk->dead() && copied(**t) < total; i++) {
-          if ((*t)->read(0, view).ok() && !g.disk->dead()) {
-            ASSERT_TRUE(view == new_img) << "device showed something other than new during the copy-back";
-            reads_during++;
-          }
-        }
-        (*t)->presuspend();
-      }
-      if (!g.disk->dead()) g.disk->power_cut();
-      Rig h = make_rig(g.disk->durable_image(), old_img.size());
-      auto t = make_update(h.r, old_img.size());
-      ASSERT_TRUE(t.ok()) << t.status().to_string();
-      uint64_t start = copied(**t);
-      if (start > 0) resumed_from_record++;
-      ASSERT_TRUE((*t)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img) << "after the cut the device showed something other than new";
-      (*t)->resume();
-      ASSERT_EQ(wait_copied(**t), done_status);
-      (*t)->presuspend();
-      auto img = h.disk->current_image();
-      ASSERT_TRUE(std::equal(new_img.begin(), new_img.end(), img.begin())) << "partition != new";
-      ASSERT_TRUE((*t)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img);
-      // And once more after a clean restart on the durable state.
-      Rig k = make_rig(h.disk->durable_image(), old_img.size());
-      auto t2 = make_update(k.r, old_img.size());
-      ASSERT_TRUE(t2.ok()) << t2.status().to_string();
-      EXPECT_EQ((*t2)->status(), done_status);
-      ASSERT_TRUE((*t2)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img);
-    }
-  }
-  EXPECT_GT(resumed_from_record, 0) << "no cut ever resumed from a durable record";
-  EXPECT_GT(reads_during, 0);
+// operations that read their own block (stash), SAVE parking and REPLACE
+// chunks, through the sweep of v1_sweep.h (every write a cut point).
+static void sweep(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& new_img, const std::string& diff_path,
+                  const DiffV1Stats& st, SweepOpts opt = {}) {
+  SweepResult r;
+  v1_sweep(old_img, new_img, diff_path, st.ops, 4096, opt, &r);
+  std::cerr << "sweep: " << r.points << " cut points over " << r.full_writes << " writes, " << r.live_checks
+            << " live checks, " << r.resumed_from_record << " resumed from a record, " << r.reads_during
+            << " racing reads\n";
 }
 
 TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
@@ -218,7 +125,7 @@ TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
   std::cerr << "v1 sweep diff: COPY " << st->copy << " SAVE " << st->save_ops << " DELTA " << st->delta << " in "
             << st->delta_frames << " frames, XOR " << st->xor_ops << " (self "
             << st->stash_ops << ") REPLACE " << st->replace << " ZERO " << st->zero << "\n";
-  v1_sweep(old_img, new_img, tmp.file("d"), *st);
+  sweep(old_img, new_img, tmp.file("d"), *st);
 }
 
 // Cycles with nowhere to park inside the update (no REPLACE or ZERO
@@ -241,5 +148,74 @@ TEST(UpdateSweep, V1ZeroParkingPowerCutAfterEveryWrite) {
   EXPECT_EQ(st->replace, 0u);
   std::cerr << "v1 zero-parking sweep diff: COPY " << st->copy << " SAVE " << st->save_ops << " (in zero blocks "
             << st->zero_parks << ") ZERO " << st->zero << "\n";
-  v1_sweep(old_img, new_img, tmp.file("d"), *st);
+  sweep(old_img, new_img, tmp.file("d"), *st);
+}
+
+namespace {
+DiffV1Stats make_v1(TempDir& tmp, const std::vector<uint8_t>& o, const std::vector<uint8_t>& n) {
+  write_file(tmp.file("o"), o);
+  write_file(tmp.file("n"), n);
+  DiffV1Options opt;
+  opt.progress = false;
+  opt.level = 3;
+  opt.chunk_blocks = 8;
+  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), opt);
+  EXPECT_TRUE(st.ok()) << st.status().to_string();
+  return st.ok() ? *st : DiffV1Stats{};
+}
+}  // namespace
+
+// More operations than blocks (every block changes, cycles broken by SAVE):
+// the diff loads and survives the sweep; no parked block ever shows.
+TEST(UpdateSweep, V1SaveHeavyPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  auto [o, n] = make_save_heavy_pair(64, 4096, 3);
+  auto st = make_v1(tmp, o, n);
+  ASSERT_EQ(st.changed_blocks, 64u);
+  ASSERT_GT(st.save_ops, 0u);
+  ASSERT_GT(st.ops, st.blocks) << "the pair should need more operations than blocks";
+  sweep(o, n, tmp.file("d"), st);
+}
+
+// 90-100 % of the blocks change: shuffled runs, a long rotation cycle,
+// swaps, edits, shifts, repeated content. Every write a cut point.
+TEST(UpdateSweep, V1ChurnPowerCutAfterEveryWrite) {
+  for (uint64_t seed : {3u, 4u}) {  // seed 3: the whole image rotated; 4: shuffled runs
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    TempDir tmp;
+    auto p = make_churn_pair(96, 96, 4096, seed);
+    ASSERT_GE(p.changed * 10, 96u * 9);
+    auto st = make_v1(tmp, p.old_img, p.new_img);
+    std::cerr << "churn seed " << seed << ": " << p.changed << "/96 changed, ops " << st.ops << " (COPY " << st.copy
+              << " SAVE " << st.save_ops << " XOR " << st.xor_ops << " DELTA " << st.delta << " REPLACE " << st.replace
+              << " ZERO " << st.zero << ")\n";
+    sweep(p.old_img, p.new_img, tmp.file("d"), st);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Images of different sizes: the update device is the new image's size; the
+// system device (larger than both, random bytes past the old image) never
+// shows its bytes past the old image's end and is never written past the
+// new image's end.
+TEST(UpdateSweep, V1NewLargerPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  auto p = make_churn_pair(72, 100, 4096, 5);
+  auto st = make_v1(tmp, p.old_img, p.new_img);
+  ASSERT_EQ(st.blocks, 100u);
+  ASSERT_EQ(st.old_blocks, 72u);
+  SweepOpts opt;
+  opt.sys_extra_blocks = 6;
+  sweep(p.old_img, p.new_img, tmp.file("d"), st, opt);
+}
+
+TEST(UpdateSweep, V1NewSmallerPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  auto p = make_churn_pair(100, 72, 4096, 7);
+  auto st = make_v1(tmp, p.old_img, p.new_img);
+  ASSERT_EQ(st.blocks, 72u);
+  ASSERT_EQ(st.old_blocks, 100u);
+  SweepOpts opt;
+  opt.sys_extra_blocks = 6;
+  sweep(p.old_img, p.new_img, tmp.file("d"), st, opt);
 }

@@ -1,6 +1,8 @@
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <random>
 #include <thread>
@@ -158,6 +160,132 @@ inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_pair(uint64
     std::copy(x.begin(), x.end(), blk(new_img, r(blocks)));
   }
   return {old_img, new_img};
+}
+
+}  // namespace udm::test
+
+namespace udm::test {
+
+// A pair where 90-100 % of the blocks change: the old image's blocks
+// (random, text-like, a few repeated contents, zeroes) cut into runs of 1..16
+// blocks that are shuffled (cycles of every length) or, for some seeds, the
+// whole image rotated (one or a few long cycles), then pairs of runs swapped;
+// on top, blocks edited in place (a few bytes), shifted by inserted bytes,
+// replaced by novel, repeated or zero content. NEW may be larger (tail of
+// copies and novel blocks) or smaller (truncated) than OLD.
+struct ChurnPair {
+  std::vector<uint8_t> old_img, new_img;
+  uint64_t changed = 0;  // new blocks whose content differs from old's at the same place (or past old's end)
+};
+
+inline void churn_text(uint8_t* out, uint32_t n, std::mt19937_64& rng) {
+  static const char* kWords[] = {"the ",  "block ", "device ", "update ", "mapper ", "kernel ", "read ",
+                                 "write ", "flush ", "cycle ", "copy ",  "save ",   "stash ",  "\n",
+                                 "0x1f, ", "int ",  "return ", "{ ",   "} ",    "struct "};
+  uint32_t i = 0;
+  while (i < n) {
+    const char* w = kWords[rng() % (sizeof(kWords) / sizeof(kWords[0]))];
+    for (; *w && i < n; w++) out[i++] = static_cast<uint8_t>(*w);
+  }
+}
+
+inline ChurnPair make_churn_pair(uint64_t old_blocks, uint64_t new_blocks, uint32_t bs, uint64_t seed) {
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 1);
+  auto r = [&](uint64_t n) { return n ? rng() % n : 0; };
+  ChurnPair p;
+  p.old_img.assign(old_blocks * bs, 0);
+  std::vector<std::vector<uint8_t>> rep;
+  for (int k = 0; k < 3; k++) rep.push_back(random_bytes(bs, seed * 7 + static_cast<uint64_t>(k)));
+  auto ob = [&](uint64_t b) { return p.old_img.data() + b * bs; };
+  for (uint64_t b = 0; b < old_blocks; b++) {
+    uint64_t kind = r(10);
+    if (kind < 5) {
+      auto x = random_bytes(bs, rng());
+      std::memcpy(ob(b), x.data(), bs);
+    } else if (kind < 8) {
+      churn_text(ob(b), bs, rng);
+    } else if (kind == 8) {
+      std::memcpy(ob(b), rep[r(3)].data(), bs);
+    }  // else zero
+  }
+  // The arrangement: shuffled runs, or a rotation of the whole image.
+  std::vector<uint64_t> seq;  // old block for each new position
+  if (seed % 3 == 0) {
+    uint64_t k = 1 + r(std::max<uint64_t>(1, old_blocks / 4));
+    for (uint64_t d = 0; d < old_blocks; d++) seq.push_back((d + k) % old_blocks);
+  } else {
+    std::vector<std::pair<uint64_t, uint64_t>> runs;
+    for (uint64_t b = 0; b < old_blocks;) {
+      uint64_t len = std::min<uint64_t>(1 + r(16), old_blocks - b);
+      runs.push_back({b, len});
+      b += len;
+    }
+    std::shuffle(runs.begin(), runs.end(), rng);
+    for (auto [b, len] : runs)
+      for (uint64_t i = 0; i < len; i++) seq.push_back(b + i);
+  }
+  // Swaps of equal-length runs.
+  for (int i = 0; i < 4 && old_blocks >= 16; i++) {
+    uint64_t len = 1 + r(4), a = r(old_blocks - len), b = r(old_blocks - len);
+    if (a + len <= b || b + len <= a) std::swap_ranges(seq.begin() + static_cast<ptrdiff_t>(a), seq.begin() + static_cast<ptrdiff_t>(a + len), seq.begin() + static_cast<ptrdiff_t>(b));
+  }
+  constexpr uint64_t kNovel = UINT64_MAX;
+  seq.resize(new_blocks, kNovel);
+  for (uint64_t d = old_blocks; d < new_blocks; d++)
+    if (r(2)) seq[d] = r(old_blocks);  // a copy of some old block
+  p.new_img.assign(new_blocks * bs, 0);
+  for (uint64_t d = 0; d < new_blocks; d++) {
+    uint8_t* nb = p.new_img.data() + d * bs;
+    if (seq[d] == kNovel) {
+      auto x = random_bytes(bs, rng());
+      std::memcpy(nb, x.data(), bs);
+    } else {
+      std::memcpy(nb, ob(seq[d]), bs);
+    }
+    uint64_t e = r(100);
+    if (e < 8) {  // a few bytes edited
+      for (int k = 0; k < 12; k++) nb[r(bs)] ^= static_cast<uint8_t>(1 + r(255));
+    } else if (e < 13) {  // bytes inserted: the rest of the block shifts
+      uint32_t at = static_cast<uint32_t>(r(bs / 2)), n = static_cast<uint32_t>(1 + r(20));
+      std::memmove(nb + at + n, nb + at, bs - at - n);
+      for (uint32_t k = 0; k < n; k++) nb[at + k] = static_cast<uint8_t>(r(256));
+    } else if (e < 18) {
+      auto x = random_bytes(bs, rng());
+      std::memcpy(nb, x.data(), bs);
+    } else if (e < 21) {
+      std::memset(nb, 0, bs);
+    } else if (e < 24) {
+      std::memcpy(nb, rep[r(3)].data(), bs);
+    } else if (e < 27) {
+      churn_text(nb, bs, rng);
+    }
+  }
+  for (uint64_t d = 0; d < new_blocks; d++)
+    p.changed += d >= old_blocks || std::memcmp(p.new_img.data() + d * bs, ob(d), bs) != 0;
+  return p;
+}
+
+}  // namespace udm::test
+
+namespace udm::test {
+
+// Every block changes and most COPY cycles are broken by SAVE: the first
+// three quarters of the blocks swap in pairs (2-cycles), the last quarter
+// is novel, so its old blocks are read by nobody and host the parked
+// blocks. The diff has more operations than the image has blocks (the case
+// the loader once refused: "v1 header op_count: 3535 for 3508 blocks").
+inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_save_heavy_pair(uint64_t blocks, uint32_t bs,
+                                                                                 uint64_t seed) {
+  auto old_img = random_bytes(blocks * bs, seed);
+  auto new_img = old_img;
+  const uint64_t swapped = (blocks * 3 / 4) & ~uint64_t{1};
+  for (uint64_t b = 0; b < swapped; b += 2) {
+    std::copy_n(old_img.begin() + static_cast<ptrdiff_t>(b * bs), bs, new_img.begin() + static_cast<ptrdiff_t>((b + 1) * bs));
+    std::copy_n(old_img.begin() + static_cast<ptrdiff_t>((b + 1) * bs), bs, new_img.begin() + static_cast<ptrdiff_t>(b * bs));
+  }
+  auto novel = random_bytes((blocks - swapped) * bs, seed + 1000);
+  std::copy(novel.begin(), novel.end(), new_img.begin() + static_cast<ptrdiff_t>(swapped * bs));
+  return {std::move(old_img), std::move(new_img)};
 }
 
 }  // namespace udm::test

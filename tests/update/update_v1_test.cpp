@@ -7,10 +7,14 @@
 #include <cstring>
 #include <filesystem>
 
+#include <zlib.h>
+#include <zstd.h>
+
 #include "io/memory_device.h"
 #include "update/format_v1.h"
 #include "update_util.h"
 #include "util/endian.h"
+#include "v1_sweep.h"
 
 using namespace udm;
 using namespace udm::test;
@@ -44,16 +48,50 @@ V1Built build_v1(std::vector<uint8_t> old_img, std::vector<uint8_t> new_img, uin
   return b;
 }
 
+// The system device: the old image, then (if the new image is larger, plus
+// `extra` blocks) bytes no image has; the update must never show them.
+std::vector<uint8_t> system_device(const V1Built& b, uint32_t bs, uint64_t extra = 0) {
+  std::vector<uint8_t> sys = b.old_img;
+  uint64_t len = std::max(b.old_img.size(), b.new_img.size()) + extra * bs;
+  auto junk = random_bytes(len - sys.size(), 4242);
+  sys.insert(sys.end(), junk.begin(), junk.end());
+  return sys;
+}
+
+// Offline apply in process (what `udm update-apply` runs): on the system
+// device, every block computed first, then written; the first new-image
+// bytes must equal new, the rest is untouched.
+void check_apply(const V1Built& b, uint32_t bs) {
+  auto sys0 = system_device(b, bs, 2);
+  MemoryDevice diff(b.diff, true), sys(sys0);
+  auto idx = load_v1(diff);
+  ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+  auto blocks = v1_compute_all(diff, sys, *idx);
+  ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
+  ASSERT_TRUE(sys.contents() == sys0) << "computing must not write";
+  ASSERT_TRUE(v1_write_all(sys, *idx, *blocks).ok());
+  auto got = sys.contents();
+  ASSERT_TRUE(std::equal(b.new_img.begin(), b.new_img.end(), got.begin())) << "applied offline != new";
+  ASSERT_TRUE(std::equal(sys0.begin() + static_cast<ptrdiff_t>(b.new_img.size()), sys0.end(),
+                         got.begin() + static_cast<ptrdiff_t>(b.new_img.size())))
+      << "offline apply wrote past the new image's end";
+}
+
 // Serve without copy (every changed block computed), then copy back in the
-// background while reading; the partition must end equal to new.
+// background while reading; the partition must end equal to new. Images may
+// differ in size: the device is the new image's size, the system device the
+// larger of the two (plus junk past the old image).
 void check_v1(const V1Built& b, uint32_t bs) {
+  const auto sys0 = system_device(b, bs);
+  const uint64_t len = b.new_img.size();
   {
     MapResolver r;
-    auto sys = std::make_shared<MemoryDevice>(b.old_img);
+    auto sys = std::make_shared<MemoryDevice>(sys0);
     r.devs["sys"] = sys;
     r.devs["diff"] = std::make_shared<MemoryDevice>(b.diff);
-    auto t = make_update(r, b.old_img.size(), /*bg=*/false);
+    auto t = make_update(r, len, /*bg=*/false);
     ASSERT_TRUE(t.ok()) << t.status().to_string();
+    ASSERT_EQ((*t)->size(), len);
     std::vector<uint8_t> got(b.new_img.size());
     size_t step = bs * 3 + 512;
     for (size_t off = 0; off < got.size(); off += step) {
@@ -61,13 +99,20 @@ void check_v1(const V1Built& b, uint32_t bs) {
       ASSERT_TRUE((*t)->read(off, std::span<uint8_t>(got.data() + off, n)).ok());
     }
     ASSERT_TRUE(got == b.new_img) << "computed view != new";
-    EXPECT_TRUE(sys->contents() == b.old_img) << "no_bg_update must not write";
+    // Every block alone too (no run of neighbours to hide behind).
+    std::vector<uint8_t> blk(bs);
+    for (uint64_t k = 0; k < len / bs; k++) {
+      ASSERT_TRUE((*t)->read(k * bs, blk).ok());
+      ASSERT_TRUE(std::equal(blk.begin(), blk.end(), b.new_img.begin() + static_cast<ptrdiff_t>(k * bs)))
+          << "block " << k << " read alone != new";
+    }
+    EXPECT_TRUE(sys->contents() == sys0) << "no_bg_update must not write";
   }
   MapResolver r;
-  auto sys = std::make_shared<MemoryDevice>(b.old_img);
+  auto sys = std::make_shared<MemoryDevice>(sys0);
   r.devs["sys"] = sys;
   r.devs["diff"] = std::make_shared<MemoryDevice>(b.diff);
-  auto t = make_update(r, b.old_img.size());
+  auto t = make_update(r, len);
   ASSERT_TRUE(t.ok()) << t.status().to_string();
   (*t)->resume();
   std::vector<uint8_t> got(b.new_img.size());
@@ -78,9 +123,13 @@ void check_v1(const V1Built& b, uint32_t bs) {
   std::string total = std::to_string(b.stats.ops);
   ASSERT_EQ(wait_copied(**t), total + " " + total);
   (*t)->presuspend();
-  ASSERT_TRUE(sys->contents() == b.new_img) << "partition != new after copy-back";
+  auto part = sys->contents();
+  ASSERT_TRUE(std::equal(b.new_img.begin(), b.new_img.end(), part.begin())) << "partition != new after copy-back";
+  ASSERT_TRUE(std::equal(sys0.begin() + static_cast<ptrdiff_t>(len), sys0.end(), part.begin() + static_cast<ptrdiff_t>(len)))
+      << "the copy-back wrote past the new image's end";
   ASSERT_TRUE((*t)->read(0, got).ok());
   ASSERT_TRUE(got == b.new_img);
+  check_apply(b, bs);
 }
 
 }  // namespace
@@ -182,7 +231,9 @@ TEST(UpdateV1, CorruptFilesRefused) {
   with([](V1Header& h) { h.chunk_blocks = 0; }, "chunk_blocks");
   with([](V1Header& h) { h.compression = "lz4"; }, "compression");
   with([](V1Header& h) { h.image_blocks = 0; }, "image_blocks");
-  with([](V1Header& h) { h.op_count = h.image_blocks + 1; }, "op_count");
+  // One final operation per block plus at most one SAVE per block.
+  with([](V1Header& h) { h.op_count = v1_max_ops(h.image_blocks) + 1; }, "op_count");
+  with([](V1Header& h) { h.op_count = h.image_blocks + 1; }, "");  // allowed by the header, refused by the metadata
   with([](V1Header& h) { h.meta_offset += 1; }, "meta_offset");
   with([](V1Header& h) { h.data_offset += 1; }, "data_offset");
   with([](V1Header& h) { h.data_size += 1; }, "data");
@@ -266,4 +317,275 @@ TEST(UpdateV1, SharedOtaPairs) {
     EXPECT_GT(b.stats.copy, 1000u);
     check_v1(b, 4096);
   }
+}
+
+// ---- Limits: one place, loader and generator agree ------------------------
+
+TEST(UpdateV1, HeaderLimitsAreTheSharedOnes) {
+  auto [o, n] = make_v1_pair(64, 4096, 2);
+  auto b = build_v1(o, n, 4096);
+  auto hdr = decode_v1_header(b.diff);
+  ASSERT_TRUE(hdr.ok());
+  ASSERT_TRUE(v1_validate_header(*hdr).ok());
+  // op_count: up to one final operation and one SAVE per block.
+  EXPECT_EQ(v1_max_ops(3508), 7016u);
+  EXPECT_EQ(v1_max_ops(kV1MaxImageBlocks), kV1MaxOps);
+  V1Header h = *hdr;
+  h.op_count = v1_max_ops(h.image_blocks);
+  h.meta_raw_size = 100;
+  EXPECT_TRUE(v1_validate_header(h).ok()) << v1_validate_header(h).to_string();
+  h.op_count = 3535;
+  h.image_blocks = 3508;  // the pair of the report: more operations than blocks is legal
+  EXPECT_TRUE(v1_validate_header(h).ok()) << v1_validate_header(h).to_string();
+  h.op_count = v1_max_ops(h.image_blocks) + 1;
+  auto s = v1_validate_header(h);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("op_count"), std::string::npos) << s.message();
+  // meta_raw_size: bounded per operation, the bound derived from the limits.
+  h = *hdr;
+  h.meta_raw_size = v1_max_meta_raw(h.op_count);
+  EXPECT_TRUE(v1_validate_header(h).ok());
+  h.meta_raw_size++;
+  EXPECT_NE(v1_validate_header(h).message().find("meta_raw_size"), std::string::npos);
+  // Chunk size and block size limits are the generator's option checks too.
+  h = *hdr;
+  h.chunk_blocks = static_cast<uint32_t>(kV1MaxChunkBytes >> h.block_bits);
+  EXPECT_TRUE(v1_validate_header(h).ok());
+  h.chunk_blocks++;
+  EXPECT_FALSE(v1_validate_header(h).ok());
+  TempDir t;
+  write_file(t.file("o"), o);
+  write_file(t.file("n"), n);
+  DiffV1Options opt;
+  opt.progress = false;
+  opt.chunk_blocks = static_cast<uint32_t>(kV1MaxChunkBytes / 4096) + 1;
+  auto st = make_diff_v1(t.file("o"), t.file("n"), t.file("d"), opt);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.status().message().find("--chunk-blocks"), std::string::npos);
+  opt.chunk_blocks = 4;
+  opt.block_size = 1u << (kV1MaxBlockBits + 1);
+  EXPECT_FALSE(make_diff_v1(t.file("o"), t.file("n"), t.file("d"), opt).ok());
+  EXPECT_EQ(v1_max_frame_bytes(4096), ZSTD_compressBound(4096));
+  EXPECT_EQ(v1_max_frame_bytes(kV1MaxChunkBytes), ZSTD_compressBound(kV1MaxChunkBytes));
+}
+
+// The root cause of "v1 header op_count: 3535 for 3508 blocks": SAVE
+// operations come on top of one operation per changed block, so a diff
+// where (nearly) every block changes and cycles are broken by SAVE has more
+// operations than the image has blocks. The loader required op_count <=
+// image_blocks; it must accept what the generator writes.
+TEST(UpdateV1, MoreOperationsThanBlocksLoad) {
+  for (uint64_t blocks : {64u, 256u}) {
+    SCOPED_TRACE(blocks);
+    auto [o, n] = make_save_heavy_pair(blocks, 4096, blocks);
+    auto b = build_v1(o, n, 4096);
+    EXPECT_EQ(b.stats.changed_blocks, blocks);
+    EXPECT_GT(b.stats.save_ops, 0u);
+    ASSERT_GT(b.stats.ops, b.stats.blocks) << "the pair should need more operations than blocks";
+    auto idx = load_v1_bytes(b.diff);
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    EXPECT_EQ(idx->ops.size(), b.stats.ops);
+    EXPECT_EQ(idx->saves.size(), b.stats.save_ops);
+    check_v1(b, 4096);
+  }
+}
+
+// Property: pairs where 90-100 % of the blocks change (shuffled runs, long
+// rotation cycles, swaps, edits, shifts, repeated content), of equal and of
+// different sizes, several block and chunk sizes. Every diff loads, reads as
+// new through the target (every block, no copy), copies back in the
+// background while read, and applies offline to exactly new.
+TEST(UpdateV1, ChurnPairsProperty) {
+  int cases = 0, saves = 0, more_ops_than_blocks = 0;
+  for (uint64_t seed = 1; seed <= 18; seed++) {
+    const uint32_t bs = seed % 4 == 0 ? 512 : 4096;
+    const uint64_t old_blocks = 48 + (seed * 37) % 200;
+    const uint64_t new_blocks = seed % 3 == 1 ? old_blocks : seed % 3 == 2 ? old_blocks + 1 + seed * 3 : old_blocks - 1 - seed;
+    SCOPED_TRACE(fmt::format("seed {} bs {} old {} new {} blocks", seed, bs, old_blocks, new_blocks));
+    auto p = make_churn_pair(old_blocks, new_blocks, bs, seed);
+    ASSERT_GE(p.changed * 10, new_blocks * 9) << "fewer than 90% of the blocks change";
+    auto b = build_v1(p.old_img, p.new_img, bs, seed % 2 ? 4 : 256);
+    ASSERT_EQ(b.stats.blocks, new_blocks);
+    ASSERT_EQ(b.stats.old_blocks, old_blocks);
+    auto idx = load_v1_bytes(b.diff);
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    ASSERT_LE(idx->ops.size(), v1_max_ops(new_blocks));
+    EXPECT_EQ(idx->old_blocks(), old_blocks);
+    // No source past the old image's end.
+    for (const auto& op : idx->ops) {
+      if (op.type == OpType::Save) {
+        ASSERT_LT(op.src, old_blocks);
+      } else if (op.type == OpType::Xor) {
+        ASSERT_LE(op.src + bs, old_blocks * bs);
+      } else if (op.type == OpType::Copy && idx->save_of(op.src) < 0) {
+        ASSERT_LT(op.src, old_blocks);
+      }
+    }
+    for (const auto& f : idx->frames)
+      for (uint64_t r : f.refs) ASSERT_LT(r, old_blocks);
+    check_v1(b, bs);
+    if (HasFatalFailure()) return;
+    cases++;
+    saves += b.stats.save_ops > 0;
+    more_ops_than_blocks += b.stats.ops > b.stats.blocks;
+  }
+  EXPECT_EQ(cases, 18);
+  EXPECT_GT(saves, 3) << "too few pairs exercised SAVE";
+  std::cerr << cases << " churn pairs; " << saves << " with SAVE, " << more_ops_than_blocks
+            << " with more operations than blocks\n";
+}
+
+// ---- Images of different sizes ---------------------------------------------
+
+TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
+  auto grow = make_churn_pair(60, 80, 4096, 2);
+  auto b = build_v1(grow.old_img, grow.new_img, 4096);
+  auto hdr = decode_v1_header(b.diff);
+  ASSERT_TRUE(hdr.ok());
+  EXPECT_EQ(hdr->image_blocks, 80u);
+  EXPECT_EQ(hdr->old_blocks, 60u);
+  EXPECT_EQ(le16(&b.diff[10]), kV1FlagOldBlocks);
+  EXPECT_EQ(le64(&b.diff[kV1OldBlocksOffset]), 60u);
+  // old_blocks is covered by the header CRC.
+  for (size_t i = kV1OldBlocksOffset; i < kV1OldBlocksOffset + 8; i++) {
+    auto d = b.diff;
+    d[i] ^= 1;
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("checksum"), std::string::npos) << r.status().message();
+  }
+  auto with = [&](auto mutate, const char* want) {
+    V1Header h = *hdr;
+    mutate(h);
+    auto d = b.diff;
+    auto e = encode_v1_header(h);
+    std::memcpy(d.data(), e.data(), 256);
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok()) << want;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  };
+  with([](V1Header& h) { h.old_blocks = kV1MaxImageBlocks + 1; }, "old_blocks");
+  with([](V1Header& h) { h.old_blocks = 30; }, "");  // sources or the old hash no longer fit
+  {
+    // A flag with equal sizes is refused (one encoding per header), so is an unknown flag.
+    auto d = b.diff;
+    put_le64(&d[kV1OldBlocksOffset], hdr->image_blocks);
+    uLong c = crc32(crc32(0, d.data(), 156), d.data() + kV1OldBlocksOffset, 8);
+    put_le32(&d[156], static_cast<uint32_t>(c));
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("old_blocks"), std::string::npos) << r.status().message();
+    d = b.diff;
+    put_le16(&d[10], 3);
+    c = crc32(crc32(0, d.data(), 156), d.data() + kV1OldBlocksOffset, 8);
+    put_le32(&d[156], static_cast<uint32_t>(c));
+    r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("flags"), std::string::npos) << r.status().message();
+  }
+  // The target: the segment is the new image; the system device must hold
+  // the larger of the two images, and the error names both sizes.
+  MapResolver r;
+  r.devs["diff"] = std::make_shared<MemoryDevice>(b.diff);
+  r.devs["sys"] = std::make_shared<MemoryDevice>(grow.old_img);  // only the old image: too small for the new
+  auto t = make_update(r, grow.new_img.size(), false);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find(std::to_string(grow.old_img.size())), std::string::npos) << t.status().message();
+  EXPECT_NE(t.status().message().find(std::to_string(grow.new_img.size())), std::string::npos) << t.status().message();
+  r.devs["sys"] = std::make_shared<MemoryDevice>(system_device(b, 4096));
+  t = make_update(r, grow.old_img.size(), false);
+  ASSERT_FALSE(t.ok()) << "a segment of the old image's size";
+  EXPECT_NE(t.status().message().find("new image"), std::string::npos) << t.status().message();
+  t = make_update(r, grow.new_img.size(), false);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  EXPECT_EQ((*t)->size(), grow.new_img.size());
+  // Offline: a device smaller than the new image is refused before any write.
+  MemoryDevice diff(b.diff, true), small(grow.old_img);
+  auto idx = load_v1(diff);
+  ASSERT_TRUE(idx.ok());
+  auto blocks = v1_compute_all(diff, small, *idx);
+  ASSERT_TRUE(blocks.ok());
+  auto w = v1_write_all(small, *idx, *blocks);
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.message().find(std::to_string(grow.new_img.size())), std::string::npos) << w.message();
+  EXPECT_TRUE(small.contents() == grow.old_img);
+  // Format v0 keeps refusing different sizes, saying why.
+  TempDir tmp;
+  write_file(tmp.file("o"), grow.old_img);
+  write_file(tmp.file("n"), grow.new_img);
+  DiffOptions o0;
+  o0.progress = false;
+  auto st0 = make_diff(tmp.file("o"), tmp.file("n"), tmp.file("d0"), o0);
+  ASSERT_FALSE(st0.ok());
+  EXPECT_NE(st0.status().message().find("format v0 cannot carry"), std::string::npos) << st0.status().message();
+}
+
+// Different sizes both ways, several seeds: through the target (no copy,
+// then background copy-back) and offline apply; same-size diffs are
+// unchanged (no flag, bytes 160.. zero).
+TEST(UpdateV1, DifferentSizesRoundTrip) {
+  for (auto [ob, nb] : {std::pair<uint64_t, uint64_t>{64, 100}, {100, 64}, {64, 65}, {65, 64}, {80, 80}}) {
+    for (uint64_t seed : {1u, 3u}) {
+      SCOPED_TRACE(fmt::format("old {} new {} seed {}", ob, nb, seed));
+      auto p = make_churn_pair(ob, nb, 4096, seed + ob);
+      auto b = build_v1(p.old_img, p.new_img, 4096);
+      EXPECT_EQ(le16(&b.diff[10]), ob == nb ? 0 : kV1FlagOldBlocks);
+      if (ob == nb) {
+        for (size_t i = 160; i < 256; i++) ASSERT_EQ(b.diff[i], 0) << i;
+      }
+      check_v1(b, 4096);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// Crafted metadata the generator never writes: the loader refuses old
+// content read past the old image's end and a new block past it without an
+// operation (it would show the system device's bytes).
+TEST(UpdateV1, LoaderChecksOldImageBounds) {
+  auto craft = [](uint64_t old_blocks, uint64_t image_blocks, std::vector<V1Op> ops) {
+    auto meta = encode_v1_meta(ops, {}, {}, {}, 12);
+    std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
+    cmeta.resize(ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 3));
+    V1Header h;
+    h.block_bits = 12;
+    h.chunk_blocks = 1;
+    h.image_blocks = image_blocks;
+    h.old_blocks = old_blocks;
+    h.op_count = ops.size();
+    h.meta_offset = kV1HeaderSize;
+    h.meta_size = cmeta.size();
+    h.meta_raw_size = meta.size();
+    h.data_offset = h.meta_offset + h.meta_size;
+    auto e = encode_v1_header(h);
+    std::vector<uint8_t> f(e.begin(), e.end());
+    f.insert(f.end(), cmeta.begin(), cmeta.end());
+    return f;
+  };
+  auto op = [](uint64_t dest, OpType t, uint64_t src = 0) {
+    V1Op o;
+    o.dest = dest;
+    o.type = t;
+    o.src = src;
+    return o;
+  };
+  auto ok = load_v1_bytes(craft(4, 6, {op(4, OpType::Zero), op(5, OpType::Copy, 1)}));
+  ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+  EXPECT_EQ(ok->old_blocks(), 4u);
+  auto r = load_v1_bytes(craft(4, 6, {op(4, OpType::Zero), op(5, OpType::Copy, 4)}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("past the old image's end"), std::string::npos) << r.status().message();
+  r = load_v1_bytes(craft(4, 6, {op(4, OpType::Zero)}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("block 5 lies past the old image's end"), std::string::npos) << r.status().message();
+  r = load_v1_bytes(craft(6, 4, {op(1, OpType::Copy, 5), op(2, OpType::Copy, 6)}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("source 6"), std::string::npos) << r.status().message();
+  // New smaller: the old tail is a fine source (never overwritten).
+  ok = load_v1_bytes(craft(6, 4, {op(1, OpType::Copy, 5), op(2, OpType::Save, 4), op(3, OpType::Copy, 2), op(2, OpType::Zero)}));
+  ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+  // A SAVE parks only old content.
+  r = load_v1_bytes(craft(4, 6, {op(4, OpType::Save, 5), op(5, OpType::Copy, 4), op(4, OpType::Zero)}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("SAVE source"), std::string::npos) << r.status().message();
 }
