@@ -285,6 +285,11 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   for (uint32_t k = 0; k < ops.size(); k++)
     if (ops[k].type == OpType::Replace) novel.push_back(k);
   {
+    // The workers change novel ops (type, src) while looking at their
+    // neighbours' COPY sources: read those from a copy taken before.
+    std::vector<int64_t> copy_src(ops.size(), -1);
+    for (uint32_t k = 0; k < ops.size(); k++)
+      if (ops[k].type == OpType::Copy) copy_src[k] = static_cast<int64_t>(ops[k].src);
     Progress prog("update-diff: similar blocks", novel.size(), false);
     parallel_for(novel.size(), threads, [&](size_t i) {
       GOp& g = ops[novel[i]];
@@ -302,8 +307,8 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
           int64_t n = static_cast<int64_t>(g.dest) + sgn * dist;
           if (n < 0 || n >= static_cast<int64_t>(blocks)) continue;
           int32_t w = writer[n];
-          if (w < 0 || ops[w].type != OpType::Copy) continue;
-          int64_t base = static_cast<int64_t>(ops[w].src) - sgn * dist;
+          if (w < 0 || copy_src[w] < 0) continue;
+          int64_t base = copy_src[w] - sgn * dist;
           if (base < 0 || base >= static_cast<int64_t>(old_blocks)) continue;
           if (std::find(bases.begin(), bases.end(), uint64_t(base)) == bases.end()) bases.push_back(uint64_t(base));
         }
