@@ -289,6 +289,27 @@ Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std
   if (bg && diff->caps().read_only)
     return ReadOnly("update: a v1 copy-back keeps its checkpoint in the diff, which is read-only; use no_bg_update");
   std::vector<uint8_t> stash;
+  if (idx->h.ckpt_state == 1) {
+    // A checkpoint binds the diff to the device its copy-back wrote, but
+    // nothing stops the same diff from meeting another device (or this one
+    // restored to the old image). A device that still holds exactly the old
+    // image starts over; a finished copy-back must have left the new image.
+    UDM_ASSIGN_OR_RETURN(auto h, sha256_device(*sys, old_img));
+    if (h == idx->h.old_sha256) {
+      log::warn("update: diff {} has a checkpoint at operation {}, but the system device holds the old image: "
+                "starting the copy-back over",
+                diff_name, idx->h.ckpt_done);
+      idx->h.ckpt_state = 0;
+      idx->h.ckpt_done = 0;
+      idx->h.ckpt_stash_op = 0;
+    } else if (idx->h.ckpt_done >= idx->ops.size()) {
+      UDM_ASSIGN_OR_RETURN(auto nh, sha256_device(*sys, img));
+      if (nh != idx->h.new_sha256)
+        return Invalid(fmt::format("update: diff {} says its copy-back is done, but the system device (sha256 {}) "
+                                   "holds neither the old nor the new image; nothing written",
+                                   diff_name, hex(nh)));
+    }
+  }
   if (idx->h.ckpt_state == 0) {
     // Nothing written yet: the system device must hold exactly the old image.
     UDM_ASSIGN_OR_RETURN(auto h, sha256_device(*sys, old_img));

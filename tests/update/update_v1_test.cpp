@@ -202,6 +202,56 @@ TEST(UpdateV1, WrongOldImageRefusedBeforeAnyWrite) {
   EXPECT_TRUE(sys->contents() == wrong);
 }
 
+// A diff whose copy-back finished on one device, used again over a device
+// that holds the old image (another device, or the same one restored): it
+// must start over and read as new, never serve the old image as done. And a
+// finished checkpoint over a device that is neither image is refused.
+TEST(UpdateV1, UsedDiffOverAFreshOldImage) {
+  auto [o, n] = make_v1_pair(128, 4096, 5);
+  auto b = build_v1(o, n, 4096);
+  auto diff = std::make_shared<MemoryDevice>(b.diff);
+  {
+    MapResolver r;
+    r.devs["sys"] = std::make_shared<MemoryDevice>(b.old_img);
+    r.devs["diff"] = diff;
+    auto t = make_update(r, b.new_img.size());
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    (*t)->resume();
+    std::string total = std::to_string(b.stats.ops);
+    ASSERT_EQ(wait_copied(**t), total + " " + total);
+    (*t)->presuspend();
+  }
+  MapResolver r;
+  auto fresh = std::make_shared<MemoryDevice>(b.old_img);
+  r.devs["sys"] = fresh;
+  r.devs["diff"] = diff;  // its checkpoint says done
+  {
+    auto t = make_update(r, b.new_img.size(), /*bg=*/false);
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    (*t)->resume();
+    std::vector<uint8_t> got(b.new_img.size());
+    ASSERT_TRUE((*t)->read(0, got).ok());
+    EXPECT_TRUE(got == b.new_img) << "a used diff over the old image served the old image";
+  }
+  auto t = make_update(r, b.new_img.size());
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  (*t)->resume();
+  std::string total = std::to_string(b.stats.ops);
+  ASSERT_EQ(wait_copied(**t), total + " " + total);
+  (*t)->presuspend();
+  EXPECT_TRUE(fresh->contents() == b.new_img);
+  // Done, but the device holds something else: refused, nothing written.
+  auto other = b.new_img;
+  other[777] ^= 1;
+  auto odev = std::make_shared<MemoryDevice>(other);
+  r.devs["sys"] = odev;
+  auto bad = make_update(r, b.new_img.size());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("neither the old nor the new image"), std::string::npos)
+      << bad.status().message();
+  EXPECT_TRUE(odev->contents() == other);
+}
+
 TEST(UpdateV1, CorruptFilesRefused) {
   auto [o, n] = make_v1_pair(200, 4096, 4);
   auto b = build_v1(o, n, 4096);
