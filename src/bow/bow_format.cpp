@@ -40,6 +40,7 @@ std::vector<uint8_t> encode_log(const LogBlock& log) {
     store_le<uint32_t>(&out[p + 20], e.checksum);
     p += kEntrySize;
   }
+  if (log.committing) store_le<uint32_t>(&out[log.block_size - 4], kCommitMark);
   return out;
 }
 
@@ -83,6 +84,12 @@ Result<LogBlock> decode_log(std::span<const uint8_t> d, uint64_t device_bytes) {
   if (log.sector0 == 0 || log.sector0 % bsec != 0 || log.sector0 >= whole_sectors)
     return Corrupt(fmt::format("bow log: sector0 {} is not a block inside the device", log.sector0));
   (void)dev_sectors;
+  uint32_t mark = load_le<uint32_t>(&d[log.block_size - 4]);
+  if (mark != 0 && mark != kCommitMark)
+    return Corrupt(fmt::format("bow log: last 4 bytes are {:#010x} (expected 0, or {:#010x}: "
+                               "commit under way)",
+                               mark, kCommitMark));
+  log.committing = mark == kCommitMark;
   size_t p = kHeaderSize;
   for (uint32_t i = 0; i < count; i++, p += kEntrySize) {
     LogEntry e;

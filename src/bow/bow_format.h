@@ -13,6 +13,7 @@
 //   20   u64   sector0: 512-byte sector where the live contents of block 0 are
 //   28   24*n  entries: u64 source sector, u64 dest sector, u32 size (bytes),
 //              u32 checksum
+//   bs-4 u32   0, or kCommitMark (udm): a commit is under way (see below)
 //
 // An entry says "the `size` bytes that were at `source` before they were
 // overwritten are saved at `dest`". Entry 0 of sequence 0 saves the original
@@ -21,6 +22,13 @@
 // polynomial 0xEDB88320, no pre/post inversion, i.e. the kernel's crc32_le)
 // seeded with the source block number and run over the saved bytes; 0 means
 // "not checked".
+//
+// The last 4 bytes of a log block lie beyond the room of the last possible
+// entry for every block size (capacity = (bs - 28) / 24 leaves 4 or 12 bytes)
+// and are zero in a plain log. udm's commit first rewrites block 0 with
+// kCommitMark there: from then on the saved copies are being zeroed, so the
+// log can no longer be restored; a target created over such a device
+// finishes the commit instead (docs/bow.md, "Commit").
 #pragma once
 
 #include <cstdint>
@@ -34,6 +42,7 @@ namespace udm::bow {
 
 inline constexpr uint32_t kLogMagic = 0x00574F42;      // "BOW\0"
 inline constexpr uint32_t kRestoringMagic = 0x00424F57;  // Android vold's partial restore ("WOB")
+inline constexpr uint32_t kCommitMark = 0x54494D43;     // "CMIT": commit under way (udm)
 inline constexpr uint16_t kLogVersion = 0x0100;
 inline constexpr uint16_t kHeaderSize = 28;
 inline constexpr uint32_t kEntrySize = 24;
@@ -53,6 +62,7 @@ struct LogBlock {
   uint32_t sequence = 0;
   uint64_t sector0 = 0;
   std::vector<LogEntry> entries;
+  bool committing = false;  // kCommitMark in the last 4 bytes
   bool operator==(const LogBlock&) const = default;
 };
 

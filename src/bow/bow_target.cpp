@@ -44,6 +44,19 @@ Result<std::shared_ptr<BowTarget>> BowTarget::create(DevicePtr dev, uint64_t len
   if (dev->caps().read_only) return Invalid("bow: the device is read-only");
   std::shared_ptr<BowTarget> t(new BowTarget(std::move(dev), length, opts));
   UDM_TRY(t->load_existing());
+  if (t->log_.committing) {
+    // A commit was under way when the device stopped: finish it before any
+    // I/O (the copies may be half zeroed: the log cannot be restored now).
+    std::vector<std::pair<uint64_t, uint64_t>> backups;
+    t->map_.visit(0, t->blocks_, [&](const Run& r) {
+      if (r.type == BlockType::kBackup) backups.push_back({r.start, r.end});
+    });
+    Status s = t->commit_io(t->sector0_block_, std::move(backups), true);
+    if (!s.ok()) return s.context("bow: finishing the interrupted commit");
+    t->enter_passthrough(false);
+    t->stats_.commit_finished = true;
+    udm::log::info("bow: finished a commit that was interrupted; pass-through");
+  }
   t->committer_ = std::thread([p = t.get()] { p->committer_loop(); });
   return t;
 }
@@ -53,7 +66,9 @@ Result<std::shared_ptr<BowTarget>> BowTarget::create(DevicePtr dev, uint64_t len
 // known any more (the trims of the earlier session are gone and cannot be
 // trusted again: a block freed after the checkpoint may hold checkpoint data),
 // so the resumed target has none; blocks the log names as saved (sources) are
-// CHANGED, their copies (dests) are BACKUP.
+// CHANGED, their copies (dests, saved log blocks included) are BACKUP and the
+// live block 0 is SECTOR0: the filesystem sees those as free, so they read as
+// zeroes, as they did before the restart.
 Status BowTarget::load_existing() {
   std::vector<uint8_t> b0(std::min<uint64_t>(kMaxBlock, size_));
   UDM_TRY(dev_->read(0, b0));
@@ -67,6 +82,9 @@ Status BowTarget::load_existing() {
                                log.value().block_size));
   ChainOptions copts;
   copts.verify = false;
+  // A log marked as being committed may have lost older log blocks already
+  // (zeroed oldest first, after every saved copy): read what is left.
+  copts.allow_committing = copts.tolerant = log.value().committing;
   auto chain = read_chain(*dev_, copts);
   if (!chain.ok())
     return chain.status().context("bow: block 0 holds a damaged bow log chain");
@@ -96,8 +114,12 @@ Status BowTarget::load_existing() {
 DeviceCaps BowTarget::caps() const {
   DeviceCaps c = dev_->caps();
   c.can_trim = true;  // trims are how state 0 learns the free space
+  // Not every byte of a trim reads zero afterwards: partial blocks are left
+  // alone, state 1 drops trims, state 2 passes them to the device as they are.
   c.trim_zeroes = false;
+  // Zeroing in-use blocks in state 1 copies them first: not cheaper than writing.
   c.fast_zero = false;
+  c.can_write_zeroes = true;
   c.logical_block = 512;
   return c;
 }
@@ -202,6 +224,14 @@ Status BowTarget::checkpoint() {
     s = dev_->write(0, encode_log(log));
   }
   if (s.ok()) s = dev_->flush();
+  bool zeroed[2] = {false, false};
+  if (!s.ok() && !log_written) {
+    // The copies of block 0 may have reached the two free blocks: zero them
+    // again (free blocks are zero on the device), or keep them out of free
+    // space if even that fails.
+    zeroed[0] = dev_->write_zeroes(live * bs_, bs_, false, true).ok();
+    zeroed[1] = dev_->write_zeroes(saved * bs_, bs_, false, true).ok();
+  }
   std::lock_guard l(mu_);
   if (!s.ok()) {
     if (log_written) {
@@ -210,8 +240,8 @@ Status BowTarget::checkpoint() {
       return fatal_;
     }
     map_.set(0, 1, BlockType::kUnchanged);
-    map_.set(live, live + 1, BlockType::kFree);
-    map_.set(saved, saved + 1, BlockType::kFree);
+    map_.set(live, live + 1, zeroed[0] ? BlockType::kFree : BlockType::kUnchanged);
+    map_.set(saved, saved + 1, zeroed[1] ? BlockType::kFree : BlockType::kUnchanged);
     return s.context("bow: checkpoint");
   }
   log_ = std::move(log);
@@ -226,24 +256,35 @@ Status BowTarget::checkpoint() {
   return Status::Ok();
 }
 
-// Caller holds s0_mu_ exclusively (no block-0 I/O in flight).
+// Caller holds s0_mu_ exclusively (no block-0 I/O in flight) and the
+// committer has nothing in hand.
 Status BowTarget::commit(bool dropped) {
   uint64_t live;
+  std::vector<std::pair<uint64_t, uint64_t>> backups;
   {
     std::lock_guard l(mu_);
     if (state_ != 1) return Status::Ok();
     live = sector0_block_;
+    map_.visit(0, blocks_, [&](const Run& r) {
+      if (r.type == BlockType::kBackup) backups.push_back({r.start, r.end});
+    });
   }
-  std::vector<uint8_t> b(bs_);
-  Status s = dev_->flush();
-  if (s.ok()) s = dev_->read(live * bs_, b);
-  if (s.ok()) s = dev_->write(0, b);  // one block: the log is gone or still whole
-  if (s.ok()) s = dev_->flush();
+  Status s = commit_io(live, std::move(backups), false);
   std::lock_guard l(mu_);
   if (!s.ok()) {
-    fatal_ = s.context("bow: commit failed; the target stopped");
+    fatal_ = s.context("bow: commit failed; the target stopped (create it again over the device "
+                       "to finish the commit)");
     return fatal_;
   }
+  enter_passthrough(dropped);
+  udm::log::info("bow: {}", dropped ? "out of free space: backup dropped (on_full=drop), now "
+                                    "pass-through; the checkpoint can no longer be restored"
+                                  : "committed; pass-through");
+  return Status::Ok();
+}
+
+// mu_ held (or no other thread yet).
+void BowTarget::enter_passthrough(bool dropped) {
   state_ = 2;
   map_ = RangeMap(blocks_, BlockType::kChanged);
   written_.clear();
@@ -252,10 +293,85 @@ Status BowTarget::commit(bool dropped) {
   log_ = LogBlock{};
   if (dropped) stats_.dropped = true;
   cv_.notify_all();
-  udm::log::info("bow: {}", dropped ? "out of free space: backup dropped (on_full=drop), now "
-                                    "pass-through; the checkpoint can no longer be restored"
-                                  : "committed; pass-through");
-  return Status::Ok();
+}
+
+// The commit, crash-safe at every write (docs/bow.md, "Commit"). The saved
+// copies, saved log blocks and the live block 0 sit in blocks the filesystem
+// sees as free, which must read as zeroes once the target passes through, so
+// they are zeroed on the device; but not before the log has stopped being a
+// restorable checkpoint:
+//  1. flush; block 0 gets the same log with the commit mark; flush. From now
+//     on restore refuses the device and a new target finishes the commit.
+//  2. zero every saved copy except the saved log blocks; flush. (The chain
+//     still reads whole, so a restarted target finds every copy to zero.)
+//  3. zero the saved log blocks oldest first, each flushed before the next:
+//     a restarted target reads the chain up to the first zeroed one, and all
+//     older ones are zero already.
+//  4. copy the live block 0 home (one block write: the marked log or the real
+//     block 0, never a mix); flush.
+//  5. zero the old home of the live block 0; flush.
+// A cut between 4 and 5 leaves that one block holding a copy of block 0: the
+// device no longer says where it was (no log), so nothing can find it.
+Status BowTarget::commit_io(uint64_t live, std::vector<std::pair<uint64_t, uint64_t>> backups,
+                            bool marked) {
+  Status s = dev_->flush();
+  if (s.ok() && !marked) {
+    LogBlock m = log_;
+    m.committing = true;
+    s = dev_->write(0, encode_log(m));
+    if (s.ok()) s = dev_->flush();
+  }
+  std::vector<uint64_t> logs;  // newest first
+  if (s.ok()) {
+    ChainOptions o;
+    o.verify = false;
+    o.allow_committing = o.tolerant = true;
+    auto c = read_chain(*dev_, o);
+    if (c.ok()) logs = std::move(c.value().log_blocks);
+    else s = c.status().context("reading the log chain");
+  }
+  auto in_backups = [&](uint64_t b) {
+    auto it = std::upper_bound(backups.begin(), backups.end(), std::make_pair(b, UINT64_MAX));
+    return it != backups.begin() && std::prev(it)->second > b;
+  };
+  std::vector<uint64_t> log_set;
+  for (uint64_t b : logs)
+    if (in_backups(b)) log_set.push_back(b);
+  std::sort(log_set.begin(), log_set.end());
+  uint64_t zeroed = 0;
+  auto zero = [&](uint64_t a, uint64_t e) {
+    if (a >= e || !s.ok()) return;
+    s = dev_->write_zeroes(a * bs_, (e - a) * bs_, false, /*may_unmap=*/true);
+    zeroed += (e - a) * bs_;
+  };
+  // 2. the copies, around the saved log blocks
+  auto lit = log_set.begin();
+  for (const auto& [a, e] : backups) {
+    uint64_t pos = a;
+    while (lit != log_set.end() && *lit < a) ++lit;
+    for (; lit != log_set.end() && *lit < e; ++lit) {
+      zero(pos, *lit);
+      pos = *lit + 1;
+    }
+    zero(pos, e);
+  }
+  if (s.ok()) s = dev_->flush();
+  // 3. the saved log blocks, oldest first
+  for (auto it = logs.rbegin(); it != logs.rend() && s.ok(); ++it) {
+    if (!in_backups(*it)) continue;
+    zero(*it, *it + 1);
+    if (s.ok()) s = dev_->flush();
+  }
+  // 4. block 0 home
+  std::vector<uint8_t> b(bs_);
+  if (s.ok()) s = dev_->read(live * bs_, b);
+  if (s.ok()) s = dev_->write(0, b);
+  if (s.ok()) s = dev_->flush();
+  // 5. its old place
+  zero(live, live + 1);
+  if (s.ok()) s = dev_->flush();
+  if (s.ok()) stats_.zeroed_bytes += zeroed;
+  return s;
 }
 
 // A run of FREE blocks nobody wrote since the checkpoint (mu_ held). Written
@@ -320,6 +436,44 @@ Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, b
   return dev_->write(off, std::span<const uint8_t>(data, len), fua);
 }
 
+// Zeroes [off, off+len) on the device (block 0's bytes go to the live copy).
+Status BowTarget::lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap) {
+  if (off < bs_) {
+    uint64_t n = std::min<uint64_t>(len, bs_ - off);
+    UDM_TRY(io_block0_write(off, n, nullptr, fua));
+    off += n;
+    len -= n;
+    if (len == 0) return Status::Ok();
+  }
+  return dev_->write_zeroes(off, len, fua, unmap);
+}
+
+void BowTarget::masked_ranges(uint64_t off, uint64_t len,
+                              std::vector<std::pair<uint64_t, uint64_t>>& out) const {
+  const uint64_t end = off + len;
+  auto add = [&](uint64_t a, uint64_t e) {  // blocks
+    uint64_t x = std::max(off, a * bs_), y = std::min(end, e * bs_);
+    if (x >= y) return;
+    if (!out.empty() && out.back().second == x) out.back().second = y;
+    else out.push_back({x, y});
+  };
+  map_.visit(off / bs_, (end + bs_ - 1) / bs_, [&](const Run& r) {
+    switch (r.type) {
+      case BlockType::kFree:
+        if (written_free_ == 0) {
+          add(r.start, r.end);
+        } else {
+          for (uint64_t b = r.start; b < r.end; b++)
+            if (!written(b)) add(b, b + 1);
+        }
+        break;
+      case BlockType::kBackup:
+      case BlockType::kSector0: add(r.start, r.end); break;
+      default: break;
+    }
+  });
+}
+
 Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
   UDM_TRY(check_range(off, buf.size(), "read"));
   if (buf.empty()) return Status::Ok();
@@ -327,8 +481,15 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
   // Write-back jobs not yet on the device: their data is laid over what the
   // device returns (their blocks are busy, so nothing else writes them).
   std::vector<JobPtr> over;
+  // Blocks free in the filesystem's view that bow may have filled (state 1):
+  // they read as zeroes. Their types cannot change under this read in a way
+  // that matters: a masked block only stops being masked when it is written
+  // (concurrently with this read, so zeroes are its value before that write),
+  // and an unmasked block never receives bow's data.
+  std::vector<std::pair<uint64_t, uint64_t>> zeroed;
   {
     std::lock_guard l(mu_);
+    if (state_ == 1) masked_ranges(off, buf.size(), zeroed);
     if (!deferred_.empty()) {
       uint64_t b0 = off / bs_, b1 = (off + buf.size() + bs_ - 1) / bs_;
       auto it = deferred_.upper_bound(b0);
@@ -339,13 +500,25 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
       }
     }
   }
-  if (off < bs_) {
-    uint64_t n = std::min<uint64_t>(buf.size(), bs_ - off);
-    UDM_TRY(io_block0_read(off, buf.first(n)));
-    if (n < buf.size()) UDM_TRY(dev_->read(off + n, buf.subspan(n)));
-  } else {
-    UDM_TRY(dev_->read(off, buf));
+  // Read what is not masked (a read wholly inside masked blocks reads nothing).
+  uint64_t pos = off;
+  auto read_dev = [&](uint64_t a, uint64_t e) -> Status {
+    if (a >= e) return Status::Ok();
+    auto part = buf.subspan(a - off, e - a);
+    if (a < bs_) {
+      uint64_t n = std::min<uint64_t>(e, bs_) - a;
+      UDM_TRY(io_block0_read(a, part.first(n)));
+      if (n < part.size()) UDM_TRY(dev_->read(a + n, part.subspan(n)));
+      return Status::Ok();
+    }
+    return dev_->read(a, part);
+  };
+  for (const auto& [a, e] : zeroed) {
+    UDM_TRY(read_dev(pos, a));
+    std::fill(buf.begin() + (a - off), buf.begin() + (e - off), 0);
+    pos = e;
   }
+  UDM_TRY(read_dev(pos, off + buf.size()));
   for (const JobPtr& j : over) {
     uint64_t a = std::max(off, j->off), e = std::min(off + buf.size(), j->off + j->len);
     if (j->data.empty()) std::fill(buf.begin() + (a - off), buf.begin() + (e - off), 0);
@@ -357,13 +530,13 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
 Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) {
   UDM_TRY(check_range(off, buf.size(), "write"));
   if (buf.empty()) return Status::Ok();
-  return write_common(off, buf.size(), buf.data(), fua);
+  return write_common(off, buf.size(), buf.data(), fua, false);
 }
 
 Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) {
   UDM_TRY(check_range(off, len, "write_zeroes"));
   if (len == 0) return Status::Ok();
-  return write_common(off, len, nullptr, fua);
+  return write_common(off, len, nullptr, fua, may_unmap);
 }
 
 namespace {
@@ -434,7 +607,7 @@ bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0) {
 void BowTarget::finish_job(Job& j, Status s) {
   for (const auto& [a, b] : j.busy) busy_remove(a, b);
   j.busy.clear();
-  if (j.deferred) {
+  if (j.carried) {
     deferred_.erase(j.b0);
     pending_bytes_ -= j.len;
   }
@@ -443,45 +616,122 @@ void BowTarget::finish_job(Job& j, Status s) {
   done_seq_ = std::max(done_seq_, j.seq);
 }
 
-Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
+// State 0 (mu_ held, [b0, b1) not busy). Every block touched is in use
+// again ("un-trim"), except that a zero-out allowed to unmap frees the whole
+// blocks it covers; freed blocks are zeroed on the device, so they read as
+// zeroes now, after a restart, and in every later state. The blocks stay busy
+// until the device has the write, so a trim or zero-out and a write of the
+// same block reach the device in the order their map updates were made.
+Status BowTarget::write_state0(std::unique_lock<std::mutex>& l, uint64_t off, uint64_t len,
+                               const uint8_t* data, bool fua, bool unmap) {
+  const uint64_t b0 = off / bs_, b1 = (off + len + bs_ - 1) / bs_;
+  const uint64_t f0 = std::max<uint64_t>((off + bs_ - 1) / bs_, 1), f1 = (off + len) / bs_;
+  const bool freeing = !data && unmap && f0 < f1;
+  map_.set(std::max<uint64_t>(b0, 1), b1, BlockType::kUnchanged);
+  if (freeing) map_.set(f0, f1, BlockType::kFree);
+  busy_add(b0, b1);
+  l.unlock();
+  Status s = data ? lower_write(off, len, data, fua) : lower_zero(off, len, fua, unmap);
+  l.lock();
+  if (!s.ok() && freeing) map_.set(f0, f1, BlockType::kUnchanged);  // not known to be zero
+  busy_remove(b0, b1);
+  cv_.notify_all();
+  return s;
+}
+
+Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua,
+                               bool unmap) {
   std::shared_lock st(state_mu_);
   const uint64_t b0 = off / bs_, b1 = (off + len + bs_ - 1) / bs_;
+  const uint64_t end = off + len;
   {
     std::unique_lock l(mu_);
     for (;;) {
       if (!fatal_.ok()) return fatal_;
-      if (state_ == 0) {
-        // Un-trim: a block written after its discard is in use again.
-        map_.set(std::max<uint64_t>(b0, 1), b1, BlockType::kUnchanged);
-        break;
-      }
       if (state_ == 2) break;
       if (busy_overlaps(b0, b1)) {
         cv_.wait(l);
         continue;
       }
+      if (state_ == 0) return write_state0(l, off, len, data, fua, unmap);
+      // State 1. Data: UNCHANGED and BACKUP blocks are saved first, the live
+      // block 0 moves away from a block being written, and a partial write
+      // into a masked block (BACKUP, SECTOR0: they read as zeroes) fills the
+      // rest of the block with zeroes. Zeroes: only UNCHANGED blocks are saved
+      // (dm-bow's rule: their old contents must survive for a rollback);
+      // masked and FREE blocks already read as zeroes and are left alone
+      // (zeroing them on the device could race with their use as backup
+      // space); the rest is zeroed on the device. Blocks written since the
+      // checkpoint are not taken back as backup space: like dm-bow, free
+      // space only shrinks after the checkpoint.
       std::vector<Run> runs;
-      bool move_s0 = false;
+      std::vector<std::pair<uint64_t, uint64_t>> zr;  // bytes to zero on the device
+      bool move_s0 = false, pad_head = false, pad_tail = false;
+      auto zero_blocks = [&](uint64_t a, uint64_t e) {
+        uint64_t x = std::max(off, a * bs_), y = std::min(end, e * bs_);
+        if (x >= y) return;
+        if (!zr.empty() && zr.back().second == x) zr.back().second = y;
+        else zr.push_back({x, y});
+      };
+      auto pad_check = [&](const Run& r) {
+        if (r.start == b0 && off % bs_ != 0) pad_head = true;
+        if (r.end == b1 && end % bs_ != 0) pad_tail = true;
+      };
       map_.visit(b0, b1, [&](const Run& r) {
         switch (r.type) {
           case BlockType::kFree:
             for (uint64_t b = r.start; b < r.end; b++) {
               uint64_t& w = written_[b / 64];
               uint64_t bit = 1ull << (b % 64);
-              if (!(w & bit)) {
+              if (!data) {
+                if (w & bit) zero_blocks(b, b + 1);
+              } else if (!(w & bit)) {
                 w |= bit;
                 written_free_++;
               }
             }
             break;
           case BlockType::kUnchanged:
-          case BlockType::kBackup: runs.push_back(r); break;
-          case BlockType::kSector0: move_s0 = true; break;
+            runs.push_back(r);
+            if (!data) zero_blocks(r.start, r.end);
+            break;
+          case BlockType::kBackup:
+            if (data) {
+              runs.push_back(r);
+              pad_check(r);
+            }
+            break;
+          case BlockType::kSector0:
+            if (data) {
+              move_s0 = true;
+              pad_check(r);
+            }
+            break;
           case BlockType::kChanged:
-          case BlockType::kLog: break;  // block 0's I/O goes to the live copy
+          case BlockType::kLog:  // block 0's I/O goes to the live copy
+            if (!data) zero_blocks(r.start, r.end);
+            break;
         }
       });
-      if (runs.empty() && !move_s0) break;
+      const bool pad = pad_head || pad_tail;
+      if (runs.empty() && !move_s0 && !pad) {
+        if (data) break;
+        // Zeroes needing no backup.
+        if (zr.empty()) {
+          l.unlock();
+          return fua ? dev_->flush() : Status::Ok();
+        }
+        busy_add(b0, b1);
+        l.unlock();
+        Status s;
+        for (const auto& [a, e] : zr)
+          if (s.ok()) s = lower_zero(a, e - a, false, unmap);
+        if (s.ok() && fua) s = dev_->flush();
+        l.lock();
+        busy_remove(b0, b1);
+        cv_.notify_all();
+        return s;
+      }
       auto job = std::make_shared<Job>();
       if (!plan_job(*job, runs, move_s0)) {
         if (!opts_.drop_on_full) {
@@ -499,37 +749,58 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         continue;
       }
       // Write-back unless the caller wants durability now or too much is held.
-      job->deferred = opts_.write_back && !fua && pending_bytes_ + len <= kMaxPendingBytes;
-      if (job->deferred) {
+      const bool write_back = opts_.write_back && !fua && pending_bytes_ + len <= kMaxPendingBytes;
+      job->carried = write_back || pad;
+      job->waited = !write_back;
+      const uint64_t poff = pad_head ? b0 * bs_ : off, pend = pad_tail ? b1 * bs_ : end;
+      if (job->carried) {
         job->busy.push_back({b0, b1});  // the whole write: later writes wait for it
-        job->off = off;
-        job->len = len;
+        job->off = poff;
+        job->len = pend - poff;
         job->b0 = b0;
-        pending_bytes_ += len;
+        job->fua = fua;
+        job->zero = !data;
+        job->unmap = unmap;
+        job->zero_ranges = std::move(zr);
+        pending_bytes_ += job->len;
       } else {
         for (const Run& r : runs) job->busy.push_back({r.start, r.end});
         if (move_s0) job->busy.push_back({sector0_block_, sector0_block_ + 1});
       }
       for (const auto& [a, b] : job->busy) busy_add(a, b);
-      if (job->deferred && data) {
+      if (job->carried && data) {
         // Copy the data without the lock (the blocks are busy: nobody else
         // writes them; reads see the old data until the write is queued,
         // which is fine: it is not acknowledged yet).
         l.unlock();
-        job->data.assign(data, data + len);
+        job->data.assign(pend - poff, 0);
+        std::copy(data, data + len, job->data.begin() + (off - poff));
         l.lock();
       }
-      if (job->deferred) deferred_[b0] = job;
+      if (job->carried) deferred_[b0] = job;
       job->seq = ++next_seq_;
       queue_.push_back(job);
       cv_.notify_all();
-      if (job->deferred) return Status::Ok();
+      if (!job->waited) return Status::Ok();
       cv_.wait(l, [&] { return job->done; });
       if (!job->result.ok()) return job->result;
+      if (job->carried) return Status::Ok();  // the committer wrote it
       // Saved: look again (the blocks are CHANGED now).
     }
   }
+  if (!data) return dev_->write_zeroes(off, len, fua, unmap);  // state 2: pass-through
   return lower_write(off, len, data, fua);
+}
+
+// Sends a carried job's write down (after its backups are durable, or in
+// pass-through once the checkpoint is gone).
+Status BowTarget::write_carried(const Job& j) {
+  if (!j.zero) return lower_write(j.off, j.len, j.data.data(), j.fua);
+  Status s;
+  for (const auto& [a, e] : j.zero_ranges)
+    if (s.ok()) s = lower_zero(a, e - a, false, j.unmap);
+  if (s.ok() && j.fua) s = dev_->flush();
+  return s;
 }
 
 void BowTarget::committer_loop() {
@@ -580,8 +851,7 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
   committing_ = true;
   auto write_deferred = [&](Status s) {
     for (const JobPtr& j : batch)
-      if (j->deferred && s.ok())
-        s = lower_write(j->off, j->len, j->data.empty() ? nullptr : j->data.data(), false);
+      if (j->carried && s.ok()) s = write_carried(*j);
     return s;
   };
   if (!fatal_.ok() || state_ != 1) {
@@ -731,12 +1001,15 @@ Status BowTarget::do_trim(uint64_t off, uint64_t len) {
   UDM_TRY(check_range(off, len, "trim"));
   std::shared_lock st(state_mu_);
   {
-    std::lock_guard l(mu_);
+    std::unique_lock l(mu_);
     if (state_ == 0) {
-      // Only whole blocks become free; block 0 never does (it becomes the log).
+      // Only whole blocks become free; block 0 never does (it becomes the
+      // log). They are zeroed on the device (write_zeroes, unmap allowed) so
+      // that they read as zeroes from now on, in every state.
       uint64_t first = std::max<uint64_t>((off + bs_ - 1) / bs_, 1), last = (off + len) / bs_;
-      if (first < last) map_.set(first, last, BlockType::kFree);
-      return Status::Ok();
+      if (first >= last) return Status::Ok();
+      cv_.wait(l, [&] { return !busy_overlaps(first, last); });
+      if (state_ == 0) return write_state0(l, first * bs_, (last - first) * bs_, nullptr, false, true);
     }
     if (state_ == 1) return Status::Ok();  // accepted and dropped: see docs/bow.md
   }

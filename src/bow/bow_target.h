@@ -3,7 +3,8 @@
 // prototype's known bugs fixed. See docs/bow.md for the full story.
 //
 // States (message "state 1" / "state 2", only 0 -> 1 -> 2):
-//  0 trim:       discards mark whole blocks FREE and are not passed down; a
+//  0 trim:       discards and zero-outs that may unmap mark whole blocks FREE
+//                and zero them on the device (write_zeroes with unmap); a
 //                write "un-trims" the blocks it touches (so writes racing with
 //                FITRIM in state 0 are safe: a written block is never backup
 //                space); block 0 is never free.
@@ -11,8 +12,17 @@
 //                free block. A write to UNCHANGED or BACKUP blocks first copies
 //                them into FREE blocks and logs the copy durably; writes to
 //                FREE or CHANGED blocks go straight down.
-//  2 committed:  the live block 0 is copied home, all state is freed,
+//  2 committed:  the saved copies and the relocated block 0 are zeroed, the
+//                live block 0 is copied home, all state is freed,
 //                pass-through.
+//
+// What reads return: a block that is free in the filesystem's view (trimmed
+// or zeroed with unmap, not written since) reads as zeroes in every state and
+// across state changes. FREE blocks are zero on the device; blocks that bow
+// fills while they are free in that view (BACKUP copies, log blocks, the live
+// block 0) are masked: reads of them return zeroes, a partial write to one
+// fills the rest of the block with zeroes, and the commit zeroes them on the
+// device before the target passes through.
 //
 // Concurrency: one mutex guards the range map and is never held across I/O.
 // Writes that need backups queue jobs; one writer at a time becomes the
@@ -55,6 +65,8 @@ struct BowStats {
   uint64_t batches = 0;  // group commits (each: copies, flush, log write, flush)
   bool dropped = false;  // on_full=drop happened: checkpoint abandoned
   bool resumed = false;  // the checkpoint was found on the device at creation
+  bool commit_finished = false;  // ... marked as being committed: create() finished it
+  uint64_t zeroed_bytes = 0;     // copies and block-0 relocations zeroed by the commit
   bool failed = false;   // an I/O error stopped the target (writes fail)
 };
 
@@ -97,22 +109,38 @@ class BowTarget : public Target {
   // ENOSPC is known at once. A deferred job (write-back) also carries the
   // write: the writer is acknowledged at once and the committer sends the
   // write down after the backup's log entry is durable.
+  //
+  // A carried job also carries its write: the committer sends it down after
+  // the backup's log entry is durable. Write-back jobs are carried and not
+  // waited for (the writer is acknowledged at once); a write that must fill a
+  // partial masked block with zeroes is carried too (its whole blocks stay
+  // busy until it is down), and waited for unless it is write-back.
   struct Job {
     std::vector<Copy> copies;
     std::vector<std::pair<uint64_t, uint64_t>> busy;  // ranges marked busy
     std::optional<uint64_t> new_s0;
-    bool deferred = false;
-    uint64_t off = 0, len = 0, b0 = 0;
-    std::vector<uint8_t> data;  // empty for write_zeroes
+    bool carried = false;
+    bool waited = true;
+    bool fua = false;
+    uint64_t off = 0, len = 0, b0 = 0;  // the carried write (padded to whole blocks if needed)
+    std::vector<uint8_t> data;          // its bytes; empty for zeroes
+    bool zero = false;
+    bool unmap = false;
+    std::vector<std::pair<uint64_t, uint64_t>> zero_ranges;  // bytes to zero on the device
     uint64_t seq = 0;
     Status result;
     bool done = false;
   };
   using JobPtr = std::shared_ptr<Job>;
 
-  // Write-type I/O: data (may be null for zeroes).
-  Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  // Write-type I/O: data, or zeroes when data is null (unmap: whole blocks
+  // may be freed).
+  Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap);
+  Status write_state0(std::unique_lock<std::mutex>& l, uint64_t off, uint64_t len,
+                      const uint8_t* data, bool fua, bool unmap);
   Status lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  Status lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap);
+  Status write_carried(const Job& j);
   // Block-0 aware write / read of [off, off+len) with the state fixed.
   Status io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
   Status io_block0_read(uint64_t off, std::span<uint8_t> buf);
@@ -125,6 +153,16 @@ class BowTarget : public Target {
   Status copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* crc);
   Status checkpoint();
   Status commit(bool dropped);  // caller holds s0_mu_ exclusively
+  void enter_passthrough(bool dropped);  // mu_ held
+  // The commit's I/O (also run by create() over a device whose log carries
+  // the commit mark): mark, zero the copies, put block 0 home, zero the old
+  // live block 0. No locks needed: the caller has drained everything.
+  Status commit_io(uint64_t live, std::vector<std::pair<uint64_t, uint64_t>> backups,
+                   bool marked);
+  // Byte ranges of [off, off+len) that read as zeroes whatever the device holds
+  // (state 1: FREE blocks not written since the checkpoint, BACKUP, SECTOR0).
+  void masked_ranges(uint64_t off, uint64_t len,
+                     std::vector<std::pair<uint64_t, uint64_t>>& out) const;
   bool busy_overlaps(uint64_t s, uint64_t e) const;
   // FREE blocks written since the checkpoint. Writes into free space only set
   // these bits (no map update on the hot path); allocation skips (and then
@@ -156,12 +194,12 @@ class BowTarget : public Target {
   uint64_t written_free_ = 0;          // FREE-typed blocks with their bit set
   uint64_t sector0_block_ = 0;         // live block 0 (state 1)
   std::deque<JobPtr> queue_;
-  std::map<uint64_t, JobPtr> deferred_;  // queued write-back jobs by first block
+  std::map<uint64_t, JobPtr> deferred_;  // queued carried jobs by first block
   bool committing_ = false;              // the committer has a batch in hand
   bool drop_requested_ = false;
   bool stop_ = false;
   uint64_t next_seq_ = 0, done_seq_ = 0;  // jobs queued / completed (in order)
-  uint64_t pending_bytes_ = 0;            // data held by deferred jobs
+  uint64_t pending_bytes_ = 0;            // data held by carried jobs
   uint32_t virtual_fill_ = 0;  // entries in the current log block, queued jobs included
   std::deque<uint64_t> log_pool_;  // blocks reserved for log rollovers (busy)
   std::thread committer_;

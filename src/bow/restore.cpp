@@ -87,7 +87,14 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
   auto first = decode_log(buf, dev_bytes);
   if (!first.ok()) return first.status().context("block 0");
   LogBlock log = std::move(first.value());
+  if (log.committing && !opts.allow_committing)
+    return Status::Error(
+        EBUSY,
+        "block 0 holds a bow log marked as being committed (a commit was interrupted): the saved "
+        "copies are being erased, so the device can no longer be rolled back; create the bow "
+        "target over it and the commit is finished");
   Chain chain;
+  chain.committing = log.committing;
   chain.block_size = log.block_size;
   chain.sector0 = log.sector0;
   chain.newest_sequence = log.sequence;
@@ -140,6 +147,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
     }
     // The previous log block is what block 0 holds once this log is restored.
     std::vector<uint8_t> prev;
+    chain.log_blocks.push_back(resolve(0));
     UDM_TRY(read_resolved(dev, resolve, 0, 1, bs, prev));
     auto older = decode_log(prev, dev_bytes);
     std::string why;
@@ -148,6 +156,12 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
       why = fmt::format("it has sequence {}, expected {}", older.value().sequence, log.sequence - 1);
     else if (older.value().block_size != bs)
       why = fmt::format("its block size {} differs from {}", older.value().block_size, bs);
+    else if (older.value().committing)
+      why = "it carries the commit mark (only block 0 may)";
+    if (!why.empty() && opts.tolerant) {
+      chain.complete = false;
+      break;
+    }
     if (!why.empty()) {
       problems.push_back(fmt::format("log block {} (saved by entry {}:0): {}", log.sequence - 1,
                                      log.sequence, why));
