@@ -47,11 +47,7 @@ Result<std::shared_ptr<BowTarget>> BowTarget::create(DevicePtr dev, uint64_t len
   if (t->log_.committing) {
     // A commit was under way when the device stopped: finish it before any
     // I/O (the copies may be half zeroed: the log cannot be restored now).
-    std::vector<std::pair<uint64_t, uint64_t>> backups;
-    t->map_.visit(0, t->blocks_, [&](const Run& r) {
-      if (r.type == BlockType::kBackup) backups.push_back({r.start, r.end});
-    });
-    Status s = t->commit_io(t->sector0_block_, std::move(backups), true);
+    Status s = t->commit_io(t->sector0_block_, t->owned_runs(), true);
     if (!s.ok()) return s.context("bow: finishing the interrupted commit");
     t->enter_passthrough(false);
     t->stats_.commit_finished = true;
@@ -101,6 +97,38 @@ Status BowTarget::load_existing() {
   sector0_block_ = log_.sector0 / bsec;
   map_.set(0, 1, BlockType::kLog);
   map_.set(sector0_block_, sector0_block_ + 1, BlockType::kSector0);
+  if (log_.intent != 0) {
+    // Blocks the last group commit was filling or superseding when the device
+    // stopped: all were free in the filesystem's view, so they are zeroed
+    // unless the log names them as bow's (see the intent in bow_format.h).
+    const uint64_t ib = log_.intent / bsec;
+    if (map_.at(ib) != BlockType::kUnchanged)
+      return Corrupt(fmt::format("bow: the log's intent block {} is also a saved block or a copy",
+                                 ib));
+    map_.set(ib, ib + 1, BlockType::kIntent);  // free in the filesystem's view: masked
+    intent_block_ = ib;
+    std::vector<uint8_t> ibuf(bs_);
+    UDM_TRY(dev_->read(ib * bs_, ibuf));
+    auto ranges = decode_intent(ibuf, bs_, size_);
+    if (!ranges.ok()) return ranges.status().context("bow: the log's intent block is damaged");
+    std::vector<std::pair<uint64_t, uint64_t>> stale;
+    for (const IntentRange& r : ranges.value())
+      map_.visit(r.sector / bsec, r.sector / bsec + r.bytes / bs_, [&](const Run& x) {
+        // Copies, the live block 0 and the intent the log names are kept;
+        // the rest were free when listed and hold a copy that never got
+        // logged, or bow's data superseded by a write that is not durable.
+        if (x.type != BlockType::kUnchanged && x.type != BlockType::kChanged) return;
+        if (!stale.empty() && stale.back().second == x.start) stale.back().second = x.end;
+        else stale.push_back({x.start, x.end});
+      });
+    if (!ranges.value().empty()) {
+      for (const auto& [a, e] : stale) UDM_TRY(dev_->write_zeroes(a * bs_, (e - a) * bs_, false, true));
+      UDM_TRY(dev_->flush());
+      UDM_TRY(dev_->write(ib * bs_, encode_intent({}, bs_)));
+      UDM_TRY(dev_->flush());
+      for (const auto& [a, e] : stale) stats_.unlogged_zeroed_bytes += (e - a) * bs_;
+    }
+  }
   written_.assign(blocks_ / 64 + 1, 0);
   virtual_fill_ = static_cast<uint32_t>(log_.entries.size());
   state_ = 1;
@@ -191,25 +219,27 @@ Status BowTarget::set_state(int target) {
 }
 
 Status BowTarget::checkpoint() {
-  uint64_t live, saved;
+  uint64_t live, saved, intent;
   {
     std::lock_guard l(mu_);
     uint64_t nfree = map_.count(BlockType::kFree);
-    auto a = map_.find_free(1);
-    if (a) map_.set(a->start, a->end, BlockType::kSector0);
-    auto b = map_.find_free(1);
-    if (!a || !b) {
-      if (a) map_.set(a->start, a->end, BlockType::kFree);
+    if (nfree < 3)
       return NoSpace(fmt::format(
-          "bow: state 1 needs at least 2 free blocks, {} known (trim the filesystem first: fstrim)",
+          "bow: state 1 needs at least 3 free blocks, {} known (trim the filesystem first: fstrim)",
           nfree));
-    }
+    // The live block 0, the saved original, and the intent block.
+    auto a = map_.find_free(1);
+    map_.set(a->start, a->end, BlockType::kSector0);
+    auto b = map_.find_free(1);
     map_.set(b->start, b->end, BlockType::kBackup);
+    auto c = map_.find_free(1);
+    map_.set(c->start, c->end, BlockType::kIntent);
     map_.set(0, 1, BlockType::kLog);
     written_.assign(blocks_ / 64 + 1, 0);
     written_free_ = 0;
     live = a->start;
     saved = b->start;
+    intent = c->start;
   }
   const uint64_t bsec = bs_ / 512;
   std::vector<uint8_t> x0(bs_);
@@ -218,6 +248,7 @@ Status BowTarget::checkpoint() {
   if (s.ok()) s = dev_->write(saved * bs_, x0);
   if (s.ok()) s = dev_->flush();  // both copies durable before the log names them
   LogBlock log{bs_, 0, live * bsec, {{0, saved * bsec, bs_, entry_checksum(0, x0)}}};
+  log.intent = intent * bsec;  // zero (it was free): an empty intent
   bool log_written = false;
   if (s.ok()) {
     log_written = true;
@@ -242,11 +273,13 @@ Status BowTarget::checkpoint() {
     map_.set(0, 1, BlockType::kUnchanged);
     map_.set(live, live + 1, zeroed[0] ? BlockType::kFree : BlockType::kUnchanged);
     map_.set(saved, saved + 1, zeroed[1] ? BlockType::kFree : BlockType::kUnchanged);
+    map_.set(intent, intent + 1, BlockType::kFree);  // never written
     return s.context("bow: checkpoint");
   }
   log_ = std::move(log);
   virtual_fill_ = 1;
   sector0_block_ = live;
+  intent_block_ = intent;
   state_ = 1;
   stats_.entries = 1;
   stats_.backed_up_bytes = bs_;
@@ -265,11 +298,11 @@ Status BowTarget::commit(bool dropped) {
     std::lock_guard l(mu_);
     if (state_ != 1) return Status::Ok();
     live = sector0_block_;
-    map_.visit(0, blocks_, [&](const Run& r) {
-      if (r.type == BlockType::kBackup) backups.push_back({r.start, r.end});
-    });
+    backups = owned_runs();
   }
+  std::unique_lock im(intent_mu_);  // no flush rewrites the intent meanwhile
   Status s = commit_io(live, std::move(backups), false);
+  intent_dirty_ = false;
   std::lock_guard l(mu_);
   if (!s.ok()) {
     fatal_ = s.context("bow: commit failed; the target stopped (create it again over the device "
@@ -281,6 +314,16 @@ Status BowTarget::commit(bool dropped) {
                                     "pass-through; the checkpoint can no longer be restored"
                                   : "committed; pass-through");
   return Status::Ok();
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> BowTarget::owned_runs() const {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  map_.visit(0, blocks_, [&](const Run& r) {
+    if (r.type != BlockType::kBackup && r.type != BlockType::kIntent) return;
+    if (!out.empty() && out.back().second == r.start) out.back().second = r.end;
+    else out.push_back({r.start, r.end});
+  });
+  return out;
 }
 
 // mu_ held (or no other thread yet).
@@ -468,7 +511,8 @@ void BowTarget::masked_ranges(uint64_t off, uint64_t len,
         }
         break;
       case BlockType::kBackup:
-      case BlockType::kSector0: add(r.start, r.end); break;
+      case BlockType::kSector0:
+      case BlockType::kIntent: add(r.start, r.end); break;
       default: break;
     }
   });
@@ -543,8 +587,8 @@ namespace {
 constexpr uint64_t kMaxPendingBytes = 64u << 20;  // write-back data held at most
 }
 
-bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0) {
-  const uint32_t cap = log_capacity(bs_);
+bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0, bool move_intent) {
+  const uint32_t cap = log_fill_limit(bs_);
   const uint32_t fill0 = virtual_fill_;
   std::vector<Run> got;
   std::vector<uint64_t> logs;
@@ -564,7 +608,7 @@ bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0) {
         ok = false;
         break;
       }
-      if (virtual_fill_ == cap) {  // this entry opens a new log block
+      if (virtual_fill_ >= cap) {  // this entry opens a new log block
         auto lb = take(1);
         if (!lb) {
           ok = false;
@@ -585,12 +629,18 @@ bool BowTarget::plan_job(Job& job, const std::vector<Run>& runs, bool move_s0) {
     if (f) job.new_s0 = f->start;
     else ok = false;
   }
+  if (ok && move_intent) {
+    auto f = take(1);
+    if (f) job.new_intent = f->start;
+    else ok = false;
+  }
   if (!ok) {
     for (const Run& a : got) map_.set(a.start, a.end, BlockType::kFree);
     for (uint64_t b : logs) map_.set(b, b + 1, BlockType::kFree);
     virtual_fill_ = fill0;
     job.copies.clear();
     job.new_s0.reset();
+    job.new_intent.reset();
     return false;
   }
   for (const Run& a : got) job.busy.push_back({a.start, a.end});
@@ -665,8 +715,9 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
       // checkpoint are not taken back as backup space: like dm-bow, free
       // space only shrinks after the checkpoint.
       std::vector<Run> runs;
+      std::vector<std::pair<uint64_t, uint64_t>> sup;  // bow-owned blocks this write overwrites
       std::vector<std::pair<uint64_t, uint64_t>> zr;  // bytes to zero on the device
-      bool move_s0 = false, pad_head = false, pad_tail = false;
+      bool move_s0 = false, move_intent = false, pad_head = false, pad_tail = false;
       auto zero_blocks = [&](uint64_t a, uint64_t e) {
         uint64_t x = std::max(off, a * bs_), y = std::min(end, e * bs_);
         if (x >= y) return;
@@ -698,12 +749,21 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
           case BlockType::kBackup:
             if (data) {
               runs.push_back(r);
+              sup.push_back({r.start, r.end});
               pad_check(r);
             }
             break;
           case BlockType::kSector0:
             if (data) {
               move_s0 = true;
+              sup.push_back({r.start, r.end});
+              pad_check(r);
+            }
+            break;
+          case BlockType::kIntent:
+            if (data) {
+              move_intent = true;
+              sup.push_back({r.start, r.end});
               pad_check(r);
             }
             break;
@@ -714,7 +774,7 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         }
       });
       const bool pad = pad_head || pad_tail;
-      if (runs.empty() && !move_s0 && !pad) {
+      if (runs.empty() && !move_s0 && !move_intent && !pad) {
         if (data) break;
         // Zeroes needing no backup.
         if (zr.empty()) {
@@ -733,7 +793,7 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         return s;
       }
       auto job = std::make_shared<Job>();
-      if (!plan_job(*job, runs, move_s0)) {
+      if (!plan_job(*job, runs, move_s0, move_intent)) {
         if (!opts_.drop_on_full) {
           uint64_t need = 0;
           for (const Run& r : runs) need += r.end - r.start;
@@ -750,7 +810,10 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
       }
       // Write-back unless the caller wants durability now or too much is held.
       const bool write_back = opts_.write_back && !fua && pending_bytes_ + len <= kMaxPendingBytes;
-      job->carried = write_back || pad;
+      // A write over bow's own blocks is sent down by the committer, so it is
+      // on the device before the next intent (or a flush) stops listing them.
+      job->carried = write_back || pad || !sup.empty();
+      job->superseded = std::move(sup);
       job->waited = !write_back;
       const uint64_t poff = pad_head ? b0 * bs_ : off, pend = pad_tail ? b1 * bs_ : end;
       if (job->carried) {
@@ -766,6 +829,7 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
       } else {
         for (const Run& r : runs) job->busy.push_back({r.start, r.end});
         if (move_s0) job->busy.push_back({sector0_block_, sector0_block_ + 1});
+        if (move_intent) job->busy.push_back({intent_block_, intent_block_ + 1});
       }
       for (const auto& [a, b] : job->busy) busy_add(a, b);
       if (job->carried && data) {
@@ -867,7 +931,7 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
     return;
   }
   const uint64_t bsec = bs_ / 512;
-  const uint32_t cap = log_capacity(bs_);
+  const uint32_t cap = log_fill_limit(bs_);
   bool moving_s0 = false;
   for (const JobPtr& j : batch) moving_s0 |= j->new_s0.has_value();
   const uint64_t old_s0 = sector0_block_;
@@ -878,7 +942,7 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
     size_t fill = log.entries.size(), n = 0;
     for (const JobPtr& j : batch) n += j->copies.size();
     for (size_t e = 0; e < n; e++) {
-      if (fill == cap) {
+      if (fill >= cap) {
         if (log_pool_.empty()) break;  // cannot happen; reported below
         log_blocks.push_back(log_pool_.front());
         log_pool_.pop_front();
@@ -891,52 +955,128 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
 
   std::unique_lock<std::shared_mutex> s0x(s0_mu_, std::defer_lock);
   if (moving_s0) s0x.lock();  // no block-0 I/O while the live block 0 moves
+  std::unique_lock im(intent_mu_);
   Status s;
-  // Copies whose dests follow each other (next-fit allocation makes most of
-  // a batch contiguous) are gathered into one buffer and written at once.
   std::vector<Copy*> all;
   for (const JobPtr& j : batch)
     for (Copy& c : j->copies) all.push_back(&c);
-  std::vector<uint8_t>& gather = gather_;  // kept: no page faults per batch
-  for (size_t i = 0; i < all.size() && s.ok();) {
-    size_t k = i + 1;
-    uint64_t n = all[i]->n;
-    while (k < all.size() && all[k]->dst == all[k - 1]->dst + all[k - 1]->n &&
-           (n + all[k]->n) * bs_ <= kMaxCopyBytes) {
-      n += all[k]->n;
-      k++;
-    }
-    if (k == i + 1 && n * bs_ > (1u << 20)) {
-      s = copy_blocks(all[i]->src, all[i]->dst, all[i]->n, &all[i]->crc);
-    } else {
-      gather.resize(n * bs_);
-      uint64_t pos = 0;
-      for (size_t x = i; x < k && s.ok(); x++) {
-        auto piece = std::span<uint8_t>(gather.data() + pos, all[x]->n * bs_);
-        s = dev_->read(all[x]->src * bs_, piece);
-        all[x]->crc = entry_checksum(all[x]->src, piece);
-        pos += piece.size();
-      }
-      if (s.ok()) s = dev_->write(all[i]->dst * bs_, gather);
-    }
-    i = k;
-  }
-  uint64_t s0_now = old_s0;
+  std::vector<uint64_t> new_s0s;
   for (const JobPtr& j : batch)
-    if (s.ok() && j->new_s0) {
-      s = copy_blocks(s0_now, *j->new_s0, 1, nullptr);
-      s0_now = *j->new_s0;
+    if (j->new_s0) new_s0s.push_back(*j->new_s0);
+  const uint32_t icap = intent_capacity(bs_);
+  // Which copies open a new log block (and so save the full one first).
+  std::vector<bool> rolls(all.size(), false);
+  {
+    size_t fill = log.entries.size();
+    for (size_t i = 0; i < all.size(); i++) {
+      if (fill >= cap) {
+        rolls[i] = true;
+        fill = 1;
+      }
+      fill++;
     }
-  // Append the entries; roll the log block over when full (the full block is
-  // saved to a block reserved when the job was queued, and entry 0 of the
-  // next one records that).
+  }
+  // The batch goes in parts (one, unless its free blocks make more ranges
+  // than an intent block holds): intent block listing every free block the
+  // part fills, flush; copies and saved log blocks; flush; log; flush.
   uint64_t entries_added = 0, bytes_added = 0;
-  log.sector0 = s0_now * bsec;
+  uint64_t s0_now = old_s0;
   size_t next_lb = 0;
-  for (const JobPtr& j : batch) {
-    for (const Copy& c : j->copies) {
-      if (!s.ok()) break;
-      if (log.entries.size() == cap) {
+  std::vector<uint8_t>& gather = gather_;  // kept: no page faults per batch
+  bool moves = !new_s0s.empty();
+  for (const JobPtr& j : batch) moves |= j->new_intent.has_value();
+  // Listed in every part: new homes of the live block 0 and of the intent
+  // (they receive copies), and bow's blocks the batch's writes overwrite
+  // (stale until those writes are durable; at most half an intent block of
+  // them: past that a cut may leave them showing their old copies).
+  std::vector<std::pair<uint64_t, uint64_t>> extra;
+  std::vector<uint64_t> intent_copies;  // the intent is also written at its next home
+  for (uint64_t b : new_s0s) extra.push_back({b, b + 1});
+  for (const JobPtr& j : batch)
+    if (j->new_intent) {
+      extra.push_back({*j->new_intent, *j->new_intent + 1});
+      intent_copies.push_back(*j->new_intent);
+    }
+  bool sup_any = false;
+  for (const JobPtr& j : batch)
+    for (const auto& r : j->superseded) {
+      sup_any = true;
+      if (extra.size() < icap / 2) extra.push_back(r);
+    }
+  for (size_t i0 = 0; (i0 < all.size() || (i0 == 0 && moves)) && s.ok();) {
+    // The part: copies [i0, i1), plus the live block 0 moves in the last part.
+    std::vector<IntentRange> ranges;
+    auto add = [&](uint64_t b, uint64_t n) {
+      if (!ranges.empty() && ranges.back().sector + ranges.back().bytes / 512 == b * bsec)
+        ranges.back().bytes += n * bs_;
+      else ranges.push_back({b * bsec, n * bs_});
+    };
+    size_t i1 = i0, lb_used = 0;
+    const size_t budget = icap > extra.size() ? icap - extra.size() : 1;
+    while (i1 < all.size()) {
+      auto saved = ranges;
+      if (rolls[i1] && next_lb + lb_used < log_blocks.size()) add(log_blocks[next_lb + lb_used], 1);
+      add(all[i1]->dst, all[i1]->n);
+      if (ranges.size() > budget && i1 > i0) {
+        ranges = std::move(saved);
+        break;
+      }
+      if (rolls[i1]) lb_used++;
+      i1++;
+    }
+    const bool last = i1 == all.size();
+    for (const auto& [a, e] : extra) add(a, e - a);
+    if (ranges.size() > icap) {
+      s = Status::Error(EIO, "bow: internal error: a copy needs more ranges than an intent holds");
+      break;
+    }
+    if (log.intent != 0) {  // (a log written by another implementation has none)
+      auto bytes = encode_intent(ranges, bs_);
+      s = dev_->write(log.intent * 512, bytes);
+      // If the intent moves, its next home gets the same list: whichever
+      // the durable log names after a cut tells what to zero.
+      for (uint64_t b : intent_copies)
+        if (s.ok()) s = dev_->write(b * bs_, bytes);
+      if (s.ok()) s = dev_->flush();  // durable before any listed block changes
+    }
+    // Copies whose dests follow each other (next-fit allocation makes most of
+    // a batch contiguous) are gathered into one buffer and written at once.
+    for (size_t i = i0; i < i1 && s.ok();) {
+      size_t k = i + 1;
+      uint64_t n = all[i]->n;
+      while (k < i1 && all[k]->dst == all[k - 1]->dst + all[k - 1]->n &&
+             (n + all[k]->n) * bs_ <= kMaxCopyBytes) {
+        n += all[k]->n;
+        k++;
+      }
+      if (k == i + 1 && n * bs_ > (1u << 20)) {
+        s = copy_blocks(all[i]->src, all[i]->dst, all[i]->n, &all[i]->crc);
+      } else {
+        gather.resize(n * bs_);
+        uint64_t pos = 0;
+        for (size_t x = i; x < k && s.ok(); x++) {
+          auto piece = std::span<uint8_t>(gather.data() + pos, all[x]->n * bs_);
+          s = dev_->read(all[x]->src * bs_, piece);
+          all[x]->crc = entry_checksum(all[x]->src, piece);
+          pos += piece.size();
+        }
+        if (s.ok()) s = dev_->write(all[i]->dst * bs_, gather);
+      }
+      i = k;
+    }
+    if (last)
+      for (uint64_t b : new_s0s)
+        if (s.ok()) {
+          s = copy_blocks(s0_now, b, 1, nullptr);
+          s0_now = b;
+        }
+    // Append the entries; roll the log block over when full (the full block
+    // is saved to a block reserved when the job was queued, and entry 0 of
+    // the next one records that).
+    log.sector0 = s0_now * bsec;
+    for (size_t i = i0; i < i1 && s.ok(); i++) {
+      const Copy& c = *all[i];
+      if (rolls[i]) {
         if (next_lb >= log_blocks.size()) {
           s = Status::Error(EIO, "bow: internal error: no log block reserved for a rollover");
           break;
@@ -946,6 +1086,7 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
         s = dev_->write(lb * bs_, bytes);
         LogBlock next{bs_, log.sequence + 1, log.sector0,
                       {{0, lb * bsec, bs_, entry_checksum(0, bytes)}}};
+        next.intent = log.intent;
         log = std::move(next);
         entries_added++;
       }
@@ -953,18 +1094,28 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
       entries_added++;
       bytes_added += c.n * bs_;
     }
+    // The intent moves (a write hits its block) with the last part's log:
+    // the new block is zero (it was free) and nothing is written to the old
+    // one before that log is durable.
+    if (last)
+      for (const JobPtr& j : batch)
+        if (j->new_intent) log.intent = *j->new_intent * bsec;
+    // Saved data (and saved log blocks) durable before the log names them;
+    // the log durable before any write it protects goes down.
+    if (s.ok()) s = dev_->flush();
+    if (s.ok()) s = dev_->write(0, encode_log(log));
+    if (s.ok()) s = dev_->flush();
+    i0 = i1;
+    if (last) break;
   }
-  // Saved data (and saved log blocks) durable before the log names them; the
-  // log durable before any write it protects goes down.
-  if (s.ok()) s = dev_->flush();
-  if (s.ok()) s = dev_->write(0, encode_log(log));
-  if (s.ok()) s = dev_->flush();
   if (s0x.owns_lock()) {
     std::lock_guard g(mu_);
     if (s.ok()) sector0_block_ = s0_now;  // before block-0 I/O resumes
   }
   if (s0x.owns_lock()) s0x.unlock();
   s = write_deferred(s);
+  if (s.ok() && sup_any) intent_dirty_ = true;
+  im.unlock();
 
   l.lock();
   if (!s.ok()) {
@@ -986,6 +1137,11 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
       map_.set(s0, s0 + 1, BlockType::kChanged);
       map_.set(*j->new_s0, *j->new_s0 + 1, BlockType::kSector0);
       s0 = *j->new_s0;
+    }
+    if (j->new_intent) {
+      map_.set(intent_block_, intent_block_ + 1, BlockType::kChanged);
+      map_.set(*j->new_intent, *j->new_intent + 1, BlockType::kIntent);
+      intent_block_ = *j->new_intent;
     }
     finish_job(*j, Status::Ok());
   }
@@ -1025,7 +1181,24 @@ Status BowTarget::do_flush() {
     cv_.wait(l, [&] { return done_seq_ >= target || !fatal_.ok(); });
     if (!fatal_.ok()) return fatal_;
   }
-  return dev_->flush();
+  std::unique_lock im(intent_mu_);
+  UDM_TRY(dev_->flush());
+  if (!intent_dirty_) return Status::Ok();
+  // The writes over bow's blocks listed in the intent are durable now: stop
+  // listing them, so a restart never zeroes what this flush made durable.
+  uint64_t at;
+  {
+    std::lock_guard l(mu_);
+    if (state_ != 1) {
+      intent_dirty_ = false;
+      return Status::Ok();
+    }
+    at = intent_block_;
+  }
+  UDM_TRY(dev_->write(at * bs_, encode_intent({}, bs_)));
+  UDM_TRY(dev_->flush());
+  intent_dirty_ = false;
+  return Status::Ok();
 }
 
 Result<TargetPtr> make_bow_target(const TargetParams& p) {

@@ -20,7 +20,7 @@
 // or zeroed with unmap, not written since) reads as zeroes in every state and
 // across state changes. FREE blocks are zero on the device; blocks that bow
 // fills while they are free in that view (BACKUP copies, log blocks, the live
-// block 0) are masked: reads of them return zeroes, a partial write to one
+// block 0, the intent block) are masked: reads of them return zeroes, a partial write to one
 // fills the rest of the block with zeroes, and the commit zeroes them on the
 // device before the target passes through.
 //
@@ -67,6 +67,7 @@ struct BowStats {
   bool resumed = false;  // the checkpoint was found on the device at creation
   bool commit_finished = false;  // ... marked as being committed: create() finished it
   uint64_t zeroed_bytes = 0;     // copies and block-0 relocations zeroed by the commit
+  uint64_t unlogged_zeroed_bytes = 0;  // resume: blocks of an unfinished group commit zeroed
   bool failed = false;   // an I/O error stopped the target (writes fail)
 };
 
@@ -119,6 +120,11 @@ class BowTarget : public Target {
     std::vector<Copy> copies;
     std::vector<std::pair<uint64_t, uint64_t>> busy;  // ranges marked busy
     std::optional<uint64_t> new_s0;
+    std::optional<uint64_t> new_intent;  // the write hits the intent block: it moves
+    // Blocks holding bow's data (BACKUP copies, the live block 0, the intent)
+    // that this write overwrites once its log entry is durable: listed in the
+    // intent until the write is durable (docs/bow.md, "Crash safety").
+    std::vector<std::pair<uint64_t, uint64_t>> superseded;
     bool carried = false;
     bool waited = true;
     bool fua = false;
@@ -149,7 +155,11 @@ class BowTarget : public Target {
   void finish_job(Job& j, Status s);  // mu_ held
   // Allocates everything `job` needs (mu_ held); false if space ran out
   // (nothing is left allocated then).
-  bool plan_job(Job& job, const std::vector<Run>& runs, bool move_s0);
+  bool plan_job(Job& job, const std::vector<Run>& runs, bool move_s0, bool move_intent);
+  // Runs of blocks bow fills that are free in the filesystem's view and hold
+  // copies, saved log blocks or the intent (BACKUP, INTENT): the commit zeroes
+  // them (mu_ held or no other thread).
+  std::vector<std::pair<uint64_t, uint64_t>> owned_runs() const;
   Status copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* crc);
   Status checkpoint();
   Status commit(bool dropped);  // caller holds s0_mu_ exclusively
@@ -193,6 +203,7 @@ class BowTarget : public Target {
   std::vector<uint64_t> written_;      // bitmap over blocks (state 1)
   uint64_t written_free_ = 0;          // FREE-typed blocks with their bit set
   uint64_t sector0_block_ = 0;         // live block 0 (state 1)
+  uint64_t intent_block_ = 0;          // the intent block (state 1; 0: none)
   std::deque<JobPtr> queue_;
   std::map<uint64_t, JobPtr> deferred_;  // queued carried jobs by first block
   bool committing_ = false;              // the committer has a batch in hand
@@ -202,6 +213,10 @@ class BowTarget : public Target {
   uint64_t pending_bytes_ = 0;            // data held by carried jobs
   uint32_t virtual_fill_ = 0;  // entries in the current log block, queued jobs included
   std::deque<uint64_t> log_pool_;  // blocks reserved for log rollovers (busy)
+  // Held by the committer from a batch's intent write until its writes are
+  // sent down, by a flush that clears the intent, and by the commit.
+  std::mutex intent_mu_;
+  bool intent_dirty_ = false;  // the durable intent lists superseded blocks (intent_mu_)
   std::thread committer_;
   std::vector<uint8_t> gather_;  // the committer's copy buffer
   Status fatal_;
