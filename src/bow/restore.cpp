@@ -97,6 +97,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
   chain.committing = log.committing;
   chain.block_size = log.block_size;
   chain.sector0 = log.sector0;
+  chain.intent = log.intent;
   chain.newest_sequence = log.sequence;
   const uint32_t bs = log.block_size;
   const uint64_t bsec = bs / 512;
@@ -211,6 +212,33 @@ Status apply_chain(BlockDevice& dev, const Chain& chain,
     buf.resize(bs);
     UDM_TRY(dev.read(chain.sector0 * 512, buf));
     UDM_TRY(dev.write(0, buf));
+  }
+  UDM_TRY(dev.flush());
+  // Block 0 is home and the log gone: zero what bow put in free space.
+  const uint64_t bsec = bs / 512;
+  std::map<uint64_t, uint64_t> zero;  // blocks: start -> end
+  auto add = [&](uint64_t sector, uint64_t bytes) {
+    uint64_t a = sector / bsec, e = a + bytes / bs;
+    if (a == 0 || e * bs > dev.size() || a >= e) return;
+    auto [it, fresh] = zero.emplace(a, e);
+    if (!fresh) it->second = std::max(it->second, e);
+  };
+  for (const auto& step : chain.steps) add(step.entry.dest, step.entry.size);
+  add(chain.sector0, bs);
+  if (chain.intent != 0 && (chain.intent / bsec + 1) * bs <= dev.size()) {
+    add(chain.intent, bs);
+    buf.resize(bs);
+    if (dev.read(chain.intent * 512, buf).ok()) {
+      auto listed = decode_intent(buf, bs, dev.size());
+      if (listed.ok())
+        for (const auto& r : listed.value()) add(r.sector, r.bytes);
+    }
+  }
+  uint64_t end = 0;
+  for (const auto& [a, e] : zero) {
+    uint64_t from = std::max(a, end);
+    if (from < e) UDM_TRY(dev.write_zeroes(from * bs, (e - from) * bs, false, true));
+    end = std::max(end, e);
   }
   return dev.flush();
 }

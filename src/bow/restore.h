@@ -48,6 +48,7 @@ struct ChainStep {
 struct Chain {
   uint32_t block_size = 0;
   uint64_t sector0 = 0;       // live block 0 (from the newest log)
+  uint64_t intent = 0;        // the newest log's intent block (sector; 0: none)
   uint32_t newest_sequence = 0;
   std::vector<ChainStep> steps;  // restore order (newest first)
   std::vector<EntryId> skipped;  // entries left out on request (--force)
@@ -80,6 +81,10 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts = {});
 // Applies a chain read from `dev` (restore order, flushes as described
 // above). If the chain is incomplete (cut by --force), block 0 gets the live
 // block 0 back so the device is at least not left with a log in block 0.
+// Then, the log being gone, the blocks bow used (every dest, the live block
+// 0's block, the intent block and what it lists) are zeroed: all of them were
+// free at the checkpoint, and free blocks are zero under udm. (A cut during
+// that last step leaves some of them as they were: nothing names them then.)
 // `progress(bytes_done)` is called after each entry.
 Status apply_chain(BlockDevice& dev, const Chain& chain,
                    const std::function<void(uint64_t)>& progress = {});

@@ -285,7 +285,23 @@ void check_after_cut(const Setup& s, const RunResult& r, const std::string& what
     } else {
       ASSERT_EQ(chain.status().code(), ENOENT) << chain.status().to_string();
     }
-    ASSERT_TRUE(in_use_blocks_equal(d->contents(), checkpoint_image(s), s.free, s.bs));
+    auto img = d->contents();
+    ASSERT_TRUE(in_use_blocks_equal(img, checkpoint_image(s), s.free, s.bs));
+    // ... and free space as it was at the checkpoint (zeroes) wherever the
+    // workload never wrote: nothing bow put there (copies, log blocks, the
+    // intent, the live block 0) is left behind.
+    if (chain.ok()) {
+      std::set<uint64_t> touched;
+      for (const Op& op : s.ops)
+        if (op.kind != Op::kFlush)
+          for (uint64_t b = op.off / s.bs; b < (op.off + op.len + s.bs - 1) / s.bs; b++) touched.insert(b);
+      for (uint64_t b : s.free) {
+        if (touched.count(b)) continue;
+        auto blk = std::span(img).subspan(b * s.bs, s.bs);
+        ASSERT_TRUE(std::all_of(blk.begin(), blk.end(), [](uint8_t x) { return x == 0; }))
+            << "free block " << b << " holds data after the restore";
+      }
+    }
   }
   // 2. Without restore: a target over the rebooted device (resuming the
   // checkpoint if there is one) reads as the model says, free space included.
