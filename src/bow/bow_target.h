@@ -20,14 +20,16 @@
 // or zeroed with unmap, not written since) reads as zeroes in every state and
 // across state changes. FREE blocks are zero on the device; blocks that bow
 // fills while they are free in that view (BACKUP copies, log blocks, the live
-// block 0, the intent block) are masked: reads of them return zeroes, a partial write to one
-// fills the rest of the block with zeroes, and the commit zeroes them on the
-// device before the target passes through.
+// block 0, the intent block) are masked: reads of them return zeroes, a
+// partial write to one fills the rest of the block with zeroes, and the
+// commit zeroes them on the device before the target passes through. Before
+// a group commit fills free blocks, the intent block lists them, so a target
+// resuming after a power cut finds and zeroes those the log does not name.
 //
 // Concurrency: one mutex guards the range map and is never held across I/O.
-// Writes that need backups queue jobs; one writer at a time becomes the
-// committer and handles every queued job as one batch (copies, one flush,
-// one log write, one flush: group commit), while writes to other blocks go on.
+// Writes that need backups queue jobs; the committer thread handles every
+// queued job as one batch (intent, flush, copies, flush, log write, flush:
+// group commit), while writes to other blocks go on.
 // Blocks being backed up are marked busy; only writes overlapping them wait.
 #pragma once
 
@@ -62,7 +64,7 @@ struct BowStats {
   uint64_t backed_up_bytes = 0;  // data saved by log entries (log blocks excluded)
   uint64_t entries = 0;          // log entries in the whole chain
   uint32_t sequence = 0;
-  uint64_t batches = 0;  // group commits (each: copies, flush, log write, flush)
+  uint64_t batches = 0;  // group commits (each: intent, flush, copies, flush, log, flush)
   bool dropped = false;  // on_full=drop happened: checkpoint abandoned
   bool resumed = false;  // the checkpoint was found on the device at creation
   bool commit_finished = false;  // ... marked as being committed: create() finished it
@@ -107,15 +109,14 @@ class BowTarget : public Target {
   };
   // A backup to commit. Sources, dests, a new home for the live block 0 and
   // log blocks for rollovers are all allocated when the job is queued, so
-  // ENOSPC is known at once. A deferred job (write-back) also carries the
-  // write: the writer is acknowledged at once and the committer sends the
-  // write down after the backup's log entry is durable.
+  // ENOSPC is known at once.
   //
   // A carried job also carries its write: the committer sends it down after
   // the backup's log entry is durable. Write-back jobs are carried and not
   // waited for (the writer is acknowledged at once); a write that must fill a
-  // partial masked block with zeroes is carried too (its whole blocks stay
-  // busy until it is down), and waited for unless it is write-back.
+  // partial masked block with zeroes, or that overwrites bow's own blocks, is
+  // carried too (its whole blocks stay busy until it is down), and waited for
+  // unless it is write-back.
   struct Job {
     std::vector<Copy> copies;
     std::vector<std::pair<uint64_t, uint64_t>> busy;  // ranges marked busy
@@ -166,11 +167,13 @@ class BowTarget : public Target {
   void enter_passthrough(bool dropped);  // mu_ held
   // The commit's I/O (also run by create() over a device whose log carries
   // the commit mark): mark, zero the copies, put block 0 home, zero the old
-  // live block 0. No locks needed: the caller has drained everything.
+  // live block 0. The caller has drained the committer and holds s0_mu_ and
+  // intent_mu_ (or no other thread exists yet).
   Status commit_io(uint64_t live, std::vector<std::pair<uint64_t, uint64_t>> backups,
                    bool marked);
   // Byte ranges of [off, off+len) that read as zeroes whatever the device holds
-  // (state 1: FREE blocks not written since the checkpoint, BACKUP, SECTOR0).
+  // (state 1: FREE blocks not written since the checkpoint, BACKUP, SECTOR0,
+  // INTENT).
   void masked_ranges(uint64_t off, uint64_t len,
                      std::vector<std::pair<uint64_t, uint64_t>>& out) const;
   bool busy_overlaps(uint64_t s, uint64_t e) const;
