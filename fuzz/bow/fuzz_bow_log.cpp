@@ -1,5 +1,6 @@
-// Fuzzes the bow log parser and chain reader: the input is a whole device
-// image (block 0 = log). decode_log must validate every field; read_chain
+// Fuzzes the bow log parser, the intent block parser and the chain reader:
+// the input is a whole device image (block 0 = log; the intent it points at,
+// if any, is parsed too). decode_log must validate every field; read_chain
 // must stay inside the device and, when it accepts a chain, every step must
 // name ranges inside the device; a bow target created over the image (which
 // resumes a checkpoint it finds) must refuse or come up consistent; restore
@@ -29,6 +30,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto again = encode_log(log.value());
     auto back = decode_log(again, img.size());
     if (!back.ok() || !(back.value() == log.value())) __builtin_trap();
+    if (log.value().intent) {
+      const uint32_t bs = log.value().block_size;
+      if (log.value().intent * 512 + bs > img.size()) __builtin_trap();
+      auto in = decode_intent(std::span(img).subspan(log.value().intent * 512, bs), bs, img.size());
+      if (in.ok()) {
+        for (const auto& r : in.value())
+          if (r.sector == 0 || r.sector * 512 + r.bytes > img.size()) __builtin_trap();
+        auto round = decode_intent(encode_intent(in.value(), bs), bs, img.size());
+        if (!round.ok() || !(round.value() == in.value())) __builtin_trap();
+      }
+    }
   }
   auto dev = std::make_shared<MemoryDevice>(img);
   auto chain = read_chain(*dev);
@@ -44,6 +56,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto t = BowTarget::create(std::make_shared<MemoryDevice>(img), img.size() / log.value().block_size *
                                                                         log.value().block_size,
                                BowOptions{false, log.value().block_size});
+    // (A marked log is finished, an intent's blocks zeroed: writes to the copy.)
     if (t.ok() && !t.value()->map_consistent()) __builtin_trap();
   }
   return 0;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <isa-l/crc.h>
 
+#include <algorithm>
 #include <bit>
 
 #include "util/endian.h"
@@ -39,6 +40,15 @@ std::vector<uint8_t> encode_log(const LogBlock& log) {
     store_le<uint32_t>(&out[p + 16], e.size);
     store_le<uint32_t>(&out[p + 20], e.checksum);
     p += kEntrySize;
+  }
+  uint32_t flags = (log.committing ? kFlagCommitting : 0) | (log.intent ? kFlagIntent : 0);
+  if (flags) store_le<uint32_t>(&out[log.block_size - 4], kUdmFlagsTag | flags);
+  if (log.intent) {
+    size_t q = kHeaderSize + size_t{log_capacity(log.block_size) - 1} * kEntrySize;
+    store_le<uint64_t>(&out[q], 0);
+    store_le<uint64_t>(&out[q + 8], log.intent);
+    store_le<uint32_t>(&out[q + 16], log.block_size);
+    store_le<uint32_t>(&out[q + 20], 0);
   }
   return out;
 }
@@ -83,6 +93,26 @@ Result<LogBlock> decode_log(std::span<const uint8_t> d, uint64_t device_bytes) {
   if (log.sector0 == 0 || log.sector0 % bsec != 0 || log.sector0 >= whole_sectors)
     return Corrupt(fmt::format("bow log: sector0 {} is not a block inside the device", log.sector0));
   (void)dev_sectors;
+  uint32_t mark = load_le<uint32_t>(&d[log.block_size - 4]);
+  if (mark != 0 && ((mark & 0xffff0000u) != kUdmFlagsTag ||
+                    (mark & 0xffffu & ~(kFlagCommitting | kFlagIntent)) != 0))
+    return Corrupt(fmt::format("bow log: last 4 bytes are {:#010x} (expected 0 or udm's flags "
+                               "{:#010x} | 1 (committing) | 2 (intent))",
+                               mark, kUdmFlagsTag));
+  log.committing = mark & kFlagCommitting;
+  if (mark & kFlagIntent) {
+    if (count > log_fill_limit(log.block_size))
+      return Corrupt(fmt::format("bow log: count {} leaves no slot for the intent pointer", count));
+    size_t q = kHeaderSize + size_t{log_capacity(log.block_size) - 1} * kEntrySize;
+    uint64_t src = load_le<uint64_t>(&d[q]), dst = load_le<uint64_t>(&d[q + 8]);
+    uint32_t sz = load_le<uint32_t>(&d[q + 16]), ck = load_le<uint32_t>(&d[q + 20]);
+    if (src != 0 || sz != log.block_size || ck != 0 || dst == 0 || dst % bsec != 0 ||
+        dst >= whole_sectors)
+      return Corrupt(fmt::format("bow log: bad intent pointer (source {}, dest {}, size {}, "
+                                 "checksum {})",
+                                 src, dst, sz, ck));
+    log.intent = dst;
+  }
   size_t p = kHeaderSize;
   for (uint32_t i = 0; i < count; i++, p += kEntrySize) {
     LogEntry e;
@@ -112,6 +142,44 @@ Result<LogBlock> decode_log(std::span<const uint8_t> d, uint64_t device_bytes) {
     log.entries.push_back(e);
   }
   return log;
+}
+
+std::vector<uint8_t> encode_intent(const std::vector<IntentRange>& ranges, uint32_t block_size) {
+  std::vector<uint8_t> out(block_size, 0);
+  store_le<uint32_t>(&out[0], kIntentMagic);
+  store_le<uint32_t>(&out[4], static_cast<uint32_t>(ranges.size()));
+  size_t p = 8;
+  for (const auto& r : ranges) {
+    store_le<uint64_t>(&out[p], r.sector);
+    store_le<uint64_t>(&out[p + 8], r.bytes);
+    p += 16;
+  }
+  return out;
+}
+
+Result<std::vector<IntentRange>> decode_intent(std::span<const uint8_t> d, uint32_t block_size,
+                                               uint64_t device_bytes) {
+  std::vector<IntentRange> out;
+  if (d.size() < block_size) return Corrupt("bow intent: block shorter than the block size");
+  if (std::all_of(d.begin(), d.begin() + block_size, [](uint8_t x) { return x == 0; })) return out;
+  uint32_t magic = load_le<uint32_t>(&d[0]), n = load_le<uint32_t>(&d[4]);
+  if (magic != kIntentMagic)
+    return Corrupt(fmt::format("bow intent: bad magic {:#010x} (expected {:#010x})", magic,
+                               kIntentMagic));
+  if (n > intent_capacity(block_size))
+    return Corrupt(fmt::format("bow intent: {} ranges, a {}-byte block holds {}", n, block_size,
+                               intent_capacity(block_size)));
+  const uint64_t bsec = block_size / 512, whole = device_bytes / block_size * bsec;
+  for (uint32_t i = 0; i < n; i++) {
+    IntentRange r{load_le<uint64_t>(&d[8 + 16 * i]), load_le<uint64_t>(&d[16 + 16 * i])};
+    if (r.sector == 0 || r.sector % bsec != 0 || r.bytes == 0 || r.bytes % block_size != 0 ||
+        r.sector >= whole || r.bytes / 512 > whole - r.sector)
+      return Corrupt(fmt::format("bow intent: range {} (sector {}, {} bytes) is not whole blocks "
+                                 "inside the device past block 0",
+                                 i, r.sector, r.bytes));
+    out.push_back(r);
+  }
+  return out;
 }
 
 }  // namespace udm::bow

@@ -3,7 +3,8 @@
 // prototype's known bugs fixed. See docs/bow.md for the full story.
 //
 // States (message "state 1" / "state 2", only 0 -> 1 -> 2):
-//  0 trim:       discards mark whole blocks FREE and are not passed down; a
+//  0 trim:       discards and zero-outs that may unmap mark whole blocks FREE
+//                and zero them on the device (write_zeroes with unmap); a
 //                write "un-trims" the blocks it touches (so writes racing with
 //                FITRIM in state 0 are safe: a written block is never backup
 //                space); block 0 is never free.
@@ -11,13 +12,24 @@
 //                free block. A write to UNCHANGED or BACKUP blocks first copies
 //                them into FREE blocks and logs the copy durably; writes to
 //                FREE or CHANGED blocks go straight down.
-//  2 committed:  the live block 0 is copied home, all state is freed,
+//  2 committed:  the saved copies and the relocated block 0 are zeroed, the
+//                live block 0 is copied home, all state is freed,
 //                pass-through.
 //
+// What reads return: a block that is free in the filesystem's view (trimmed
+// or zeroed with unmap, not written since) reads as zeroes in every state and
+// across state changes. FREE blocks are zero on the device; blocks that bow
+// fills while they are free in that view (BACKUP copies, log blocks, the live
+// block 0, the intent block) are masked: reads of them return zeroes, a
+// partial write to one fills the rest of the block with zeroes, and the
+// commit zeroes them on the device before the target passes through. Before
+// a group commit fills free blocks, the intent block lists them, so a target
+// resuming after a power cut finds and zeroes those the log does not name.
+//
 // Concurrency: one mutex guards the range map and is never held across I/O.
-// Writes that need backups queue jobs; one writer at a time becomes the
-// committer and handles every queued job as one batch (copies, one flush,
-// one log write, one flush: group commit), while writes to other blocks go on.
+// Writes that need backups queue jobs; the committer thread handles every
+// queued job as one batch (intent, flush, copies, flush, log write, flush:
+// group commit), while writes to other blocks go on.
 // Blocks being backed up are marked busy; only writes overlapping them wait.
 #pragma once
 
@@ -52,9 +64,12 @@ struct BowStats {
   uint64_t backed_up_bytes = 0;  // data saved by log entries (log blocks excluded)
   uint64_t entries = 0;          // log entries in the whole chain
   uint32_t sequence = 0;
-  uint64_t batches = 0;  // group commits (each: copies, flush, log write, flush)
+  uint64_t batches = 0;  // group commits (each: intent, flush, copies, flush, log, flush)
   bool dropped = false;  // on_full=drop happened: checkpoint abandoned
   bool resumed = false;  // the checkpoint was found on the device at creation
+  bool commit_finished = false;  // ... marked as being committed: create() finished it
+  uint64_t zeroed_bytes = 0;     // copies and block-0 relocations zeroed by the commit
+  uint64_t unlogged_zeroed_bytes = 0;  // resume: blocks of an unfinished group commit zeroed
   bool failed = false;   // an I/O error stopped the target (writes fail)
 };
 
@@ -94,25 +109,45 @@ class BowTarget : public Target {
   };
   // A backup to commit. Sources, dests, a new home for the live block 0 and
   // log blocks for rollovers are all allocated when the job is queued, so
-  // ENOSPC is known at once. A deferred job (write-back) also carries the
-  // write: the writer is acknowledged at once and the committer sends the
-  // write down after the backup's log entry is durable.
+  // ENOSPC is known at once.
+  //
+  // A carried job also carries its write: the committer sends it down after
+  // the backup's log entry is durable. Write-back jobs are carried and not
+  // waited for (the writer is acknowledged at once); a write that must fill a
+  // partial masked block with zeroes, or that overwrites bow's own blocks, is
+  // carried too (its whole blocks stay busy until it is down), and waited for
+  // unless it is write-back.
   struct Job {
     std::vector<Copy> copies;
     std::vector<std::pair<uint64_t, uint64_t>> busy;  // ranges marked busy
     std::optional<uint64_t> new_s0;
-    bool deferred = false;
-    uint64_t off = 0, len = 0, b0 = 0;
-    std::vector<uint8_t> data;  // empty for write_zeroes
+    std::optional<uint64_t> new_intent;  // the write hits the intent block: it moves
+    // Blocks holding bow's data (BACKUP copies, the live block 0, the intent)
+    // that this write overwrites once its log entry is durable: listed in the
+    // intent until the write is durable (docs/bow.md, "Crash safety").
+    std::vector<std::pair<uint64_t, uint64_t>> superseded;
+    bool carried = false;
+    bool waited = true;
+    bool fua = false;
+    uint64_t off = 0, len = 0, b0 = 0;  // the carried write (padded to whole blocks if needed)
+    std::vector<uint8_t> data;          // its bytes; empty for zeroes
+    bool zero = false;
+    bool unmap = false;
+    std::vector<std::pair<uint64_t, uint64_t>> zero_ranges;  // bytes to zero on the device
     uint64_t seq = 0;
     Status result;
     bool done = false;
   };
   using JobPtr = std::shared_ptr<Job>;
 
-  // Write-type I/O: data (may be null for zeroes).
-  Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  // Write-type I/O: data, or zeroes when data is null (unmap: whole blocks
+  // may be freed).
+  Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap);
+  Status write_state0(std::unique_lock<std::mutex>& l, uint64_t off, uint64_t len,
+                      const uint8_t* data, bool fua, bool unmap);
   Status lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
+  Status lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap);
+  Status write_carried(const Job& j);
   // Block-0 aware write / read of [off, off+len) with the state fixed.
   Status io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
   Status io_block0_read(uint64_t off, std::span<uint8_t> buf);
@@ -121,10 +156,26 @@ class BowTarget : public Target {
   void finish_job(Job& j, Status s);  // mu_ held
   // Allocates everything `job` needs (mu_ held); false if space ran out
   // (nothing is left allocated then).
-  bool plan_job(Job& job, const std::vector<Run>& runs, bool move_s0);
+  bool plan_job(Job& job, const std::vector<Run>& runs, bool move_s0, bool move_intent);
+  // Runs of blocks bow fills that are free in the filesystem's view and hold
+  // copies, saved log blocks or the intent (BACKUP, INTENT): the commit zeroes
+  // them (mu_ held or no other thread).
+  std::vector<std::pair<uint64_t, uint64_t>> owned_runs() const;
   Status copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* crc);
   Status checkpoint();
   Status commit(bool dropped);  // caller holds s0_mu_ exclusively
+  void enter_passthrough(bool dropped);  // mu_ held
+  // The commit's I/O (also run by create() over a device whose log carries
+  // the commit mark): mark, zero the copies, put block 0 home, zero the old
+  // live block 0. The caller has drained the committer and holds s0_mu_ and
+  // intent_mu_ (or no other thread exists yet).
+  Status commit_io(uint64_t live, std::vector<std::pair<uint64_t, uint64_t>> backups,
+                   bool marked);
+  // Byte ranges of [off, off+len) that read as zeroes whatever the device holds
+  // (state 1: FREE blocks not written since the checkpoint, BACKUP, SECTOR0,
+  // INTENT).
+  void masked_ranges(uint64_t off, uint64_t len,
+                     std::vector<std::pair<uint64_t, uint64_t>>& out) const;
   bool busy_overlaps(uint64_t s, uint64_t e) const;
   // FREE blocks written since the checkpoint. Writes into free space only set
   // these bits (no map update on the hot path); allocation skips (and then
@@ -155,15 +206,20 @@ class BowTarget : public Target {
   std::vector<uint64_t> written_;      // bitmap over blocks (state 1)
   uint64_t written_free_ = 0;          // FREE-typed blocks with their bit set
   uint64_t sector0_block_ = 0;         // live block 0 (state 1)
+  uint64_t intent_block_ = 0;          // the intent block (state 1; 0: none)
   std::deque<JobPtr> queue_;
-  std::map<uint64_t, JobPtr> deferred_;  // queued write-back jobs by first block
+  std::map<uint64_t, JobPtr> deferred_;  // queued carried jobs by first block
   bool committing_ = false;              // the committer has a batch in hand
   bool drop_requested_ = false;
   bool stop_ = false;
   uint64_t next_seq_ = 0, done_seq_ = 0;  // jobs queued / completed (in order)
-  uint64_t pending_bytes_ = 0;            // data held by deferred jobs
+  uint64_t pending_bytes_ = 0;            // data held by carried jobs
   uint32_t virtual_fill_ = 0;  // entries in the current log block, queued jobs included
   std::deque<uint64_t> log_pool_;  // blocks reserved for log rollovers (busy)
+  // Held by the committer from a batch's intent write until its writes are
+  // sent down, by a flush that clears the intent, and by the commit.
+  std::mutex intent_mu_;
+  bool intent_dirty_ = false;  // the durable intent lists superseded blocks (intent_mu_)
   std::thread committer_;
   std::vector<uint8_t> gather_;  // the committer's copy buffer
   Status fatal_;

@@ -10,6 +10,7 @@ const char* type_name(BlockType t) {
     case BlockType::kBackup: return "backup";
     case BlockType::kLog: return "log";
     case BlockType::kSector0: return "sector0";
+    case BlockType::kIntent: return "intent";
   }
   return "?";
 }

@@ -21,8 +21,9 @@ enum class BlockType : uint8_t {
   kBackup,     // holds backed-up data (a log entry's dest); backed up again if written
   kLog,        // block 0: the log
   kSector0,    // where the live contents of block 0 are kept
+  kIntent,     // the intent block (the log points at it; see bow_format.h)
 };
-inline constexpr size_t kBlockTypes = 6;
+inline constexpr size_t kBlockTypes = 7;
 const char* type_name(BlockType t);
 
 struct Run {

@@ -87,9 +87,17 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
   auto first = decode_log(buf, dev_bytes);
   if (!first.ok()) return first.status().context("block 0");
   LogBlock log = std::move(first.value());
+  if (log.committing && !opts.allow_committing)
+    return Status::Error(
+        EBUSY,
+        "block 0 holds a bow log marked as being committed (a commit was interrupted): the saved "
+        "copies are being erased, so the device can no longer be rolled back; create the bow "
+        "target over it and the commit is finished");
   Chain chain;
+  chain.committing = log.committing;
   chain.block_size = log.block_size;
   chain.sector0 = log.sector0;
+  chain.intent = log.intent;
   chain.newest_sequence = log.sequence;
   const uint32_t bs = log.block_size;
   const uint64_t bsec = bs / 512;
@@ -140,6 +148,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
     }
     // The previous log block is what block 0 holds once this log is restored.
     std::vector<uint8_t> prev;
+    chain.log_blocks.push_back(resolve(0));
     UDM_TRY(read_resolved(dev, resolve, 0, 1, bs, prev));
     auto older = decode_log(prev, dev_bytes);
     std::string why;
@@ -148,6 +157,12 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
       why = fmt::format("it has sequence {}, expected {}", older.value().sequence, log.sequence - 1);
     else if (older.value().block_size != bs)
       why = fmt::format("its block size {} differs from {}", older.value().block_size, bs);
+    else if (older.value().committing)
+      why = "it carries the commit mark (only block 0 may)";
+    if (!why.empty() && opts.tolerant) {
+      chain.complete = false;
+      break;
+    }
     if (!why.empty()) {
       problems.push_back(fmt::format("log block {} (saved by entry {}:0): {}", log.sequence - 1,
                                      log.sequence, why));
@@ -197,6 +212,33 @@ Status apply_chain(BlockDevice& dev, const Chain& chain,
     buf.resize(bs);
     UDM_TRY(dev.read(chain.sector0 * 512, buf));
     UDM_TRY(dev.write(0, buf));
+  }
+  UDM_TRY(dev.flush());
+  // Block 0 is home and the log gone: zero what bow put in free space.
+  const uint64_t bsec = bs / 512;
+  std::map<uint64_t, uint64_t> zero;  // blocks: start -> end
+  auto add = [&](uint64_t sector, uint64_t bytes) {
+    uint64_t a = sector / bsec, e = a + bytes / bs;
+    if (a == 0 || e * bs > dev.size() || a >= e) return;
+    auto [it, fresh] = zero.emplace(a, e);
+    if (!fresh) it->second = std::max(it->second, e);
+  };
+  for (const auto& step : chain.steps) add(step.entry.dest, step.entry.size);
+  add(chain.sector0, bs);
+  if (chain.intent != 0 && (chain.intent / bsec + 1) * bs <= dev.size()) {
+    add(chain.intent, bs);
+    buf.resize(bs);
+    if (dev.read(chain.intent * 512, buf).ok()) {
+      auto listed = decode_intent(buf, bs, dev.size());
+      if (listed.ok())
+        for (const auto& r : listed.value()) add(r.sector, r.bytes);
+    }
+  }
+  uint64_t end = 0;
+  for (const auto& [a, e] : zero) {
+    uint64_t from = std::max(a, end);
+    if (from < e) UDM_TRY(dev.write_zeroes(from * bs, (e - from) * bs, false, true));
+    end = std::max(end, e);
   }
   return dev.flush();
 }
