@@ -78,11 +78,15 @@ void scenario(int fs_block, bool commit) {
     // (the live block 0 and the saved original go into trimmed blocks, which
     // must keep reading as zeroes; the FUSE file is direct I/O).
     const bool freeze = have_tool("fsfreeze");
-    if (freeze) ASSERT_EQ(ok(run({"fsfreeze", "-f", mnt})), "");
+    if (freeze) {
+      ASSERT_EQ(ok(run({"fsfreeze", "-f", mnt})), "");
+    }
     std::string before_cp = sha256_file(d->fuse_path("bowdev"));
     auto cp = d->udm({"message", "bowdev", "0", "state", "1"});
     std::string after_cp = sha256_file(d->fuse_path("bowdev"));
-    if (freeze) ASSERT_EQ(ok(run({"fsfreeze", "-u", mnt})), "");
+    if (freeze) {
+      ASSERT_EQ(ok(run({"fsfreeze", "-u", mnt})), "");
+    }
     ASSERT_EQ(ok(cp), "");
     EXPECT_EQ(before_cp, after_cp) << "state 1 changed what the device reads";
     st = d->udm({"status", "bowdev"});

@@ -343,7 +343,9 @@ TEST(BowModel, FreeBlocksReadZeroInEveryState) {
   EXPECT_EQ(disk->contents(), view1);
   EXPECT_GT(bow->stats().zeroed_bytes, 0u);
   for (uint64_t x : owned)
-    if (x != b) EXPECT_TRUE(zero_block(*disk, x)) << x;
+    if (x != b) {
+      EXPECT_TRUE(zero_block(*disk, x)) << x;
+    }
 }
 
 TEST(BowModel, DropOnFullChangesNoRead) {

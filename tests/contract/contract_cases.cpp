@@ -177,7 +177,9 @@ Result<Built> bow(Env& e, int state) {
   UDM_TRY(d->write_zeroes(kDevSize / 4, kDevSize * 3 / 4, false, true));
   if (state >= 1) UDM_TRY(d->message(0, {"state", "1"}).status());
   if (state >= 2) UDM_TRY(d->message(0, {"state", "2"}).status());
-  return mk(d, Kind::kReadWrite);
+  Built b = mk(d, Kind::kReadWrite);
+  b.may_run_out = state == 1;
+  return b;
 }
 
 // An origin with one persistent snapshot of it; `which` picks the device

@@ -79,6 +79,9 @@ struct Built {
   // not change while its origin was written). Empty string: holds.
   std::function<std::string()> check;
   std::string note;  // e.g. "merge still running at start"
+  // Writes may fail with ENOSPC (bow in state 1 when its backups fill the
+  // free space); such a write must change nothing.
+  bool may_run_out = false;
 };
 
 struct Case {
