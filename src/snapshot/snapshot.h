@@ -20,6 +20,7 @@
 // different chunks run in parallel and their metadata commits are grouped.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -52,20 +53,47 @@ class SnapshotCore {
   uint64_t origin_size() const { return origin_->size(); }
   std::shared_mutex& lock_for(uint64_t chunk) { return locks_[chunk % kStripes]; }
 
-  // Before the origin chunk `chunk` is overwritten: save it unless saved.
-  // Failing to save invalidates the snapshot (never the origin write).
-  void save_before_origin_write(uint64_t chunk);
+  // Before origin chunks [first, last] are overwritten: saves every one not
+  // saved yet (in batches: one origin read per run of chunks, one group
+  // commit per batch). Failing to save invalidates the snapshot (never the
+  // origin write).
+  void save_chunks(uint64_t first, uint64_t last);
+  void save_before_origin_write(uint64_t chunk) { save_chunks(chunk, chunk); }
   // The snapshot's view.
   Status read(uint64_t offset, std::span<uint8_t> buf);
-  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua);
+  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+    return modify(offset, buf.size(), buf.data(), fua, false);
+  }
+  // Zero-out of the view: chunks with an exception have their COW bytes
+  // zeroed (write_zeroes on the COW, may_unmap passed on); a chunk without
+  // one keeps reading the origin when the origin's bytes there are zero
+  // already, else it gets an exception whose COW chunk is zeroed on the COW
+  // (whole chunk) or holds the origin chunk with the range zeroed (partial).
+  Status write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
+    return modify(offset, len, nullptr, fua, may_unmap);
+  }
+  // Advisory discard: the COW bytes of whole chunks that have an exception
+  // are zeroed with may_unmap (a file COW gets a hole); nothing else changes.
+  Status trim(uint64_t offset, uint64_t len);
   std::string status() const;
   bool overflowed() const { return overflow_.load(); }
+  uint64_t batch_chunks() const { return std::max<uint64_t>(1, (4u << 20) / chunk_bytes()); }
 
   std::atomic<int> owners{0};
 
  private:
-  // Reads origin chunk `chunk` (clamped at the origin end) into buf.
-  Status read_origin_chunk(uint64_t chunk, std::vector<uint8_t>& buf);
+  class ChunkLocks;
+  // Writes `data` (nullptr: zeroes) to the view at [offset, offset+len).
+  Status modify(uint64_t offset, uint64_t len, const uint8_t* data, bool fua, bool may_unmap);
+  // Reads origin chunks [c0, c0 + need.size()) whose need[] is set into
+  // buf (chunk i at (i - c0) * chunk_bytes), one read per run.
+  Status read_origin_chunks(uint64_t c0, const std::vector<char>& need, std::vector<uint8_t>& buf);
+  uint64_t chunk_len(uint64_t c) const {
+    return std::min(chunk_bytes(), origin_->size() - c * chunk_bytes());
+  }
+  // Reserves a COW chunk for a new exception; on failure the snapshot
+  // overflows (PO) or is invalidated, and the error says so.
+  Result<uint64_t> allocate_for_write();
   void invalidate(const Status& why);
 
   static constexpr size_t kStripes = 4096;
@@ -83,6 +111,11 @@ class OriginEntry {
   // Every listed snapshot (but `except`) saves the chunks of [offset,
   // offset+len). The caller holds io_mu shared.
   void save_range(uint64_t offset, uint64_t len, const SnapshotCore* except = nullptr);
+  // Discards (origin.trim) the parts of [offset, offset+len) that no listed
+  // snapshot (but `except`) still reads from the origin: chunks every valid
+  // snapshot has saved. The caller holds io_mu shared.
+  Status trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t len,
+                       const SnapshotCore* except = nullptr);
   // Lists `core`; a core with the same COW already listed is returned instead
   // (the caller adopts it). Waits for in-flight origin writes.
   std::shared_ptr<SnapshotCore> attach(std::shared_ptr<SnapshotCore> core);
@@ -113,6 +146,8 @@ class OriginTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
+  Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override { return origin_->flush(); }
 
  private:
@@ -136,6 +171,8 @@ class SnapshotTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
+  Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override;
 
  private:
@@ -170,6 +207,8 @@ class MergeTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
+  Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override;
 
  private:

@@ -201,14 +201,23 @@ Status ExceptionStore::write_data(std::vector<Pending>& batch) {
 }
 
 Status ExceptionStore::commit(CowRecord r, std::span<const uint8_t> data) {
+  CommitItem it{r, data};
+  return commit(std::span<const CommitItem>(&it, 1));
+}
+
+Status ExceptionStore::commit(std::span<const CommitItem> items) {
+  if (items.empty()) return Status::Ok();
   if (!persistent_) {
-    if (!data.empty())
-      UDM_TRY(cow_->write(r.new_chunk * geo_.chunk_bytes, data).context("writing COW data chunk"));
+    for (auto& it : items)
+      if (!it.data.empty())
+        UDM_TRY(cow_->write(it.r.new_chunk * geo_.chunk_bytes, it.data)
+                    .context("writing COW data chunk"));
   } else {
     std::unique_lock lk(mu_);
     if (!valid_) return IoError("snapshot is invalid");
-    pending_.push_back({r, data});
-    uint64_t my = ++queued_;
+    pending_.insert(pending_.end(), items.begin(), items.end());
+    queued_ += items.size();
+    const uint64_t my = queued_;
     while (committed_ < my) {
       if (!sticky_.ok()) return sticky_;
       if (!committing_) {
@@ -235,7 +244,7 @@ Status ExceptionStore::commit(CowRecord r, std::span<const uint8_t> data) {
       cv_.wait(lk);
     }
   }
-  table_.set(r.old_chunk, r.new_chunk);
+  for (auto& it : items) table_.set(it.r.old_chunk, it.r.new_chunk);
   return Status::Ok();
 }
 
