@@ -206,6 +206,7 @@ TEST_P(SnapshotZeroStore, EveryPath) {
   const uint64_t kOrigin = 64 * kCB;
   Bytes base = random_bytes(kOrigin, 33);
   memset(base.data() + 40 * kCB, 0, 8 * kCB);  // chunks 40..47 are zeroes
+  memset(base.data() + 50 * kCB, 0, kCB / 2);  // chunk 50's first half too
   MapResolver r;
   auto origin = std::make_shared<MemoryDevice>(base);
   r.devs["origin"] = origin;
@@ -257,6 +258,10 @@ TEST_P(SnapshotZeroStore, EveryPath) {
   // 4. Origin bytes that are zero already: nothing allocated.
   szero(40 * kCB + 10, 3 * kCB, true);
   EXPECT_EQ(exceptions(*s), 6u);
+  EXPECT_EQ(diff(read_all(**s), view), -1);
+  // Zero at the chunk's start is not zero in the range: an exception.
+  szero(50 * kCB + kCB / 2 + 8, 1000, true);
+  EXPECT_EQ(exceptions(*s), 7u);
   EXPECT_EQ(diff(read_all(**s), view), -1);
   // ... and the view stays zero when the origin changes there (saved first).
   Bytes junk(8 * kCB, 0xCD);
@@ -444,16 +449,27 @@ TEST(SnapshotTrim, SnapshotDiscardZeroesWholeExceptionChunks) {
   EXPECT_TRUE(c.can_trim);
   EXPECT_FALSE(c.trim_zeroes);
   Bytes view = base;
-  Bytes b(3 * kCB, 0x61);
-  ASSERT_TRUE((*s)->write(8 * kCB, b).ok());  // chunks 8, 9, 10
-  memset(view.data() + 8 * kCB, 0x61, 3 * kCB);
+  auto sw = [&](uint64_t c, uint64_t n, uint8_t v) {
+    Bytes b(n * kCB, v);
+    ASSERT_TRUE((*s)->write(c * kCB, b).ok());
+    memset(view.data() + c * kCB, v, n * kCB);
+  };
+  sw(30, 1, 0x60);  // COW chunk 2
+  sw(8, 3, 0x61);   // COW chunks 3-5
+  sw(12, 1, 0x62);  // COW chunk 6
+  sw(40, 1, 0x63);  // COW chunk 7
   uint64_t e = exceptions(*s);
-  // Covers chunk 7 (no exception) whole, 8 and 9 whole, 10 partly.
+  // Whole: 8, 9, 12, 30 (runs COW 3-4, 6, 2) and the ones without an
+  // exception; partial: 10 (from 10*kCB+100) and 40.
   ASSERT_TRUE((*s)->trim(7 * kCB, 3 * kCB + 100).ok());
+  ASSERT_TRUE((*s)->trim(11 * kCB, 20 * kCB).ok());
+  ASSERT_TRUE((*s)->trim(40 * kCB + 100, kCB).ok());
   memset(view.data() + 8 * kCB, 0, 2 * kCB);
+  memset(view.data() + 12 * kCB, 0, kCB);
+  memset(view.data() + 30 * kCB, 0, kCB);
   EXPECT_EQ(exceptions(*s), e);
-  EXPECT_EQ(crec->zero_ops.load(), 1u);
-  EXPECT_EQ(crec->unmaps.load(), 1u);
+  EXPECT_EQ(crec->zero_ops.load(), 3u);
+  EXPECT_EQ(crec->unmaps.load(), 3u);
   EXPECT_EQ(diff(read_all(**s), view), -1);
 }
 
@@ -482,10 +498,14 @@ TEST(SnapshotTrim, MergeDiscardsOnlyMergedAndUnneededChunks) {
     ASSERT_TRUE((*s)->write(4 * kCB, b).ok());  // chunks 4, 5 to merge
     memset(view.data() + 4 * kCB, 0x71, 2 * kCB);
   }
-  // s2 has saved chunk 20 (an origin write); nobody else needs it.
+  // s2 has saved chunk 20 (an origin write); nobody else needs it. Chunks 4
+  // and 5 are saved by s2 too, but wait for the merge: discarding them would
+  // only be undone by the merge's copy.
   Bytes w(kCB, 0x72);
   ASSERT_TRUE((*o)->write(20 * kCB, w).ok());
   memset(view.data() + 20 * kCB, 0x72, kCB);
+  Bytes w2(2 * kCB, 0x73);
+  ASSERT_TRUE((*o)->write(4 * kCB, w2).ok());
   o->reset();
   auto m = make("snapshot-merge", {"origin", "cow", "P", "8"}, kOrigin, &r);
   ASSERT_TRUE(m.ok());
@@ -497,8 +517,7 @@ TEST(SnapshotTrim, MergeDiscardsOnlyMergedAndUnneededChunks) {
   EXPECT_EQ(diff(read_all(**s2), base), -1);
   ASSERT_TRUE(static_cast<MergeTarget*>(m->get())->run_merge().ok());
   EXPECT_EQ(diff(mem->contents(), view), -1);
-  // Merged now: chunks 4 and 5 may go, if s2 has them (it has, the merge
-  // saved them first).
+  // Merged now: chunks 4 and 5 may go (s2 has them).
   ASSERT_TRUE((*m)->trim(4 * kCB, 2 * kCB).ok());
   EXPECT_EQ(orec->trim_bytes.load(), 3 * kCB);
   EXPECT_EQ(diff(read_all(**s2), base), -1);
