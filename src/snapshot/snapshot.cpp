@@ -439,6 +439,8 @@ static DeviceCaps origin_caps(const BlockDevice& origin) {
 DeviceCaps OriginTarget::caps() const { return origin_caps(*origin_); }
 
 Status OriginTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
+  std::shared_lock io(entry_->io_mu);
+  if (entry_->merge) return entry_->merge->view_read(offset, buf);
   return origin_->read(offset, buf);
 }
 
@@ -446,6 +448,7 @@ Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, boo
   // Every snapshot has the old chunks durable in its COW before the origin
   // write is issued (save_chunks returns after the commit).
   std::shared_lock io(entry_->io_mu);
+  if (entry_->merge) return entry_->merge->view_write(offset, buf, fua);
   entry_->save_range(offset, buf.size());
   return origin_->write(offset, buf, fua);
 }
@@ -455,6 +458,7 @@ Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bo
   // chunks first; then the origin zeroes the range its own way (a hole in a
   // file with may_unmap, BLKZEROOUT on a block device...).
   std::shared_lock io(entry_->io_mu);
+  if (entry_->merge) return entry_->merge->view_write_zeroes(offset, len, fua, may_unmap);
   entry_->save_range(offset, len);
   return origin_->write_zeroes(offset, len, fua, may_unmap);
 }
@@ -464,6 +468,7 @@ Status OriginTarget::do_trim(uint64_t offset, uint64_t len) {
   // Advisory: chunks a snapshot still reads from the origin are kept (a
   // discard must not cost copies into the COWs), the rest is passed down.
   std::shared_lock io(entry_->io_mu);
+  if (entry_->merge) return entry_->merge->view_trim(offset, len);
   return entry_->trim_unneeded(*origin_, offset, len);
 }
 
@@ -533,7 +538,13 @@ MergeTarget::MergeTarget(DevicePtr origin, std::shared_ptr<SnapshotCore> core,
   if (core_->store().exception_count() == 0) done_ = true;
 }
 
-MergeTarget::~MergeTarget() { stop_thread(); }
+MergeTarget::~MergeTarget() {
+  stop_thread();
+  if (registered_) {
+    std::unique_lock io(entry_->io_mu);  // waits for snapshot-origin I/O using the view
+    if (entry_->merge == this) entry_->merge = nullptr;
+  }
+}
 
 DeviceCaps MergeTarget::caps() const {
   DeviceCaps c = origin_caps(*origin_);
@@ -568,6 +579,11 @@ void MergeTarget::resume() {
     if (auto live = entry_->take(core_->cow_key())) core_ = std::move(live);
     adopted_ = true;
     done_ = core_->store().exception_count() == 0;
+    std::unique_lock io(entry_->io_mu);
+    if (!entry_->merge) {
+      entry_->merge = this;
+      registered_ = true;
+    }
   }
   if (done_ || failed_ || thread_.joinable()) return;
   stop_ = false;
@@ -692,7 +708,8 @@ Status MergeTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   return Status::Ok();
 }
 
-Status MergeTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+Status MergeTarget::write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua,
+                               bool io_held) {
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes();
   size_t done = 0;
@@ -713,7 +730,8 @@ Status MergeTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool
       // Not merged yet: the new data goes to the COW chunk and is merged later.
       UDM_TRY(store.cow().write(*nc * cb + in, piece, fua));
     } else {
-      std::shared_lock io(entry_->io_mu);
+      std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
+      if (!io_held) io.lock();
       entry_->save_range(off, n, core_.get());
       UDM_TRY(origin_->write(off, piece, fua));
     }
@@ -722,12 +740,14 @@ Status MergeTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool
   return Status::Ok();
 }
 
-Status MergeTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
+Status MergeTarget::write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap,
+                                      bool io_held) {
   ExceptionStore& store = core_->store();
   if (store.exception_count() == 0) {
     // Merged (or nothing to merge): the origin holds the whole view, and no
     // exception comes back. Like snapshot-origin.
-    std::shared_lock io(entry_->io_mu);
+    std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
+    if (!io_held) io.lock();
     entry_->save_range(offset, len, core_.get());
     return origin_->write_zeroes(offset, len, fua, may_unmap);
   }
@@ -750,7 +770,8 @@ Status MergeTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, boo
     if (auto nc = store.lookup(c)) {
       UDM_TRY(store.cow().write_zeroes(*nc * cb + in, n, false, may_unmap));
     } else {
-      std::shared_lock io(entry_->io_mu);
+      std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
+      if (!io_held) io.lock();
       entry_->save_range(off, n, core_.get());
       UDM_TRY(origin_->write_zeroes(off, n, false, may_unmap));
     }
@@ -759,7 +780,7 @@ Status MergeTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, boo
   return fua ? do_flush() : Status::Ok();
 }
 
-Status MergeTarget::do_trim(uint64_t offset, uint64_t len) {
+Status MergeTarget::trim_view(uint64_t offset, uint64_t len, bool io_held) {
   if (!origin_->caps().can_trim) return NotSupported("snapshot-merge: the origin cannot discard");
   // Advisory: only chunks without an exception (never saved, or merged
   // already) are discarded - their bytes live on the origin and the merge
@@ -767,7 +788,8 @@ Status MergeTarget::do_trim(uint64_t offset, uint64_t len) {
   // origin still needs them. Chunks waiting to be merged are left alone.
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes(), end = offset + len;
-  std::shared_lock io(entry_->io_mu);
+  std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
+  if (!io_held) io.lock();
   if (store.exception_count() == 0) return entry_->trim_unneeded(*origin_, offset, len, core_.get());
   uint64_t rs = 0, re = 0;
   for (uint64_t pos = offset; pos < end;) {

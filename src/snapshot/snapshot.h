@@ -105,6 +105,8 @@ class SnapshotCore {
   std::unique_ptr<std::shared_mutex[]> locks_;
 };
 
+class MergeTarget;
+
 // The snapshots of one origin.
 class OriginEntry {
  public:
@@ -125,8 +127,15 @@ class OriginEntry {
   size_t count() const;
   // Held shared by an origin write from its first save until its own write
   // completes, so a snapshot is never attached in the middle of one; held
-  // exclusively by every change of the list.
+  // exclusively by every change of the list (and of `merge`).
   std::shared_mutex io_mu;
+  // The snapshot-merge (resumed, in the daemon) rolling this origin back,
+  // if any: a snapshot-origin over the same origin serves its I/O through
+  // the merge's view instead of the raw origin (which mixes merged and
+  // unmerged chunks, and where a write to an unmerged chunk would be
+  // overwritten by the merge). Read and used under io_mu shared; set and
+  // cleared under io_mu exclusive.
+  MergeTarget* merge = nullptr;
 
  private:
   mutable std::mutex list_mu_;
@@ -204,14 +213,33 @@ class MergeTarget : public Target {
   bool done() const { return done_.load(); }
   uint64_t remaining() const { return core_->store().exception_count(); }
 
+  // The merge's view for a snapshot-origin over the same origin; the caller
+  // holds entry->io_mu shared (these do not take it again).
+  Status view_read(uint64_t offset, std::span<uint8_t> buf) { return do_read(offset, buf); }
+  Status view_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+    return write_view(offset, buf, fua, true);
+  }
+  Status view_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
+    return write_zeroes_view(offset, len, fua, may_unmap, true);
+  }
+  Status view_trim(uint64_t offset, uint64_t len) { return trim_view(offset, len, true); }
+
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
-  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
-  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
-  Status do_trim(uint64_t offset, uint64_t len) override;
+  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override {
+    return write_view(offset, buf, fua, false);
+  }
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override {
+    return write_zeroes_view(offset, len, fua, may_unmap, false);
+  }
+  Status do_trim(uint64_t offset, uint64_t len) override { return trim_view(offset, len, false); }
   Status do_flush() override;
 
  private:
+  // io_held: the caller holds entry_->io_mu shared already.
+  Status write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua, bool io_held);
+  Status write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap, bool io_held);
+  Status trim_view(uint64_t offset, uint64_t len, bool io_held);
   Status merge_one_batch(bool* finished);
   void stop_thread();
 
@@ -220,6 +248,7 @@ class MergeTarget : public Target {
   std::shared_ptr<OriginEntry> entry_;
   uint64_t length_;
   bool adopted_ = false;
+  bool registered_ = false;  // entry_->merge == this
 
   std::mutex run_mu_;
   std::condition_variable run_cv_;

@@ -251,8 +251,11 @@ TEST(SnapshotStress, WritesAndReadsDuringBackgroundMerge) {
     (*o)->resume();
     (*s)->resume();
     std::vector<uint8_t> junk(kBlk, 0xa5);
-    for (uint64_t b = 0; b < kBlocks; b++)
-      if (b % 4) ASSERT_TRUE((*o)->write(b * kBlk, junk).ok());
+    for (uint64_t b = 0; b < kBlocks; b++) {
+      if (b % 4) {
+        ASSERT_TRUE((*o)->write(b * kBlk, junk).ok());
+      }
+    }
   }
   auto block_of = [](uint64_t tag) { return (tag >> 20) & 0xfffff; };
   auto make_block = [](std::vector<uint8_t>& b, uint64_t tag) {

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "common/sys_util.h"
 #include "io/fault_device.h"
@@ -747,4 +749,62 @@ TEST(SnapshotLeak, ChunkWrittenButNotCommittedAtCrash) {
     EXPECT_EQ(diff(got, view), -1);
     EXPECT_EQ(std::search_n(got.begin(), got.end(), 16, 0x99), got.end()) << "lost bytes visible";
   }
+}
+
+namespace {
+// An origin whose flush takes a while, so a merge stays in flight.
+class SlowFlushOrigin : public MemoryDevice {
+ public:
+  using MemoryDevice::MemoryDevice;
+  Status do_flush() override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(15));
+    return MemoryDevice::do_flush();
+  }
+};
+}  // namespace
+
+// Another device with a snapshot-origin table over an origin whose snapshot
+// is being merged (snapshot-merge loaded into a second device instead of the
+// origin's own): it must read and write the merge's view - not the raw
+// origin, which mixes merged and unmerged chunks, and where a write to an
+// unmerged chunk would be overwritten by the merge.
+TEST(SnapshotLeak, SecondOriginDeviceDuringMerge) {
+  const uint64_t kOrigin = 512 * kCB;
+  const Bytes base = random_bytes(kOrigin, 44);
+  MapResolver r;
+  auto origin = std::make_shared<SlowFlushOrigin>(base);
+  r.devs["origin"] = origin;
+  r.devs["cow"] = std::make_shared<MemoryDevice>(600 * kCB);
+  auto o = make("snapshot-origin", {"origin"}, kOrigin, &r);
+  ASSERT_TRUE(o.ok());
+  (*o)->resume();
+  {
+    auto s = make("snapshot", {"origin", "cow", "P", "8"}, kOrigin, &r);
+    ASSERT_TRUE(s.ok());
+    (*s)->resume();
+    // After the snapshot the origin changes everywhere.
+    ASSERT_TRUE((*o)->write(0, Bytes(kOrigin, 0x5A)).ok());
+  }
+  Bytes view = base;
+  auto m = make("snapshot-merge", {"origin", "cow", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(m.ok());
+  auto* mt = static_cast<MergeTarget*>(m->get());
+  ASSERT_EQ(mt->remaining(), 512u);
+  (*m)->resume();  // the merge runs in the background (2 batches, slow flushes)
+  EXPECT_EQ(diff(read_all(**o), view), -1) << "the other origin device reads the raw origin";
+  Bytes w(3 * kCB, 0x77);
+  ASSERT_TRUE((*o)->write(100 * kCB + 10, w).ok());
+  memset(view.data() + 100 * kCB + 10, 0x77, w.size());
+  ASSERT_TRUE((*o)->write_zeroes(400 * kCB, 5 * kCB, false, true).ok());
+  memset(view.data() + 400 * kCB, 0, 5 * kCB);
+  EXPECT_EQ(diff(read_all(**m), view), -1);
+  EXPECT_EQ(diff(read_all(**o), view), -1);
+  ASSERT_TRUE(mt->wait().ok());
+  EXPECT_EQ(diff(origin->contents(), view), -1) << "a write through the other device was lost";
+  EXPECT_EQ(diff(read_all(**o), view), -1);
+  // Without the merge target the origin device is plain again.
+  m->reset();
+  ASSERT_TRUE((*o)->write(0, Bytes(kCB, 0x78)).ok());
+  memset(view.data(), 0x78, kCB);
+  EXPECT_EQ(diff(origin->contents(), view), -1);
 }
