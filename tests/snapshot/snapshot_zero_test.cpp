@@ -548,6 +548,7 @@ TEST(SnapshotCaps, HonestForEveryTarget) {
   EXPECT_TRUE(sc.can_trim);
   EXPECT_FALSE(sc.trim_zeroes);
   EXPECT_TRUE(sc.can_write_zeroes);
+  EXPECT_FALSE(sc.fast_zero);
   EXPECT_EQ(sc.physical_block, 65536u);
   EXPECT_EQ(sc.logical_block, 512u);
   s->reset();
