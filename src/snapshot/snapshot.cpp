@@ -151,24 +151,37 @@ class SnapshotCore::ChunkLocks {
  public:
   ChunkLocks(SnapshotCore& core, uint64_t first, uint64_t last, bool exclusive)
       : m_(core.locks_.get()), excl_(exclusive) {
-    if (last - first + 1 >= kStripes) {
+    if (first == last) {
+      one_ = uint32_t(first % kStripes);  // the common case: no allocation
+    } else if (last - first + 1 >= kStripes) {
       for (size_t i = 0; i < kStripes; i++) s_.push_back(uint32_t(i));
     } else {
       // Fewer than kStripes consecutive chunks: distinct stripes.
       for (uint64_t c = first; c <= last; c++) s_.push_back(uint32_t(c % kStripes));
       std::sort(s_.begin(), s_.end());
     }
-    for (uint32_t i : s_) excl_ ? m_[i].lock() : m_[i].lock_shared();
+    if (s_.empty()) {
+      lock(one_);
+      return;
+    }
+    for (uint32_t i : s_) lock(i);
   }
   ~ChunkLocks() {
-    for (auto it = s_.rbegin(); it != s_.rend(); ++it) excl_ ? m_[*it].unlock() : m_[*it].unlock_shared();
+    if (s_.empty()) {
+      unlock(one_);
+      return;
+    }
+    for (auto it = s_.rbegin(); it != s_.rend(); ++it) unlock(*it);
   }
   ChunkLocks(const ChunkLocks&) = delete;
   ChunkLocks& operator=(const ChunkLocks&) = delete;
 
  private:
+  void lock(uint32_t i) { excl_ ? m_[i].lock() : m_[i].lock_shared(); }
+  void unlock(uint32_t i) { excl_ ? m_[i].unlock() : m_[i].unlock_shared(); }
   std::shared_mutex* m_;
   bool excl_;
+  uint32_t one_ = 0;
   std::vector<uint32_t> s_;
 };
 
@@ -200,13 +213,14 @@ void SnapshotCore::invalidate(const Status& why) {
 }
 
 void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
-  const uint64_t cb = chunk_bytes(), n_chunks = (origin_->size() + cb - 1) / cb;
-  if (n_chunks == 0) return;
-  last = std::min(last, n_chunks - 1);
   // Fast path (every rewrite): an exception, once visible, is durable and
-  // stays while the snapshot is listed for its origin.
+  // stays while the snapshot is listed for its origin. (Chunks past the
+  // origin's end have none: the clamp below takes care of them.)
   while (first <= last && store_->has_exception(first)) first++;
   if (first > last || !store_->valid()) return;
+  const uint64_t cb = chunk_bytes(), n_chunks = (origin_->size() + cb - 1) / cb;
+  if (first >= n_chunks) return;
+  last = std::min(last, n_chunks - 1);
   thread_local std::vector<uint8_t> buf;
   thread_local std::vector<char> need;
   thread_local std::vector<ExceptionStore::CommitItem> items;
@@ -308,6 +322,18 @@ Status SnapshotCore::modify(uint64_t offset, uint64_t len, const uint8_t* data, 
     if (!store_->valid()) return IoError("snapshot is invalid");
     const uint64_t c0 = pos / cb, c1 = std::min((end - 1) / cb, c0 + batch - 1);
     const uint64_t bend = std::min(end, (c1 + 1) * cb);
+    if (c0 == c1 && !exclusive && store_->has_exception(c0)) {
+      // One chunk with an exception (the common rewrite): straight to the COW.
+      std::shared_lock lk(lock_for(c0));
+      if (auto nc = store_->lookup(c0)) {
+        const uint64_t at = *nc * cb + (pos - c0 * cb), n = bend - pos;
+        UDM_TRY(zero ? cow.write_zeroes(at, n, false, may_unmap)
+                     : cow.write(at, std::span<const uint8_t>(data + (pos - offset), n), false));
+        dirty = true;
+        pos = bend;
+        continue;
+      }
+    }
     // Chunks that all have an exception (every rewrite) only need their
     // locks shared; creating an exception takes them exclusively.
     for (uint64_t c = c0; c <= c1 && !exclusive; c++) exclusive = !store_->has_exception(c);

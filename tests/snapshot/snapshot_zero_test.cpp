@@ -852,7 +852,9 @@ TEST(SnapshotLeak, BatchAcrossAreasPowerCut) {
         ASSERT_TRUE(s.ok()) << s.status().to_string();
         uint64_t e = exceptions(*s);
         EXPECT_TRUE(e == 0 || e == 300) << e << " records loaded";
-        if (completed) EXPECT_EQ(e, 300u);
+        if (completed) {
+          EXPECT_EQ(e, 300u);
+        }
         Bytes v = read_all(**s);
         for (uint64_t c = 0; c < 512; c++) {
           const uint8_t* got = v.data() + c * kCB;
@@ -860,7 +862,9 @@ TEST(SnapshotLeak, BatchAcrossAreasPowerCut) {
           bool now = c < 300 && (zero ? std::all_of(got, got + kCB, [](uint8_t x) { return x == 0; })
                                       : memcmp(got, data.data() + c * kCB, kCB) == 0);
           ASSERT_TRUE(old || now) << "chunk " << c << " is neither old nor new";
-          if (c >= 300 || e == 0) ASSERT_TRUE(old) << "chunk " << c;
+          if (c >= 300 || e == 0) {
+            ASSERT_TRUE(old) << "chunk " << c;
+          }
         }
         cuts++;
         if (completed) break;
