@@ -356,6 +356,17 @@ Status SnapshotCore::modify(uint64_t offset, uint64_t len, const uint8_t* data, 
       // Zeroing looks at the origin's bytes first; a partial write needs
       // the rest of the old chunk.
       need[c - c0] = zero || !whole;
+      if (zero && whole && cb >= kProbeFrom) {
+        // Big chunks: the first sector usually settles "not zero" without
+        // reading the whole chunk.
+        uint8_t probe[512];
+        UDM_TRY(origin_->read(s, std::span<uint8_t>(probe, std::min<uint64_t>(512, e - s)))
+                    .context("snapshot: reading origin"));
+        if (!all_zero(probe, std::min<uint64_t>(512, e - s))) {
+          need[c - c0] = 0;
+          fresh[c - c0] = 2;  // known not zero
+        }
+      }
     }
     if (any_new && !exclusive) {
       exclusive = true;  // an exception went away (merge handover): redo exclusively
@@ -370,7 +381,7 @@ Status SnapshotCore::modify(uint64_t offset, uint64_t len, const uint8_t* data, 
         uint8_t* slot = buf.data() + (c - c0) * cb;
         // Zeroes already on the origin: the view reads zero there and keeps
         // doing so (an origin write saves the chunk first) - no exception.
-        if (zero && all_zero(slot + in, n)) continue;
+        if (zero && fresh[c - c0] == 1 && all_zero(slot + in, n)) continue;
         UDM_ASSIGN_OR_RETURN(uint64_t nc, allocate_for_write());
         if (in == 0 && n == clen) {
           if (zero) {

@@ -97,6 +97,9 @@ class SnapshotCore {
   void invalidate(const Status& why);
 
   static constexpr size_t kStripes = 4096;
+  // Chunk size from which a zero-out probes a whole chunk's first sector
+  // before reading all of it (smaller chunks are read in one go per run).
+  static constexpr uint64_t kProbeFrom = 16384;
   DevicePtr origin_;
   std::unique_ptr<ExceptionStore> store_;
   std::string cow_key_;

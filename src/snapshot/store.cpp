@@ -189,10 +189,19 @@ Status ExceptionStore::write_data(std::vector<Pending>& batch) {
       j++;
     std::span<const uint8_t> out = d[i]->data;
     if (j - i > 1) {
-      run.resize((j - i - 1) * CB + d[j - 1]->data.size());
-      for (size_t k = i; k < j; k++)
-        memcpy(run.data() + (k - i) * CB, d[k]->data.data(), d[k]->data.size());
-      out = run;
+      // The chunks of one batch sit back to back in memory already (the
+      // caller's buffer, or the old chunks read in one go): no copy then.
+      bool adjacent = true;
+      for (size_t k = i + 1; k < j && adjacent; k++)
+        adjacent = d[k]->data.data() == d[k - 1]->data.data() + CB;
+      if (adjacent) {
+        out = std::span<const uint8_t>(d[i]->data.data(), (j - i - 1) * CB + d[j - 1]->data.size());
+      } else {
+        run.resize((j - i - 1) * CB + d[j - 1]->data.size());
+        for (size_t k = i; k < j; k++)
+          memcpy(run.data() + (k - i) * CB, d[k]->data.data(), d[k]->data.size());
+        out = run;
+      }
     }
     UDM_TRY(cow_->write(d[i]->r.new_chunk * CB, out).context("writing COW data chunks"));
     i = j;

@@ -874,3 +874,44 @@ TEST(SnapshotLeak, BatchAcrossAreasPowerCut) {
     }
   }
 }
+
+// Big chunks (64 KiB): a whole-chunk zero-out probes the first sector before
+// reading the chunk. First sector non-zero: an exception without reading the
+// rest; first sector zero but not the rest: the whole chunk is read and it
+// gets an exception; all zero: none. Partial chunks as with small chunks.
+TEST(SnapshotZero, BigChunksProbeFirstSector) {
+  constexpr uint64_t kBig = 64 << 10, kOrigin = 16 * kBig;
+  Bytes base = random_bytes(kOrigin, 47);
+  memset(base.data() + 2 * kBig, 0, 512);        // chunk 2: only the first sector zero
+  memset(base.data() + 3 * kBig, 0, kBig);       // chunk 3: all zero
+  memset(base.data() + 4 * kBig, 0, kBig - 1);   // chunk 4: all zero but its last byte
+  for (std::string type : {"P", "N"}) {
+    SCOPED_TRACE(type);
+    MapResolver r;
+    r.devs["origin"] = std::make_shared<MemoryDevice>(base);
+    auto cow = std::make_shared<MemoryDevice>(2 * kOrigin);
+    r.devs["cow"] = cow;
+    auto o = make("snapshot-origin", {"origin"}, kOrigin, &r);
+    auto s = make("snapshot", {"origin", "cow", type, "128"}, kOrigin, &r);
+    ASSERT_TRUE(o.ok() && s.ok()) << s.status().to_string();
+    (*o)->resume();
+    (*s)->resume();
+    Bytes view = base;
+    ASSERT_TRUE((*s)->write_zeroes(kBig, 4 * kBig, false, true).ok());  // chunks 1-4
+    memset(view.data() + kBig, 0, 4 * kBig);
+    EXPECT_EQ(exceptions(*s), 3u) << "chunks 1, 2 and 4; chunk 3 is zero already";
+    EXPECT_EQ(diff(read_all(**s), view), -1);
+    ASSERT_TRUE((*s)->write_zeroes(8 * kBig + 100, 1000, false, false).ok());  // partial
+    memset(view.data() + 8 * kBig + 100, 0, 1000);
+    EXPECT_EQ(exceptions(*s), 4u);
+    // The origin moves on; the view does not.
+    ASSERT_TRUE((*o)->write(0, Bytes(kOrigin, 0x3C)).ok());
+    EXPECT_EQ(diff(read_all(**s), view), -1);
+    if (type == "P") {
+      r.devs["copy"] = std::make_shared<MemoryDevice>(cow->contents());
+      auto again = make("snapshot", {"origin", "copy", "P", "128"}, kOrigin, &r);
+      ASSERT_TRUE(again.ok());
+      EXPECT_EQ(diff(read_all(**again), view), -1);
+    }
+  }
+}
