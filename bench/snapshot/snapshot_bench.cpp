@@ -16,7 +16,11 @@
 // threads > 1 shows what group commit gives when writes are in flight
 // together, as they are behind the FUSE/NBD exports.
 //
-// Usage: snapshot_bench [DIR=/dev/shm] [MiB=1024] [chunk_sectors=8] [threads=1] [reps=3]
+// Usage: snapshot_bench [DIR=/dev/shm] [MiB=1024] [chunk_sectors=8] [threads=1] [reps=3] [zero]
+//
+// With "zero" as the sixth argument it measures zero-outs instead (see
+// run_zero): write_zeroes through snapshot-origin and snapshot against
+// writing zero buffers through them, and against the plain origin file.
 #include <unistd.h>
 
 #include <algorithm>
@@ -95,6 +99,77 @@ static double run_writes(BlockDevice& d, const std::vector<uint64_t>& offs, int 
   return r;
 }
 
+// Zero-out mode: a fresh snapshot; then, each over its own 1/16 of the
+// device in 1 MiB requests (the FUSE export hands the targets the loop
+// driver's discard/zero-out ranges the same way):
+//   origin write_zeroes(may_unmap) over chunks the snapshot has not saved;
+//   origin writes of zero buffers over other unsaved chunks (what a
+//   zero-out cost when it fell back to zero buffers);
+//   snapshot write_zeroes over chunks without an exception (origin bytes
+//   not zero: exceptions are created), again over the same chunks (they
+//   have exceptions now), and snapshot writes of zero buffers;
+//   write_zeroes(may_unmap) on the plain origin file (fallocate).
+// Between repetitions the snapshot is merged back and both files refilled.
+static int run_zero(BlockDevice& od, BlockDevice& cd, const std::string& o, const std::string& c,
+                    uint64_t size, uint32_t cs, int reps, uint64_t salt_o, uint64_t salt_c) {
+  const uint64_t z = size / 16, req = 1 << 20;
+  PathResolver pr;
+  std::vector<double> oz, ozb, sz, sz2, szb, pz;
+  bool ok = true;
+  auto mibs = [&](clk::time_point t) { return z / secs(t) / 1048576; };
+  auto zero_range = [&](BlockDevice& d, uint64_t start, bool as_writes) {
+    static const std::vector<uint8_t> zeros(1 << 20, 0);
+    auto t = clk::now();
+    for (uint64_t off = start; off < start + z; off += req) {
+      Status st = as_writes ? d.write(off, std::span<const uint8_t>(zeros.data(), req))
+                            : d.write_zeroes(off, req, false, true);
+      if (!st.ok()) ok = false;
+    }
+    if (!d.flush().ok()) ok = false;
+    return mibs(t);
+  };
+  for (int rep = 0; rep < reps && ok; rep++) {
+    std::vector<uint8_t> zero(uint64_t(cs) * 512, 0);
+    if (!cd.write(0, zero).ok() || !cd.flush().ok()) ok = false;
+    TargetParams p;
+    p.type = "snapshot-origin";
+    p.args = {o};
+    p.length = size;
+    p.resolver = &pr;
+    auto ot = make_origin_target(p);
+    p.type = "snapshot";
+    p.args = {o, c, "P", std::to_string(cs)};
+    auto st = make_snapshot_target(p);
+    if (!ot.ok() || !st.ok()) return fprintf(stderr, "target failed\n"), 1;
+    (*ot)->resume();
+    (*st)->resume();
+    oz.push_back(zero_range(**ot, 0, false));
+    ozb.push_back(zero_range(**ot, z, true));
+    sz.push_back(zero_range(**st, 2 * z, false));
+    sz2.push_back(zero_range(**st, 2 * z, false));
+    szb.push_back(zero_range(**st, 3 * z, true));
+    st->reset();
+    ot->reset();
+    pz.push_back(zero_range(od, 4 * z, false));
+    auto m = open_offline_merge(o, c, 0);
+    if (!m.ok() || !(*m)->run_merge().ok()) ok = false;
+    m->reset();
+    if (!fill(od, salt_o) || !fill(cd, salt_c)) ok = false;
+  }
+  if (!ok) return fprintf(stderr, "an I/O failed\n"), 1;
+  printf("zero-outs, %llu MiB each in 1 MiB requests, chunk %u sectors, median of %d (MiB/s)\n",
+         (unsigned long long)(z >> 20), cs, reps);
+  printf("origin write_zeroes, unsaved chunks   %8.1f\n", median(oz));
+  printf("origin zero buffers, unsaved chunks   %8.1f  (write_zeroes %.2fx)\n", median(ozb),
+         median(oz) / median(ozb));
+  printf("snapshot write_zeroes, new chunks     %8.1f\n", median(sz));
+  printf("snapshot write_zeroes, own chunks     %8.1f\n", median(sz2));
+  printf("snapshot zero buffers, new chunks     %8.1f  (write_zeroes %.2fx)\n", median(szb),
+         median(sz) / median(szb));
+  printf("plain origin file write_zeroes        %8.1f\n", median(pz));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string dir = argc > 1 ? argv[1] : "/dev/shm";
   uint64_t mib = argc > 2 ? std::stoull(argv[2]) : 1024;
@@ -112,6 +187,12 @@ int main(int argc, char** argv) {
   const uint64_t kOriginSalt = 0x1111, kCowSalt = 0x2222;
   for (int pass = 0; pass < 2; pass++)
     if (!fill(**od, kOriginSalt) || !fill(**cd, kCowSalt)) return fprintf(stderr, "fill failed\n"), 1;
+  if (argc > 6 && std::string(argv[6]) == "zero") {
+    int rc = run_zero(**od, **cd, o, c, size, cs, reps, kOriginSalt, kCowSalt);
+    unlink(o.c_str());
+    unlink(c.c_str());
+    return rc;
+  }
   // Distinct random blocks.
   std::vector<uint64_t> offs(size / 4096);
   for (uint64_t i = 0; i < offs.size(); i++) offs[i] = i * 4096;

@@ -3,6 +3,7 @@
 // writable layer in the reference's RW format (data file + index file).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -53,7 +54,7 @@ class LsmtDevice : public Target {
   ~LsmtDevice() override;
 
   std::string type() const override { return "lsmt"; }
-  uint64_t size() const override { return vsize_; }
+  uint64_t size() const override { return length_; }  // the table's length (<= virtual size)
   DeviceCaps caps() const override;
   std::string status() const override;
   void postsuspend() override { (void)flush(); }
@@ -69,7 +70,7 @@ class LsmtDevice : public Target {
   // Reads sectors [off, off+len) of the RW data file (for commit).
   Status read_rw_data(uint64_t byte_off, std::span<uint8_t> buf);
   // Size the segment is limited to (table length), may be < vsize.
-  void set_length(uint64_t len) { length_ = len; }
+  void set_length(uint64_t len) { length_ = std::min(len, vsize_); }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override;

@@ -58,7 +58,9 @@ DeviceCaps SliceDevice::caps() const {
   DeviceCaps c = dev_->caps();
   c.read_only = true;
   c.can_trim = false;
+  c.trim_zeroes = false;
   c.can_write_zeroes = false;
+  c.fast_zero = false;
   return c;
 }
 

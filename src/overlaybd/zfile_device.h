@@ -49,6 +49,8 @@ class SliceDevice : public BlockDevice {
   DeviceCaps caps() const override;
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return dev_->read(off_ + off, buf); }
   Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly("read-only slice"); }
+  Status do_trim(uint64_t, uint64_t) override { return ReadOnly("read-only slice"); }
+  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return ReadOnly("read-only slice"); }
   Status do_flush() override { return Status::Ok(); }
 
  private:

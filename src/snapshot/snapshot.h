@@ -20,6 +20,7 @@
 // different chunks run in parallel and their metadata commits are grouped.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -52,23 +53,53 @@ class SnapshotCore {
   uint64_t origin_size() const { return origin_->size(); }
   std::shared_mutex& lock_for(uint64_t chunk) { return locks_[chunk % kStripes]; }
 
-  // Before the origin chunk `chunk` is overwritten: save it unless saved.
-  // Failing to save invalidates the snapshot (never the origin write).
-  void save_before_origin_write(uint64_t chunk);
+  // Before origin chunks [first, last] are overwritten: saves every one not
+  // saved yet (in batches: one origin read per run of chunks, one group
+  // commit per batch). Failing to save invalidates the snapshot (never the
+  // origin write).
+  void save_chunks(uint64_t first, uint64_t last);
+  void save_before_origin_write(uint64_t chunk) { save_chunks(chunk, chunk); }
   // The snapshot's view.
   Status read(uint64_t offset, std::span<uint8_t> buf);
-  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua);
+  Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+    return modify(offset, buf.size(), buf.data(), fua, false);
+  }
+  // Zero-out of the view: chunks with an exception have their COW bytes
+  // zeroed (write_zeroes on the COW, may_unmap passed on); a chunk without
+  // one keeps reading the origin when the origin's bytes there are zero
+  // already, else it gets an exception whose COW chunk is zeroed on the COW
+  // (whole chunk) or holds the origin chunk with the range zeroed (partial).
+  Status write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
+    return modify(offset, len, nullptr, fua, may_unmap);
+  }
+  // Advisory discard: the COW bytes of whole chunks that have an exception
+  // are zeroed with may_unmap (a file COW gets a hole); nothing else changes.
+  Status trim(uint64_t offset, uint64_t len);
   std::string status() const;
   bool overflowed() const { return overflow_.load(); }
+  uint64_t batch_chunks() const { return std::max<uint64_t>(1, (4u << 20) / chunk_bytes()); }
 
   std::atomic<int> owners{0};
 
  private:
-  // Reads origin chunk `chunk` (clamped at the origin end) into buf.
-  Status read_origin_chunk(uint64_t chunk, std::vector<uint8_t>& buf);
+  class ChunkLocks;
+  // Writes `data` (nullptr: zeroes) to the view at [offset, offset+len).
+  Status modify(uint64_t offset, uint64_t len, const uint8_t* data, bool fua, bool may_unmap);
+  // Reads origin chunks [c0, c0 + need.size()) whose need[] is set into
+  // buf (chunk i at (i - c0) * chunk_bytes), one read per run.
+  Status read_origin_chunks(uint64_t c0, const std::vector<char>& need, std::vector<uint8_t>& buf);
+  uint64_t chunk_len(uint64_t c) const {
+    return std::min(chunk_bytes(), origin_->size() - c * chunk_bytes());
+  }
+  // Reserves a COW chunk for a new exception; on failure the snapshot
+  // overflows (PO) or is invalidated, and the error says so.
+  Result<uint64_t> allocate_for_write();
   void invalidate(const Status& why);
 
   static constexpr size_t kStripes = 4096;
+  // Chunk size from which a zero-out probes a whole chunk's first sector
+  // before reading all of it (smaller chunks are read in one go per run).
+  static constexpr uint64_t kProbeFrom = 16384;
   DevicePtr origin_;
   std::unique_ptr<ExceptionStore> store_;
   std::string cow_key_;
@@ -77,12 +108,19 @@ class SnapshotCore {
   std::unique_ptr<std::shared_mutex[]> locks_;
 };
 
+class MergeTarget;
+
 // The snapshots of one origin.
 class OriginEntry {
  public:
   // Every listed snapshot (but `except`) saves the chunks of [offset,
   // offset+len). The caller holds io_mu shared.
   void save_range(uint64_t offset, uint64_t len, const SnapshotCore* except = nullptr);
+  // Discards (origin.trim) the parts of [offset, offset+len) that no listed
+  // snapshot (but `except`) still reads from the origin: chunks every valid
+  // snapshot has saved. The caller holds io_mu shared.
+  Status trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t len,
+                       const SnapshotCore* except = nullptr);
   // Lists `core`; a core with the same COW already listed is returned instead
   // (the caller adopts it). Waits for in-flight origin writes.
   std::shared_ptr<SnapshotCore> attach(std::shared_ptr<SnapshotCore> core);
@@ -92,8 +130,15 @@ class OriginEntry {
   size_t count() const;
   // Held shared by an origin write from its first save until its own write
   // completes, so a snapshot is never attached in the middle of one; held
-  // exclusively by every change of the list.
+  // exclusively by every change of the list (and of `merge`).
   std::shared_mutex io_mu;
+  // The snapshot-merge (resumed, in the daemon) rolling this origin back,
+  // if any: a snapshot-origin over the same origin serves its I/O through
+  // the merge's view instead of the raw origin (which mixes merged and
+  // unmerged chunks, and where a write to an unmerged chunk would be
+  // overwritten by the merge). Read and used under io_mu shared; set and
+  // cleared under io_mu exclusive.
+  MergeTarget* merge = nullptr;
 
  private:
   mutable std::mutex list_mu_;
@@ -113,6 +158,8 @@ class OriginTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
+  Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override { return origin_->flush(); }
 
  private:
@@ -136,6 +183,8 @@ class SnapshotTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
+  Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override;
 
  private:
@@ -167,12 +216,33 @@ class MergeTarget : public Target {
   bool done() const { return done_.load(); }
   uint64_t remaining() const { return core_->store().exception_count(); }
 
+  // The merge's view for a snapshot-origin over the same origin; the caller
+  // holds entry->io_mu shared (these do not take it again).
+  Status view_read(uint64_t offset, std::span<uint8_t> buf) { return do_read(offset, buf); }
+  Status view_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
+    return write_view(offset, buf, fua, true);
+  }
+  Status view_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
+    return write_zeroes_view(offset, len, fua, may_unmap, true);
+  }
+  Status view_trim(uint64_t offset, uint64_t len) { return trim_view(offset, len, true); }
+
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
-  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
+  Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override {
+    return write_view(offset, buf, fua, false);
+  }
+  Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override {
+    return write_zeroes_view(offset, len, fua, may_unmap, false);
+  }
+  Status do_trim(uint64_t offset, uint64_t len) override { return trim_view(offset, len, false); }
   Status do_flush() override;
 
  private:
+  // io_held: the caller holds entry_->io_mu shared already.
+  Status write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua, bool io_held);
+  Status write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap, bool io_held);
+  Status trim_view(uint64_t offset, uint64_t len, bool io_held);
   Status merge_one_batch(bool* finished);
   void stop_thread();
 
@@ -181,6 +251,7 @@ class MergeTarget : public Target {
   std::shared_ptr<OriginEntry> entry_;
   uint64_t length_;
   bool adopted_ = false;
+  bool registered_ = false;  // entry_->merge == this
 
   std::mutex run_mu_;
   std::condition_variable run_cv_;

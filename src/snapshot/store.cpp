@@ -189,10 +189,19 @@ Status ExceptionStore::write_data(std::vector<Pending>& batch) {
       j++;
     std::span<const uint8_t> out = d[i]->data;
     if (j - i > 1) {
-      run.resize((j - i - 1) * CB + d[j - 1]->data.size());
-      for (size_t k = i; k < j; k++)
-        memcpy(run.data() + (k - i) * CB, d[k]->data.data(), d[k]->data.size());
-      out = run;
+      // The chunks of one batch sit back to back in memory already (the
+      // caller's buffer, or the old chunks read in one go): no copy then.
+      bool adjacent = true;
+      for (size_t k = i + 1; k < j && adjacent; k++)
+        adjacent = d[k]->data.data() == d[k - 1]->data.data() + CB;
+      if (adjacent) {
+        out = std::span<const uint8_t>(d[i]->data.data(), (j - i - 1) * CB + d[j - 1]->data.size());
+      } else {
+        run.resize((j - i - 1) * CB + d[j - 1]->data.size());
+        for (size_t k = i; k < j; k++)
+          memcpy(run.data() + (k - i) * CB, d[k]->data.data(), d[k]->data.size());
+        out = run;
+      }
     }
     UDM_TRY(cow_->write(d[i]->r.new_chunk * CB, out).context("writing COW data chunks"));
     i = j;
@@ -201,14 +210,23 @@ Status ExceptionStore::write_data(std::vector<Pending>& batch) {
 }
 
 Status ExceptionStore::commit(CowRecord r, std::span<const uint8_t> data) {
+  CommitItem it{r, data};
+  return commit(std::span<const CommitItem>(&it, 1));
+}
+
+Status ExceptionStore::commit(std::span<const CommitItem> items) {
+  if (items.empty()) return Status::Ok();
   if (!persistent_) {
-    if (!data.empty())
-      UDM_TRY(cow_->write(r.new_chunk * geo_.chunk_bytes, data).context("writing COW data chunk"));
+    for (auto& it : items)
+      if (!it.data.empty())
+        UDM_TRY(cow_->write(it.r.new_chunk * geo_.chunk_bytes, it.data)
+                    .context("writing COW data chunk"));
   } else {
     std::unique_lock lk(mu_);
     if (!valid_) return IoError("snapshot is invalid");
-    pending_.push_back({r, data});
-    uint64_t my = ++queued_;
+    pending_.insert(pending_.end(), items.begin(), items.end());
+    queued_ += items.size();
+    const uint64_t my = queued_;
     while (committed_ < my) {
       if (!sticky_.ok()) return sticky_;
       if (!committing_) {
@@ -235,7 +253,7 @@ Status ExceptionStore::commit(CowRecord r, std::span<const uint8_t> data) {
       cv_.wait(lk);
     }
   }
-  table_.set(r.old_chunk, r.new_chunk);
+  for (auto& it : items) table_.set(it.r.old_chunk, it.r.new_chunk);
   return Status::Ok();
 }
 

@@ -116,7 +116,17 @@ class ExceptionStore {
   // Makes the record durable (see the contract above) and visible to lookup().
   // `data` (if not empty): the chunk's bytes, written to COW chunk
   // r.new_chunk before the record; it must stay valid until commit returns.
+  // Empty `data`: the caller wrote (or zeroed) the COW chunk before the call.
   Status commit(CowRecord r, std::span<const uint8_t> data = {});
+  // Several records in one group commit (one flush and one write per touched
+  // area for all of them, their data chunks in runs of consecutive COW
+  // chunks); all or, on error, any prefix-closed subset become durable, and
+  // none is visible unless all are.
+  struct CommitItem {
+    CowRecord r;
+    std::span<const uint8_t> data;
+  };
+  Status commit(std::span<const CommitItem> items);
   // Marks the store invalid on disk (header valid=0, FUA). Idempotent.
   Status invalidate();
 
@@ -150,10 +160,7 @@ class ExceptionStore {
   mutable std::mutex mu_;  // allocation, commit queue, records_
   std::condition_variable cv_;
   std::vector<CowRecord> records_;  // committed + being committed, commit order
-  struct Pending {
-    CowRecord r;
-    std::span<const uint8_t> data;
-  };
+  using Pending = CommitItem;
   std::vector<Pending> pending_;
   Status write_data(std::vector<Pending>& batch);  // the batch's data chunks
   uint64_t queued_ = 0, committed_ = 0;

@@ -1,9 +1,13 @@
 // Through the udm binary: the dmsetup-style snapshot/merge scenario with ext4
 // over the daemon's FUSE export; fiemap on a real preallocated file on ext4;
 // cow-size.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <map>
 #include <sstream>
@@ -46,6 +50,20 @@ std::map<std::string, std::string> tree_sums(const std::string& root) {
 }
 
 }  // namespace
+
+// Reads all of `path`.
+std::vector<uint8_t> read_all_of(const std::string& path) { return read_file(path); }
+
+// fallocate(mode) on the FUSE file of a device, then fsync.
+std::string zero_via_fuse(const std::string& path, int mode, uint64_t off, uint64_t len) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  if (fd < 0) return "open " + path + ": " + strerror(errno);
+  std::string err;
+  if (::fallocate(fd, mode, off_t(off), off_t(len)) != 0) err = std::string("fallocate: ") + strerror(errno);
+  if (err.empty() && ::fsync(fd) != 0) err = std::string("fsync: ") + strerror(errno);
+  ::close(fd);
+  return err;
+}
 
 // The seed's rollback story the dmsetup/LVM way, through the daemon and its
 // FUSE export: ext4 on a linear device "vol"; snapshot it (vol-real takes the
@@ -253,4 +271,107 @@ TEST(SnapshotE2E, CowSizeAndInspect) {
   EXPECT_EQ(r.out, std::to_string(259 * 4096) + "\n") << r.describe();
   r = run({udm_bin(), "cow-size", "--chunk-size", "4K", "--changed-bytes", "4097"});
   EXPECT_EQ(r.out, std::to_string(4 * 4096) + "\n") << r.describe();
+}
+
+// The user's report (issue 11): punch-hole through the FUSE export on a
+// snapshot-origin and on a snapshot succeeded but the old bytes stayed.
+// Punch-hole and zero-range on the FUSE files, and blkdiscard / blkdiscard -z
+// through a loop device on them (what the loop driver turns into those
+// fallocate calls): every range reads zero afterwards, the other device's
+// view is unchanged, and a merge afterwards (with a punch-hole on vol while
+// it runs) leaves the origin exactly the snapshot's zeroed view.
+TEST(SnapshotE2E, PunchHoleAndZeroRangeThroughFuse) {
+  if (!is_root()) GTEST_SKIP() << "needs root";
+  TempDir t;
+  const uint64_t kSize = 16ull << 20, kSectors = kSize / 512;
+  const std::string sect = std::to_string(kSectors);
+  std::string base = t.file("base.img"), cow = t.file("cow.img");
+  std::vector<uint8_t> orig = random_bytes(kSize, 5);
+  write_file(base, orig);
+  make_sparse_file(cow, kSize + (1 << 20));
+  std::unique_ptr<TestDaemon> d;
+  try {
+    d = TestDaemon::start(true, false);
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "daemon with FUSE export not available: " << e.what();
+  }
+  auto udm = [&](std::vector<std::string> args) {
+    auto r = d->udm(std::move(args));
+    return r.ok() ? std::string() : r.describe();
+  };
+  auto remove = [&](const std::string& name) {
+    CmdResult r;
+    for (int i = 0; i < 200; i++) {
+      r = d->udm({"remove", name});
+      if (r.ok() || r.err.find("in use") == std::string::npos) break;
+      usleep(50000);
+    }
+    return r.ok() ? std::string() : r.describe();
+  };
+  ASSERT_EQ(udm({"create", "vol-real", "--table", "0 " + sect + " linear " + base + " 0"}), "");
+  ASSERT_EQ(udm({"create", "vol", "--table", "0 " + sect + " snapshot-origin vol-real"}), "");
+  ASSERT_EQ(udm({"create", "snap", "--table", "0 " + sect + " snapshot vol-real " + cow + " P 8"}), "");
+  ASSERT_TRUE(wait_for_file(d->fuse_path("vol")) && wait_for_file(d->fuse_path("snap")));
+  const std::string vol = d->fuse_path("vol"), snap = d->fuse_path("snap");
+  std::vector<uint8_t> vol_model = orig, snap_model = orig;
+  auto zero = [](std::vector<uint8_t>& m, uint64_t off, uint64_t len) { memset(m.data() + off, 0, len); };
+  // On the origin: punch-hole (unaligned) and zero-range.
+  ASSERT_EQ(zero_via_fuse(vol, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100000, 300000), "");
+  zero(vol_model, 100000, 300000);
+  ASSERT_EQ(zero_via_fuse(vol, FALLOC_FL_ZERO_RANGE, 1 << 20, 1 << 20), "");
+  zero(vol_model, 1 << 20, 1 << 20);
+  EXPECT_TRUE(read_all_of(vol) == vol_model) << "origin does not read zero after punch-hole/zero-range";
+  EXPECT_TRUE(read_all_of(snap) == snap_model) << "the snapshot changed with the origin";
+  // On the snapshot: over chunks the origin saved, chunks it did not, and
+  // partial chunks.
+  ASSERT_EQ(zero_via_fuse(snap, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 200000, 2 << 20), "");
+  zero(snap_model, 200000, 2 << 20);
+  ASSERT_EQ(zero_via_fuse(snap, FALLOC_FL_ZERO_RANGE, (6 << 20) + 7, 70000), "");
+  zero(snap_model, (6 << 20) + 7, 70000);
+  EXPECT_TRUE(read_all_of(snap) == snap_model) << "snapshot does not read zero after punch-hole/zero-range";
+  EXPECT_TRUE(read_all_of(vol) == vol_model) << "the origin changed with the snapshot";
+  // Through loop devices: discard and zero-out as the block layer sends them.
+  if (have_tool("blkdiscard") && have_tool("losetup")) {
+    {
+      LoopDevice lv(vol);
+      ASSERT_FALSE(lv.device().empty()) << lv.error();
+      auto r = run({"blkdiscard", "-o", std::to_string(8 << 20), "-l", std::to_string(1 << 20), lv.device()});
+      ASSERT_TRUE(r.ok()) << r.describe();
+      zero(vol_model, 8 << 20, 1 << 20);
+    }
+    {
+      LoopDevice ls(snap);
+      ASSERT_FALSE(ls.device().empty()) << ls.error();
+      auto r = run({"blkdiscard", "-z", "-o", std::to_string(10 << 20), "-l", std::to_string(1 << 20), ls.device()});
+      ASSERT_TRUE(r.ok()) << r.describe();
+      zero(snap_model, 10 << 20, 1 << 20);
+      r = run({"blkdiscard", "-o", std::to_string(12 << 20), "-l", std::to_string(512 << 10), ls.device()});
+      ASSERT_TRUE(r.ok()) << r.describe();
+      zero(snap_model, 12 << 20, 512 << 10);
+    }
+    EXPECT_TRUE(read_all_of(vol) == vol_model) << "origin after blkdiscard through loop";
+    EXPECT_TRUE(read_all_of(snap) == snap_model) << "snapshot after blkdiscard through loop";
+  }
+  // Merge the snapshot back into vol; punch a hole through vol right away
+  // (the merge may be running).
+  ASSERT_EQ(remove("snap"), "");
+  ASSERT_EQ(udm({"reload", "vol", "--table", "0 " + sect + " snapshot-merge vol-real " + cow + " P 8"}), "");
+  ASSERT_EQ(udm({"suspend", "vol"}), "");
+  ASSERT_EQ(udm({"resume", "vol"}), "");
+  ASSERT_EQ(zero_via_fuse(vol, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (3 << 20) + 5, 100000), "");
+  zero(snap_model, (3 << 20) + 5, 100000);
+  EXPECT_TRUE(read_all_of(vol) == snap_model) << "snapshot-merge view";
+  std::string last;
+  for (int i = 0; i < 600; i++) {
+    last = d->udm({"status", "vol"}).out;
+    if (last == "0 " + sect + " snapshot-merge 16/" + std::to_string((kSize + (1 << 20)) / 512) + " 16\n") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(last, "0 " + sect + " snapshot-merge 16/" + std::to_string((kSize + (1 << 20)) / 512) + " 16\n");
+  ASSERT_EQ(zero_via_fuse(vol, FALLOC_FL_ZERO_RANGE, 15 << 20, 4096), "");
+  zero(snap_model, 15 << 20, 4096);
+  EXPECT_TRUE(read_all_of(base) == snap_model) << "origin file after the merge";
+  ASSERT_EQ(remove("vol"), "");
+  ASSERT_EQ(remove("vol-real"), "");
+  EXPECT_EQ(d->stop(), 0);
 }

@@ -13,6 +13,12 @@
 //    byte under the same rule; untouched bytes exactly as at snapshot time;
 //  * once the merge started (all writes were flushed), the view is exact;
 //  * a restarted merge finishes and leaves the origin equal to that view.
+// The workload mixes writes with zero-outs (write_zeroes with and without
+// may_unmap) on both devices - whole and partial chunks, a chunk with an
+// exception, a range the origin holds as zeroes already - and discards: a
+// zero-out is a write of zeroes; a discard may leave a byte as it was or
+// zero it (FaultDevice discards to zeroes), but the snapshot's view must
+// never change because of an origin discard.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -40,6 +46,15 @@ class MapResolver : public DeviceResolver {
   }
 };
 
+// A COW that held other data before: junk everywhere but the header chunk
+// (zero: a new store), so a record that reached the disk before its data
+// chunk would point at junk.
+std::vector<uint8_t> junk_cow() {
+  std::vector<uint8_t> img = test::random_bytes(kCow, 77);
+  memset(img.data(), 0, kCB);
+  return img;
+}
+
 // Both disks lose power together after `limit` write-type operations.
 struct Power {
   std::atomic<uint64_t> ops{0};
@@ -66,6 +81,14 @@ class Counted : public BlockDevice {
     if (!p_->tick()) return IoError("power cut");
     return d_->write(o, b, fua);
   }
+  Status do_write_zeroes(uint64_t o, uint64_t n, bool fua, bool may_unmap) override {
+    if (!p_->tick()) return IoError("power cut");
+    return d_->write_zeroes(o, n, fua, may_unmap);
+  }
+  Status do_trim(uint64_t o, uint64_t n) override {
+    if (!p_->tick()) return IoError("power cut");
+    return d_->trim(o, n);
+  }
   Status do_flush() override { return d_->flush(); }
 
  private:
@@ -85,17 +108,33 @@ Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, D
 }
 
 enum class Dev { kOrigin, kSnap };
+enum class Kind { kWrite, kZero, kZeroUnmap, kTrim, kFlush };
 struct Op {
   Dev dev;
-  bool flush;
+  Kind kind;
   uint64_t off = 0;
   size_t len = 0;
   uint8_t seed = 0;
+  bool flush() const { return kind == Kind::kFlush; }
+  bool trim() const { return kind == Kind::kTrim; }
+  uint8_t value() const { return kind == Kind::kWrite ? seed : 0; }
 };
-Op ow(uint64_t off, size_t len, uint8_t seed) { return {Dev::kOrigin, false, off, len, seed}; }
-Op sw(uint64_t off, size_t len, uint8_t seed) { return {Dev::kSnap, false, off, len, seed}; }
-Op of() { return {Dev::kOrigin, true}; }
-Op sf() { return {Dev::kSnap, true}; }
+Op ow(uint64_t off, size_t len, uint8_t seed) { return {Dev::kOrigin, Kind::kWrite, off, len, seed}; }
+Op sw(uint64_t off, size_t len, uint8_t seed) { return {Dev::kSnap, Kind::kWrite, off, len, seed}; }
+Op oz(uint64_t off, size_t len, bool unmap) {
+  return {Dev::kOrigin, unmap ? Kind::kZeroUnmap : Kind::kZero, off, len};
+}
+Op sz(uint64_t off, size_t len, bool unmap) {
+  return {Dev::kSnap, unmap ? Kind::kZeroUnmap : Kind::kZero, off, len};
+}
+Op ot(uint64_t off, size_t len) { return {Dev::kOrigin, Kind::kTrim, off, len}; }
+Op st(uint64_t off, size_t len) { return {Dev::kSnap, Kind::kTrim, off, len}; }
+Op of() { return {Dev::kOrigin, Kind::kFlush}; }
+Op sf() { return {Dev::kSnap, Kind::kFlush}; }
+
+// The base image holds zeroes in chunks 30..33 (a snapshot zero-out there
+// needs no exception).
+constexpr uint64_t kZeroStart = 30 * kCB, kZeroLen = 4 * kCB;
 
 // Origin writes: whole chunks, partial chunks, several chunks, the last
 // (short) sector range; snapshot writes: a new partial exception, a chunk the
@@ -103,13 +142,21 @@ Op sf() { return {Dev::kSnap, true}; }
 // rewrite of a snapshot-owned chunk; the origin also writes a chunk the
 // snapshot owns (no save). Each flush in the middle has cached writes before
 // it and a write that saves a chunk (the first write-type op a cut can hit)
-// right after it, so a flush that did nothing would be seen.
+// right after it, so a flush that did nothing would be seen. Zero-outs: the
+// origin across unsaved chunks (unmap) and whole chunks (no unmap), the
+// snapshot over its own exception, whole new chunks, a partial new chunk
+// and the origin's zero chunks (then overwritten on the origin: the view
+// stays zero); discards on the origin (only chunks the snapshot saved may
+// go) and on the snapshot (whole chunks with an exception).
 const std::vector<Op> kOps = {
     ow(0, 4096, 1),          sw(4096 * 3 + 100, 700, 11), ow(5000, 100, 2),
     sw(0, 1024, 12),         sf(),                        ow(4096 * 7, 9000, 3),
-    sw(4096 * 40, 8192, 13), ow(512, 512, 4),             ow(4096 * 3, 4096, 5),
+    sw(4096 * 40, 8192, 13), ow(512, 512, 4),             oz(4096 * 9 + 300, 5000, true),
+    sz(4096 * 40 + 10, 100, true), ow(4096 * 3, 4096, 5), sz(4096 * 44, 8192, false),
     of(),                    ow(4096 * 47 + 100, 200, 6), sw(4096 * 7 + 4000, 200, 14),
-    ow(4096 * 7, 512, 7),    ow(4096 * 20, 16384, 8),     sw(4096 * 41, 100, 15),
+    sz(4096 * 42 + 50, 300, true), sz(kZeroStart + 5, 2 * 4096, false), ow(4096 * 7, 512, 7),
+    ow(kZeroStart, 8192, 10), ow(4096 * 20, 16384, 8), oz(4096 * 24, 8192, false),
+    ot(0, 4096 * 48),        sw(4096 * 41, 100, 15),      st(4096 * 40, 8192),
     sf(),                    ow(70000, 3000, 9),          of(),
     sf(),
 };
@@ -137,13 +184,21 @@ void workload(Power& power, std::shared_ptr<FaultDevice> od, std::shared_ptr<Fau
     const Op& op = kOps[i];
     out->started = i + 1;
     BlockDevice& dev = op.dev == Dev::kOrigin ? **o : **s;
-    if (op.flush) {
+    if (op.flush()) {
       if (!dev.flush().ok()) return;
       out->flushed[int(op.dev)] = i;
       continue;
     }
-    std::vector<uint8_t> buf(op.len, op.seed);
-    if (!dev.write(op.off, buf).ok()) return;
+    Status st;
+    if (op.kind == Kind::kWrite) {
+      std::vector<uint8_t> buf(op.len, op.seed);
+      st = dev.write(op.off, buf);
+    } else if (op.trim()) {
+      st = dev.trim(op.off, op.len);
+    } else {
+      st = dev.write_zeroes(op.off, op.len, false, op.kind == Kind::kZeroUnmap);
+    }
+    if (!st.ok()) return;
   }
   s->reset();
   out->merge_started = true;
@@ -152,33 +207,40 @@ void workload(Power& power, std::shared_ptr<FaultDevice> od, std::shared_ptr<Fau
   (void)static_cast<MergeTarget*>(m->get())->run_merge();
 }
 
-// Checks `img` byte by byte against the writes of `dev` in kOps[0, started):
-// a byte holds the value of the last write covering it among the ops before
-// the device's last completed flush (or base), or of any later started write
-// covering it. Returns the first bad offset, or -1.
+// Checks `img` byte by byte against the ops of `dev` in kOps[0, started):
+// a byte holds the value of the last write (zero-out: 0) covering it among
+// the ops before the device's last completed flush (or base), or of any
+// later started write covering it; a discard covering it adds 0 to what it
+// may hold (before the flush: until a later write covers the byte).
+// Returns the first bad offset, or -1.
 int64_t check_bytes(const std::vector<uint8_t>& img, const std::vector<uint8_t>& base, Dev dev,
                     const Outcome& out) {
   for (uint64_t b = 0; b < img.size(); b++) {
-    int floor_val = base[b];
-    std::vector<int> later;
+    int allowed[64], n = 0;  // what the flushed ops leave, then later ones (kOps < 63)
+    allowed[n++] = base[b];
     for (size_t i = 0; i < out.started; i++) {
       const Op& op = kOps[i];
-      if (op.dev != dev || op.flush || b < op.off || b >= op.off + op.len) continue;
-      if (i < out.flushed[int(dev)])
-        floor_val = op.seed;
-      else
-        later.push_back(op.seed);
+      if (op.dev != dev || op.flush() || b < op.off || b >= op.off + op.len) continue;
+      if (i < out.flushed[int(dev)]) {
+        if (!op.trim()) n = 0;
+        allowed[n++] = op.value();
+      } else {
+        allowed[n++] = op.value();
+      }
     }
-    bool ok = img[b] == floor_val;
-    for (int v : later) ok = ok || img[b] == v;
+    bool ok = false;
+    for (int k = 0; k < n && !ok; k++) ok = img[b] == allowed[k];
     if (!ok) return int64_t(b);
   }
   return -1;
 }
 
+// The image after every op of `dev`; a snapshot discard zeroes (it covers
+// whole chunks that have an exception by then), an origin discard is left out.
 std::vector<uint8_t> apply_all(std::vector<uint8_t> img, Dev dev) {
   for (auto& op : kOps)
-    if (op.dev == dev && !op.flush) memset(img.data() + op.off, op.seed, op.len);
+    if (op.dev == dev && !op.flush() && !(op.trim() && dev == Dev::kOrigin))
+      memset(img.data() + op.off, op.value(), op.len);
   return img;
 }
 
@@ -194,14 +256,15 @@ class SnapshotSweep : public ::testing::TestWithParam<SweepMode> {};
 
 TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
   const SweepMode mode = GetParam();
-  const std::vector<uint8_t> base = test::random_bytes(kOrigin, 42);
-  const std::vector<uint8_t> origin_final = apply_all(base, Dev::kOrigin);
+  std::vector<uint8_t> base = test::random_bytes(kOrigin, 42);
+  memset(base.data() + kZeroStart, 0, kZeroLen);
   const std::vector<uint8_t> snap_final = apply_all(base, Dev::kSnap);
+  ASSERT_LT(kOps.size(), 63u);
   uint64_t total;
   {
     Power p;
     auto od = std::make_shared<FaultDevice>(base);
-    auto cd = std::make_shared<FaultDevice>(kCow);
+    auto cd = std::make_shared<FaultDevice>(junk_cow());
     p.disks = {od.get(), cd.get()};
     Outcome out;
     workload(p, od, cd, &out);
@@ -219,7 +282,7 @@ TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
       Power p;
       p.limit = n;
       auto od = std::make_shared<FaultDevice>(base);
-      auto cd = std::make_shared<FaultDevice>(kCow);
+      auto cd = std::make_shared<FaultDevice>(junk_cow());
       if (mode.survival > 0) {
         od->set_unflushed_survival(mode.survival, n * 1000 + seed * 2);
         cd->set_unflushed_survival(mode.survival, n * 1000 + seed * 2 + 1);
