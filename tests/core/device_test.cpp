@@ -231,3 +231,35 @@ TEST(FileDevice, TrimPunchesHoleAndZeroes) {
   std::vector<uint8_t> b(512);
   EXPECT_EQ((*ro)->write(0, b).code(), EROFS);
 }
+
+// A filesystem with neither zero-range nor punch-hole (ramfs): zero-outs
+// fall back to writing zeroes (they used to re-enter write_zeroes forever).
+TEST(FileDevice, ZeroOutWithoutFallocateWritesZeroes) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount ramfs";
+  char dir[] = "/tmp/udm-ramfs-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  if (system((std::string("mount -t ramfs none ") + dir).c_str()) != 0) {
+    rmdir(dir);
+    GTEST_SKIP() << "cannot mount ramfs";
+  }
+  std::string path = std::string(dir) + "/f";
+  {
+    std::vector<uint8_t> init(65536, 0xAA);
+    FILE* fp = fopen(path.c_str(), "w");
+    ASSERT_NE(fp, nullptr);
+    ASSERT_EQ(fwrite(init.data(), 1, init.size(), fp), init.size());
+    fclose(fp);
+    auto f = FileDevice::open(path, {.writable = true});
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE((*f)->write_zeroes(4096, 8192, false, true).ok());
+    ASSERT_TRUE((*f)->write_zeroes(20000, 3000, true, false).ok());
+    std::vector<uint8_t> got(65536);
+    ASSERT_TRUE((*f)->read(0, got).ok());
+    for (size_t i = 0; i < got.size(); i++) {
+      bool zero = (i >= 4096 && i < 12288) || (i >= 20000 && i < 23000);
+      ASSERT_EQ(got[i], zero ? 0 : 0xAA) << "byte " << i;
+    }
+  }
+  EXPECT_EQ(system((std::string("umount ") + dir).c_str()), 0);
+  rmdir(dir);
+}
