@@ -8,6 +8,7 @@
 
 #include "io/path_resolver.h"
 #include "util/log.h"
+#include "util/scratch.h"
 
 namespace udm::snapshot {
 
@@ -221,9 +222,12 @@ void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
   const uint64_t cb = chunk_bytes(), n_chunks = (origin_->size() + cb - 1) / cb;
   if (first >= n_chunks) return;
   last = std::min(last, n_chunks - 1);
-  thread_local std::vector<uint8_t> buf;
-  thread_local std::vector<char> need;
-  thread_local std::vector<ExceptionStore::CommitItem> items;
+  Scratch<uint8_t> buf_scratch;
+  auto& buf = *buf_scratch;
+  Scratch<char> need_scratch;
+  auto& need = *need_scratch;
+  Scratch<ExceptionStore::CommitItem> items_scratch;
+  auto& items = *items_scratch;
   const uint64_t batch = batch_chunks();
   for (uint64_t c0 = first; c0 <= last;) {
     const uint64_t c1 = std::min(last, c0 + batch - 1);
@@ -302,10 +306,15 @@ Status SnapshotCore::modify(uint64_t offset, uint64_t len, const uint8_t* data, 
   struct Run {
     uint64_t cow_off, len, src;
   };
-  thread_local std::vector<Run> runs;
-  thread_local std::vector<uint8_t> buf;
-  thread_local std::vector<char> need, fresh;
-  thread_local std::vector<ExceptionStore::CommitItem> items;
+  Scratch<Run> runs_scratch;
+  auto& runs = *runs_scratch;
+  Scratch<uint8_t> buf_scratch;
+  auto& buf = *buf_scratch;
+  Scratch<char> need_scratch, fresh_scratch;
+  auto& need = *need_scratch;
+  auto& fresh = *fresh_scratch;
+  Scratch<ExceptionStore::CommitItem> items_scratch;
+  auto& items = *items_scratch;
   auto add_run = [&](uint64_t cow_off, uint64_t n, uint64_t src) {
     if (!runs.empty()) {
       Run& r = runs.back();
@@ -682,7 +691,9 @@ Status MergeTarget::merge_one_batch(bool* finished) {
     // runs of consecutive origin chunks.
     std::vector<CowRecord> s = batch;
     std::sort(s.begin(), s.end(), [](auto& a, auto& b) { return a.new_chunk < b.new_chunk; });
-    thread_local std::vector<uint8_t> data, run;
+    Scratch<uint8_t> data_scratch, run_scratch;
+    auto& data = *data_scratch;
+    auto& run = *run_scratch;
     data.resize(s.size() * cb);
     for (size_t i = 0; i < s.size() && st.ok();) {
       size_t j = i + 1;

@@ -1,4 +1,5 @@
 #include "snapshot/store.h"
+#include "util/scratch.h"
 
 #include <algorithm>
 #include <cstring>
@@ -148,7 +149,8 @@ Status ExceptionStore::write_areas(size_t first) {
   // Newest area first, each with FUA: whatever prefix reaches the disk, the
   // on-disk table is the old table plus a prefix-closed set of new records.
   const uint64_t lb = std::max<uint64_t>(kSectorSize, cow_->caps().logical_block);
-  thread_local std::vector<uint8_t> buf;
+  Scratch<uint8_t> buf_scratch;
+  auto& buf = *buf_scratch;
   const uint64_t clean = clean_area_;
   for (uint64_t k = last_area + 1; k-- > first_area;) {
     size_t b = k * E, e = std::min<size_t>(n, (k + 1) * E);
@@ -180,7 +182,8 @@ Status ExceptionStore::write_data(std::vector<Pending>& batch) {
   for (auto& p : batch)
     if (!p.data.empty()) d.push_back(&p);
   std::sort(d.begin(), d.end(), [](auto* a, auto* b) { return a->r.new_chunk < b->r.new_chunk; });
-  thread_local std::vector<uint8_t> run;
+  Scratch<uint8_t> run_scratch;
+  auto& run = *run_scratch;
   for (size_t i = 0; i < d.size();) {
     // A run: consecutive COW chunks, every one but the last a full chunk.
     size_t j = i + 1;

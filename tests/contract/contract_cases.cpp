@@ -200,6 +200,30 @@ Result<Built> snapshot(Env& e, const std::string& which, const std::string& mode
   return b;
 }
 
+// Snapshots stacked so the same code re-enters itself on one thread: the
+// COW of the outer snapshot is a snapshot-origin device whose own snapshot
+// must save chunks while the outer origin write is saving its chunks.
+Result<Built> snapshot_stacked(Env& e) {
+  auto inner_init = random_bytes(4 * kDevSize, 12);
+  std::fill(inner_init.begin(), inner_init.begin() + 65536, 0);  // a new COW starts with a zero header
+  std::string io = e.backing("inner-origin", inner_init);
+  std::string ic = e.backing("inner-cow", std::vector<uint8_t>(6 * kDevSize, 0));
+  UDM_ASSIGN_OR_RETURN(auto iod, e.make("inner-origin-dev", fmt::format("0 {} snapshot-origin {}", 4 * kSectors, io)));
+  UDM_ASSIGN_OR_RETURN(auto isd, e.make("inner-snap", fmt::format("0 {} snapshot {} {} P 8", 4 * kSectors, io, ic)));
+  auto init = mixed_image(13);
+  std::string o = e.backing("origin", init);
+  UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+  UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o,
+                                                           e.uniq() + "inner-origin-dev")));
+  Built b = mk(od, Kind::kReadWrite);
+  b.check = [sd, init, isd, inner_init]() -> std::string {
+    if (read_all(*sd) != init) return "the outer snapshot changed";
+    if (read_all(*isd) != inner_init) return "the inner snapshot changed";
+    return "";
+  };
+  return b;
+}
+
 // Parses "<allocated>/<total> <metadata>" of a snapshot-merge status.
 bool merge_done(MappedDevice& d) {
   auto lines = d.status_lines();
@@ -339,6 +363,7 @@ const std::vector<Case>& contract_cases() {
       {"snapshot_origin", [](Env& e) { return snapshot(e, "origin", "P"); }},
       {"snapshot_P", [](Env& e) { return snapshot(e, "snap", "P"); }},
       {"snapshot_N", [](Env& e) { return snapshot(e, "snap", "N"); }},
+      {"snapshot_origin_stacked", snapshot_stacked},
       {"snapshot_merge_running", [](Env& e) { return merge(e, false); }},
       {"snapshot_merge_done", [](Env& e) { return merge(e, true); }},
       {"lsmt_rw", lsmt_rw, /*file_only=*/false},
