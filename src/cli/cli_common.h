@@ -1,5 +1,5 @@
 // Shared plumbing for `udm` subcommands. Every feature adds its subcommands
-// in register_<feature>_cli(); a subcommand's callback does its work and
+// in register_feature_<name>_cli(); a subcommand's callback does its work and
 // reports failure through fail(), which prints one clear line and sets the
 // process exit code.
 #pragma once
@@ -19,9 +19,6 @@ void fail(std::string_view msg, int code = 1);
 }  // namespace udm::cli
 
 namespace udm {
-void register_control_cli(CLI::App& app);    // daemon + dmsetup-like verbs (src/daemon)
-void register_update_cli(CLI::App& app);     // update-diff, update-info, update-apply
-void register_snapshot_cli(CLI::App& app);   // cow-size, snapshot-merge-offline, fiemap, inspect
-void register_bow_cli(CLI::App& app);        // bow-restore
-void register_overlaybd_cli(CLI::App& app);  // overlaybd ...
+void register_control_cli(CLI::App& app);   // daemon + dmsetup-like verbs (src/daemon)
+void register_features_cli(CLI::App& app);  // every feature's verbs (generated: cmake/features.cmake)
 }  // namespace udm

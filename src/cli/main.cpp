@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "cli/cli_common.h"
+#include "device/feature.h"
 
 int main(int argc, char** argv) {
   // A client that vanishes must not kill us with SIGPIPE; writes report EPIPE.
@@ -11,11 +12,9 @@ int main(int argc, char** argv) {
   CLI::App app{"udm: a user-space device mapper"};
   app.require_subcommand(1);
   app.fallthrough(false);
+  udm::register_features();  // targets and backing sources, before any verb runs
   udm::register_control_cli(app);
-  udm::register_update_cli(app);
-  udm::register_snapshot_cli(app);
-  udm::register_bow_cli(app);
-  udm::register_overlaybd_cli(app);
+  udm::register_features_cli(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -62,7 +62,8 @@ using TargetFactory = std::function<Result<TargetPtr>(const TargetParams&)>;
 
 class TargetRegistry {
  public:
-  // The registry with every built-in target (registered on first use).
+  // The registry with every target of the feature list (device/feature.h),
+  // registered on first use; defined by the generated code in udm_features.
   static TargetRegistry& builtin();
   void add(const std::string& type, TargetFactory factory, std::string usage);
   Result<TargetPtr> create(const TargetParams& params) const;
@@ -77,14 +78,7 @@ class TargetRegistry {
   std::map<std::string, Entry> entries_;
 };
 
-// Each feature library provides one of these; builtin() calls them all.
-void register_core_targets(TargetRegistry& r);       // linear zero error
-void register_update_targets(TargetRegistry& r);     // update
-void register_snapshot_targets(TargetRegistry& r);   // snapshot-origin snapshot snapshot-merge
-void register_bow_targets(TargetRegistry& r);        // bow
-void register_overlaybd_targets(TargetRegistry& r);  // zfile lsmt
-
-// Argument helpers for constructors: messages name the argument.
+// Superseded by device/target_args.h (TargetArgs); kept while targets move over.
 Result<uint64_t> parse_u64_arg(const std::string& s, const char* what);
 
 }  // namespace udm

@@ -38,29 +38,6 @@ Status validate_device_name(std::string_view name) {
   return Status::Ok();
 }
 
-SchemeRegistry& SchemeRegistry::global() {
-  static auto* r = new SchemeRegistry();
-  return *r;
-}
-
-void SchemeRegistry::add(const std::string& scheme, Opener open, std::string usage) {
-  std::lock_guard lk(mu_);
-  entries_[scheme] = Entry{std::move(open), std::move(usage)};
-}
-
-const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {
-  std::lock_guard lk(mu_);
-  auto it = entries_.find(scheme);
-  return it == entries_.end() ? nullptr : &it->second.open;
-}
-
-std::vector<std::string> SchemeRegistry::schemes() const {
-  std::lock_guard lk(mu_);
-  std::vector<std::string> out;
-  for (auto& [k, v] : entries_) out.push_back(k);
-  return out;
-}
-
 Result<DevicePtr> open_path(const std::string& path, bool writable) {
   FileOpenOptions o;
   o.writable = writable;

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "device/scheme_registry.h"
 #include "device/target.h"
 
 namespace udm {
@@ -29,27 +30,6 @@ SpecKind spec_kind(std::string_view spec);
 std::string_view spec_scheme(std::string_view spec);
 // udm device names: 1-127 of letters, digits, '-', '_', '.', '+'; not "." or "..".
 Status validate_device_name(std::string_view name);
-
-// Backing sources by URI scheme. A feature module adds its schemes when the
-// feature list registers it (see docs/architecture.md, "How to add a backing
-// source").
-class SchemeRegistry {
- public:
-  using Opener = std::function<Result<DevicePtr>(const std::string& uri, bool writable)>;
-  static SchemeRegistry& global();
-  void add(const std::string& scheme, Opener open, std::string usage);
-  // Null if nothing registered the scheme.
-  const Opener* find(std::string_view scheme) const;
-  std::vector<std::string> schemes() const;
-
- private:
-  struct Entry {
-    Opener open;
-    std::string usage;
-  };
-  mutable std::mutex mu_;
-  std::map<std::string, Entry, std::less<>> entries_;
-};
 
 class Resolver : public DeviceResolver {
  public:

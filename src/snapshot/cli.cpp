@@ -93,7 +93,7 @@ void cmd_merge_offline(const std::string& origin, const std::string& cow, uint32
 
 void register_fiemap_cli(CLI::App& app);
 
-void register_snapshot_cli(CLI::App& app) {
+void register_feature_snapshot_cli(CLI::App& app) {
   register_fiemap_cli(app);
   {
     auto* sub = app.add_subcommand("cow-size", "COW bytes needed for N changed chunks (kernel format)");

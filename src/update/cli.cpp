@@ -192,7 +192,7 @@ void cmd_apply(const std::string& old_path, const std::string& diff_path, const 
 
 }  // namespace
 
-void register_update_cli(CLI::App& app) {
+void register_feature_update_cli(CLI::App& app) {
   {
     auto* sub = app.add_subcommand("update-diff", "make a diff that turns OLD into NEW (format v1; --format v0 for the seed's)");
     auto o = std::make_shared<DiffOptions>();

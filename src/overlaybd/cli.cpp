@@ -1,11 +1,10 @@
-// The zfile and lsmt targets and the `udm overlaybd ...` tools.
+// Feature "overlaybd": the `udm overlaybd ...` tools.
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <iostream>
 
 #include "cli/cli_common.h"
-#include "device/target.h"
 #include "io/file_device.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/tar_format.h"
@@ -14,14 +13,6 @@
 #include "overlaybd/zfile_device.h"
 
 namespace udm {
-
-void register_overlaybd_targets(TargetRegistry& r) {
-  r.add("zfile", obd::make_zfile_target,
-        "zfile <dev>  -- decompressed contents of a ZFile (or tar-wrapped ZFile blob), read-only");
-  r.add("lsmt", obd::make_lsmt_target,
-        "lsmt <layer> [<layer> ...] [rw <data> <index>]  -- overlaybd LSMT layers, lowest first "
-        "(path or udm device; raw, ZFile or tar-wrapped), optionally a writable top layer");
-}
 
 namespace {
 
@@ -151,7 +142,7 @@ Status print_info(const std::string& path, std::string* prev_uuid) {
 
 }  // namespace
 
-void register_overlaybd_cli(CLI::App& app) {
+void register_feature_overlaybd_cli(CLI::App& app) {
   auto* ob = app.add_subcommand("overlaybd", "overlaybd ZFile/LSMT image tools");
   ob->require_subcommand(1);
 

@@ -1,4 +1,4 @@
-// Registers the bow target and the `udm bow-restore` tool.
+// Feature "bow": the `udm bow-restore` tool.
 #include <fmt/format.h>
 
 #include <iostream>
@@ -6,15 +6,10 @@
 #include "bow/bow_target.h"
 #include "bow/restore.h"
 #include "cli/cli_common.h"
-#include "device/target.h"
 #include "io/file_device.h"
 #include "util/progress.h"
 
 namespace udm {
-
-void register_bow_targets(TargetRegistry& r) {
-  r.add("bow", bow::make_bow_target, "bow <dev> [<#opt_args> on_full=fail|drop block_size=N]");
-}
 
 namespace {
 
@@ -57,7 +52,7 @@ void cmd_bow_restore(const std::string& path, bool dry_run, const std::string& f
 
 }  // namespace
 
-void register_bow_cli(CLI::App& app) {
+void register_feature_bow_cli(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "bow-restore",
       "Roll a device back to its bow checkpoint (offline: the bow device must be removed)");

@@ -7,6 +7,7 @@
 #include "device/table.h"
 #include "device/target_args.h"
 #include "device/target_kit.h"
+#include "targets/core_targets.h"
 
 namespace udm {
 namespace {

@@ -1,0 +1,28 @@
+#include "device/scheme_registry.h"
+
+namespace udm {
+
+SchemeRegistry& SchemeRegistry::global() {
+  static auto* r = new SchemeRegistry();
+  return *r;
+}
+
+void SchemeRegistry::add(const std::string& scheme, Opener open, std::string usage) {
+  std::lock_guard lk(mu_);
+  entries_[scheme] = Entry{std::move(open), std::move(usage)};
+}
+
+const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(scheme);
+  return it == entries_.end() ? nullptr : &it->second.open;
+}
+
+std::vector<std::string> SchemeRegistry::schemes() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  for (auto& [k, v] : entries_) out.push_back(k);
+  return out;
+}
+
+}  // namespace udm
