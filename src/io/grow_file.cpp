@@ -1,4 +1,4 @@
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -8,7 +8,7 @@
 #include <atomic>
 #include <cstring>
 
-namespace udm::obd {
+namespace udm {
 namespace {
 
 class PosixGrowFile : public GrowFile {
@@ -122,4 +122,4 @@ std::vector<uint8_t> MemGrowFile::contents() const {
   return cache_;
 }
 
-}  // namespace udm::obd
+}  // namespace udm
