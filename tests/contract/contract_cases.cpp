@@ -160,6 +160,14 @@ Result<Built> linear(Env& e) {
   return mk(d, Kind::kReadWrite);
 }
 
+// The test-only example target (tests/example): the list of files that adds
+// a target, proved.
+Result<Built> example_xor(Env& e) {
+  std::string a = e.backing("a", random_bytes(kDevSize + 4096, 14));
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} example-xor {} 8 5a", kSectors, a)));
+  return mk(d, Kind::kReadWrite);
+}
+
 Result<Built> zero(Env& e) {
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zero", kSectors)));
   return mk(d, Kind::kDropsWrites);
@@ -355,6 +363,7 @@ Result<Built> update(Env& e, int version, bool bg) {
 const std::vector<Case>& contract_cases() {
   static const std::vector<Case> cases = {
       {"linear", linear},
+      {"example_xor", example_xor},
       {"zero", zero},
       {"error", error},
       {"bow_state0", [](Env& e) { return bow(e, 0); }},
