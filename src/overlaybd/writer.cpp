@@ -6,7 +6,7 @@
 #include <cstring>
 #include <thread>
 
-#include "overlaybd/crc32c.h"
+#include "util/crc.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/tar_format.h"
 #include "util/endian.h"
@@ -85,7 +85,7 @@ class ZFileSink : public ByteSink {
     f.index_offset = out_.position();
     f.index_size = lens_.size();
     f.original_file_size = pos_;
-    f.index_crc = crc32c_raw(idx.data(), idx.size(), 0);
+    f.index_crc = crc32c_raw(0, idx.data(), idx.size());
     UDM_TRY(out_.write(idx));
     f.flags = kZfIsDataFile | kZfSealed | kZfDigest;
     std::vector<uint8_t> hb(kZFileHeaderSize);
