@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "device/block_device.h"
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 #include "overlaybd/lsmt_format.h"
 #include "overlaybd/zfile_format.h"
 #include "util/progress.h"

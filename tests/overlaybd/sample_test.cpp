@@ -13,7 +13,7 @@
 #include "overlaybd/tar_format.h"
 #include "overlaybd/targets.h"
 #include "overlaybd/writer.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 
 namespace udm::obd::test {
 namespace {
@@ -146,7 +146,7 @@ TEST(Sample, UdmZFileIsByteIdenticalToReference) {
 
 TEST(Sample, TargetsThroughRegistry) {
   auto exp = expected();
-  PathResolver res;
+  Resolver res;
   TargetParams p;
   p.type = "lsmt";
   p.length = 64 << 20;
