@@ -18,9 +18,8 @@ class ZFileTarget : public Target {
   DeviceCaps caps() const override { return z_->caps(); }
   std::string status() const override {
     const auto& h = z_->layout().h;
-    auto c = BlockCache::shared();
     return fmt::format("{} {} {} {} {} {}", h.algo == 1 ? "lz4" : "zstd", h.block_size, z_->layout().num_blocks(),
-                       z_->stored_size(), c->hits(), c->misses());
+                       z_->stored_size(), z_->cache_hits(), z_->cache_misses());
   }
 
  protected:
