@@ -152,17 +152,18 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   return Status::Ok();
 }
 
+Result<DevicePtr> open_tar_member(DevicePtr blob) {
+  uint64_t sz = blob->size();
+  if (sz < 3 * kTarBlock) return blob;
+  std::vector<uint8_t> head(3 * kTarBlock);
+  UDM_TRY(blob->read(0, head));
+  if (!is_tar_header(head)) return blob;
+  UDM_ASSIGN_OR_RETURN(TarMember m, parse_tar_member(head, sz));
+  return DevicePtr(std::make_shared<SliceDevice>(std::move(blob), m.offset, m.size));
+}
+
 Result<DevicePtr> open_layer_blob(DevicePtr blob, std::shared_ptr<BlockCache> cache) {
-  DevicePtr dev = blob;
-  uint64_t sz = dev->size();
-  if (sz >= 3 * kTarBlock) {
-    std::vector<uint8_t> head(3 * kTarBlock);
-    UDM_TRY(dev->read(0, head));
-    if (is_tar_header(head)) {
-      UDM_ASSIGN_OR_RETURN(TarMember m, parse_tar_member(head, sz));
-      dev = std::make_shared<SliceDevice>(dev, m.offset, m.size);
-    }
-  }
+  UDM_ASSIGN_OR_RETURN(DevicePtr dev, open_tar_member(std::move(blob)));
   if (dev->size() >= kZFileHeaderSize) {
     uint8_t magic[24];
     UDM_TRY(dev->read_exact(0, magic, sizeof magic));

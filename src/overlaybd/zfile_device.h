@@ -68,6 +68,10 @@ class ZFileDevice : public BlockDevice {
   std::atomic<uint64_t> hits_{0}, misses_{0};
 };
 
+// The payload of a one-member tar wrapper (a read-only slice of blob), or
+// blob itself when it is not tar-wrapped.
+Result<DevicePtr> open_tar_member(DevicePtr blob);
+
 // Opens a layer blob the way the reference does: strip a one-member tar
 // wrapper if present, then decompress through ZFile if the content starts
 // with a ZFile header; otherwise the bytes are used as they are.
