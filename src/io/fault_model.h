@@ -18,9 +18,12 @@
 // (writes, zero-outs, trims; not flushes) through and cuts the power on the
 // next, which fails, as does all I/O after it, with EIO until revive().
 // With set_cut_at_flushes(true) flushes are counted too, so a cut can also
-// fall on a flush: on one image that leaves what a cut at the next write
-// would, but between images it reaches states writes alone cannot (one
-// file synced, the other not yet).
+// fall on a flush. That reaches states writes alone cannot: the writes
+// before a flush still unflushed when the power fails (in survival mode any
+// subset of them survives, e.g. a file's last write without the ones before
+// it), and, between images, one file synced and the other not yet. (In drop
+// mode on a single image, a cut at a flush leaves what a cut at the next
+// write would.)
 // Every image's state is guarded by its disk's lock.
 #pragma once
 
