@@ -5,8 +5,9 @@
 // probability p (set_unflushed_survival on the disk); the durable size is the
 // size at the last sync (extended by surviving writes in survival mode);
 // cut_after_writes(N) on the disk counts pwrite() calls (sync() is not a
-// write-type operation). Several files made on one FaultDisk lose power
-// together, as the files of one filesystem do:
+// write-type operation unless the disk's set_cut_at_flushes(true) makes
+// every sync a cut point too). Several files made on one FaultDisk lose
+// power together, as the files of one filesystem do:
 //
 //   auto disk = std::make_shared<FaultDisk>();
 //   auto data = std::make_shared<FaultGrowFile>(disk), index = std::make_shared<FaultGrowFile>(disk);
