@@ -10,7 +10,7 @@
 using namespace udm;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static auto cache = std::make_shared<obd::BlockCache>(4 << 20);
+  static auto cache = std::make_shared<BlockCache>(4 << 20);
   auto blob = std::make_shared<MemoryDevice>(std::vector<uint8_t>(data, data + size), true);
   auto dev = obd::open_layer_blob(blob, cache);
   if (!dev.ok()) return 0;

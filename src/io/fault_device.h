@@ -12,14 +12,16 @@
 //  * fail_reads / fail_writes make chosen ranges return an errno.
 // durable_image() is what the disk holds after power returns; tests build the
 // "rebooted" stack on top of a new FaultDevice or MemoryDevice made from it.
+// The model is io/fault_model.h's, shared with FaultGrowFile; a FaultDevice
+// made on a given FaultDisk loses power together with the disk's other
+// images.
 #pragma once
 
-#include <mutex>
-#include <optional>
-#include <random>
+#include <memory>
 #include <vector>
 
 #include "device/block_device.h"
+#include "io/fault_model.h"
 
 namespace udm {
 
@@ -27,6 +29,7 @@ class FaultDevice : public BlockDevice {
  public:
   explicit FaultDevice(uint64_t size);
   explicit FaultDevice(std::vector<uint8_t> initial);
+  FaultDevice(std::shared_ptr<FaultDisk> disk, std::vector<uint8_t> initial);
 
   uint64_t size() const override { return size_; }
   DeviceCaps caps() const override;
@@ -36,55 +39,32 @@ class FaultDevice : public BlockDevice {
   Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) override;
   Status do_flush() override;
 
-  // Fault controls (thread-safe).
-  void cut_after_writes(uint64_t n);  // arm: op number n+1 cuts power
-  void disarm();
-  void power_cut();  // cut now
-  void revive();     // power back: cache emptied, reads/writes work again
-  bool dead() const;
-  void set_unflushed_survival(double p, uint64_t seed);
+  // Fault controls (thread-safe); the power ones act on the whole disk.
+  void cut_after_writes(uint64_t n) { disk().cut_after_writes(n); }  // arm: op number n+1 cuts power
+  void disarm() { disk().disarm(); }
+  void power_cut() { disk().power_cut(); }  // cut now
+  void revive() { disk().revive(); }        // power back: cache emptied, reads/writes work again
+  bool dead() const { return disk().dead(); }
+  void set_unflushed_survival(double p, uint64_t seed) { disk().set_unflushed_survival(p, seed); }
   // The next `count` (or all, if count < 0) reads / writes touching
   // [offset, offset+len) fail with `err`.
-  void fail_reads(uint64_t offset, uint64_t len, int err = EIO, int count = -1);
-  void fail_writes(uint64_t offset, uint64_t len, int err = EIO, int count = -1);
-  void clear_failures();
+  void fail_reads(uint64_t offset, uint64_t len, int err = EIO, int count = -1) {
+    img_.fail_reads(offset, len, err, count);
+  }
+  void fail_writes(uint64_t offset, uint64_t len, int err = EIO, int count = -1) {
+    img_.fail_writes(offset, len, err, count);
+  }
+  void clear_failures() { img_.clear_failures(); }
 
-  uint64_t write_ops() const;  // write-type operations accepted so far
-  uint64_t flushes() const;
-  std::vector<uint8_t> durable_image() const;  // as after a power cut now
-  std::vector<uint8_t> current_image() const;  // what reads return now
+  uint64_t write_ops() const { return disk().write_ops(); }  // write-type operations accepted so far
+  uint64_t flushes() const { return disk().flushes(); }
+  std::vector<uint8_t> durable_image() const { return img_.durable(); }  // as after a power cut now
+  std::vector<uint8_t> current_image() const { return img_.current(); }  // what reads return now
+  FaultDisk& disk() const { return *img_.disk(); }
 
  private:
-  struct Record {
-    uint64_t offset;
-    uint64_t length;
-    std::vector<uint8_t> data;  // empty = zeroes
-  };
-  struct Failure {
-    uint64_t offset, len;
-    int err;
-    int count;
-  };
-  // Returns EIO (and performs the cut) if this write-type op must fail.
-  Status account_write_locked(uint64_t offset, uint64_t len);
-  Status check_failure_locked(std::vector<Failure>& list, uint64_t offset, uint64_t len,
-                              const char* op);
-  void apply(std::vector<uint8_t>& img, const Record& r) const;
-  void cut_locked();
-  Status store(Record r, bool fua);
-
   uint64_t size_;
-  mutable std::mutex mu_;
-  std::vector<uint8_t> durable_;
-  std::vector<uint8_t> cache_;  // durable + pending, what reads see
-  std::vector<Record> pending_;
-  std::optional<uint64_t> cut_after_;
-  uint64_t write_ops_ = 0;
-  uint64_t flushes_ = 0;
-  bool dead_ = false;
-  double survival_ = 0.0;
-  std::mt19937_64 rng_{1};
-  std::vector<Failure> read_failures_, write_failures_;
+  FaultImage img_;
 };
 
 }  // namespace udm

@@ -79,47 +79,26 @@ Result<GrowFilePtr> open_grow_file(const std::string& path, bool writable, bool 
 
 uint64_t MemGrowFile::size() const {
   std::lock_guard g(mu_);
-  return cache_.size();
+  return data_.size();
 }
 Status MemGrowFile::pread(uint64_t off, std::span<uint8_t> buf) {
   std::lock_guard g(mu_);
-  if (dead_) return IoError("power cut");
   std::fill(buf.begin(), buf.end(), 0);
-  if (off < cache_.size()) {
-    size_t n = std::min<uint64_t>(buf.size(), cache_.size() - off);
-    std::memcpy(buf.data(), cache_.data() + off, n);
+  if (off < data_.size()) {
+    size_t n = std::min<uint64_t>(buf.size(), data_.size() - off);
+    std::memcpy(buf.data(), data_.data() + off, n);
   }
   return Status::Ok();
 }
 Status MemGrowFile::pwrite(uint64_t off, std::span<const uint8_t> buf) {
   std::lock_guard g(mu_);
-  if (dead_) return IoError("power cut");
-  if (budget_ == 0) {
-    dead_ = true;
-    return IoError("power cut");
-  }
-  if (budget_ > 0) budget_--;
-  if (cache_.size() < off + buf.size()) cache_.resize(off + buf.size());
-  std::memcpy(cache_.data() + off, buf.data(), buf.size());
+  if (data_.size() < off + buf.size()) data_.resize(off + buf.size());
+  std::memcpy(data_.data() + off, buf.data(), buf.size());
   return Status::Ok();
-}
-Status MemGrowFile::sync() {
-  std::lock_guard g(mu_);
-  if (dead_) return IoError("power cut");
-  durable_ = cache_;
-  return Status::Ok();
-}
-void MemGrowFile::cut_after_writes(int64_t n) {
-  std::lock_guard g(mu_);
-  budget_ = n;
-}
-std::vector<uint8_t> MemGrowFile::durable() const {
-  std::lock_guard g(mu_);
-  return durable_;
 }
 std::vector<uint8_t> MemGrowFile::contents() const {
   std::lock_guard g(mu_);
-  return cache_;
+  return data_;
 }
 
 }  // namespace udm

@@ -11,7 +11,7 @@
 #include <shared_mutex>
 
 #include "device/target.h"
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 #include "overlaybd/lsmt_format.h"
 
 namespace udm::obd {

@@ -2,15 +2,17 @@
 
 #include <fmt/format.h>
 
+#include "device/target_args.h"
+#include "device/target_kit.h"
+#include "io/resolver.h"
 #include "overlaybd/lsmt_device.h"
-#include "overlaybd/tar_format.h"
 #include "overlaybd/zfile_device.h"
 
 namespace udm::obd {
 namespace {
 
 // The decompressed contents of a ZFile, read-only.
-class ZFileTarget : public Target {
+class ZFileTarget : public ReadOnlyTarget {
  public:
   ZFileTarget(std::shared_ptr<ZFileDevice> z, uint64_t len) : z_(std::move(z)), len_(len) {}
   std::string type() const override { return "zfile"; }
@@ -18,46 +20,47 @@ class ZFileTarget : public Target {
   DeviceCaps caps() const override { return z_->caps(); }
   std::string status() const override {
     const auto& h = z_->layout().h;
-    auto c = BlockCache::shared();
     return fmt::format("{} {} {} {} {} {}", h.algo == 1 ? "lz4" : "zstd", h.block_size, z_->layout().num_blocks(),
-                       z_->stored_size(), c->hits(), c->misses());
+                       z_->stored_size(), z_->cache_hits(), z_->cache_misses());
   }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return z_->read(off, buf); }
-  Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly("zfile target is read-only"); }
-  Status do_trim(uint64_t, uint64_t) override { return ReadOnly("zfile target is read-only"); }
-  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return ReadOnly("zfile target is read-only"); }
-  Status do_flush() override { return Status::Ok(); }
 
  private:
   std::shared_ptr<ZFileDevice> z_;
   uint64_t len_;
 };
 
-Result<DevicePtr> open_spec(const TargetParams& p, const std::string& spec, bool writable) {
-  if (!p.resolver) return Invalid("no device resolver");
-  auto r = p.resolver->open(spec, writable);
-  if (!r.ok()) return r.status().context(spec);
-  return r;
-}
+// lsmt without a writable layer: the merged read-only layers.
+class LsmtReadOnlyTarget : public ReadOnlyTarget {
+ public:
+  explicit LsmtReadOnlyTarget(std::shared_ptr<LsmtDevice> d) : d_(std::move(d)) {}
+  std::string type() const override { return "lsmt"; }
+  uint64_t size() const override { return d_->size(); }
+  DeviceCaps caps() const override { return d_->caps(); }
+  std::string status() const override { return d_->status(); }
+
+ protected:
+  Status do_read(uint64_t off, std::span<uint8_t> buf) override { return d_->read(off, buf); }
+
+ private:
+  std::shared_ptr<LsmtDevice> d_;
+};
 
 }  // namespace
 
 Result<TargetPtr> make_zfile_target(const TargetParams& p) {
-  if (p.args.size() != 1) return Invalid("zfile: expected 1 argument: <dev>");
-  UDM_ASSIGN_OR_RETURN(DevicePtr blob, open_spec(p, p.args[0], false));
+  TargetArgs a("zfile", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<dev>"));
+  UDM_TRY(a.done());
+  auto blob = p.resolver->open(spec, false);
+  if (!blob.ok()) return blob.status().context("zfile: <dev>");
   // A tar-wrapped layer blob is accepted as well.
-  if (blob->size() >= 3 * kTarBlock) {
-    std::vector<uint8_t> head(3 * kTarBlock);
-    UDM_TRY(blob->read(0, head));
-    if (is_tar_header(head)) {
-      UDM_ASSIGN_OR_RETURN(TarMember m, parse_tar_member(head, blob->size()));
-      blob = std::make_shared<SliceDevice>(blob, m.offset, m.size);
-    }
-  }
-  auto z = ZFileDevice::open(blob);
-  if (!z.ok()) return z.status().context("zfile " + p.args[0]);
+  auto member = open_tar_member(*blob);
+  if (!member.ok()) return member.status().context("zfile " + spec);
+  auto z = ZFileDevice::open(*member);
+  if (!z.ok()) return z.status().context("zfile " + spec);
   uint64_t sz = (*z)->size();
   if (p.length > sz)
     return Invalid(fmt::format("zfile: table length {} exceeds the decompressed size {}", p.length, sz));
@@ -65,39 +68,50 @@ Result<TargetPtr> make_zfile_target(const TargetParams& p) {
 }
 
 Result<TargetPtr> make_lsmt_target(const TargetParams& p) {
+  TargetArgs a("lsmt", p.args);
   std::vector<std::string> layer_specs;
   std::optional<std::pair<std::string, std::string>> rw;
-  for (size_t i = 0; i < p.args.size(); i++) {
-    if (p.args[i] == "rw") {
-      if (i + 3 != p.args.size()) return Invalid("lsmt: 'rw' must be followed by exactly <data> <index> at the end");
-      rw = {p.args[i + 1], p.args[i + 2]};
-      break;
+  while (!a.empty()) {
+    UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<layer>"));
+    if (spec != "rw") {
+      layer_specs.push_back(std::move(spec));
+      continue;
     }
-    layer_specs.push_back(p.args[i]);
+    // rw <data> <index> ends the line.
+    UDM_ASSIGN_OR_RETURN(std::string data, a.next("<data>"));
+    UDM_ASSIGN_OR_RETURN(std::string index, a.next("<index>"));
+    UDM_TRY(a.done());
+    if (spec_kind(data) != SpecKind::kPath) return a.error("<data>", fmt::format("'{}' is not a file path", data));
+    if (spec_kind(index) != SpecKind::kPath) return a.error("<index>", fmt::format("'{}' is not a file path", index));
+    rw = {std::move(data), std::move(index)};
   }
-  if (layer_specs.empty() && !rw) return Invalid("lsmt: expected <layer> [<layer> ...] [rw <data> <index>]");
+  if (layer_specs.empty() && !rw) return Invalid("lsmt: missing <layer> (lsmt <layer> [<layer> ...] [rw <data> <index>])");
   std::vector<LsmtLayer> layers;
   for (size_t i = 0; i < layer_specs.size(); i++) {
-    UDM_ASSIGN_OR_RETURN(DevicePtr blob, open_spec(p, layer_specs[i], false));
-    auto dev = open_layer_blob(blob);
-    if (!dev.ok()) return dev.status().context(fmt::format("lsmt layer {} ({})", i, layer_specs[i]));
-    auto L = open_lsmt_layer(*dev, layer_specs[i]);
-    if (!L.ok()) return L.status().context(fmt::format("lsmt layer {} ({})", i, layer_specs[i]));
+    const std::string& spec = layer_specs[i];
+    std::string what = fmt::format("lsmt: <layer> {} ({})", i, spec);
+    auto blob = p.resolver->open(spec, false);
+    if (!blob.ok()) return blob.status().context(what);
+    auto dev = open_layer_blob(*blob);
+    if (!dev.ok()) return dev.status().context(what);
+    auto L = open_lsmt_layer(*dev, spec);
+    if (!L.ok()) return L.status().context(what);
     layers.push_back(std::move(*L));
   }
   std::optional<RwLayerFiles> files;
   if (rw) {
-    if (rw->first.empty() || rw->first[0] != '/' || rw->second.empty() || rw->second[0] != '/')
-      return Invalid("lsmt: rw <data> <index> must be file paths (starting with '/')");
-    UDM_ASSIGN_OR_RETURN(auto d, open_grow_file(rw->first, true));
-    UDM_ASSIGN_OR_RETURN(auto x, open_grow_file(rw->second, true));
-    files = RwLayerFiles{d, x};
+    auto d = open_grow_file(rw->first, true);
+    if (!d.ok()) return d.status().context("lsmt: <data>");
+    auto x = open_grow_file(rw->second, true);
+    if (!x.ok()) return x.status().context("lsmt: <index>");
+    files = RwLayerFiles{*d, *x};
   }
   auto dev = LsmtDevice::open(std::move(layers), std::move(files));
   if (!dev.ok()) return dev.status();
   if (p.length > (*dev)->virtual_size())
     return Invalid(fmt::format("lsmt: table length {} exceeds the virtual size {}", p.length, (*dev)->virtual_size()));
   (*dev)->set_length(p.length);
+  if (!(*dev)->writable()) return TargetPtr(std::make_shared<LsmtReadOnlyTarget>(*dev));
   return TargetPtr(*dev);
 }
 

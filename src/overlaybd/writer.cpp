@@ -6,7 +6,7 @@
 #include <cstring>
 #include <thread>
 
-#include "overlaybd/crc32c.h"
+#include "util/crc.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/tar_format.h"
 #include "util/endian.h"
@@ -27,13 +27,19 @@ class FileSink : public ByteSink {
     return Status::Ok();
   }
   uint64_t position() const override { return pos_; }
-  Status finish() override {
+  Status barrier() override {
     UDM_TRY(drain());
+    return f_->sync();
+  }
+  Status finish() override {
     if (tar_) {
+      // The wrapper names the payload only once the payload is durable.
+      UDM_TRY(barrier());
       UDM_TRY(f_->pwrite(0, tar_prefix(pos_)));
       auto suf = tar_suffix(pos_);
       UDM_TRY(f_->pwrite(base_ + pos_, suf));
     }
+    UDM_TRY(drain());
     return f_->sync();
   }
   // For the ZFile sink: write at an absolute (payload) offset.
@@ -75,6 +81,9 @@ class ZFileSink : public ByteSink {
     return Status::Ok();
   }
   uint64_t position() const override { return pos_; }
+  // The ZFile's trailer commits it (finish() orders that); nothing to do
+  // for a commit record inside the compressed stream.
+  Status barrier() override { return st_; }
   Status finish() override {
     UDM_TRY(st_);
     UDM_TRY(compress_batch(true));
@@ -85,8 +94,11 @@ class ZFileSink : public ByteSink {
     f.index_offset = out_.position();
     f.index_size = lens_.size();
     f.original_file_size = pos_;
-    f.index_crc = crc32c_raw(idx.data(), idx.size(), 0);
+    f.index_crc = crc32c_raw(0, idx.data(), idx.size());
     UDM_TRY(out_.write(idx));
+    // Blocks and index durable before the trailer (and the rewritten
+    // header) that make the file valid.
+    UDM_TRY(out_.barrier());
     f.flags = kZfIsDataFile | kZfSealed | kZfDigest;
     std::vector<uint8_t> hb(kZFileHeaderSize);
     encode_zfile_header(f, hb);
@@ -195,6 +207,8 @@ Status write_committed(uint64_t vsize, const std::string& src_parent, const std:
   for (size_t i = 0; i < count; i++)
     encode_lsmt_entry(i < entries.size() ? entries[i] : lsmt_padding_entry(), idx.data() + 16 * i);
   UDM_TRY(out.write(idx));
+  // Data and index durable before the trailer that makes the file valid.
+  UDM_TRY(out.barrier());
   h.flags = kLfIsDataFile | kLfSealed;
   h.index_offset = index_offset;
   h.index_size = count;
@@ -237,8 +251,9 @@ Status seal_rw_layer(GrowFilePtr data, GrowFilePtr index, const std::string& use
   if (!user_tag.empty()) h.user_tag = user_tag;
   std::vector<uint8_t> tb(kLsmtHeaderSize);
   encode_lsmt_header(h, tb);
-  // Index then trailer; one sync at the end makes the sealed file durable.
+  // Index durable before the trailer that makes the file a sealed layer.
   UDM_TRY(data->pwrite(index_offset, idx));
+  UDM_TRY(data->sync());
   UDM_TRY(data->pwrite(index_offset + idx.size(), tb));
   return data->sync();
 }

@@ -8,18 +8,27 @@
 #include <memory>
 
 #include "device/block_device.h"
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 #include "overlaybd/lsmt_format.h"
 #include "overlaybd/zfile_format.h"
 #include "util/progress.h"
 
 namespace udm::obd {
 
+// Crash safety: a writer's output is valid only once its trailer (the
+// format's commit record) is there, and the trailer is written only after
+// everything it describes is durable: write_committed calls barrier() before
+// the LSMT trailer, the ZFile sink syncs before its trailer, seal syncs the
+// index before the trailer. So after a power cut at any point the output is
+// refused by the reader or complete (WriterSweep tests).
 class ByteSink {
  public:
   virtual ~ByteSink() = default;
   virtual Status write(std::span<const uint8_t> data) = 0;
   virtual uint64_t position() const = 0;  // bytes written so far (uncompressed)
+  // Everything written so far is durable before anything written after it.
+  // A sink whose own format commits at finish() (ZFile) may do nothing here.
+  virtual Status barrier() = 0;
   virtual Status finish() = 0;            // flushes and makes the output durable
 };
 

@@ -9,51 +9,6 @@
 
 namespace udm::obd {
 
-BlockCache::BlockCache(size_t capacity_bytes) : cap_per_shard_(std::max<size_t>(capacity_bytes / kShards, 1)) {}
-
-std::shared_ptr<BlockCache> BlockCache::shared() {
-  static auto c = std::make_shared<BlockCache>(128u << 20);
-  return c;
-}
-
-uint64_t BlockCache::new_device_id() {
-  static std::atomic<uint64_t> next{1};
-  return next++;
-}
-
-static uint64_t cache_key(uint64_t dev, uint64_t blk) { return (dev << 40) ^ blk; }
-
-BlockCache::Block BlockCache::get(uint64_t dev, uint64_t blk) {
-  uint64_t k = cache_key(dev, blk);
-  Shard& s = shards_[(k * 0x9E3779B97F4A7C15ull) >> 60];
-  std::lock_guard g(s.mu);
-  auto it = s.map.find(k);
-  if (it == s.map.end()) {
-    misses_++;
-    return nullptr;
-  }
-  s.lru.splice(s.lru.begin(), s.lru, it->second);
-  hits_++;
-  return it->second->second;
-}
-
-void BlockCache::put(uint64_t dev, uint64_t blk, Block b) {
-  uint64_t k = cache_key(dev, blk);
-  Shard& s = shards_[(k * 0x9E3779B97F4A7C15ull) >> 60];
-  std::lock_guard g(s.mu);
-  auto it = s.map.find(k);
-  if (it != s.map.end()) return;
-  s.bytes += b->size();
-  s.lru.emplace_front(k, std::move(b));
-  s.map[k] = s.lru.begin();
-  while (s.bytes > cap_per_shard_ && s.lru.size() > 1) {
-    auto& back = s.lru.back();
-    s.bytes -= back.second->size();
-    s.map.erase(back.first);
-    s.lru.pop_back();
-  }
-}
-
 DeviceCaps SliceDevice::caps() const {
   DeviceCaps c = dev_->caps();
   c.read_only = true;
@@ -95,8 +50,12 @@ Result<std::shared_ptr<ZFileDevice>> ZFileDevice::open(DevicePtr blob, std::shar
   d->cache_ = cache ? std::move(cache) : BlockCache::shared();
   d->header_ = h;
   d->layout_ = std::move(layout);
-  d->id_ = BlockCache::new_device_id();
+  d->owner_ = BlockCache::new_owner();
   return d;
+}
+
+ZFileDevice::~ZFileDevice() {
+  if (cache_) cache_->drop_owner(owner_);
 }
 
 uint64_t ZFileDevice::block_len(uint64_t b) const {
@@ -109,32 +68,44 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   const uint64_t bs = layout_.h.block_size;
   const uint64_t nblocks = layout_.num_blocks();
   const uint64_t end = off + buf.size();
-  uint64_t b0 = off / bs, b1 = (end - 1) / bs;  // inclusive
-  if (b1 >= nblocks) return Corrupt("zfile: read beyond the last block");
-  uint64_t fetch_end = b1;
-  // A small read that continues the previous one also decompresses the next
-  // readahead_ bytes into the cache. Large reads need none: they already
-  // cover many blocks, and concurrent large sequential requests would only
-  // decode each other's blocks twice.
-  bool seq = last_end_.exchange(end) == off;
-  if (seq && readahead_ > 0 && buf.size() < readahead_)
-    fetch_end = std::min<uint64_t>(nblocks - 1, b1 + std::max<uint64_t>(1, readahead_ / bs));
+  // size() is original_file_size, which needs exactly nblocks blocks, so the
+  // public read's range check keeps b1 < nblocks.
+  const uint64_t b0 = off / bs, b1 = (end - 1) / bs;  // inclusive
+  uint64_t last = b1;
+  // A small read that continues the previous one reads ahead: when less than
+  // half of the readahead_ window beyond it has been decompressed into the
+  // cache, the blocks up to a window ahead are. Large reads need none: they
+  // already cover many blocks, and concurrent large sequential requests
+  // would only decode each other's blocks twice.
+  const bool seq = last_end_.exchange(end) == off && buf.size() < readahead_;
+  if (seq) {
+    uint64_t window = std::max<uint64_t>(1, readahead_ / bs), next = ra_next_.load();
+    if (next <= b1 + window / 2 || next > b1 + window + 1) {  // running out, or another stream's
+      last = std::min<uint64_t>(nblocks - 1, b1 + window);
+      ra_next_.store(last + 1);
+    }
+  }
   // A block the request covers entirely is decoded straight into `buf` and
   // not cached; partly covered and read-ahead blocks go through the cache.
   auto whole = [&](uint64_t b) { return b <= b1 && b * bs >= off && b * bs + block_len(b) <= end; };
-  std::vector<BlockCache::Block> blocks(fetch_end - b0 + 1);
-  for (uint64_t b = b0; b <= fetch_end; b++)
-    if (!whole(b)) blocks[b - b0] = cache_->get(id_, b);
-  std::vector<bool> done(fetch_end - b0 + 1, false);
+  std::vector<BlockCache::Block> blocks(last - b0 + 1);
+  std::vector<bool> done(last - b0 + 1, false);
+  // What the cache holds: partly covered and read-ahead blocks, and the
+  // whole blocks of a sequential read (read-ahead put them there).
+  for (uint64_t b = b0; b <= last; b++) {
+    if (whole(b) && !seq) continue;
+    blocks[b - b0] = cache_->peek(owner_, b);
+    if (blocks[b - b0] && b <= b1) hits_++;
+  }
   // Fetch each run of missing blocks with one read of the stored bytes.
   std::vector<uint8_t> stored;
-  for (uint64_t b = b0; b <= fetch_end;) {
+  for (uint64_t b = b0; b <= last;) {
     if (blocks[b - b0]) {
       b++;
       continue;
     }
     uint64_t e = b;
-    while (e + 1 <= fetch_end && !blocks[e + 1 - b0] && layout_.starts[e + 2] - layout_.starts[b] <= (16u << 20))
+    while (e + 1 <= last && !blocks[e + 1 - b0] && layout_.starts[e + 2] - layout_.starts[b] <= (16u << 20))
       e++;
     uint64_t s0 = layout_.starts[b], s1 = layout_.starts[e + 1];
     stored.resize(s1 - s0);
@@ -150,16 +121,24 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
         UDM_TRY(zfile_decode_block(layout_.h, x, src,
                                    std::span<uint8_t>(buf.data() + (x * bs - off), block_len(x))));
         done[x - b0] = true;
+        if (x <= b1) misses_++;
         continue;
       }
-      auto blk = std::make_shared<std::vector<uint8_t>>(block_len(x));
-      Status ds = zfile_decode_block(layout_.h, x, src, *blk);
-      if (!ds.ok()) {
+      // Decoded once however many readers want it: a reader that finds the
+      // block in flight waits for that decode instead.
+      bool decoded = false;
+      auto r = cache_->get(owner_, x, [&]() -> Result<std::vector<uint8_t>> {
+        decoded = true;
+        std::vector<uint8_t> out(block_len(x));
+        UDM_TRY(zfile_decode_block(layout_.h, x, src, out));
+        return out;
+      });
+      if (!r.ok()) {
         if (x > b1) break;
-        return ds;
+        return r.status();
       }
-      blocks[x - b0] = blk;
-      cache_->put(id_, x, blk);
+      blocks[x - b0] = std::move(r).value();
+      if (x <= b1) (decoded ? misses_ : hits_)++;
     }
     b = e + 1;
   }
@@ -173,17 +152,18 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   return Status::Ok();
 }
 
+Result<DevicePtr> open_tar_member(DevicePtr blob) {
+  uint64_t sz = blob->size();
+  if (sz < 3 * kTarBlock) return blob;
+  std::vector<uint8_t> head(3 * kTarBlock);
+  UDM_TRY(blob->read(0, head));
+  if (!is_tar_header(head)) return blob;
+  UDM_ASSIGN_OR_RETURN(TarMember m, parse_tar_member(head, sz));
+  return DevicePtr(std::make_shared<SliceDevice>(std::move(blob), m.offset, m.size));
+}
+
 Result<DevicePtr> open_layer_blob(DevicePtr blob, std::shared_ptr<BlockCache> cache) {
-  DevicePtr dev = blob;
-  uint64_t sz = dev->size();
-  if (sz >= 3 * kTarBlock) {
-    std::vector<uint8_t> head(3 * kTarBlock);
-    UDM_TRY(dev->read(0, head));
-    if (is_tar_header(head)) {
-      UDM_ASSIGN_OR_RETURN(TarMember m, parse_tar_member(head, sz));
-      dev = std::make_shared<SliceDevice>(dev, m.offset, m.size);
-    }
-  }
+  UDM_ASSIGN_OR_RETURN(DevicePtr dev, open_tar_member(std::move(blob)));
   if (dev->size() >= kZFileHeaderSize) {
     uint8_t magic[24];
     UDM_TRY(dev->read_exact(0, magic, sizeof magic));

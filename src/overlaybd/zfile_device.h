@@ -1,45 +1,17 @@
 // ZFile reader as a read-only BlockDevice over any BlockDevice range (a file,
-// a tar member, another udm device), with a shared decompressed-block cache
-// and sequential read-ahead.
+// a tar member, another udm device), with decompressed blocks kept in
+// io/block_cache.h (BlockCache::shared() unless given one; one owner id per
+// open image) and sequential read-ahead.
 #pragma once
 
 #include <atomic>
-#include <list>
 #include <memory>
-#include <optional>
-#include <mutex>
-#include <unordered_map>
 
 #include "device/block_device.h"
+#include "io/block_cache.h"
 #include "overlaybd/zfile_format.h"
 
 namespace udm::obd {
-
-// LRU cache of decompressed blocks, shared by every ZFileDevice (keyed by a
-// per-device id). Sharded to keep the lock short on 2+ cores.
-class BlockCache {
- public:
-  using Block = std::shared_ptr<const std::vector<uint8_t>>;
-  explicit BlockCache(size_t capacity_bytes);
-  static std::shared_ptr<BlockCache> shared();  // 128 MiB, process-wide
-  Block get(uint64_t dev, uint64_t blk);
-  void put(uint64_t dev, uint64_t blk, Block b);
-  uint64_t hits() const { return hits_; }
-  uint64_t misses() const { return misses_; }
-  static uint64_t new_device_id();
-
- private:
-  struct Shard {
-    std::mutex mu;
-    std::list<std::pair<uint64_t, Block>> lru;  // key, block; front = newest
-    std::unordered_map<uint64_t, std::list<std::pair<uint64_t, Block>>::iterator> map;
-    size_t bytes = 0;
-  };
-  static constexpr int kShards = 16;
-  Shard shards_[kShards];
-  size_t cap_per_shard_;
-  std::atomic<uint64_t> hits_{0}, misses_{0};
-};
 
 // A byte range of another device (tar member payload).
 class SliceDevice : public BlockDevice {
@@ -69,6 +41,11 @@ class ZFileDevice : public BlockDevice {
   const ZFileHeader& header() const { return header_; }
   uint64_t stored_size() const { return blob_->size(); }
   void set_readahead(uint32_t bytes) { readahead_ = bytes; }
+  ~ZFileDevice() override;
+  // Blocks of this image a read found in the cache / had to decompress
+  // (read-ahead not counted).
+  uint64_t cache_hits() const { return hits_.load(); }
+  uint64_t cache_misses() const { return misses_.load(); }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override;
@@ -84,10 +61,16 @@ class ZFileDevice : public BlockDevice {
   std::shared_ptr<BlockCache> cache_;
   ZFileHeader header_;
   ZFileLayout layout_;
-  uint64_t id_ = 0;
+  uint64_t owner_ = 0;  // this image's key space in cache_
   uint32_t readahead_ = 256 * 1024;
   std::atomic<uint64_t> last_end_{UINT64_MAX};
+  std::atomic<uint64_t> ra_next_{0};  // first block read-ahead has not decompressed
+  std::atomic<uint64_t> hits_{0}, misses_{0};
 };
+
+// The payload of a one-member tar wrapper (a read-only slice of blob), or
+// blob itself when it is not tar-wrapped.
+Result<DevicePtr> open_tar_member(DevicePtr blob);
 
 // Opens a layer blob the way the reference does: strip a one-member tar
 // wrapper if present, then decompress through ZFile if the content starts

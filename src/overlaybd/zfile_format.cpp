@@ -7,7 +7,7 @@
 #include <cstring>
 #include <memory>
 
-#include "overlaybd/crc32c.h"
+#include "util/crc.h"
 #include "util/endian.h"
 
 namespace udm::obd {
@@ -21,7 +21,7 @@ uint32_t header_digest(std::span<const uint8_t> buf) {
   uint8_t copy[kZFileHeaderSize];
   std::memcpy(copy, buf.data(), kZFileHeaderSize);
   std::memset(copy + 28, 0, 4);
-  return crc32c_raw(copy, sizeof copy, 0);
+  return crc32c_raw(0, copy, sizeof copy);
 }
 
 bool valid_block_size(uint32_t bs) {
@@ -132,7 +132,7 @@ Result<ZFileLayout> zfile_build_layout(const ZFileHeader& fin, std::span<const u
                                        uint64_t file_size) {
   if (index.size() != fin.index_size * 4) return Corrupt("zfile index: truncated");
   if (fin.has(kZfDigest)) {
-    uint32_t c = crc32c_raw(index.data(), index.size(), 0);
+    uint32_t c = crc32c_raw(0, index.data(), index.size());
     if (c != fin.index_crc)
       return Corrupt(fmt::format("zfile: field index_crc mismatch (stored 0x{:08x}, computed 0x{:08x})",
                                  fin.index_crc, c));
@@ -166,7 +166,7 @@ Status zfile_decode_block(const ZFileHeader& h, uint64_t blk, std::span<const ui
     if (stored.size() <= 4) return Corrupt(fmt::format("zfile block {}: too short", blk));
     payload = stored.first(stored.size() - 4);
     uint32_t want = le32(stored.data() + stored.size() - 4);
-    uint32_t got = crc32c_raw(payload.data(), payload.size(), kZFileBlockCrcSeed);
+    uint32_t got = crc32c_raw(kZFileBlockCrcSeed, payload.data(), payload.size());
     if (want != got)
       return Corrupt(fmt::format("zfile block {}: CRC mismatch (stored 0x{:08x}, computed 0x{:08x})",
                                  blk, want, got));
@@ -208,7 +208,7 @@ Status zfile_encode_block(ZAlgo algo, bool verify, std::span<const uint8_t> in,
     if (ZSTD_isError(n)) return IoError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
   }
   if (verify) {
-    put_le32(out.data() + n, crc32c_raw(out.data(), n, kZFileBlockCrcSeed));
+    put_le32(out.data() + n, crc32c_raw(kZFileBlockCrcSeed, out.data(), n));
     n += 4;
   }
   out.resize(n);

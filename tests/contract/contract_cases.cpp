@@ -10,7 +10,7 @@
 #include "io/fault_device.h"
 #include "io/file_device.h"
 #include "io/memory_device.h"
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/writer.h"
 #include "update/differ.h"

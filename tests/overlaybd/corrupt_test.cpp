@@ -6,7 +6,7 @@
 #include <random>
 
 #include "obd_test_util.h"
-#include "overlaybd/crc32c.h"
+#include "util/crc.h"
 #include "overlaybd/writer.h"
 #include "util/endian.h"
 
@@ -18,7 +18,7 @@ Bytes sample(const std::string& n) { return udm::test::read_file(data_dir() + "/
 
 void redigest(Bytes& f, size_t at) {  // recompute a ZFile header/trailer digest at offset `at`
   std::memset(f.data() + at + 28, 0, 4);
-  put_le32(f.data() + at + 28, crc32c_raw(f.data() + at, 512, 0));
+  put_le32(f.data() + at + 28, crc32c_raw(0, f.data() + at, 512));
 }
 
 // Opens a blob as a layer and reads it all; returns the first error.
@@ -115,7 +115,7 @@ TEST(CorruptZFile, TrailerIndexAndBlocks) {
   b = z;
   uint64_t io = le64(b.data() + t + 40), n = le64(b.data() + t + 48);
   put_le32(b.data() + io + 4 * 3, 0);
-  put_le32(b.data() + t + 64, crc32c_raw(b.data() + io, 4 * n, 0));
+  put_le32(b.data() + t + 64, crc32c_raw(0, b.data() + io, 4 * n));
   redigest(b, t);
   expect_refused(b, "length", "zero-length index entry");
   // A flipped byte inside a block: that block's CRC fails, others still read.

@@ -12,7 +12,7 @@
 #include "device/block_device.h"
 #include "io/file_device.h"
 #include "io/memory_device.h"
-#include "overlaybd/grow_file.h"
+#include "io/grow_file.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/zfile_device.h"
 

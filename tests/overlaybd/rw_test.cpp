@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "io/fault_grow_file.h"
 #include "obd_test_util.h"
 #include "overlaybd/writer.h"
 
@@ -232,51 +233,25 @@ TEST(RwLayer, ConcurrentWritersAndReaders) {
   expect_equal(**again, model, "reopened");
 }
 
-// One power supply for both files: after `budget` more writes/syncs, the
-// power is cut and every later call fails.
-struct Power {
-  std::atomic<int64_t> budget{-1};
-  std::atomic<bool> dead{false};
-  bool spend() {
-    if (dead) return false;
-    int64_t b = budget.load();
-    if (b < 0) return true;
-    if (b == 0) {
-      dead = true;
-      return false;
-    }
-    budget--;
-    return true;
-  }
-};
-
-class CutFile : public GrowFile {
- public:
-  CutFile(std::shared_ptr<MemGrowFile> f, std::shared_ptr<Power> p) : f_(std::move(f)), p_(std::move(p)) {}
-  uint64_t size() const override { return f_->size(); }
-  Status pread(uint64_t off, std::span<uint8_t> b) override {
-    if (p_->dead) return IoError("power cut");
-    return f_->pread(off, b);
-  }
-  Status pwrite(uint64_t off, std::span<const uint8_t> b) override {
-    if (!p_->spend()) return IoError("power cut");
-    return f_->pwrite(off, b);
-  }
-  Status sync() override {
-    if (!p_->spend()) return IoError("power cut");
-    return f_->sync();
-  }
-  std::shared_ptr<MemGrowFile> f_;
-  std::shared_ptr<Power> p_;
-};
-
-// Every write (and sync) of a small workload is the cut point once. After the
-// cut the layer must open, and read exactly what the last successful flush()
-// made durable. The RW layer sits on a read-only layer full of data, and the
-// workload mixes writes with discards and zero-outs (aligned and not, with
-// and without unmap), so a zeroed extent that got lost or reordered would
-// show the layer below.
-TEST(RwLayerSweep, PowerCutAtEveryWrite) {
+// Power-cut sweep of the RW layer: its data and index files are
+// FaultGrowFiles on one FaultDisk (FaultDevice's crash model), and every
+// write of a small workload is the cut point once: cut_after_writes(n) for
+// every n up to the workload's count; with `at_syncs` every sync is a cut
+// point too (e.g. between the data file's sync and the index file's). With
+// `survival` 0 every unsynced write is lost; otherwise each survives with
+// that probability (seeds vary), and a surviving append grows the data file.
+//
+// After the cut the layer must open and read what the last successful
+// flush() made durable, or, when the cut fell inside a flush, what that
+// flush was making durable (its unsynced index write may survive; it can
+// only point at data already synced, because records are written after the
+// data file's sync). Nothing else: no lost zeroed extent showing the layer
+// below, no record pointing at lost data. The reopened layer then takes
+// another write and flush and must still read right (appends land after
+// any surviving tail). The RW layer sits on a read-only layer full of data,
+// and the workload mixes writes with discards and zero-outs (aligned and
+// not, with and without unmap).
+void rw_layer_sweep(double survival, int seeds_per_cut, bool at_syncs) {
   const uint64_t kSize = 2 << 20;
   const Bytes lower_raw = [&] {
     Bytes b = udm::test::random_bytes(kSize, 61);
@@ -291,25 +266,36 @@ TEST(RwLayerSweep, PowerCutAtEveryWrite) {
     ASSERT_TRUE(raw_to_layer(rd, *sink, {}).ok());
     lower = out->contents();
   }
-  auto fresh_headers = [&] {
-    auto d = std::make_shared<MemGrowFile>(), i = std::make_shared<MemGrowFile>();
-    EXPECT_TRUE(create_rw_layer(*d, *i, kSize, "", "").ok());
-    return std::pair{d, i};
-  };
   auto open_stack = [&](GrowFilePtr d, GrowFilePtr i) { return stack({mem(lower)}, RwLayerFiles{d, i}); };
-  auto run = [&](int64_t budget, Bytes* durable_model, std::shared_ptr<MemGrowFile>* dout,
-                 std::shared_ptr<MemGrowFile>* iout) -> int {
-    auto [d, i] = fresh_headers();
-    auto power = std::make_shared<Power>();
-    power->budget = budget;
-    auto cd = std::make_shared<CutFile>(d, power), ci = std::make_shared<CutFile>(i, power);
-    auto dev = open_stack(cd, ci);
+  struct Outcome {
+    Bytes durable_model;                  // as of the last successful flush
+    std::optional<Bytes> inflight_model;  // as of the start of a flush the cut interrupted
+    Bytes data, index;                    // the files after the cut
+    uint64_t cut_points = 0;
+  };
+  // cut < 0: no cut during the workload (power is cut after it).
+  auto run = [&](int64_t cut, double surv, uint64_t seed) {
+    Outcome o;
+    auto disk = std::make_shared<FaultDisk>();
+    auto d = std::make_shared<FaultGrowFile>(disk), i = std::make_shared<FaultGrowFile>(disk);
+    EXPECT_TRUE(create_rw_layer(*d, *i, kSize, "", "").ok());
+    if (surv > 0) disk->set_unflushed_survival(surv, seed);
+    disk->set_cut_at_flushes(at_syncs);
+    uint64_t ops0 = disk->cut_points();
+    if (cut >= 0) disk->cut_after_writes(cut);
+    auto dev = open_stack(d, i);
     EXPECT_TRUE(dev.ok());
+    if (!dev.ok()) return o;
     std::mt19937_64 rng(5);
     Bytes model = lower_raw;
-    *durable_model = model;
-    int ops = 0;
-    for (int k = 0; k < 30 && !power->dead; k++) {
+    o.durable_model = model;
+    auto flush = [&] {
+      if ((*dev)->flush().ok())
+        o.durable_model = model;
+      else
+        o.inflight_model = model;
+    };
+    for (int k = 0; k < 30 && !disk->dead(); k++) {
       uint64_t len = 512 * (1 + rng() % 16), off = 512 * (rng() % ((kSize - len) / 512));
       if (k % 5 == 4) {
         if ((*dev)->trim(off, len).ok()) std::memset(model.data() + off, 0, len);
@@ -321,32 +307,72 @@ TEST(RwLayerSweep, PowerCutAtEveryWrite) {
         Bytes b = udm::test::random_bytes(len, rng());
         if ((*dev)->write(off, b).ok()) std::memcpy(model.data() + off, b.data(), len);
       }
-      ops++;
-      if (k % 3 == 2 && (*dev)->flush().ok()) *durable_model = model;
+      if (k % 3 == 2) flush();
     }
-    if (!power->dead && (*dev)->flush().ok()) *durable_model = model;
-    *dout = d;
-    *iout = i;
-    return ops;
+    if (!disk->dead()) flush();
+    o.cut_points = disk->cut_points() - ops0;
+    dev->reset();  // closing flushes nothing new once the power is cut
+    disk->power_cut();
+    o.data = d->durable();
+    o.index = i->durable();
+    return o;
   };
-  // Count the writes of an uncut run.
-  Bytes dm;
-  std::shared_ptr<MemGrowFile> d, i;
-  run(-1, &dm, &d, &i);
-  int cuts = 0, differing = 0;
-  for (int64_t n = 0; n < 100; n++) {
-    Bytes durable_model;
-    run(n, &durable_model, &d, &i);
-    auto d2 = std::make_shared<MemGrowFile>(d->durable()), i2 = std::make_shared<MemGrowFile>(i->durable());
-    auto dev = open_stack(d2, i2);
-    ASSERT_TRUE(dev.ok()) << "cut after " << n << ": " << dev.status().to_string();
-    expect_equal(**dev, durable_model, fmt::format("cut after {} writes", n));
-    differing += durable_model != lower_raw && durable_model != dm;
-    cuts++;
+  const Outcome full = run(-1, 0, 0);
+  ASSERT_GT(full.cut_points, 30u);
+  int cuts = 0, differing = 0, grown = 0, inflight = 0;
+  for (int64_t n = 0; n <= int64_t(full.cut_points); n++) {
+    for (int seed = 0; seed < seeds_per_cut; seed++) {
+      SCOPED_TRACE(fmt::format("cut after {} operations, seed {}", n, seed));
+      Outcome o = run(n, survival, 1000 * n + seed);
+      auto d2 = std::make_shared<MemGrowFile>(o.data), i2 = std::make_shared<MemGrowFile>(o.index);
+      Bytes state;
+      {
+        auto dev = open_stack(d2, i2);
+        ASSERT_TRUE(dev.ok()) << dev.status().to_string();
+        ASSERT_EQ((*dev)->size(), kSize);
+        Bytes got(kSize);
+        ASSERT_TRUE((*dev)->read(0, got).ok());
+        if (got == o.durable_model) {
+          state = o.durable_model;
+        } else if (o.inflight_model && got == *o.inflight_model) {
+          state = *o.inflight_model;
+          inflight++;
+        } else {
+          expect_equal(**dev, o.durable_model, "after the cut: neither the last flush's state nor the interrupted one's");
+          return;
+        }
+        // Life goes on: another write and flush, reopened.
+        Bytes b = udm::test::random_bytes(4096, n);
+        ASSERT_TRUE((*dev)->write(8192, b).ok());
+        ASSERT_TRUE((*dev)->flush().ok());
+        std::memcpy(state.data() + 8192, b.data(), b.size());
+      }
+      auto dev = open_stack(d2, i2);
+      ASSERT_TRUE(dev.ok()) << dev.status().to_string();
+      expect_equal(**dev, state, "after a write and flush on the survivor");
+      differing += o.durable_model != full.durable_model;
+      // Unsynced appends that survived: the data file is longer than the
+      // same cut leaves when every unsynced write is dropped.
+      if (survival > 0) grown += o.data.size() > run(n, 0, 0).data.size();
+      cuts++;
+    }
   }
-  EXPECT_EQ(cuts, 100);
-  EXPECT_GT(differing, 10) << "cuts that left a state between the start and the end";
+  EXPECT_EQ(cuts, (full.cut_points + 1) * seeds_per_cut);
+  EXPECT_GT(differing, int(full.cut_points) / 2) << "cuts that left a state before the end";
+  if (survival > 0) {
+    EXPECT_GT(grown, 0) << "no unsynced append survived: survival mode not exercised";
+  }
+  if (survival > 0 && at_syncs) {
+    EXPECT_GT(inflight, 0) << "no interrupted flush's index write survived";
+  } else {
+    EXPECT_EQ(inflight, 0) << "an interrupted flush survived where no cut can fall between its index write and sync";
+  }
 }
+
+TEST(RwLayerSweep, PowerCutAtEveryWriteUnsyncedWritesDropped) { rw_layer_sweep(0.0, 1, false); }
+TEST(RwLayerSweep, PowerCutAtEveryWriteUnsyncedWritesSurviveAtRandom) { rw_layer_sweep(0.5, 3, false); }
+TEST(RwLayerSweep, PowerCutAtEveryWriteOrSyncUnsyncedWritesDropped) { rw_layer_sweep(0.0, 1, true); }
+TEST(RwLayerSweep, PowerCutAtEveryWriteOrSyncUnsyncedWritesSurviveAtRandom) { rw_layer_sweep(0.5, 3, true); }
 
 }  // namespace
 }  // namespace udm::obd::test

@@ -9,11 +9,11 @@
 #include <sstream>
 
 #include "obd_test_util.h"
-#include "overlaybd/crc32c.h"
+#include "util/crc.h"
 #include "overlaybd/tar_format.h"
 #include "overlaybd/targets.h"
 #include "overlaybd/writer.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 
 namespace udm::obd::test {
 namespace {
@@ -39,13 +39,21 @@ std::vector<uint8_t> tar_of(const std::vector<uint8_t>& in) {
   return f->contents();
 }
 
+// overlaybd's CRC convention (util/crc.h crc32c_raw): the register starts at
+// the seed and is stored as is, no inversion. Checked against a bitwise
+// CRC-32C with the ZFile block seed, and chaining over a split.
 TEST(Crc32c, ConventionMatchesStandard) {
   const char* s = "123456789";
-  EXPECT_EQ(~crc32c_raw(s, 9, 0xFFFFFFFFu), 0xE3069283u);
-  // Long buffers (SSE4.2 path) agree with byte-at-a-time on the split.
+  EXPECT_EQ(~crc32c_raw(0xFFFFFFFFu, s, 9), 0xE3069283u);
   std::vector<uint8_t> v = udm::test::random_bytes(10007, 3);
-  uint32_t a = crc32c_raw(v.data(), v.size(), 100007);
-  uint32_t b = crc32c_raw(v.data() + 5, v.size() - 5, crc32c_raw(v.data(), 5, 100007));
+  uint32_t ref = kZFileBlockCrcSeed;
+  for (uint8_t byte : v) {
+    ref ^= byte;
+    for (int k = 0; k < 8; k++) ref = (ref >> 1) ^ (0x82F63B78u & (0u - (ref & 1)));
+  }
+  uint32_t a = crc32c_raw(kZFileBlockCrcSeed, v.data(), v.size());
+  EXPECT_EQ(a, ref);
+  uint32_t b = crc32c_raw(crc32c_raw(kZFileBlockCrcSeed, v.data(), 5), v.data() + 5, v.size() - 5);
   EXPECT_EQ(a, b);
 }
 
@@ -138,7 +146,7 @@ TEST(Sample, UdmZFileIsByteIdenticalToReference) {
 
 TEST(Sample, TargetsThroughRegistry) {
   auto exp = expected();
-  PathResolver res;
+  Resolver res;
   TargetParams p;
   p.type = "lsmt";
   p.length = 64 << 20;

@@ -12,7 +12,7 @@
 #include "obd_test_util.h"
 #include "overlaybd/tar_format.h"
 #include "overlaybd/targets.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 #include "overlaybd/writer.h"
 
 namespace udm::obd::test {
@@ -300,7 +300,7 @@ TEST(LsmtZero, TargetShorterThanVirtualSize) {
   udm::test::TempDir tmp;
   std::string f = tmp.file("base.lsmt");
   udm::test::write_file(f, base);
-  PathResolver res;
+  Resolver res;
   TargetParams p;
   p.type = "lsmt";
   p.resolver = &res;
