@@ -4,7 +4,7 @@
 #include <cstdlib>
 
 #include "io/memory_device.h"
-#include "update/format.h"
+#include "update/format_v0_io.h"
 
 using namespace udm::update;
 

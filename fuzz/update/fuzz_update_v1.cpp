@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "io/memory_device.h"
-#include "update/format_v1.h"
+#include "update/format_v1_io.h"
 
 using namespace udm::update;
 

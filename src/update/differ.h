@@ -3,9 +3,10 @@
 // compresses chunks on both cores.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
-#include "update/format.h"
+#include "util/status.h"
 
 namespace udm::update {
 

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "io/file_device.h"
+#include "update/format_v0.h"
 #include "util/progress.h"
 
 namespace udm::update {

@@ -20,6 +20,7 @@
 
 #include "update/differ.h"
 #include "update/format_v1.h"
+#include "update/format_v1_io.h"
 #include "util/progress.h"
 
 namespace udm::update {
