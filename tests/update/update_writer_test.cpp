@@ -212,7 +212,9 @@ void expect_v1_gives(const std::vector<uint8_t>& diff, const std::vector<uint8_t
 
 TEST(UpdateWriterPowerCut, V0NeverLeavesAWrongDiff) {
   const uint32_t bs = 4096;
-  auto [old_img, new_img] = make_pair_images(bs * 96, bs, 40, 5);
+  const auto pair = make_pair_images(bs * 96, bs, 40, 5);  // (no structured bindings: lambdas capture them)
+  const auto& old_img = pair.first;
+  const auto& new_img = pair.second;
   DiffOptions opt;
   opt.progress = false;
   opt.chunk_blocks = 2;  // many chunks, many writes
@@ -230,7 +232,9 @@ TEST(UpdateWriterPowerCut, V0NeverLeavesAWrongDiff) {
 
 TEST(UpdateWriterPowerCut, V1NeverLeavesAWrongDiff) {
   const uint32_t bs = 4096;
-  auto [old_img, new_img] = make_v1_pair(200, bs, 7);
+  const auto pair = make_v1_pair(200, bs, 7);
+  const auto& old_img = pair.first;
+  const auto& new_img = pair.second;
   DiffV1Options opt;
   opt.progress = false;
   opt.level = 3;
@@ -249,7 +253,9 @@ TEST(UpdateWriterPowerCut, V1NeverLeavesAWrongDiff) {
 // durable, never as a mix of the two.
 TEST(UpdateWriterPowerCut, OverAnotherDiff) {
   const uint32_t bs = 4096;
-  auto [o1, n1] = make_v1_pair(200, bs, 8);
+  const auto p1 = make_v1_pair(200, bs, 8);
+  const auto& o1 = p1.first;
+  const auto& n1 = p1.second;
   auto [o2, n2] = make_v1_pair(120, bs, 9);
   DiffV1Options opt;
   opt.progress = false;
