@@ -15,8 +15,9 @@
 
 #include "io/file_device.h"
 #include "io/path_resolver.h"
-#include "update/format.h"
-#include "update/format_v1.h"
+#include "update/format_io.h"
+#include "update/format_v0_io.h"
+#include "update/format_v1_io.h"
 #include "update/target.h"
 
 using namespace udm;

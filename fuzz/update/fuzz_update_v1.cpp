@@ -1,24 +1,31 @@
-// Format v1 parser (header, checkpoint, metadata, order check), then every
-// operation computed against a fixed old image: any file is either refused
-// with a message or yields an index whose payload lies inside the file and
-// whose order never reads a block after it was overwritten.
+// Format v1 parser (header, checkpoint, metadata, order check) from bytes,
+// which its device wrapper must agree with, then every operation computed
+// against a fixed old image: any file is either refused with a message or
+// yields an index whose payload lies inside the file and whose order never
+// reads a block after it was overwritten.
 #include <cstdint>
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
 
 #include "io/memory_device.h"
-#include "update/format_v1.h"
+#include "update/format.h"
+#include "update/format_v1_io.h"
 
 using namespace udm::update;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::span<const uint8_t> file(data, size);
+  if (size >= kVersionProbeBytes) (void)probe_diff_version(file, size);
   udm::MemoryDevice dev(std::vector<uint8_t>(data, data + size), true);
-  auto idx = load_v1(dev);
+  auto idx = load_v1_bytes(file);
+  auto via_dev = load_v1(dev);
+  if (idx.ok() != via_dev.ok()) std::abort();
   if (!idx.ok()) {
-    if (idx.status().message().empty()) std::abort();
+    if (idx.status().message().empty() || idx.status().message() != via_dev.status().message()) std::abort();
     return 0;
   }
+  if (idx->ops.size() != via_dev->ops.size() || idx->frames.size() != via_dev->frames.size()) std::abort();
   for (const auto& c : idx->chunks)
     if (c.offset < idx->h.data_offset || c.offset + c.length > size) std::abort();
   for (const auto& c : idx->xchunks)

@@ -1,10 +1,12 @@
 // Offline apply of a v1 diff (`udm update-apply`, and tests in process).
+#include "update/apply_v1.h"
+
 #include <fmt/format.h>
 
 #include <cstring>
 #include <map>
 
-#include "update/format_v1.h"
+#include "update/format_v1_io.h"
 
 namespace udm::update {
 

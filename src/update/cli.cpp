@@ -10,9 +10,11 @@
 
 #include "cli/cli_common.h"
 #include "io/file_device.h"
+#include "update/apply_v1.h"
 #include "update/differ.h"
-#include "update/format.h"
-#include "update/format_v1.h"
+#include "update/format_io.h"
+#include "update/format_v0_io.h"
+#include "update/format_v1_io.h"
 #include "util/progress.h"
 
 namespace udm {

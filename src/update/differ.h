@@ -1,11 +1,24 @@
-// update-diff: compare two images block by block and write a v0 diff of the
-// changed blocks. Streams both images (never holds one in memory) and
-// compresses chunks on both cores.
+// update-diff: the two generators.
+//
+//  * make_diff (format v0, diff_v0.cpp) compares two images block by block
+//    and writes the changed blocks; it streams both images (never holds one
+//    in memory) and compresses chunks on both cores.
+//  * make_diff_v1 (format v1, diff_v1*.cpp) describes every changed block by
+//    an operation (moves, similar blocks) in an order safe to apply in place.
+//
+// Both write through a GrowFile (io/grow_file.h) in diff_output.h's order: a
+// power cut while a diff is written leaves a file that no loader accepts, or
+// the whole diff. The path versions open the output only once the diff is
+// known to be valid (v1) or the images are (v0).
 #pragma once
 
+#include <cstdint>
+#include <span>
 #include <string>
 
-#include "update/format.h"
+#include "device/block_device.h"
+#include "io/grow_file.h"
+#include "util/status.h"
 
 namespace udm::update {
 
@@ -29,9 +42,12 @@ struct DiffStats {
 
 Result<DiffStats> make_diff(const std::string& old_path, const std::string& new_path,
                             const std::string& out_path, const DiffOptions& opts);
+// The same over devices holding the images, into `out`.
+Result<DiffStats> make_diff(BlockDevice& old_img, BlockDevice& new_img, GrowFile& out, const DiffOptions& opts);
 
-// Format v1 (format_v1.h): ZERO / COPY / REPLACE / DELTA operations in a
-// conflict-free order. Both images are mapped (the page cache holds them).
+// Format v1 (format_v1.h): ZERO / COPY / REPLACE / XOR / DELTA / SAVE
+// operations in a conflict-free order. Both images are mapped (the page
+// cache holds them).
 struct DiffV1Options {
   int level = 19;
   uint32_t block_size = 4096;
@@ -62,5 +78,8 @@ struct DiffV1Stats {
 
 Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string& new_path,
                                  const std::string& out_path, const DiffV1Options& opts);
+// The same over images in memory, into `out`.
+Result<DiffV1Stats> make_diff_v1(std::span<const uint8_t> old_img, std::span<const uint8_t> new_img, GrowFile& out,
+                                 const DiffV1Options& opts);
 
 }  // namespace udm::update

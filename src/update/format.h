@@ -1,103 +1,26 @@
-// dm-update diff format v0, bit-exact to seed 000 (docs/update-format.md):
-//
-//   offset 0   superblock (64 bytes, little-endian)
-//                magic[8] "update\0\0", version u8 = 0, block_bits u8, pad1 u16,
-//                chunk_blocks u32, compression[16] (NUL-terminated crypto API
-//                name), dir_offset u64, dir_compressed_size u64, dir_n u64, pad2 u64
-//   ...        compressed chunks (each: up to chunk_blocks changed blocks,
-//              compressed together)
-//   dir_offset the directory: dir_n 16-byte entries, compressed as one unit
-//              {dest_lo u32, dest_hi u16, src_hi u16, src_lo u32, offset u32}
-//              sorted by destination block; an entry says "destination block
-//              `dest` is block `offset` of the chunk stored at byte `src`".
-//              The last entry is a sentinel whose src is the end of the last
-//              chunk; a chunk's compressed length is the next different src
-//              minus its own.
-//
-// udm keeps the copy-back progress in pad2 (ignored by the seed's kernel
-// code): a tag in the high 32 bits and the number of entries copied in the
-// low 32 bits.
+// What the two diff formats share: the magic and the version byte that tells
+// them apart (docs/update-format.md). Pure: bytes in, values out; reading the
+// bytes from a device is format_io.h's job.
 #pragma once
 
-#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <span>
-#include <string>
-#include <vector>
 
-#include "device/block_device.h"
-#include "update/codec.h"
+#include "util/status.h"
 
 namespace udm::update {
 
-constexpr size_t kSuperblockSize = 64;
-constexpr size_t kEntrySize = 16;
-constexpr uint8_t kVersion0 = 0;
-constexpr uint64_t kMaxDirEntries = 1ull << 26;     // 1 GiB of directory
-constexpr uint64_t kMaxChunkBytes = 64ull << 20;    // decompressed chunk buffers stay sane
-constexpr uint32_t kProgressTag = 0x504d4455;       // "UDMP"
+// "update\0\0" at byte 0 of both formats; byte 8 is the version (0 or 1).
+inline constexpr uint8_t kDiffMagic[8] = {'u', 'p', 'd', 'a', 't', 'e', 0, 0};
+// Bytes probe_diff_version looks at, and the smallest diff it accepts (a v0
+// superblock).
+constexpr size_t kVersionProbeBytes = 16;
+constexpr uint64_t kMinDiffBytes = 64;
 
-struct Superblock {
-  uint8_t version = kVersion0;
-  uint8_t block_bits = 12;
-  uint16_t pad1 = 0;
-  uint32_t chunk_blocks = 16;
-  std::string compression = "zstd";
-  uint64_t dir_offset = 0;
-  uint64_t dir_compressed_size = 0;
-  uint64_t dir_n = 0;
-  uint64_t pad2 = 0;
-};
-
-struct Entry {
-  uint64_t dest = 0;    // destination block (48 bits)
-  uint64_t src = 0;     // byte offset of the compressed chunk in the diff (48 bits)
-  uint32_t offset = 0;  // block index inside the decompressed chunk
-};
-
-std::array<uint8_t, kSuperblockSize> encode_superblock(const Superblock& sb);
-// Checks magic, version, block_bits, chunk_blocks, compression, dir_n.
-Result<Superblock> decode_superblock(std::span<const uint8_t> bytes);
-void encode_entry(uint8_t* out, const Entry& e);
-Entry decode_entry(const uint8_t* in);
-
-struct Chunk {
-  uint64_t src = 0;
-  uint64_t length = 0;       // compressed bytes
-  uint32_t first_entry = 0;  // entries [first_entry, first_entry + n_entries)
-  uint32_t n_entries = 0;
-  uint32_t max_offset = 0;   // highest block offset used inside the chunk
-};
-
-// A validated diff: superblock, directory (without the sentinel) and chunks.
-struct DiffIndex {
-  Superblock sb;
-  Algo algo = Algo::None;
-  uint64_t file_size = 0;
-  std::vector<Entry> entries;      // sorted by dest, sentinel excluded
-  std::vector<uint32_t> chunk_of;  // entry index -> chunk index
-  std::vector<Chunk> chunks;
-
-  uint32_t block_size() const { return 1u << sb.block_bits; }
-  uint64_t chunk_bytes() const { return uint64_t{sb.chunk_blocks} << sb.block_bits; }
-  // Index of the entry for destination block `dest`, or -1.
-  int64_t find(uint64_t dest) const;
-  // Copy-back progress recorded in pad2 (entries copied), 0 if none.
-  uint64_t recorded_progress() const;
-};
-
-// Read and validate superblock + directory from a diff device. Every field
-// is checked; errors name the field. Nothing is written.
-Result<DiffIndex> load_diff(BlockDevice& diff);
-// The same over bytes in memory (fuzzers, tests).
-Result<DiffIndex> load_diff_bytes(std::span<const uint8_t> file);
-// Decompress chunk `c` into `out` (size >= chunk_bytes()); checks it covers
-// every block the directory uses.
-Status read_chunk(BlockDevice& diff, const DiffIndex& idx, size_t c, std::vector<uint8_t>& scratch,
-                  std::span<uint8_t> out);
-
-uint64_t progress_pad2(uint64_t entries_done);
-// Persist progress into the superblock's pad2 (one sector write + flush).
-Status write_progress(BlockDevice& diff, const DiffIndex& idx, uint64_t entries_done);
+bool has_diff_magic(std::span<const uint8_t> head);
+// 0 or 1 for a diff of `file_size` bytes that starts with `head` (at least
+// kVersionProbeBytes); an error naming the field otherwise.
+Result<int> probe_diff_version(std::span<const uint8_t> head, uint64_t file_size);
 
 }  // namespace udm::update

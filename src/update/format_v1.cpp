@@ -1,16 +1,15 @@
 #include "update/format_v1.h"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
-#include <zlib.h>
 #define ZSTD_STATIC_LINKING_ONLY  // ZSTD_d_format / ZSTD_c_format (magicless delta frames)
 #include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
-#include "io/memory_device.h"
-#include "update/codec.h"
+#include "update/format.h"
+#include "util/crc.h"
 #include "util/endian.h"
 
 namespace udm::update {
@@ -20,7 +19,6 @@ static_assert(v1_max_frame_bytes(kV1MaxChunkBytes) == ZSTD_COMPRESSBOUND(kV1MaxC
 static_assert(v1_max_frame_bytes(kV1MaxGroup << kV1MaxBlockBits) == ZSTD_COMPRESSBOUND(kV1MaxGroup << kV1MaxBlockBits));
 
 namespace {
-constexpr char kMagic[8] = {'u', 'p', 'd', 'a', 't', 'e', 0, 0};
 constexpr size_t kCrcEnd = 156;
 constexpr size_t kCkptLen = 28;
 
@@ -55,13 +53,14 @@ struct Reader {
   }
 };
 
-uint32_t crc(const uint8_t* p, size_t n) { return static_cast<uint32_t>(::crc32(0, p, static_cast<uInt>(n))); }
+// CRC-32 as zlib computes it (util/crc.h).
+uint32_t crc(const uint8_t* p, size_t n) { return crc32_ieee(0, p, n); }
 // The header CRC covers bytes 0..155 and, with the old-size flag, continues
 // over old_blocks (bytes 160..167).
 uint32_t header_crc(const uint8_t* b) {
-  uLong c = ::crc32(0, b, kCrcEnd);
-  if (le16(b + 10) & kV1FlagOldBlocks) c = ::crc32(c, b + kV1OldBlocksOffset, 8);
-  return static_cast<uint32_t>(c);
+  uint32_t c = crc32_ieee(0, b, kCrcEnd);
+  if (le16(b + 10) & kV1FlagOldBlocks) c = crc32_ieee(c, b + kV1OldBlocksOffset, 8);
+  return c;
 }
 }  // namespace
 
@@ -73,7 +72,7 @@ std::string hex(std::span<const uint8_t> b) {
 
 std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   std::array<uint8_t, kV1HeaderSize> b{};
-  std::memcpy(b.data(), kMagic, 8);
+  std::memcpy(b.data(), kDiffMagic, 8);
   b[8] = kVersion1;
   b[9] = h.block_bits;
   const bool own_old = h.old_blocks != 0 && h.old_blocks != h.image_blocks;
@@ -135,7 +134,7 @@ Status v1_validate_header(const V1Header& h) {
 Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   if (b.size() < kV1HeaderSize)
     return Corrupt(fmt::format("v1 header: diff is {} bytes, shorter than the {}-byte header", b.size(), kV1HeaderSize));
-  if (std::memcmp(b.data(), kMagic, 8) != 0) return Corrupt("header magic: not an update diff (want \"update\\0\")");
+  if (!has_diff_magic(b)) return Corrupt("header magic: not an update diff (want \"update\\0\")");
   if (b[8] != kVersion1) return Corrupt(fmt::format("header version: {} is not 1", b[8]));
   if (le32(&b[kCrcEnd]) != header_crc(b.data()))
     return Corrupt("v1 header checksum: the CRC-32 at byte 156 does not match the header bytes it covers");
@@ -247,36 +246,29 @@ int64_t V1Index::find(uint64_t dest) const {
   return it->second;
 }
 
-Result<int> diff_version(BlockDevice& diff) {
-  if (diff.size() < 64) return Corrupt(fmt::format("diff is {} bytes, shorter than a superblock", diff.size()));
-  uint8_t b[16];
-  UDM_TRY(diff.read(0, std::span<uint8_t>(b, 16)));
-  if (std::memcmp(b, kMagic, 8) != 0) return Corrupt("superblock magic: not an update diff (want \"update\\0\")");
-  if (b[8] == 0) return 0;
-  if (b[8] == 1) return 1;
-  return Corrupt(fmt::format("superblock version: {} is not supported (this reader knows 0 and 1)", b[8]));
-}
-
 // Wrapping addition: hostile varints must not overflow signed arithmetic;
 // a wrapped result is then refused by the range checks.
 static int64_t wadd(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
 }
 
-Result<V1Index> load_v1(BlockDevice& dev) {
+Result<V1Index> parse_v1_header(std::span<const uint8_t> header, uint64_t file_size) {
   V1Index idx;
-  idx.file_size = dev.size();
-  std::vector<uint8_t> hb(kV1HeaderSize);
+  idx.file_size = file_size;
   if (idx.file_size < kV1HeaderSize)
     return Corrupt(fmt::format("v1 header: diff is {} bytes, shorter than the {}-byte header", idx.file_size, kV1HeaderSize));
-  UDM_TRY(dev.read(0, hb));
-  UDM_ASSIGN_OR_RETURN(idx.h, decode_v1_header(hb));
+  UDM_ASSIGN_OR_RETURN(idx.h, decode_v1_header(header));
   const V1Header& h = idx.h;
   if (h.data_offset > idx.file_size || h.data_size > idx.file_size - h.data_offset)
     return Corrupt(fmt::format("v1 header data_offset/data_size: [{}, +{}) is outside the {}-byte file", h.data_offset,
                                h.data_size, idx.file_size));
-  std::vector<uint8_t> cmeta(h.meta_size);
-  UDM_TRY(dev.read(h.meta_offset, cmeta));
+  return idx;
+}
+
+Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
+  const V1Header& h = idx.h;
+  if (cmeta.size() != h.meta_size)
+    return Invalid(fmt::format("parse_v1_meta: {} bytes given for {}-byte metadata", cmeta.size(), h.meta_size));
   unsigned long long fsz = ZSTD_getFrameContentSize(cmeta.data(), cmeta.size());
   if (fsz != h.meta_raw_size)
     return Corrupt(fmt::format("v1 metadata: frame content size does not match meta_raw_size {}", h.meta_raw_size));
@@ -479,20 +471,31 @@ Result<V1Index> load_v1(BlockDevice& dev) {
     }
   }
   if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
+  return Status::Ok();
+}
+
+
+Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const uint8_t> cmeta, uint64_t file_size) {
+  UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(header, file_size));
+  UDM_TRY(parse_v1_meta(idx, cmeta));
   return idx;
 }
 
 Result<V1Index> load_v1_bytes(std::span<const uint8_t> file) {
-  MemoryDevice m(std::vector<uint8_t>(file.begin(), file.end()), true);
-  return load_v1(m);
+  UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(file.first(std::min(file.size(), kV1HeaderSize)), file.size()));
+  UDM_TRY(parse_v1_meta(idx, file.subspan(idx.h.meta_offset, idx.h.meta_size)));
+  return idx;
 }
 
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk) {
+uint64_t v1_chunk_blocks(const V1Index& idx, size_t ci, bool xor_chunk) {
+  return std::min<uint64_t>(idx.h.chunk_blocks,
+                            (xor_chunk ? idx.n_xor : idx.n_replace) - uint64_t{idx.h.chunk_blocks} * ci);
+}
+
+Status decode_v1_chunk(const V1Index& idx, size_t ci, bool xor_chunk, std::span<const uint8_t> src,
+                       std::span<uint8_t> out) {
   const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
-  uint64_t blocks = std::min<uint64_t>(idx.h.chunk_blocks, (xor_chunk ? idx.n_xor : idx.n_replace) - uint64_t{idx.h.chunk_blocks} * ci);
-  std::vector<uint8_t> src(c.length);
-  UDM_TRY(diff.read(c.offset, src));
-  uint64_t want = blocks * idx.block_size();
+  uint64_t want = v1_chunk_blocks(idx, ci, xor_chunk) * idx.block_size();
   if (out.size() < want) return Invalid("v1 chunk: output buffer too small");
   size_t n = ZSTD_decompress(out.data(), want, src.data(), src.size());
   if (ZSTD_isError(n)) return Corrupt(fmt::format("v1 chunk {} at {}: zstd: {}", ci, c.offset, ZSTD_getErrorName(n)));
@@ -500,14 +503,11 @@ Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span
   return Status::Ok();
 }
 
-Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
+Status decode_v1_delta(const V1Index& idx, size_t fi, std::span<const uint8_t> prefix, std::span<const uint8_t> src,
+                       std::span<uint8_t> out) {
   const V1Frame& f = idx.frames[fi];
-  const uint64_t bs = idx.block_size();
-  const uint64_t want = uint64_t{f.blocks} * bs;
+  const uint64_t want = uint64_t{f.blocks} * idx.block_size();
   if (out.size() < want) return Invalid("v1 delta frame: output buffer too small");
-  std::vector<uint8_t> prefix(f.refs.size() * bs), src(f.length);
-  for (size_t k = 0; k < f.refs.size(); k++) UDM_TRY(old.read(f.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, bs)));
-  UDM_TRY(diff.read(f.offset, src));
   thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
   ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters);
   ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, 27);
@@ -518,49 +518,6 @@ Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, si
   if (n != want)
     return Corrupt(fmt::format("v1 delta frame {} at {}: decompresses to {} bytes, want {}", fi, f.offset, n, want));
   return Status::Ok();
-}
-
-Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
-                  uint64_t done) {
-  const V1Op& op = idx.ops[i];
-  const uint64_t bs = idx.block_size();
-  switch (op.type) {
-    case OpType::Zero:
-      std::memset(out.data(), 0, bs);
-      return Status::Ok();
-    case OpType::Copy: {
-      int64_t sv = idx.save_of(op.src);
-      if (sv >= 0 && static_cast<int64_t>(i) > sv && done <= static_cast<uint64_t>(sv))
-        return old.read(idx.ops[sv].src * bs, out.subspan(0, bs));  // not parked yet: the original
-      return old.read(op.src * bs, out.subspan(0, bs));
-    }
-    case OpType::Save:
-      return old.read(op.src * bs, out.subspan(0, bs));
-    case OpType::Delta: {
-      const V1Frame& f = idx.frames[op.index];
-      if (f.blocks == 1) return v1_read_delta(diff, old, idx, op.index, out);
-      std::vector<uint8_t> frame(uint64_t{f.blocks} * bs);
-      UDM_TRY(v1_read_delta(diff, old, idx, op.index, frame));
-      std::memcpy(out.data(), frame.data() + uint64_t{op.member} * bs, bs);
-      return Status::Ok();
-    }
-    case OpType::Replace:
-    case OpType::Xor: {
-      const bool x = op.type == OpType::Xor;
-      std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
-      size_t ci = op.index / idx.h.chunk_blocks;
-      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x));
-      const uint8_t* pay = chunk.data() + (op.index % idx.h.chunk_blocks) * bs;
-      if (!x) {
-        std::memcpy(out.data(), pay, bs);
-        return Status::Ok();
-      }
-      UDM_TRY(old.read(op.src, out.subspan(0, bs)));
-      v1_xor_into(out.subspan(0, bs), pay);
-      return Status::Ok();
-    }
-  }
-  return Invalid("bad op");
 }
 
 void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay) {
@@ -575,14 +532,8 @@ void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay) {
   for (; i < out.size(); i++) out[i] ^= pay[i];
 }
 
-Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash) {
-  if (!stash.empty()) {
-    // The block first, flushed; then the record that points at it.
-    UDM_TRY(diff.write(kV1HeaderSize, stash));
-    UDM_TRY(diff.flush());
-  }
-  std::vector<uint8_t> sector(512);
-  UDM_TRY(diff.read(0, sector));
+
+void put_v1_checkpoint(std::span<uint8_t> sector, uint32_t state, uint64_t done, std::span<const uint8_t> stash) {
   uint8_t* c = &sector[kV1CkptOffset];
   put_le32(c, kV1CkptTag);
   put_le32(c + 4, state);
@@ -590,30 +541,14 @@ Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std
   put_le64(c + 16, stash.empty() ? 0 : done + 1);
   put_le32(c + 24, stash.empty() ? 0 : crc(stash.data(), stash.size()));
   put_le32(c + kCkptLen, crc(c, kCkptLen));
-  return diff.write(0, sector, /*fua=*/true);
 }
 
-Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out) {
-  if (!idx.h.ckpt_stash_op || idx.h.ckpt_stash_op != idx.h.ckpt_done + 1) return false;
-  UDM_TRY(diff.read(kV1HeaderSize, out.subspan(0, idx.block_size())));
-  if (crc(out.data(), idx.block_size()) != idx.h.ckpt_stash_crc)
+bool v1_has_stash(const V1Index& idx) { return idx.h.ckpt_stash_op && idx.h.ckpt_stash_op == idx.h.ckpt_done + 1; }
+
+Status check_v1_stash(const V1Index& idx, std::span<const uint8_t> block) {
+  if (crc(block.data(), idx.block_size()) != idx.h.ckpt_stash_crc)
     return Corrupt("v1 checkpoint: the stashed block does not match its checksum");
-  return true;
-}
-
-Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes) {
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
-  std::vector<uint8_t> buf(1 << 20);
-  for (uint64_t off = 0; off < bytes; off += buf.size()) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - off));
-    UDM_TRY(d.read(off, std::span<uint8_t>(buf.data(), n)));
-    EVP_DigestUpdate(ctx.get(), buf.data(), n);
-  }
-  std::array<uint8_t, 32> out{};
-  unsigned len = 0;
-  EVP_DigestFinal_ex(ctx.get(), out.data(), &len);
-  return out;
+  return Status::Ok();
 }
 
 }  // namespace udm::update

@@ -29,16 +29,19 @@
 //                  SAVE and before that operation reads the parked block.
 // The stored order never lets an operation overwrite a block that a later
 // operation reads (checked on load).
+//
+// Pure format code: bytes in, structs out (and back), no I/O. Loading a diff
+// from a device, decoding payloads against the old blocks on a device and
+// the checkpoint writes: format_v1_io.h; the offline apply: apply_v1.h.
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "device/block_device.h"
+#include "util/status.h"
 
 namespace udm::update {
 
@@ -172,48 +175,43 @@ std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vec
 // out ^= pay (out.size() bytes).
 void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay);
 
-// 1 if the device holds a v1 diff, 0 if v0 (by the version byte; the magic
-// is checked); error if neither.
-Result<int> diff_version(BlockDevice& diff);
-Result<V1Index> load_v1(BlockDevice& diff);
+// A `file_size`-byte diff's header (its first kV1HeaderSize bytes), checked,
+// and its payload's place inside the file. The returned index has h and
+// file_size; parse_v1_meta fills the rest.
+Result<V1Index> parse_v1_header(std::span<const uint8_t> header, uint64_t file_size);
+// The compressed metadata (h.meta_size bytes read at h.meta_offset):
+// decompressed, every operation, count, source, frame and the order checked
+// (docs/update-format.md "What a reader checks"). Errors name the field.
+Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> compressed_meta);
+// A whole diff in memory (fuzzers, tests, the generator's check of its own
+// header and metadata: the payload need not be there, only the size).
 Result<V1Index> load_v1_bytes(std::span<const uint8_t> file);
+Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const uint8_t> compressed_meta,
+                             uint64_t file_size);
 
-// Decoded REPLACE chunk i (or XOR chunk i with xor=true) into out (>= chunk_blocks blocks).
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false);
+// Blocks in REPLACE chunk ci (or XOR chunk ci with xor_chunk).
+uint64_t v1_chunk_blocks(const V1Index& idx, size_t ci, bool xor_chunk);
+// Stored chunk ci (its length bytes) decoded into out (>= its blocks).
+Status decode_v1_chunk(const V1Index& idx, size_t ci, bool xor_chunk, std::span<const uint8_t> stored,
+                       std::span<uint8_t> out);
+// Stored DELTA frame fi decoded with `prefix` (its reference blocks of the
+// old image, in list order, back to back) into out (>= frames[fi].blocks blocks).
+Status decode_v1_delta(const V1Index& idx, size_t fi, std::span<const uint8_t> prefix, std::span<const uint8_t> stored,
+                       std::span<uint8_t> out);
 // The old blocks an XOR operation reads: [first, last] (one or two).
 inline std::pair<uint64_t, uint64_t> v1_xor_blocks(const V1Index& idx, const V1Op& op) {
   return {op.src >> idx.h.block_bits, (op.src + idx.block_size() - 1) >> idx.h.block_bits};
 }
-// Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
-// `old` (the intact old blocks).
-Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
-// Compute the new content of op `i` from the diff and the still-intact old
-// blocks (REPLACE decodes its whole chunk; callers with a cache do better).
-// `done`: operations applied on `old` so far (a COPY of a parked block reads
-// the parking block once its SAVE is applied, the original before).
-Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
-                  uint64_t done = 0);
 
-// Offline apply (update-apply; tests): every operation's new block, in apply
-// order, computed from the diff and the intact old image on `old` before
-// anything is written (so a corrupt diff fails here and changes nothing);
-// each payload decoded once. One block per operation, back to back.
-Result<std::vector<uint8_t>> v1_compute_all(BlockDevice& diff, BlockDevice& old, const V1Index& idx);
-// Writes those blocks to their destinations (`sys` must hold the new image's
-// size), then flushes. `progress` is called once per block.
-Status v1_write_all(BlockDevice& sys, const V1Index& idx, std::span<const uint8_t> blocks,
-                    const std::function<void(uint64_t)>& progress = {});
+// The checkpoint record in a copy of the diff's first 512 bytes: state,
+// operations done, and (with a stash block) the stash's operation and CRC.
+void put_v1_checkpoint(std::span<uint8_t> first_sector, uint32_t state, uint64_t done,
+                       std::span<const uint8_t> stash = {});
+// Does the header's checkpoint name a stash (the new block of operation done)?
+bool v1_has_stash(const V1Index& idx);
+// The stash block read back against the CRC its checkpoint recorded.
+Status check_v1_stash(const V1Index& idx, std::span<const uint8_t> block);
 
-// Persist the checkpoint (one 512-byte header write with FUA). With a
-// stash block, it is written and flushed first and the record names it as
-// the new content of operation `done` (used when that operation reads the
-// block it overwrites).
-Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash = {});
-// True (and the block in out) if the checkpoint holds a valid stash for op ckpt_done.
-Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out);
-
-// SHA-256 of the first `bytes` bytes of a device.
-Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes);
 std::string hex(std::span<const uint8_t> b);
 
 }  // namespace udm::update

@@ -15,27 +15,30 @@
 // flush, checkpoint naming it). After a power cut the copy restarts at the
 // checkpoint; every operation from there is recomputed from blocks that are
 // still old, or from the stash.
+//
+// Decoded REPLACE and XOR chunks and DELTA frames of several blocks live in
+// the process's block cache (io/block_cache.h), keyed by this target's owner
+// id: one decode however many readers wait for it.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
 
-#include "update/format_v1.h"
-#include "update/target.h"
+#include "device/target_kit.h"
+#include "io/block_cache.h"
+#include "update/format_v1_io.h"
+#include "update/target_versions.h"
 #include "util/log.h"
 
-namespace udm {
-using namespace update;
+namespace udm::update {
 
 namespace {
 
-class UpdateTargetV1 : public Target {
+class UpdateTargetV1 : public ReadOnlyTarget {
  public:
   UpdateTargetV1(DevicePtr sys, DevicePtr diff, V1Index idx, bool bg, std::vector<uint8_t> stash)
       : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), bg_(bg), stash_(std::move(stash)) {
@@ -45,15 +48,15 @@ class UpdateTargetV1 : public Target {
     durable_has_stash_ = !stash_.empty();
     stash_op_ = stash_.empty() ? UINT64_MAX : done_.load();
   }
-  ~UpdateTargetV1() override { stop_copy(); }
+  ~UpdateTargetV1() override {
+    stop_copy();
+    cache_->drop_owner(owner_);
+  }
 
   std::string type() const override { return "update"; }
   uint64_t size() const override { return idx_.new_bytes(); }  // the NEW image
   DeviceCaps caps() const override {
-    DeviceCaps c;
-    c.read_only = true;
-    c.can_trim = false;
-    c.can_write_zeroes = false;
+    DeviceCaps c = ReadOnlyTarget::caps();
     c.logical_block = 512;
     c.physical_block = std::max<uint32_t>(4096, idx_.block_size());
     return c;
@@ -93,16 +96,6 @@ class UpdateTargetV1 : public Target {
     }
     return Status::Ok();
   }
-  Status do_write(uint64_t, std::span<const uint8_t>, bool) override {
-    return ReadOnly("update target: the device is read-only while the update is applied");
-  }
-  Status do_trim(uint64_t, uint64_t) override {
-    return ReadOnly("update target: the device is read-only while the update is applied");
-  }
-  Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override {
-    return ReadOnly("update target: the device is read-only while the update is applied");
-  }
-  Status do_flush() override { return Status::Ok(); }
 
  private:
   // New content of operation i (not yet applied) into out.
@@ -134,51 +127,21 @@ class UpdateTargetV1 : public Target {
     return Status::Ok();
   }
 
-  // Decoded REPLACE chunks and DELTA frames (key kFrameKey + frame), shared;
-  // each is decoded once while others wait. FIFO within a byte budget.
-  static constexpr size_t kFrameKey = size_t{1} << 40;
-  static constexpr size_t kXorKey = size_t{1} << 41;  // XOR chunks
-  static constexpr uint64_t kCacheBytes = 64ull << 20;
-  struct Slot {
-    std::vector<uint8_t> data;
-    bool ready = false;
-    Status status;
-  };
-  Result<std::shared_ptr<const std::vector<uint8_t>>> get_payload(size_t ci) {
-    std::unique_lock lk(cache_mu_);
-    auto it = cache_.find(ci);
-    if (it != cache_.end()) {
-      auto slot = it->second;
-      cache_cv_.wait(lk, [&] { return slot->ready; });
-      if (!slot->status.ok()) return slot->status;
-      return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
-    }
-    auto slot = std::make_shared<Slot>();
-    const uint64_t bytes =
-        (ci >= kFrameKey && ci < kXorKey ? uint64_t{idx_.frames[ci - kFrameKey].blocks} : uint64_t{idx_.h.chunk_blocks}) *
-        idx_.block_size();
-    cache_[ci] = slot;
-    fifo_.push_back({ci, bytes});
-    cache_bytes_ += bytes;
-    while (cache_bytes_ > kCacheBytes && fifo_.size() > 1) {
-      auto v = cache_.find(fifo_.front().first);
-      if (v != cache_.end() && !v->second->ready) break;
-      if (v != cache_.end()) cache_.erase(v);
-      cache_bytes_ -= fifo_.front().second;
-      fifo_.pop_front();
-    }
-    lk.unlock();
-    slot->data.resize(bytes);
-    Status s = ci >= kXorKey     ? v1_read_chunk(*diff_, idx_, ci - kXorKey, slot->data, true)
-               : ci >= kFrameKey ? v1_read_delta(*diff_, *sys_, idx_, ci - kFrameKey, slot->data)
-                                 : v1_read_chunk(*diff_, idx_, ci, slot->data);
-    lk.lock();
-    slot->status = s;
-    slot->ready = true;
-    if (!s.ok()) cache_.erase(ci);  // its FIFO entry stays until evicted (find() misses)
-    cache_cv_.notify_all();
-    if (!s.ok()) return s;
-    return std::shared_ptr<const std::vector<uint8_t>>(slot, &slot->data);
+  // Decoded REPLACE chunks, XOR chunks (kXorKey + chunk) and DELTA frames
+  // (kFrameKey + frame), shared through the block cache.
+  static constexpr uint64_t kFrameKey = uint64_t{1} << 40;
+  static constexpr uint64_t kXorKey = uint64_t{1} << 41;
+  Result<BlockCache::Block> get_payload(uint64_t key) {
+    return cache_->get(owner_, key, [this, key]() -> Result<std::vector<uint8_t>> {
+      const bool frame = key >= kFrameKey && key < kXorKey;
+      std::vector<uint8_t> data((frame ? uint64_t{idx_.frames[key - kFrameKey].blocks} : uint64_t{idx_.h.chunk_blocks}) *
+                                idx_.block_size());
+      Status s = key >= kXorKey ? v1_read_chunk(*diff_, idx_, key - kXorKey, data, true)
+                 : frame        ? v1_read_delta(*diff_, *sys_, idx_, key - kFrameKey, data)
+                                : v1_read_chunk(*diff_, idx_, key, data);
+      if (!s.ok()) return s;
+      return data;
+    });
   }
 
   void start_copy() {
@@ -259,11 +222,8 @@ class UpdateTargetV1 : public Target {
   bool started_ = false;
   bool durable_has_stash_ = false;
   std::shared_mutex apply_mu_;
-  std::mutex cache_mu_;
-  std::condition_variable cache_cv_;
-  std::map<size_t, std::shared_ptr<Slot>> cache_;
-  std::deque<std::pair<size_t, uint64_t>> fifo_;  // (key, bytes)
-  uint64_t cache_bytes_ = 0;
+  std::shared_ptr<BlockCache> cache_ = BlockCache::shared();
+  const uint64_t owner_ = BlockCache::new_owner();
   std::atomic<bool> stop_{false};
   std::mutex thread_mu_;
   std::thread thread_;
@@ -271,8 +231,11 @@ class UpdateTargetV1 : public Target {
 
 }  // namespace
 
-Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std::string& diff_name, uint64_t length,
-                                        bool bg) {
+Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
+  DevicePtr sys = std::move(d.sys), diff = std::move(d.diff);
+  const std::string& diff_name = d.diff_name;
+  const uint64_t length = d.length;
+  const bool bg = d.bg;
   auto idx = load_v1(*diff);
   if (!idx.ok()) return idx.status().context("update: diff " + diff_name);
   // The device is the NEW image; the system device holds the OLD image at
@@ -325,4 +288,4 @@ Result<TargetPtr> make_update_target_v1(DevicePtr sys, DevicePtr diff, const std
                                                     std::move(stash)));
 }
 
-}  // namespace udm
+}  // namespace udm::update

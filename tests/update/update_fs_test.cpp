@@ -20,7 +20,8 @@
 #include <fstream>
 
 #include "io/memory_device.h"
-#include "update/format_v1.h"
+#include "update/apply_v1.h"
+#include "update/format_v1_io.h"
 #include "update_util.h"
 #include "v1_sweep.h"
 

@@ -280,12 +280,24 @@ TEST(UpdateTarget, TableArgumentsAreChecked) {
   p.type = "update";
   p.length = b.old_img.size();
   p.resolver = &r;
-  p.args = {"sys", "diff"};
-  EXPECT_NE(make_update_target(p).status().message().find("at least 3 arguments"), std::string::npos);
-  p.args = {"sys", "diff", "1"};
-  EXPECT_NE(make_update_target(p).status().message().find("#opt_args says 1"), std::string::npos);
-  p.args = {"sys", "diff", "1", "fast"};
-  EXPECT_NE(make_update_target(p).status().message().find("unknown optional argument 'fast'"), std::string::npos);
+  // The table syntax is `update <system_dev> <diff_dev> <#opt_args> [no_bg_update]`
+  // (device/target_args.h reads it; every error names the argument).
+  auto msg = [&](std::vector<std::string> args) {
+    p.args = std::move(args);
+    auto t = make_update_target(p);
+    EXPECT_FALSE(t.ok());
+    EXPECT_EQ(t.status().code(), EINVAL);
+    return t.status().message();
+  };
+  EXPECT_EQ(msg({"sys"}), "update: missing <diff_dev>");
+  EXPECT_NE(msg({"sys", "diff"}).find("update: <#opt_args>: missing"), std::string::npos);
+  EXPECT_NE(msg({"sys", "diff", "1"}).find("update: <#opt_args>: says 1 but 0 optional arguments follow"),
+            std::string::npos);
+  EXPECT_NE(msg({"sys", "diff", "x"}).find("<#opt_args>: 'x' is not a decimal number"), std::string::npos);
+  EXPECT_NE(msg({"sys", "diff", "1", "fast"}).find("unknown optional argument 'fast' (known: no_bg_update)"),
+            std::string::npos);
+  EXPECT_NE(msg({"sys", "diff", "2", "no_bg_update", "no_bg_update"}).find("no_bg_update: given twice"),
+            std::string::npos);
   p.args = {"small", "diff", "0"};
   EXPECT_NE(make_update_target(p).status().message().find("larger than the system device"), std::string::npos);
   p.args = {"sys", "sys", "0"};

@@ -10,7 +10,7 @@
 #include "common/sys_util.h"
 #include "device/target.h"
 #include "update/differ.h"
-#include "update/format.h"
+#include "update/format_v0_io.h"
 #include "update/target.h"
 
 namespace udm::test {

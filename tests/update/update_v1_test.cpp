@@ -11,7 +11,9 @@
 #include <zstd.h>
 
 #include "io/memory_device.h"
-#include "update/format_v1.h"
+#include "update/apply_v1.h"
+#include "update/format_io.h"
+#include "update/format_v1_io.h"
 #include "update_util.h"
 #include "util/endian.h"
 #include "v1_sweep.h"

@@ -28,7 +28,7 @@
 #include <unordered_map>
 
 #include "io/fault_device.h"
-#include "update/format_v1.h"
+#include "update/format_v1_io.h"
 #include "update_util.h"
 
 namespace udm::test {

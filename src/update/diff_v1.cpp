@@ -1,0 +1,172 @@
+// update-diff, format v1: moved blocks (hash index of old), similar blocks
+// (XOR at an offset, zstd with similar old blocks as a prefix), a
+// conflict-free order. make_diff_v1 runs the phases of diff_v1_internal.h,
+// each in its own file, over the two images in memory.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_c_format (magicless delta frames)
+#include <zstd.h>
+
+#include <chrono>
+
+#include "update/diff_output.h"
+#include "update/diff_v1_internal.h"
+#include "util/progress.h"
+
+namespace udm::update {
+
+namespace v1gen {
+
+namespace {
+struct CCtx {
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  ~CCtx() { ZSTD_freeCCtx(c); }
+};
+}  // namespace
+
+std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag,
+                               bool magicless) {
+  thread_local CCtx cc;
+  ZSTD_CCtx_reset(cc.c, ZSTD_reset_session_and_parameters);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_compressionLevel, level);
+  if (magicless) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_format, ZSTD_f_zstd1_magicless);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(cc.c, ZSTD_c_contentSizeFlag, size_flag ? 1 : 0);
+  if (pn) ZSTD_CCtx_refPrefix(cc.c, prefix, pn);
+  std::vector<uint8_t> out(ZSTD_compressBound(n));
+  size_t r = ZSTD_compress2(cc.c, out.data(), out.size(), src, n);
+  if (ZSTD_isError(r)) return {};
+  out.resize(r);
+  return out;
+}
+
+Gear::Gear() {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (auto& v : t) {
+    x += 0x9e3779b97f4a7c15ull;
+    uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    v = z ^ (z >> 31);
+  }
+}
+const Gear kGear;
+
+namespace {
+
+// The format's limits (format_v1.h), checked up front where the options decide them.
+Status check_options(const DiffV1Options& o) {
+  if (o.block_size < (1u << kV1MinBlockBits) || o.block_size > (1u << kV1MaxBlockBits) ||
+      (o.block_size & (o.block_size - 1)))
+    return Invalid(fmt::format("--block-size {}: must be a power of two in {}..{}", o.block_size, 1u << kV1MinBlockBits,
+                               1u << kV1MaxBlockBits));
+  if (o.chunk_blocks == 0 || uint64_t{o.chunk_blocks} * o.block_size > kV1MaxChunkBytes)
+    return Invalid(fmt::format("--chunk-blocks {}: must be 1.. with chunks of at most {} MiB", o.chunk_blocks,
+                               kV1MaxChunkBytes >> 20));
+  return Status::Ok();
+}
+
+// Every phase but the writing: the diff's bytes in memory, checked by the
+// loader. `old_name`/`new_name` name the images in messages.
+Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t> new_img, const std::string& old_name,
+                      const std::string& new_name, const DiffV1Options& o, DiffV1Stats& st) {
+  UDM_TRY(check_options(o));
+  const uint64_t bs = o.block_size;
+  // OLD and NEW may differ in size: destinations are the new image's blocks
+  // [0, blocks), sources only the old image's [0, old_blocks) (the system
+  // device past the old image's end holds anything).
+  const uint64_t size = new_img.size(), old_size = old_img.size();
+  if (size == 0 || size % bs)
+    return Invalid(fmt::format("new image {}: size {} is not a positive multiple of the block size {}", new_name, size, bs));
+  if (old_size == 0 || old_size % bs)
+    return Invalid(fmt::format("old image {}: size {} is not a positive multiple of the block size {}", old_name, old_size, bs));
+  const uint64_t blocks = size / bs, old_blocks = old_size / bs;
+  const uint64_t span = std::max(blocks, old_blocks);
+  // This generator indexes blocks with 32-bit integers; the format allows kV1MaxImageBlocks.
+  if (span >= (1ull << 31) || span > kV1MaxImageBlocks)
+    return Invalid(fmt::format("image of {} blocks: update-diff handles fewer than 2^31 blocks", span));
+  if (!o.progress) Progress::force_enable(false);
+  const Input in{o, old_img.data(), new_img.data(), bs, size, old_size, blocks, old_blocks, span,
+                 std::max(1u, o.threads), o.level ? o.level : 19, std::vector<uint8_t>(bs, 0)};
+  st.image_bytes = size;
+  st.blocks = blocks;
+  st.old_blocks = old_blocks;
+
+  OldIndex ix;
+  Plan plan;
+  index_old(in, ix);
+  match_exact(in, ix, plan, st);
+  choose_ops(in, ix, plan);
+  UDM_TRY(order_ops(in, ix, plan, st));
+  UDM_ASSIGN_OR_RETURN(Encoded e, encode(in, ix, plan, st));
+  UDM_TRY(check_loads(e));
+  return e;
+}
+
+// An image mapped read-only (see make_diff_v1 below for why not read()).
+struct Mapped {
+  const uint8_t* p = nullptr;
+  size_t n = 0;
+  ~Mapped() {
+    if (p && n) ::munmap(const_cast<uint8_t*>(p), n);
+  }
+  std::span<const uint8_t> bytes() const { return {p, n}; }
+};
+
+Status map_file(const std::string& path, Mapped& m) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("open " + path);
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return ErrnoStatus("stat " + path);
+  }
+  m.n = static_cast<size_t>(st.st_size);
+  if (m.n) {
+    void* p = ::mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      return ErrnoStatus("mmap " + path);
+    }
+    ::madvise(p, m.n, MADV_WILLNEED);
+    m.p = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace v1gen
+
+Result<DiffV1Stats> make_diff_v1(std::span<const uint8_t> old_img, std::span<const uint8_t> new_img, GrowFile& out,
+                                 const DiffV1Options& o) {
+  auto t0 = std::chrono::steady_clock::now();
+  DiffV1Stats st;
+  UDM_ASSIGN_OR_RETURN(v1gen::Encoded e, v1gen::build(old_img, new_img, "OLD", "NEW", o, st));
+  UDM_ASSIGN_OR_RETURN(st.diff_bytes, v1gen::write_encoded(e, out));
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string& new_path, const std::string& out_path,
+                                 const DiffV1Options& o) {
+  auto t0 = std::chrono::steady_clock::now();
+  UDM_TRY(v1gen::check_options(o));
+  // The generator reads both images all over (hashes, byte compares at any
+  // offset, references): they are mapped, and the page cache holds them.
+  v1gen::Mapped oldm, newm;
+  UDM_TRY(v1gen::map_file(old_path, oldm));
+  UDM_TRY(v1gen::map_file(new_path, newm));
+  DiffV1Stats st;
+  UDM_ASSIGN_OR_RETURN(v1gen::Encoded e, v1gen::build(oldm.bytes(), newm.bytes(), old_path, new_path, o, st));
+  // Only now, with a diff the loader accepts, is the output touched.
+  UDM_ASSIGN_OR_RETURN(GrowFilePtr out, open_diff_output(out_path));
+  UDM_ASSIGN_OR_RETURN(st.diff_bytes, v1gen::write_encoded(e, *out));
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace udm::update

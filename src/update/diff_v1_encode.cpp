@@ -1,0 +1,214 @@
+// update-diff v1, phase "encode" (diff_v1_internal.h): DELTA operations
+// consecutive in the apply order and near each other share one frame when
+// that is smaller; REPLACE and XOR blocks, in destination order, are
+// compressed into chunks (two threads); the operations become the metadata
+// (zstd -19) and the header is filled in. Nothing is written here.
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zstd.h>
+
+#include <cstring>
+
+#include "update/diff_v1_internal.h"
+#include "util/progress.h"
+
+namespace udm::update::v1gen {
+
+Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st) {
+  const DiffV1Options& o = in.o;
+  const uint8_t* OLD = in.OLD;
+  const uint8_t* NEW = in.NEW;
+  const uint64_t bs = in.bs, blocks = in.blocks, old_blocks = in.old_blocks, span = in.span;
+  const unsigned threads = in.threads;
+  const int level = in.level;
+  const std::array<uint8_t, 32>& old_sha = ix.old_sha;
+  const std::array<uint8_t, 32>& new_sha = ix.new_sha;
+  std::vector<GOp>& ops = plan.ops;
+  const std::vector<uint32_t>& order = plan.order;
+  // DELTA operations consecutive in the apply order whose
+  // destinations are near each other (the same file, usually) share one
+  // frame when that is smaller: every member then reads the union of their
+  // references, so the union may only hold blocks that nothing overwrites
+  // before the group's last member.
+  std::vector<uint64_t> over_at(span, UINT64_MAX);  // first position that overwrites a block (SAVE or final)
+  for (size_t p = order.size(); p-- > 0;) over_at[ops[order[p]].dest] = p;
+  struct Frame {
+    std::vector<uint32_t> members;  // ops, apply order
+    std::vector<uint64_t> refs;
+    std::vector<uint8_t> data;      // grouped frame (empty: the members' own frames)
+  };
+  std::vector<Frame> groups;
+  {
+    const size_t G = std::clamp<uint32_t>(o.delta_group, 1, kV1MaxGroup);
+    Frame cur;
+    for (size_t p = 0; p < order.size(); p++) {
+      uint32_t k = order[p];
+      if (ops[k].type != OpType::Delta) continue;
+      bool join = false;
+      std::vector<uint64_t> uni;
+      if (!cur.members.empty() && cur.members.size() < G) {
+        uint64_t last = ops[cur.members.back()].dest, d = ops[k].dest;
+        if ((d > last ? d - last : last - d) <= 64) {
+          uni = cur.refs;
+          for (uint64_t r : ops[k].refs)
+            if (std::find(uni.begin(), uni.end(), r) == uni.end()) uni.push_back(r);
+          join = uni.size() <= kV1MaxRefs &&
+                 std::all_of(uni.begin(), uni.end(), [&](uint64_t r) { return over_at[r] > p; });
+        }
+      }
+      if (join) {
+        cur.members.push_back(k);
+        cur.refs = std::move(uni);
+        continue;
+      }
+      if (!cur.members.empty()) groups.push_back(std::move(cur));
+      cur = Frame{{k}, ops[k].refs, {}};
+    }
+    if (!cur.members.empty()) groups.push_back(std::move(cur));
+    Progress prog("update-diff: grouping deltas", groups.size(), false);
+    parallel_for(groups.size(), threads, [&](size_t gi) {
+      Frame& f = groups[gi];
+      if (f.members.size() > 1) {
+        std::vector<uint8_t> prefix(f.refs.size() * bs), raw(f.members.size() * bs);
+        for (size_t i = 0; i < f.refs.size(); i++) std::memcpy(prefix.data() + i * bs, OLD + f.refs[i] * bs, bs);
+        size_t singles = 0;
+        for (size_t i = 0; i < f.members.size(); i++) {
+          std::memcpy(raw.data() + i * bs, NEW + ops[f.members[i]].dest * bs, bs);
+          singles += ops[f.members[i]].frame.size() + 2 * ops[f.members[i]].refs.size();
+        }
+        auto fr = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, false, true);
+        if (!fr.empty() && fr.size() + 2 * f.refs.size() < singles) f.data = std::move(fr);
+      }
+      prog.add(1);
+    });
+    prog.finish();
+    // A group that did not pay is split back into single frames.
+    std::vector<Frame> out;
+    for (auto& f : groups) {
+      if (f.members.size() > 1 && f.data.empty()) {
+        for (uint32_t k : f.members) out.push_back(Frame{{k}, ops[k].refs, {}});
+      } else {
+        out.push_back(std::move(f));
+      }
+    }
+    groups = std::move(out);
+  }
+  std::vector<std::pair<uint32_t, uint32_t>> frame_of(ops.size(), {UINT32_MAX, 0});  // op -> (frame, member)
+  std::vector<V1Frame> frames;
+  for (uint32_t fi = 0; fi < groups.size(); fi++) {
+    Frame& f = groups[fi];
+    if (f.data.empty()) f.data = std::move(ops[f.members[0]].frame);
+    for (uint32_t m = 0; m < f.members.size(); m++) frame_of[f.members[m]] = {fi, m};
+    V1Frame vf;
+    vf.length = f.data.size();
+    vf.refs = f.refs;
+    vf.blocks = static_cast<uint32_t>(f.members.size());
+    frames.push_back(std::move(vf));
+  }
+  std::vector<V1Op> vops;
+  std::vector<uint32_t> rep_blocks, xor_blocks;
+  bool stash = false;
+  for (uint32_t k : order) {
+    GOp& g = ops[k];
+    V1Op v;
+    v.dest = g.dest;
+    v.type = g.type;
+    v.src = g.src;
+    if (g.type == OpType::Zero) st.zero++;
+    if (g.type == OpType::Copy) st.copy++;
+    if (g.type == OpType::Save) st.save_ops++;
+    if (g.type == OpType::Replace) {
+      rep_blocks.push_back(k);
+      st.replace++;
+    }
+    if (g.type == OpType::Xor) {
+      xor_blocks.push_back(k);
+      st.xor_ops++;
+      if (g.src / bs == g.dest || (g.src + bs - 1) / bs == g.dest) {
+        stash = true;
+        st.stash_ops++;
+      }
+    }
+    if (g.type == OpType::Delta) {
+      v.index = frame_of[k].first;
+      v.member = frame_of[k].second;
+      st.delta++;
+      const auto& refs = frames[v.index].refs;
+      if (std::find(refs.begin(), refs.end(), g.dest) != refs.end()) {
+        stash = true;
+        st.stash_ops++;
+      }
+    }
+    vops.push_back(v);
+  }
+  st.delta_frames = frames.size();
+  // REPLACE blocks go into the chunks in destination order (the reader
+  // derives each one's place the same way).
+  // So do the XOR payloads (new block XOR the old bytes at its source).
+  auto by_dest = [&](uint32_t a, uint32_t b) { return ops[a].dest < ops[b].dest; };
+  std::sort(rep_blocks.begin(), rep_blocks.end(), by_dest);
+  std::sort(xor_blocks.begin(), xor_blocks.end(), by_dest);
+  const size_t nchunks = (rep_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
+  const size_t nxchunks = (xor_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
+  std::vector<std::vector<uint8_t>> chunks(nchunks + nxchunks);
+  {
+    Progress prog("update-diff: compressing", nchunks + nxchunks, false);
+    parallel_for(nchunks + nxchunks, threads, [&](size_t c) {
+      const bool x = c >= nchunks;
+      const auto& list = x ? xor_blocks : rep_blocks;
+      size_t first = (x ? c - nchunks : c) * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, list.size() - first);
+      std::vector<uint8_t> raw(cnt * bs);
+      for (size_t i = 0; i < cnt; i++) {
+        const GOp& g = ops[list[first + i]];
+        std::span<uint8_t> blk(raw.data() + i * bs, bs);
+        std::memcpy(blk.data(), NEW + g.dest * bs, bs);
+        if (x) v1_xor_into(blk, OLD + g.src);
+      }
+      chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
+      prog.add(1);
+    });
+    prog.finish();
+  }
+  std::vector<uint64_t> chunk_lengths, xchunk_lengths;
+  for (size_t c = 0; c < chunks.size(); c++) {
+    if (chunks[c].empty()) return IoError("update-diff: zstd failed on a chunk");
+    (c < nchunks ? chunk_lengths : xchunk_lengths).push_back(chunks[c].size());
+  }
+  st.xchunks = nxchunks;
+  const uint8_t block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
+  auto meta = encode_v1_meta(vops, chunk_lengths, frames, xchunk_lengths, block_bits);
+  std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
+  size_t cm = ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 19);
+  if (ZSTD_isError(cm)) return IoError("update-diff: zstd failed on the metadata");
+  cmeta.resize(cm);
+
+  V1Header h;
+  h.block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
+  h.chunk_blocks = o.chunk_blocks;
+  h.image_blocks = blocks;
+  h.old_blocks = old_blocks;
+  h.op_count = vops.size();
+  h.stash_blocks = stash ? 1 : 0;
+  h.meta_offset = kV1HeaderSize + (stash ? bs : 0);
+  h.meta_size = cmeta.size();
+  h.meta_raw_size = meta.size();
+  h.data_offset = h.meta_offset + h.meta_size;
+  h.data_size = 0;
+  for (auto& c : chunks) h.data_size += c.size();
+  for (auto& f : frames) h.data_size += f.length;
+  h.old_sha256 = old_sha;
+  h.new_sha256 = new_sha;
+  auto hb = encode_v1_header(h);
+  st.chunks = nchunks;
+  st.ops = vops.size();
+  st.meta_bytes = cmeta.size();
+  Encoded e;
+  e.h = h;
+  e.header = hb;
+  e.stash = stash;
+  e.cmeta = std::move(cmeta);
+  e.chunks = std::move(chunks);
+  for (auto& f : groups) e.frames.push_back(std::move(f.data));
+  return e;
+}
+
+}  // namespace udm::update::v1gen

@@ -1,0 +1,118 @@
+#include "update/format_v1_io.h"
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace udm::update {
+
+Result<V1Index> load_v1(BlockDevice& dev) {
+  const uint64_t size = dev.size();
+  std::vector<uint8_t> hb(std::min<uint64_t>(size, kV1HeaderSize));
+  if (size >= kV1HeaderSize) UDM_TRY(dev.read(0, hb));
+  UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(hb, size));
+  std::vector<uint8_t> cmeta(idx.h.meta_size);
+  UDM_TRY(dev.read(idx.h.meta_offset, cmeta));
+  UDM_TRY(parse_v1_meta(idx, cmeta));
+  return idx;
+}
+
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk) {
+  const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
+  std::vector<uint8_t> src(c.length);
+  UDM_TRY(diff.read(c.offset, src));
+  return decode_v1_chunk(idx, ci, xor_chunk, src, out);
+}
+
+Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
+  const V1Frame& f = idx.frames[fi];
+  const uint64_t bs = idx.block_size();
+  if (out.size() < uint64_t{f.blocks} * bs) return Invalid("v1 delta frame: output buffer too small");
+  std::vector<uint8_t> prefix(f.refs.size() * bs), src(f.length);
+  for (size_t k = 0; k < f.refs.size(); k++) UDM_TRY(old.read(f.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, bs)));
+  UDM_TRY(diff.read(f.offset, src));
+  return decode_v1_delta(idx, fi, prefix, src, out);
+}
+
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
+                  uint64_t done) {
+  const V1Op& op = idx.ops[i];
+  const uint64_t bs = idx.block_size();
+  switch (op.type) {
+    case OpType::Zero:
+      std::memset(out.data(), 0, bs);
+      return Status::Ok();
+    case OpType::Copy: {
+      int64_t sv = idx.save_of(op.src);
+      if (sv >= 0 && static_cast<int64_t>(i) > sv && done <= static_cast<uint64_t>(sv))
+        return old.read(idx.ops[sv].src * bs, out.subspan(0, bs));  // not parked yet: the original
+      return old.read(op.src * bs, out.subspan(0, bs));
+    }
+    case OpType::Save:
+      return old.read(op.src * bs, out.subspan(0, bs));
+    case OpType::Delta: {
+      const V1Frame& f = idx.frames[op.index];
+      if (f.blocks == 1) return v1_read_delta(diff, old, idx, op.index, out);
+      std::vector<uint8_t> frame(uint64_t{f.blocks} * bs);
+      UDM_TRY(v1_read_delta(diff, old, idx, op.index, frame));
+      std::memcpy(out.data(), frame.data() + uint64_t{op.member} * bs, bs);
+      return Status::Ok();
+    }
+    case OpType::Replace:
+    case OpType::Xor: {
+      const bool x = op.type == OpType::Xor;
+      std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
+      size_t ci = op.index / idx.h.chunk_blocks;
+      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x));
+      const uint8_t* pay = chunk.data() + (op.index % idx.h.chunk_blocks) * bs;
+      if (!x) {
+        std::memcpy(out.data(), pay, bs);
+        return Status::Ok();
+      }
+      UDM_TRY(old.read(op.src, out.subspan(0, bs)));
+      v1_xor_into(out.subspan(0, bs), pay);
+      return Status::Ok();
+    }
+  }
+  return Invalid("bad op");
+}
+
+Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash) {
+  if (!stash.empty()) {
+    // The block first, flushed; then the record that points at it.
+    UDM_TRY(diff.write(kV1HeaderSize, stash));
+    UDM_TRY(diff.flush());
+  }
+  std::vector<uint8_t> sector(512);
+  UDM_TRY(diff.read(0, sector));
+  put_v1_checkpoint(sector, state, done, stash);
+  return diff.write(0, sector, /*fua=*/true);
+}
+
+Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out) {
+  if (!v1_has_stash(idx)) return false;
+  UDM_TRY(diff.read(kV1HeaderSize, out.subspan(0, idx.block_size())));
+  UDM_TRY(check_v1_stash(idx, out));
+  return true;
+}
+
+Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes) {
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<uint8_t> buf(1 << 20);
+  for (uint64_t off = 0; off < bytes; off += buf.size()) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - off));
+    UDM_TRY(d.read(off, std::span<uint8_t>(buf.data(), n)));
+    EVP_DigestUpdate(ctx.get(), buf.data(), n);
+  }
+  std::array<uint8_t, 32> out{};
+  unsigned len = 0;
+  EVP_DigestFinal_ex(ctx.get(), out.data(), &len);
+  return out;
+}
+
+}  // namespace udm::update

@@ -1,0 +1,40 @@
+// Format v1 over devices: the I/O around the pure code of format_v1.h —
+// loading a diff, reading and decoding its payloads (DELTA frames read their
+// references from the device holding the old blocks), computing one
+// operation's new block, and the copy-back's checkpoint and stash writes.
+#pragma once
+
+#include <array>
+#include <span>
+
+#include "device/block_device.h"
+#include "update/format_v1.h"
+
+namespace udm::update {
+
+Result<V1Index> load_v1(BlockDevice& diff);
+
+// Decoded REPLACE chunk i (or XOR chunk i with xor=true) into out (>= chunk_blocks blocks).
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false);
+// Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
+// `old` (the intact old blocks).
+Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
+// Compute the new content of op `i` from the diff and the still-intact old
+// blocks (REPLACE decodes its whole chunk; callers with a cache do better).
+// `done`: operations applied on `old` so far (a COPY of a parked block reads
+// the parking block once its SAVE is applied, the original before).
+Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t i, std::span<uint8_t> out,
+                  uint64_t done = 0);
+
+// Persist the checkpoint (one 512-byte header write with FUA). With a
+// stash block, it is written and flushed first and the record names it as
+// the new content of operation `done` (used when that operation reads the
+// block it overwrites).
+Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash = {});
+// True (and the block in out) if the checkpoint holds a valid stash for op ckpt_done.
+Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out);
+
+// SHA-256 of the first `bytes` bytes of a device.
+Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes);
+
+}  // namespace udm::update
