@@ -1,6 +1,6 @@
 // Power cut while a diff is being written (v0 and v1 generators, through
-// io/grow_file.h): for every write N the power goes (MemGrowFile's
-// cut_after_writes), and what the disk kept is the durable file plus ANY
+// io/grow_file.h): for every write N the power goes (FaultGrowFile's
+// disk: cut_after_writes), and what the disk kept is the durable file plus ANY
 // subset of the writes since the last completed sync (a disk persists what
 // it pleases of its volatile cache). Every such file must be refused by the
 // loader or be the complete diff — never a diff that loads and is not the
@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 
+#include "io/fault_grow_file.h"
 #include "io/grow_file.h"
 #include "io/memory_device.h"
 #include "update/apply_v1.h"
@@ -25,13 +26,13 @@ using namespace udm::update;
 
 namespace {
 
-// Passes everything to a MemGrowFile and remembers the writes made since
-// the last sync that completed. MemGrowFile cuts the power at a write
+// Passes everything to a FaultGrowFile and remembers the writes made since
+// the last sync that completed. The FaultGrowFile's disk cuts the power at a write
 // (cut_after_writes); cut_at_sync(k) cuts it instead when the k-th sync is
 // asked for (every write done, none of them flushed yet).
 class RecordingFile : public GrowFile {
  public:
-  explicit RecordingFile(MemGrowFile& m) : m_(m) {}
+  explicit RecordingFile(FaultGrowFile& m) : m_(m) {}
   void cut_at_sync(int64_t k) { sync_budget_ = k; }
   uint64_t size() const override { return m_.size(); }
   Status pread(uint64_t off, std::span<uint8_t> buf) override { return m_.pread(off, buf); }
@@ -87,7 +88,7 @@ class RecordingFile : public GrowFile {
   }
 
  private:
-  MemGrowFile& m_;
+  FaultGrowFile& m_;
   std::vector<std::pair<uint64_t, std::vector<uint8_t>>> pending_;
   int64_t writes_ = 0;
   int64_t sync_budget_ = -1;
@@ -120,17 +121,17 @@ struct SweepCounts {
   int refused = 0, complete = 0, previous = 0, wrong = 0, cuts = 0;
 };
 
-// Runs `write` into a MemGrowFile holding `init`, the power cut after every
+// Runs `write` into a FaultGrowFile holding `init`, the power cut after every
 // write N until a run completes, then at every sync K; judges every torn file.
 template <class Write>
 SweepCounts sweep(const Judge& judge, const std::vector<uint8_t>& init, Write write) {
   SweepCounts c;
   for (int64_t n = 0, at_sync = 0;; n++) {
     SCOPED_TRACE((at_sync ? "power cut at sync " : "power cut after write ") + std::to_string(n));
-    MemGrowFile m(init);
+    FaultGrowFile m(std::make_shared<FaultDisk>(), init);
     RecordingFile f(m);
     if (at_sync) f.cut_at_sync(n);
-    else m.cut_after_writes(n);
+    else m.disk().cut_after_writes(static_cast<uint64_t>(n));
     Status s = write(f);
     for (const auto& keep : f.subsets(static_cast<uint64_t>(n))) {
       switch (judge(f.torn(keep))) {
@@ -166,14 +167,14 @@ SweepCounts sweep(const Judge& judge, const std::vector<uint8_t>& init, Write wr
 
 std::vector<uint8_t> v0_diff(const std::vector<uint8_t>& o, const std::vector<uint8_t>& n, const DiffOptions& opt) {
   MemoryDevice od(o, true), nd(n, true);
-  MemGrowFile f;
+  FaultGrowFile f;
   auto st = make_diff(od, nd, f, opt);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   return f.durable();
 }
 
 std::vector<uint8_t> v1_diff(const std::vector<uint8_t>& o, const std::vector<uint8_t>& n, const DiffV1Options& opt) {
-  MemGrowFile f;
+  FaultGrowFile f;
   auto st = make_diff_v1(o, n, f, opt);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   return f.durable();
@@ -305,7 +306,7 @@ TEST(UpdateWriterPowerCut, SweepCatchesAHeaderFirstWriter) {
       UDM_TRY(f.pwrite(off, std::span<const uint8_t>(d.data() + off, std::min<uint64_t>(4096, d.size() - off))));
     return f.sync();
   };
-  MemGrowFile m;
+  FaultGrowFile m;
   RecordingFile f(m);
   f.cut_at_sync(0);  // every write done, the sync that would make them durable not
   ASSERT_FALSE(header_first(f).ok());
