@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 
 #include "bow/restore.h"
-#include "device/table.h"
+#include "device/target_args.h"
 #include "util/log.h"
 
 namespace udm::bow {
@@ -519,7 +519,6 @@ void BowTarget::masked_ranges(uint64_t off, uint64_t len,
 }
 
 Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
-  UDM_TRY(check_range(off, buf.size(), "read"));
   if (buf.empty()) return Status::Ok();
   std::shared_lock st(state_mu_);
   // Write-back jobs not yet on the device: their data is laid over what the
@@ -572,13 +571,11 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
 }
 
 Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) {
-  UDM_TRY(check_range(off, buf.size(), "write"));
   if (buf.empty()) return Status::Ok();
   return write_common(off, buf.size(), buf.data(), fua, false);
 }
 
 Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) {
-  UDM_TRY(check_range(off, len, "write_zeroes"));
   if (len == 0) return Status::Ok();
   return write_common(off, len, nullptr, fua, may_unmap);
 }
@@ -1154,7 +1151,6 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
 }
 
 Status BowTarget::do_trim(uint64_t off, uint64_t len) {
-  UDM_TRY(check_range(off, len, "trim"));
   std::shared_lock st(state_mu_);
   {
     std::unique_lock l(mu_);
@@ -1202,29 +1198,21 @@ Status BowTarget::do_flush() {
 }
 
 Result<TargetPtr> make_bow_target(const TargetParams& p) {
-  if (p.args.empty()) return Invalid("bow: expected <dev> [<#opt_args> on_full=fail|drop block_size=N]");
+  TargetArgs a("bow", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<dev>"));
+  UDM_ASSIGN_OR_RETURN(OptArgs o, a.opt_group());
   BowOptions opts;
-  if (p.args.size() > 1) {
-    UDM_ASSIGN_OR_RETURN(uint64_t n, parse_u64_arg(p.args[1], "bow: #opt_args"));
-    if (n != p.args.size() - 2)
-      return Invalid(fmt::format("bow: #opt_args is {} but {} optional arguments follow", n,
-                                 p.args.size() - 2));
-    for (size_t i = 2; i < p.args.size(); i++) {
-      const std::string& a = p.args[i];
-      if (a == "on_full=fail") opts.drop_on_full = false;
-      else if (a == "on_full=drop") opts.drop_on_full = true;
-      else if (a.rfind("block_size=", 0) == 0) {
-        UDM_ASSIGN_OR_RETURN(uint64_t bs, parse_u64_arg(a.substr(11), "bow: block_size"));
-        if (!valid_block_size(bs))
-          return Invalid(fmt::format("bow: block_size {} is not a power of two in 512..65536", bs));
-        opts.block_size = static_cast<uint32_t>(bs);
-      } else {
-        return Invalid(fmt::format("bow: unknown optional argument '{}' (expected on_full=fail, "
-                                   "on_full=drop or block_size=N)", a));
-      }
-    }
+  UDM_ASSIGN_OR_RETURN(std::string on_full, o.choice("on_full", {"fail", "drop"}, "fail"));
+  opts.drop_on_full = on_full == "drop";
+  UDM_ASSIGN_OR_RETURN(auto bs, o.u64("block_size"));
+  UDM_TRY(o.done());
+  if (bs) {
+    if (!valid_block_size(*bs))
+      return a.error("block_size",
+                     fmt::format("{} is not a power of two in {}..{}", *bs, kMinBlock, kMaxBlock));
+    opts.block_size = static_cast<uint32_t>(*bs);
   }
-  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(p.args[0], true));
+  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(spec, true));
   UDM_ASSIGN_OR_RETURN(auto t, BowTarget::create(std::move(dev), p.length, opts));
   return TargetPtr(std::move(t));
 }
