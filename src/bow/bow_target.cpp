@@ -4,6 +4,7 @@
 
 #include "bow/restore.h"
 #include "device/target_args.h"
+#include "util/crc.h"
 #include "util/log.h"
 
 namespace udm::bow {
@@ -897,7 +898,7 @@ Status BowTarget::copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* 
     uint64_t k = std::min<uint64_t>(total - done, 1u << 20);
     buf.resize(k);
     UDM_TRY(dev_->read(src * bs_ + done, buf));
-    if (crc) *crc = crc32_le(*crc, buf);
+    if (crc) *crc = crc32_ieee_raw(*crc, buf.data(), buf.size());
     UDM_TRY(dev_->write(dst * bs_ + done, buf));
     done += k;
   }
