@@ -446,28 +446,26 @@ bool BowTarget::busy_overlaps(uint64_t s, uint64_t e) const {
 void BowTarget::busy_add(uint64_t s, uint64_t e) { busy_[s] = e; }
 void BowTarget::busy_remove(uint64_t s, uint64_t) { busy_.erase(s); }
 
+uint64_t BowTarget::block0_base() const {
+  std::lock_guard l(mu_);
+  return state_ == 1 ? sector0_block_ * bs_ : 0;
+}
+
 Status BowTarget::io_block0_read(uint64_t off, std::span<uint8_t> buf) {
   std::shared_lock s0(s0_mu_);
-  uint64_t base = 0;
-  {
-    std::lock_guard l(mu_);
-    if (state_ == 1) base = sector0_block_ * bs_;
-  }
-  return dev_->read(base + off, buf);
+  return dev_->read(block0_base() + off, buf);
 }
 
 Status BowTarget::io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
   std::shared_lock s0(s0_mu_);
-  uint64_t base = 0;
-  {
-    std::lock_guard l(mu_);
-    if (state_ == 1) base = sector0_block_ * bs_;
-  }
+  const uint64_t base = block0_base();
   if (!data) return dev_->write_zeroes(base + off, len, fua);
   return dev_->write(base + off, std::span<const uint8_t>(data, len), fua);
 }
 
-Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
+// Writes [off, off+len) to the device, or zeroes it when data is null
+// (unmap: it may be deallocated); block 0's bytes go to the live copy.
+Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap) {
   if (off < bs_) {
     uint64_t n = std::min<uint64_t>(len, bs_ - off);
     UDM_TRY(io_block0_write(off, n, data, fua));
@@ -476,20 +474,8 @@ Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, b
     if (data) data += n;
     if (len == 0) return Status::Ok();
   }
-  if (!data) return dev_->write_zeroes(off, len, fua);
+  if (!data) return dev_->write_zeroes(off, len, fua, unmap);
   return dev_->write(off, std::span<const uint8_t>(data, len), fua);
-}
-
-// Zeroes [off, off+len) on the device (block 0's bytes go to the live copy).
-Status BowTarget::lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap) {
-  if (off < bs_) {
-    uint64_t n = std::min<uint64_t>(len, bs_ - off);
-    UDM_TRY(io_block0_write(off, n, nullptr, fua));
-    off += n;
-    len -= n;
-    if (len == 0) return Status::Ok();
-  }
-  return dev_->write_zeroes(off, len, fua, unmap);
 }
 
 void BowTarget::masked_ranges(uint64_t off, uint64_t len,
@@ -679,7 +665,7 @@ Status BowTarget::write_state0(std::unique_lock<std::mutex>& l, uint64_t off, ui
   if (freeing) map_.set(f0, f1, BlockType::kFree);
   busy_add(b0, b1);
   l.unlock();
-  Status s = data ? lower_write(off, len, data, fua) : lower_zero(off, len, fua, unmap);
+  Status s = lower_write(off, len, data, fua, unmap);
   l.lock();
   if (!s.ok() && freeing) map_.set(f0, f1, BlockType::kUnchanged);  // not known to be zero
   busy_remove(b0, b1);
@@ -745,22 +731,13 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
             if (!data) zero_blocks(r.start, r.end);
             break;
           case BlockType::kBackup:
-            if (data) {
-              runs.push_back(r);
-              sup.push_back({r.start, r.end});
-              pad_check(r);
-            }
-            break;
           case BlockType::kSector0:
-            if (data) {
-              move_s0 = true;
-              sup.push_back({r.start, r.end});
-              pad_check(r);
-            }
-            break;
           case BlockType::kIntent:
+            // bow's data in blocks free in the filesystem's view: a write saves
+            // (copies) or moves (the live block 0, the intent) it first.
             if (data) {
-              move_intent = true;
+              if (r.type == BlockType::kBackup) runs.push_back(r);
+              else (r.type == BlockType::kSector0 ? move_s0 : move_intent) = true;
               sup.push_back({r.start, r.end});
               pad_check(r);
             }
@@ -783,7 +760,7 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         l.unlock();
         Status s;
         for (const auto& [a, e] : zr)
-          if (s.ok()) s = lower_zero(a, e - a, false, unmap);
+          if (s.ok()) s = lower_write(a, e - a, nullptr, false, unmap);
         if (s.ok() && fua) s = dev_->flush();
         l.lock();
         busy_remove(b0, b1);
@@ -860,7 +837,7 @@ Status BowTarget::write_carried(const Job& j) {
   if (!j.zero) return lower_write(j.off, j.len, j.data.data(), j.fua);
   Status s;
   for (const auto& [a, e] : j.zero_ranges)
-    if (s.ok()) s = lower_zero(a, e - a, false, j.unmap);
+    if (s.ok()) s = lower_write(a, e - a, nullptr, false, j.unmap);
   if (s.ok() && j.fua) s = dev_->flush();
   return s;
 }
