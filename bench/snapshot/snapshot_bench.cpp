@@ -35,7 +35,7 @@
 #include <thread>
 
 #include "io/file_device.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 #include "snapshot/snapshot.h"
 
 using namespace udm;
@@ -124,7 +124,7 @@ static double run_writes(BlockDevice& d, const std::vector<uint64_t>& offs, int 
 static int run_zero(BlockDevice& od, BlockDevice& cd, const std::string& o, const std::string& c,
                     uint64_t size, uint32_t cs, int reps, uint64_t salt_o, uint64_t salt_c) {
   const uint64_t z = size / 16, req = 1 << 20;
-  PathResolver pr;
+  Resolver pr;
   std::vector<double> oz, ozb, sz, sz2, szb, pz;
   bool ok = true;
   auto mibs = [&](clk::time_point t) { return z / secs(t) / 1048576; };
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
   uint64_t exceptions = 0, merged_bytes = 0;
   std::string status;
   bool ok = true, verified = true;
-  PathResolver pr;
+  Resolver pr;
   for (int rep = 0; rep < reps && ok; rep++) {
     // Baseline: the same writes to the plain (allocated) origin file; then
     // put the origin back to its pattern (untimed).

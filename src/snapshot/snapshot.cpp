@@ -1,24 +1,17 @@
 #include "snapshot/snapshot.h"
 
-#include <sys/stat.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 
-#include "io/path_resolver.h"
+#include "device/target_args.h"
+#include "io/resolver.h"
 #include "util/log.h"
 #include "util/scratch.h"
 
 namespace udm::snapshot {
-
-Result<std::string> device_identity(const std::string& spec) {
-  if (spec.empty() || spec[0] != '/') return "udm:" + spec;
-  struct stat st;
-  if (::stat(spec.c_str(), &st) != 0) return ErrnoStatus("stat " + spec);
-  if (S_ISBLK(st.st_mode)) return "blk:" + std::to_string(uint64_t(st.st_rdev));
-  return "file:" + std::to_string(uint64_t(st.st_dev)) + ":" + std::to_string(uint64_t(st.st_ino));
-}
 
 // ---------------------------------------------------------------- registry
 
@@ -874,39 +867,45 @@ struct CommonArgs {
   uint32_t chunk = 0;
 };
 
-Result<CommonArgs> parse_common(const TargetParams& p, size_t min_args, bool origin_writable,
-                                const char* usage) {
-  if (p.args.size() < min_args)
-    return Invalid(p.type + ": expected " + usage + ", got " + std::to_string(p.args.size()) +
-                   " arguments");
-  CommonArgs a;
-  std::string t = p.args[2];
-  for (auto& ch : t) ch = char(toupper(ch));
-  if (t != "P" && t != "PO" && t != "N")
-    return Invalid(p.type + ": store type '" + p.args[2] + "' must be P, PO or N");
-  a.store_type = t;
-  UDM_ASSIGN_OR_RETURN(uint64_t cs, parse_u64_arg(p.args[3], "chunk_size"));
-  if (cs != 0) UDM_TRY(validate_chunk_sectors(cs, p.type + ": chunk_size"));
-  a.chunk = uint32_t(cs);
-  if (p.args.size() > 4) {
-    UDM_ASSIGN_OR_RETURN(uint64_t nf, parse_u64_arg(p.args[4], "#feature_args"));
-    if (p.args.size() != 5 + nf)
-      return Invalid(p.type + ": #feature_args says " + std::to_string(nf) + " but " +
-                     std::to_string(p.args.size() - 5) + " follow");
-    for (size_t i = 5; i < p.args.size(); i++)
-      return NotSupported(p.type + ": feature argument '" + p.args[i] +
-                          "' is not supported by udm");
+// <origin> <cow> <store> <chunk_size> [<#feature_args> <feature>...], as the
+// kernel's snapshot and snapshot-merge read them (store type in any case).
+Result<CommonArgs> parse_common(const TargetParams& p, bool origin_writable, bool transient_ok) {
+  const char* store_what = transient_ok ? "<P|PO|N>" : "<P|PO>";
+  TargetArgs a(p.type, p.args);
+  UDM_ASSIGN_OR_RETURN(std::string origin, a.next("<origin>"));
+  UDM_ASSIGN_OR_RETURN(std::string cow, a.next("<cow>"));
+  UDM_ASSIGN_OR_RETURN(std::string t, a.next(store_what));
+  CommonArgs c;
+  c.store_type = t;
+  for (auto& ch : c.store_type) ch = char(toupper(ch));
+  if (c.store_type != "P" && c.store_type != "PO" && c.store_type != "N")
+    return a.error(store_what,
+                   fmt::format("store type '{}' must be {}", t, transient_ok ? "P, PO or N" : "P or PO"));
+  if (c.store_type == "N" && !transient_ok)
+    return a.error(store_what, "a transient (N) store cannot be merged");
+  UDM_ASSIGN_OR_RETURN(uint64_t cs, a.next_u64("<chunk_size>"));
+  if (cs != 0) UDM_TRY(validate_chunk_sectors(cs, p.type + ": <chunk_size>"));
+  c.chunk = uint32_t(cs);
+  // The kernel's two feature arguments are named and refused: udm's
+  // discards do what docs/snapshot.md says, not what they would ask for.
+  UDM_ASSIGN_OR_RETURN(OptArgs features, a.opt_group());
+  for (const char* f : {"discard_zeroes_cow", "discard_passdown_origin"}) {
+    UDM_ASSIGN_OR_RETURN(bool on, features.flag(f));
+    if (on)
+      return NotSupported(fmt::format("{}: feature argument '{}' is not supported by udm", p.type, f));
   }
+  UDM_TRY(features.done());
+  UDM_TRY(a.done());
   if (!p.resolver) return Invalid(p.type + ": no device resolver");
-  UDM_ASSIGN_OR_RETURN(a.origin_key, device_identity(p.args[0]));
-  UDM_ASSIGN_OR_RETURN(a.cow_key, device_identity(p.args[1]));
-  if (a.origin_key == a.cow_key) return Invalid(p.type + ": origin and COW are the same device");
-  UDM_ASSIGN_OR_RETURN(a.origin, p.resolver->open(p.args[0], origin_writable));
-  UDM_ASSIGN_OR_RETURN(a.cow, p.resolver->open(p.args[1], true));
-  if (p.length > a.origin->size())
-    return Invalid(p.type + ": segment length " + std::to_string(p.length) +
-                   " bytes exceeds the origin (" + std::to_string(a.origin->size()) + " bytes)");
-  return a;
+  UDM_ASSIGN_OR_RETURN(c.origin_key, p.resolver->identity(origin));
+  UDM_ASSIGN_OR_RETURN(c.cow_key, p.resolver->identity(cow));
+  if (c.origin_key == c.cow_key) return a.error("<cow>", "the origin and the COW are the same device");
+  UDM_ASSIGN_OR_RETURN(c.origin, p.resolver->open(origin, origin_writable));
+  UDM_ASSIGN_OR_RETURN(c.cow, p.resolver->open(cow, true));
+  if (p.length > c.origin->size())
+    return Invalid(fmt::format("{}: segment length {} bytes exceeds the origin ({} bytes)", p.type,
+                               p.length, c.origin->size()));
+  return c;
 }
 
 Status check_block_sizes(const CommonArgs& a, const ExceptionStore& s, const std::string& type) {
@@ -920,20 +919,20 @@ Status check_block_sizes(const CommonArgs& a, const ExceptionStore& s, const std
 }  // namespace
 
 Result<TargetPtr> make_origin_target(const TargetParams& p) {
-  if (p.args.size() != 1)
-    return Invalid("snapshot-origin: expected <origin>, got " + std::to_string(p.args.size()) +
-                   " arguments");
+  TargetArgs a("snapshot-origin", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<origin>"));
+  UDM_TRY(a.done());
   if (!p.resolver) return Invalid("snapshot-origin: no device resolver");
-  UDM_ASSIGN_OR_RETURN(std::string key, device_identity(p.args[0]));
-  UDM_ASSIGN_OR_RETURN(DevicePtr origin, p.resolver->open(p.args[0], true));
+  UDM_ASSIGN_OR_RETURN(std::string key, p.resolver->identity(spec));
+  UDM_ASSIGN_OR_RETURN(DevicePtr origin, p.resolver->open(spec, true));
   if (p.length > origin->size())
-    return Invalid("snapshot-origin: segment length exceeds the origin device");
+    return Invalid(fmt::format("snapshot-origin: segment length {} bytes exceeds the origin ({} bytes)",
+                               p.length, origin->size()));
   return TargetPtr(std::make_shared<OriginTarget>(origin, origin_entry(key), p.length));
 }
 
 Result<TargetPtr> make_snapshot_target(const TargetParams& p) {
-  UDM_ASSIGN_OR_RETURN(CommonArgs a,
-                       parse_common(p, 4, false, "<origin> <cow> <P|PO|N> <chunk_size>"));
+  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, /*origin_writable=*/false, /*transient_ok=*/true));
   std::unique_ptr<ExceptionStore> store;
   if (a.store_type == "N") {
     UDM_ASSIGN_OR_RETURN(store, ExceptionStore::open_transient(a.cow, a.origin->size(), a.chunk));
@@ -949,9 +948,7 @@ Result<TargetPtr> make_snapshot_target(const TargetParams& p) {
 }
 
 Result<TargetPtr> make_merge_target(const TargetParams& p) {
-  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, 4, true, "<origin> <cow> <P|PO> <chunk_size>"));
-  if (a.store_type == "N")
-    return Invalid("snapshot-merge: a transient (N) store cannot be merged");
+  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, /*origin_writable=*/true, /*transient_ok=*/false));
   UDM_ASSIGN_OR_RETURN(auto store, ExceptionStore::open_persistent(a.cow, a.origin->size(),
                                                                    a.chunk, false));
   if (!store->valid()) return IoError("snapshot-merge: snapshot is invalid; refusing to merge");
@@ -964,7 +961,7 @@ Result<TargetPtr> make_merge_target(const TargetParams& p) {
 Result<std::shared_ptr<MergeTarget>> open_offline_merge(const std::string& origin,
                                                         const std::string& cow,
                                                         uint32_t chunk_sectors) {
-  static PathResolver resolver;
+  Resolver resolver;
   UDM_ASSIGN_OR_RETURN(DevicePtr o, resolver.open(origin, true));
   if (o->caps().read_only) return ReadOnly(origin + ": origin cannot be opened writable");
   TargetParams p;

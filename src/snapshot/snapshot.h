@@ -5,8 +5,9 @@
 //  snapshot-merge  <origin> <cow> <P|PO> <chunk_size>
 //
 // Origins and their snapshots meet in a process-wide registry keyed by the
-// identity of the origin (st_dev+st_ino of a file, st_rdev of a block device,
-// the name of a udm device). A snapshot joins its origin's list when its
+// identity of the origin as the resolver decides it (DeviceResolver::identity,
+// io/resolver.h: st_dev+st_ino of a file, st_rdev of a block device, the name
+// of a udm device, a URI). A snapshot joins its origin's list when its
 // table is first resumed and leaves it when the last target using it is
 // destroyed; a reloaded table over the same COW takes over the live state
 // (like the kernel's exception handover), so no origin write is ever missed
@@ -35,9 +36,6 @@
 #include "snapshot/store.h"
 
 namespace udm::snapshot {
-
-// Identity of a device spec for the origin registry.
-Result<std::string> device_identity(const std::string& spec);
 
 // One snapshot's live state, shared between the snapshot target, the origin
 // registry and (after a handover) the merge target.
