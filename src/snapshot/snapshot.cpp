@@ -475,12 +475,12 @@ static DeviceCaps origin_caps(const BlockDevice& origin) {
   return c;
 }
 
-DeviceCaps OriginTarget::caps() const { return origin_caps(*origin_); }
+DeviceCaps OriginTarget::caps() const { return origin_caps(*lower()); }
 
 Status OriginTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_read(offset, buf);
-  return origin_->read(offset, buf);
+  return lower()->read(offset, buf);
 }
 
 Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
@@ -489,7 +489,7 @@ Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, boo
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write(offset, buf, fua);
   entry_->save_range(offset, buf.size());
-  return origin_->write(offset, buf, fua);
+  return lower()->write(offset, buf, fua);
 }
 
 Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
@@ -499,16 +499,16 @@ Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bo
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write_zeroes(offset, len, fua, may_unmap);
   entry_->save_range(offset, len);
-  return origin_->write_zeroes(offset, len, fua, may_unmap);
+  return lower()->write_zeroes(offset, len, fua, may_unmap);
 }
 
 Status OriginTarget::do_trim(uint64_t offset, uint64_t len) {
-  if (!origin_->caps().can_trim) return NotSupported("snapshot-origin: the origin cannot discard");
+  if (!lower()->caps().can_trim) return NotSupported("snapshot-origin: the origin cannot discard");
   // Advisory: chunks a snapshot still reads from the origin are kept (a
   // discard must not cost copies into the COWs), the rest is passed down.
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_trim(offset, len);
-  return entry_->trim_unneeded(*origin_, offset, len);
+  return entry_->trim_unneeded(*lower(), offset, len);
 }
 
 SnapshotTarget::SnapshotTarget(std::shared_ptr<SnapshotCore> core,

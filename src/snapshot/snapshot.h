@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "device/target.h"
+#include "device/target_kit.h"
 #include "snapshot/store.h"
 
 namespace udm::snapshot {
@@ -145,12 +146,14 @@ class OriginEntry {
 
 std::shared_ptr<OriginEntry> origin_entry(const std::string& key);
 
-class OriginTarget : public Target {
+// snapshot-origin: the origin passed through (reads, flushes), except that
+// every listed snapshot saves the chunks a write or zero-out is about to
+// change, and that a running snapshot-merge of the origin serves its I/O.
+class OriginTarget : public ForwardingTarget {
  public:
   OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length)
-      : origin_(std::move(origin)), entry_(std::move(entry)), length_(length) {}
+      : ForwardingTarget(std::move(origin), 0, length), entry_(std::move(entry)) {}
   std::string type() const override { return "snapshot-origin"; }
-  uint64_t size() const override { return length_; }
   DeviceCaps caps() const override;
 
  protected:
@@ -158,12 +161,9 @@ class OriginTarget : public Target {
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
   Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
   Status do_trim(uint64_t offset, uint64_t len) override;
-  Status do_flush() override { return origin_->flush(); }
 
  private:
-  DevicePtr origin_;
   std::shared_ptr<OriginEntry> entry_;
-  uint64_t length_;
 };
 
 class SnapshotTarget : public Target {
