@@ -36,6 +36,36 @@ std::shared_ptr<OriginEntry> origin_entry(const std::string& key) {
   return e;
 }
 
+namespace {
+// Joins byte ranges given in ascending order into runs and hands each run to
+// `emit` once it cannot grow any more (one discard or zero-out per run).
+template <class Emit>
+class RunJoiner {
+ public:
+  explicit RunJoiner(Emit emit) : emit_(std::move(emit)) {}
+  Status add(uint64_t off, uint64_t len) {
+    if (len_ && off_ + len_ == off) {
+      len_ += len;
+      return Status::Ok();
+    }
+    Status st = finish();
+    off_ = off;
+    len_ = len;
+    return st;
+  }
+  Status finish() {
+    if (len_ == 0) return Status::Ok();
+    const uint64_t off = off_, len = len_;
+    len_ = 0;
+    return emit_(off, len);
+  }
+
+ private:
+  Emit emit_;
+  uint64_t off_ = 0, len_ = 0;
+};
+}  // namespace
+
 void OriginEntry::save_range(uint64_t offset, uint64_t len, const SnapshotCore* except) {
   if (len == 0) return;
   // The caller holds io_mu shared and every change of snaps_ holds it
@@ -59,7 +89,7 @@ Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t
       g = g ? std::min(g, s->chunk_bytes()) : s->chunk_bytes();
   if (g == 0) return origin.trim(offset, len);
   const uint64_t end = offset + len;
-  uint64_t rs = 0, re = 0;  // current run of bytes no snapshot needs
+  RunJoiner unneeded_run([&](uint64_t off, uint64_t n) { return origin.trim(off, n); });
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t e = std::min(end, (pos / g + 1) * g);
     bool unneeded = true;
@@ -70,19 +100,10 @@ Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t
         break;
       }
     }
-    if (unneeded) {
-      if (re > rs && re == pos) {
-        re = e;
-      } else {
-        if (re > rs) UDM_TRY(origin.trim(rs, re - rs));
-        rs = pos;
-        re = e;
-      }
-    }
+    if (unneeded) UDM_TRY(unneeded_run.add(pos, e - pos));
     pos = e;
   }
-  if (re > rs) UDM_TRY(origin.trim(rs, re - rs));
-  return Status::Ok();
+  return unneeded_run.finish();
 }
 
 std::shared_ptr<SnapshotCore> OriginEntry::attach(std::shared_ptr<SnapshotCore> core) {
@@ -259,19 +280,19 @@ void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
   }
 }
 
-Status SnapshotCore::read(uint64_t offset, std::span<uint8_t> buf) {
+Status SnapshotCore::read_view(uint64_t offset, std::span<uint8_t> buf, BlockDevice& origin,
+                               bool check_valid) {
   const uint64_t cb = chunk_bytes();
   size_t done = 0;
   while (done < buf.size()) {
-    if (!store_->valid()) return IoError("snapshot is invalid");
+    if (check_valid && !store_->valid()) return IoError("snapshot is invalid");
     uint64_t off = offset + done, c = off / cb, in = off % cb;
     size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
     std::shared_lock lk(lock_for(c));
-    auto nc = store_->lookup(c);
-    if (nc)
+    if (auto nc = store_->lookup(c))
       UDM_TRY(store_->cow().read(*nc * cb + in, buf.subspan(done, n)));
     else
-      UDM_TRY(origin_->read(off, buf.subspan(done, n)));
+      UDM_TRY(origin.read(off, buf.subspan(done, n)));
     done += n;
   }
   return Status::Ok();
@@ -431,20 +452,10 @@ Status SnapshotCore::trim(uint64_t offset, uint64_t len) {
   BlockDevice& cow = store_->cow();
   // No chunk lock: a listed snapshot's exceptions never go away or move, and
   // a racing write to the same chunk is ordered either way.
-  uint64_t run_off = 0, run_len = 0;
-  for (uint64_t c = (offset + cb - 1) / cb; c * cb < end && c * cb + chunk_len(c) <= end; c++) {
-    auto nc = store_->lookup(c);
-    if (!nc) continue;
-    if (run_len && run_off + run_len == *nc * cb) {
-      run_len += cb;
-      continue;
-    }
-    if (run_len) UDM_TRY(cow.write_zeroes(run_off, run_len, false, true));
-    run_off = *nc * cb;
-    run_len = cb;
-  }
-  if (run_len) UDM_TRY(cow.write_zeroes(run_off, run_len, false, true));
-  return Status::Ok();
+  RunJoiner cow_run([&](uint64_t off, uint64_t n) { return cow.write_zeroes(off, n, false, true); });
+  for (uint64_t c = (offset + cb - 1) / cb; c * cb < end && c * cb + chunk_len(c) <= end; c++)
+    if (auto nc = store_->lookup(c)) UDM_TRY(cow_run.add(*nc * cb, cb));
+  return cow_run.finish();
 }
 
 std::string SnapshotCore::status() const {
@@ -734,58 +745,49 @@ Status MergeTarget::merge_one_batch(bool* finished) {
 }
 
 Status MergeTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
-  ExceptionStore& store = core_->store();
-  const uint64_t cb = store.chunk_bytes();
-  size_t done = 0;
-  while (done < buf.size()) {
-    uint64_t off = offset + done, c = off / cb, in = off % cb;
-    size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
-    std::shared_lock lk(core_->lock_for(c));
-    if (auto nc = store.lookup(c))
-      UDM_TRY(store.cow().read(*nc * cb + in, buf.subspan(done, n)));
-    else
-      UDM_TRY(origin_->read(off, buf.subspan(done, n)));
-    done += n;
-  }
-  return Status::Ok();
+  return core_->read_view(offset, buf, *origin_, false);
 }
 
-Status MergeTarget::write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua,
-                               bool io_held) {
+void MergeTarget::wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>& lk) {
+  for (;;) {
+    std::unique_lock r(run_mu_);
+    if (!merging_.count(c)) return;
+    lk.unlock();
+    run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
+    r.unlock();
+    lk.lock();
+  }
+}
+
+Status MergeTarget::modify_view(uint64_t offset, uint64_t len, const uint8_t* data, bool fua,
+                                bool may_unmap, bool io_held) {
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes();
-  size_t done = 0;
-  while (done < buf.size()) {
+  for (uint64_t done = 0; done < len;) {
     uint64_t off = offset + done, c = off / cb, in = off % cb;
-    size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
-    auto piece = buf.subspan(done, n);
+    uint64_t n = std::min<uint64_t>(cb - in, len - done);
     std::shared_lock lk(core_->lock_for(c));
-    for (;;) {
-      std::unique_lock r(run_mu_);
-      if (!merging_.count(c)) break;
-      lk.unlock();
-      run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
-      r.unlock();
-      lk.lock();
-    }
+    wait_unmerged(c, lk);
     if (auto nc = store.lookup(c)) {
-      // Not merged yet: the new data goes to the COW chunk and is merged later.
-      UDM_TRY(store.cow().write(*nc * cb + in, piece, fua));
+      // Not merged yet: the new bytes go to the COW chunk and are merged later.
+      UDM_TRY(data ? store.cow().write(*nc * cb + in, std::span<const uint8_t>(data + done, n), fua)
+                   : store.cow().write_zeroes(*nc * cb + in, n, false, may_unmap));
     } else {
       std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
       if (!io_held) io.lock();
       entry_->save_range(off, n, core_.get());
-      UDM_TRY(origin_->write(off, piece, fua));
+      UDM_TRY(data ? origin_->write(off, std::span<const uint8_t>(data + done, n), fua)
+                   : origin_->write_zeroes(off, n, false, may_unmap));
     }
     done += n;
   }
-  return Status::Ok();
+  // Zeroes went out without FUA (one flush for all of them).
+  return !data && fua ? do_flush() : Status::Ok();
 }
 
 Status MergeTarget::write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap,
                                       bool io_held) {
-  ExceptionStore& store = core_->store();
-  if (store.exception_count() == 0) {
+  if (core_->store().exception_count() == 0) {
     // Merged (or nothing to merge): the origin holds the whole view, and no
     // exception comes back. Like snapshot-origin.
     std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
@@ -793,33 +795,8 @@ Status MergeTarget::write_zeroes_view(uint64_t offset, uint64_t len, bool fua, b
     entry_->save_range(offset, len, core_.get());
     return origin_->write_zeroes(offset, len, fua, may_unmap);
   }
-  // During the merge, chunk by chunk like do_write: a chunk not merged yet
-  // is zeroed in its COW chunk (the merge then copies the zeroes), a chunk
-  // being merged waits, the others are zeroed on the origin.
-  const uint64_t cb = store.chunk_bytes();
-  for (uint64_t done = 0; done < len;) {
-    uint64_t off = offset + done, c = off / cb, in = off % cb;
-    uint64_t n = std::min<uint64_t>(cb - in, len - done);
-    std::shared_lock lk(core_->lock_for(c));
-    for (;;) {
-      std::unique_lock r(run_mu_);
-      if (!merging_.count(c)) break;
-      lk.unlock();
-      run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
-      r.unlock();
-      lk.lock();
-    }
-    if (auto nc = store.lookup(c)) {
-      UDM_TRY(store.cow().write_zeroes(*nc * cb + in, n, false, may_unmap));
-    } else {
-      std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
-      if (!io_held) io.lock();
-      entry_->save_range(off, n, core_.get());
-      UDM_TRY(origin_->write_zeroes(off, n, false, may_unmap));
-    }
-    done += n;
-  }
-  return fua ? do_flush() : Status::Ok();
+  // During the merge, chunk by chunk like a write.
+  return modify_view(offset, len, nullptr, fua, may_unmap, io_held);
 }
 
 Status MergeTarget::trim_view(uint64_t offset, uint64_t len, bool io_held) {
@@ -833,22 +810,14 @@ Status MergeTarget::trim_view(uint64_t offset, uint64_t len, bool io_held) {
   std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
   if (!io_held) io.lock();
   if (store.exception_count() == 0) return entry_->trim_unneeded(*origin_, offset, len, core_.get());
-  uint64_t rs = 0, re = 0;
+  RunJoiner origin_run(
+      [&](uint64_t off, uint64_t n) { return entry_->trim_unneeded(*origin_, off, n, core_.get()); });
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t c = pos / cb, e = std::min(end, (c + 1) * cb);
-    if (!store.lookup(c)) {
-      if (re > rs && re == pos) {
-        re = e;
-      } else {
-        if (re > rs) UDM_TRY(entry_->trim_unneeded(*origin_, rs, re - rs, core_.get()));
-        rs = pos;
-        re = e;
-      }
-    }
+    if (!store.lookup(c)) UDM_TRY(origin_run.add(pos, e - pos));
     pos = e;
   }
-  if (re > rs) UDM_TRY(entry_->trim_unneeded(*origin_, rs, re - rs, core_.get()));
-  return Status::Ok();
+  return origin_run.finish();
 }
 
 Status MergeTarget::do_flush() {
