@@ -9,36 +9,16 @@
 #include "io/resolver.h"
 #include "snapshot/cow_format.h"
 #include "snapshot/snapshot.h"
+#include "snapshot_test_util.h"
 #include "util/endian.h"
 
 using namespace udm;
 using namespace udm::snapshot;
+using namespace udm::snapshot::test;
 using namespace udm::test;
 
 namespace {
 
-// Resolver over named in-memory devices (names are udm-style, not paths).
-class MapResolver : public DeviceResolver {
- public:
-  std::map<std::string, DevicePtr> devs;
-  Result<DevicePtr> open(const std::string& spec, bool) override {
-    auto it = devs.find(spec);
-    if (it == devs.end()) return Invalid("no device " + spec);
-    return it->second;
-  }
-};
-
-Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, uint64_t len,
-                       DeviceResolver* r) {
-  TargetParams p;
-  p.type = type;
-  p.args = std::move(args);
-  p.length = len;
-  p.resolver = r;
-  if (type == "snapshot") return make_snapshot_target(p);
-  if (type == "snapshot-origin") return make_origin_target(p);
-  return make_merge_target(p);
-}
 
 std::string dump_sha(BlockDevice& d, const std::string& path) {
   std::vector<uint8_t> all(d.size());
