@@ -29,12 +29,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <string>
 #include <thread>
 
 #include "io/file_device.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 #include "snapshot/snapshot.h"
 
 using namespace udm;
@@ -43,6 +44,13 @@ using clk = std::chrono::steady_clock;
 
 static double secs(clk::time_point a) {
   return std::chrono::duration<double>(clk::now() - a).count();
+}
+
+// CPU time of the whole process (every thread: writers, committers), seconds.
+static double cpu_now() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static double median(std::vector<double> v) {
@@ -79,11 +87,13 @@ static bool check(BlockDevice& d, uint64_t salt) {
   return true;
 }
 
-// Writes offs split over `threads` threads, then flushes; writes/s.
+// Writes offs split over `threads` threads, then flushes; writes/s. The
+// process CPU time per write (µs) is appended to *cpu.
 static double run_writes(BlockDevice& d, const std::vector<uint64_t>& offs, int threads,
-                         uint8_t fillbyte, bool* ok) {
+                         uint8_t fillbyte, bool* ok, std::vector<double>* cpu) {
   std::vector<std::thread> ts;
   std::atomic<bool> good{true};
+  const double c0 = cpu_now();
   auto t = clk::now();
   for (int k = 0; k < threads; k++) {
     ts.emplace_back([&, k] {
@@ -95,6 +105,7 @@ static double run_writes(BlockDevice& d, const std::vector<uint64_t>& offs, int 
   for (auto& th : ts) th.join();
   if (!d.flush().ok()) good = false;
   double r = offs.size() / secs(t);
+  cpu->push_back((cpu_now() - c0) * 1e6 / offs.size());
   if (!good) *ok = false;
   return r;
 }
@@ -113,7 +124,7 @@ static double run_writes(BlockDevice& d, const std::vector<uint64_t>& offs, int 
 static int run_zero(BlockDevice& od, BlockDevice& cd, const std::string& o, const std::string& c,
                     uint64_t size, uint32_t cs, int reps, uint64_t salt_o, uint64_t salt_c) {
   const uint64_t z = size / 16, req = 1 << 20;
-  PathResolver pr;
+  Resolver pr;
   std::vector<double> oz, ozb, sz, sz2, szb, pz;
   bool ok = true;
   auto mibs = [&](clk::time_point t) { return z / secs(t) / 1048576; };
@@ -201,14 +212,15 @@ int main(int argc, char** argv) {
   offs.resize(nw);
 
   std::vector<double> plain, first, again, merge, cp, cpa;
+  std::vector<double> plain_cpu, first_cpu, again_cpu, merge_cpu;  // µs per write, ms per MiB
   uint64_t exceptions = 0, merged_bytes = 0;
   std::string status;
   bool ok = true, verified = true;
-  PathResolver pr;
+  Resolver pr;
   for (int rep = 0; rep < reps && ok; rep++) {
     // Baseline: the same writes to the plain (allocated) origin file; then
     // put the origin back to its pattern (untimed).
-    plain.push_back(run_writes(**od, offs, threads, 0x5a, &ok));
+    plain.push_back(run_writes(**od, offs, threads, 0x5a, &ok, &plain_cpu));
     if (!fill(**od, kOriginSalt)) ok = false;
     // A new snapshot: zero the COW header chunk.
     std::vector<uint8_t> zero(cb, 0);
@@ -228,8 +240,8 @@ int main(int argc, char** argv) {
     }
     (*ot)->resume();
     (*st)->resume();
-    first.push_back(run_writes(**ot, offs, threads, 0x5b, &ok));
-    again.push_back(run_writes(**ot, offs, threads, 0x5c, &ok));
+    first.push_back(run_writes(**ot, offs, threads, 0x5b, &ok, &first_cpu));
+    again.push_back(run_writes(**ot, offs, threads, 0x5c, &ok, &again_cpu));
     status = (*st)->status();
     st->reset();
     ot->reset();
@@ -238,9 +250,11 @@ int main(int argc, char** argv) {
     if (!m.ok()) return fprintf(stderr, "merge: %s\n", m.status().to_string().c_str()), 1;
     exceptions = (*m)->remaining();
     merged_bytes = exceptions * cb;
+    const double mc0 = cpu_now();
     auto t = clk::now();
     if (!(*m)->run_merge().ok()) ok = false;
     merge.push_back(merged_bytes / secs(t) / 1048576);
+    merge_cpu.push_back((cpu_now() - mc0) * 1e3 / (double(merged_bytes) / 1048576));
     m->reset();
     verified = verified && check(**od, kOriginSalt);
     // cp of the same number of bytes (a file made from the COW's head),
@@ -271,11 +285,14 @@ int main(int argc, char** argv) {
          (unsigned long long)mib, dir.c_str(), cs, (unsigned long long)nw, threads, reps);
   printf("snapshot status after the writes: %s; %llu exceptions\n", status.c_str(),
          (unsigned long long)exceptions);
-  printf("plain file      %10.0f writes/s\n", P);
-  printf("first writes    %10.0f writes/s  ratio %.2f (goal >= 0.5)\n", F, F / P);
-  printf("rewrites        %10.0f writes/s  ratio %.2f (goal >= 0.9)\n", A, A / P);
-  printf("merge           %10.1f MiB/s (%llu MiB)%s\n", M, (unsigned long long)(merged_bytes >> 20),
-         verified ? ", origin verified after every merge" : ", ORIGIN WRONG AFTER MERGE");
+  printf("plain file      %10.0f writes/s  cpu %.2f us/write\n", P, median(plain_cpu));
+  printf("first writes    %10.0f writes/s  ratio %.2f (goal >= 0.5)  cpu %.2f us/write\n", F, F / P,
+         median(first_cpu));
+  printf("rewrites        %10.0f writes/s  ratio %.2f (goal >= 0.9)  cpu %.2f us/write\n", A, A / P,
+         median(again_cpu));
+  printf("merge           %10.1f MiB/s (%llu MiB)%s  cpu %.2f ms/MiB\n", M,
+         (unsigned long long)(merged_bytes >> 20),
+         verified ? ", origin verified after every merge" : ", ORIGIN WRONG AFTER MERGE", median(merge_cpu));
   printf("cp, new file    %10.1f MiB/s  merge ratio %.2f (goal >= 0.7)\n", C, M / C);
   printf("dd, allocated   %10.1f MiB/s  merge ratio %.2f\n", CA, M / CA);
   return verified ? 0 : 1;

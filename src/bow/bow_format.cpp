@@ -1,11 +1,11 @@
 #include "bow/bow_format.h"
 
 #include <fmt/format.h>
-#include <isa-l/crc.h>
 
 #include <algorithm>
 #include <bit>
 
+#include "util/crc.h"
 #include "util/endian.h"
 
 namespace udm::bow {
@@ -14,14 +14,8 @@ bool valid_block_size(uint64_t bs) {
   return bs >= kMinBlock && bs <= kMaxBlock && std::has_single_bit(bs);
 }
 
-uint32_t crc32_le(uint32_t crc, std::span<const uint8_t> data) {
-  // ISA-L's crc32_gzip_refl (PCLMUL folding, ~10x zlib's speed) inverts
-  // before and after like zlib; undo both to get the raw CRC.
-  return ~crc32_gzip_refl(~crc, data.data(), data.size());
-}
-
 uint32_t entry_checksum(uint64_t source_block, std::span<const uint8_t> data) {
-  return crc32_le(static_cast<uint32_t>(source_block), data);
+  return crc32_ieee_raw(static_cast<uint32_t>(source_block), data.data(), data.size());
 }
 
 std::vector<uint8_t> encode_log(const LogBlock& log) {

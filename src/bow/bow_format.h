@@ -119,9 +119,10 @@ bool has_log_magic(std::span<const uint8_t> data);
 // Errors are EUCLEAN with a message naming the field.
 Result<LogBlock> decode_log(std::span<const uint8_t> data, uint64_t device_bytes);
 
-// The entry checksum: crc32_le seeded with the source block number.
+// The entry checksum: the kernel's crc32_le (util/crc.h crc32_ieee_raw: CRC-32
+// with the reflected polynomial, no pre/post inversion) seeded with the source
+// block number. Over bytes read in pieces, continue with crc32_ieee_raw:
+// entry_checksum(b, x + y) == crc32_ieee_raw(entry_checksum(b, x), y).
 uint32_t entry_checksum(uint64_t source_block, std::span<const uint8_t> data);
-// Raw CRC-32 (reflected 0xEDB88320), no inversion, continuing from `crc`.
-uint32_t crc32_le(uint32_t crc, std::span<const uint8_t> data);
 
 }  // namespace udm::bow

@@ -3,7 +3,8 @@
 #include <fmt/format.h>
 
 #include "bow/restore.h"
-#include "device/table.h"
+#include "device/target_args.h"
+#include "util/crc.h"
 #include "util/log.h"
 
 namespace udm::bow {
@@ -445,28 +446,26 @@ bool BowTarget::busy_overlaps(uint64_t s, uint64_t e) const {
 void BowTarget::busy_add(uint64_t s, uint64_t e) { busy_[s] = e; }
 void BowTarget::busy_remove(uint64_t s, uint64_t) { busy_.erase(s); }
 
+uint64_t BowTarget::block0_base() const {
+  std::lock_guard l(mu_);
+  return state_ == 1 ? sector0_block_ * bs_ : 0;
+}
+
 Status BowTarget::io_block0_read(uint64_t off, std::span<uint8_t> buf) {
   std::shared_lock s0(s0_mu_);
-  uint64_t base = 0;
-  {
-    std::lock_guard l(mu_);
-    if (state_ == 1) base = sector0_block_ * bs_;
-  }
-  return dev_->read(base + off, buf);
+  return dev_->read(block0_base() + off, buf);
 }
 
 Status BowTarget::io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
   std::shared_lock s0(s0_mu_);
-  uint64_t base = 0;
-  {
-    std::lock_guard l(mu_);
-    if (state_ == 1) base = sector0_block_ * bs_;
-  }
+  const uint64_t base = block0_base();
   if (!data) return dev_->write_zeroes(base + off, len, fua);
   return dev_->write(base + off, std::span<const uint8_t>(data, len), fua);
 }
 
-Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua) {
+// Writes [off, off+len) to the device, or zeroes it when data is null
+// (unmap: it may be deallocated); block 0's bytes go to the live copy.
+Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap) {
   if (off < bs_) {
     uint64_t n = std::min<uint64_t>(len, bs_ - off);
     UDM_TRY(io_block0_write(off, n, data, fua));
@@ -475,20 +474,8 @@ Status BowTarget::lower_write(uint64_t off, uint64_t len, const uint8_t* data, b
     if (data) data += n;
     if (len == 0) return Status::Ok();
   }
-  if (!data) return dev_->write_zeroes(off, len, fua);
+  if (!data) return dev_->write_zeroes(off, len, fua, unmap);
   return dev_->write(off, std::span<const uint8_t>(data, len), fua);
-}
-
-// Zeroes [off, off+len) on the device (block 0's bytes go to the live copy).
-Status BowTarget::lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap) {
-  if (off < bs_) {
-    uint64_t n = std::min<uint64_t>(len, bs_ - off);
-    UDM_TRY(io_block0_write(off, n, nullptr, fua));
-    off += n;
-    len -= n;
-    if (len == 0) return Status::Ok();
-  }
-  return dev_->write_zeroes(off, len, fua, unmap);
 }
 
 void BowTarget::masked_ranges(uint64_t off, uint64_t len,
@@ -519,7 +506,6 @@ void BowTarget::masked_ranges(uint64_t off, uint64_t len,
 }
 
 Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
-  UDM_TRY(check_range(off, buf.size(), "read"));
   if (buf.empty()) return Status::Ok();
   std::shared_lock st(state_mu_);
   // Write-back jobs not yet on the device: their data is laid over what the
@@ -572,13 +558,11 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
 }
 
 Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) {
-  UDM_TRY(check_range(off, buf.size(), "write"));
   if (buf.empty()) return Status::Ok();
   return write_common(off, buf.size(), buf.data(), fua, false);
 }
 
 Status BowTarget::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) {
-  UDM_TRY(check_range(off, len, "write_zeroes"));
   if (len == 0) return Status::Ok();
   return write_common(off, len, nullptr, fua, may_unmap);
 }
@@ -681,7 +665,7 @@ Status BowTarget::write_state0(std::unique_lock<std::mutex>& l, uint64_t off, ui
   if (freeing) map_.set(f0, f1, BlockType::kFree);
   busy_add(b0, b1);
   l.unlock();
-  Status s = data ? lower_write(off, len, data, fua) : lower_zero(off, len, fua, unmap);
+  Status s = lower_write(off, len, data, fua, unmap);
   l.lock();
   if (!s.ok() && freeing) map_.set(f0, f1, BlockType::kUnchanged);  // not known to be zero
   busy_remove(b0, b1);
@@ -747,22 +731,13 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
             if (!data) zero_blocks(r.start, r.end);
             break;
           case BlockType::kBackup:
-            if (data) {
-              runs.push_back(r);
-              sup.push_back({r.start, r.end});
-              pad_check(r);
-            }
-            break;
           case BlockType::kSector0:
-            if (data) {
-              move_s0 = true;
-              sup.push_back({r.start, r.end});
-              pad_check(r);
-            }
-            break;
           case BlockType::kIntent:
+            // bow's data in blocks free in the filesystem's view: a write saves
+            // (copies) or moves (the live block 0, the intent) it first.
             if (data) {
-              move_intent = true;
+              if (r.type == BlockType::kBackup) runs.push_back(r);
+              else (r.type == BlockType::kSector0 ? move_s0 : move_intent) = true;
               sup.push_back({r.start, r.end});
               pad_check(r);
             }
@@ -785,7 +760,7 @@ Status BowTarget::write_common(uint64_t off, uint64_t len, const uint8_t* data, 
         l.unlock();
         Status s;
         for (const auto& [a, e] : zr)
-          if (s.ok()) s = lower_zero(a, e - a, false, unmap);
+          if (s.ok()) s = lower_write(a, e - a, nullptr, false, unmap);
         if (s.ok() && fua) s = dev_->flush();
         l.lock();
         busy_remove(b0, b1);
@@ -862,7 +837,7 @@ Status BowTarget::write_carried(const Job& j) {
   if (!j.zero) return lower_write(j.off, j.len, j.data.data(), j.fua);
   Status s;
   for (const auto& [a, e] : j.zero_ranges)
-    if (s.ok()) s = lower_zero(a, e - a, false, j.unmap);
+    if (s.ok()) s = lower_write(a, e - a, nullptr, false, j.unmap);
   if (s.ok() && j.fua) s = dev_->flush();
   return s;
 }
@@ -900,7 +875,7 @@ Status BowTarget::copy_blocks(uint64_t src, uint64_t dst, uint64_t n, uint32_t* 
     uint64_t k = std::min<uint64_t>(total - done, 1u << 20);
     buf.resize(k);
     UDM_TRY(dev_->read(src * bs_ + done, buf));
-    if (crc) *crc = crc32_le(*crc, buf);
+    if (crc) *crc = crc32_ieee_raw(*crc, buf.data(), buf.size());
     UDM_TRY(dev_->write(dst * bs_ + done, buf));
     done += k;
   }
@@ -1154,7 +1129,6 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
 }
 
 Status BowTarget::do_trim(uint64_t off, uint64_t len) {
-  UDM_TRY(check_range(off, len, "trim"));
   std::shared_lock st(state_mu_);
   {
     std::unique_lock l(mu_);
@@ -1202,29 +1176,21 @@ Status BowTarget::do_flush() {
 }
 
 Result<TargetPtr> make_bow_target(const TargetParams& p) {
-  if (p.args.empty()) return Invalid("bow: expected <dev> [<#opt_args> on_full=fail|drop block_size=N]");
+  TargetArgs a("bow", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<dev>"));
+  UDM_ASSIGN_OR_RETURN(OptArgs o, a.opt_group());
   BowOptions opts;
-  if (p.args.size() > 1) {
-    UDM_ASSIGN_OR_RETURN(uint64_t n, parse_u64_arg(p.args[1], "bow: #opt_args"));
-    if (n != p.args.size() - 2)
-      return Invalid(fmt::format("bow: #opt_args is {} but {} optional arguments follow", n,
-                                 p.args.size() - 2));
-    for (size_t i = 2; i < p.args.size(); i++) {
-      const std::string& a = p.args[i];
-      if (a == "on_full=fail") opts.drop_on_full = false;
-      else if (a == "on_full=drop") opts.drop_on_full = true;
-      else if (a.rfind("block_size=", 0) == 0) {
-        UDM_ASSIGN_OR_RETURN(uint64_t bs, parse_u64_arg(a.substr(11), "bow: block_size"));
-        if (!valid_block_size(bs))
-          return Invalid(fmt::format("bow: block_size {} is not a power of two in 512..65536", bs));
-        opts.block_size = static_cast<uint32_t>(bs);
-      } else {
-        return Invalid(fmt::format("bow: unknown optional argument '{}' (expected on_full=fail, "
-                                   "on_full=drop or block_size=N)", a));
-      }
-    }
+  UDM_ASSIGN_OR_RETURN(std::string on_full, o.choice("on_full", {"fail", "drop"}, "fail"));
+  opts.drop_on_full = on_full == "drop";
+  UDM_ASSIGN_OR_RETURN(auto bs, o.u64("block_size"));
+  UDM_TRY(o.done());
+  if (bs) {
+    if (!valid_block_size(*bs))
+      return a.error("block_size",
+                     fmt::format("{} is not a power of two in {}..{}", *bs, kMinBlock, kMaxBlock));
+    opts.block_size = static_cast<uint32_t>(*bs);
   }
-  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(p.args[0], true));
+  UDM_ASSIGN_OR_RETURN(DevicePtr dev, p.resolver->open(spec, true));
   UDM_ASSIGN_OR_RETURN(auto t, BowTarget::create(std::move(dev), p.length, opts));
   return TargetPtr(std::move(t));
 }

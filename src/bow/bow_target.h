@@ -145,12 +145,15 @@ class BowTarget : public Target {
   Status write_common(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap);
   Status write_state0(std::unique_lock<std::mutex>& l, uint64_t off, uint64_t len,
                       const uint8_t* data, bool fua, bool unmap);
-  Status lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
-  Status lower_zero(uint64_t off, uint64_t len, bool fua, bool unmap);
+  // data null: zeroes (unmap: the device may deallocate them).
+  Status lower_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua, bool unmap = false);
   Status write_carried(const Job& j);
   // Block-0 aware write / read of [off, off+len) with the state fixed.
   Status io_block0_write(uint64_t off, uint64_t len, const uint8_t* data, bool fua);
   Status io_block0_read(uint64_t off, std::span<uint8_t> buf);
+  // Device offset of block 0's bytes: the live copy in state 1 (the caller
+  // holds s0_mu_ shared, so it cannot move).
+  uint64_t block0_base() const;
   void committer_loop();
   void process_batch(std::unique_lock<std::mutex>& l);
   void finish_job(Job& j, Status s);  // mu_ held

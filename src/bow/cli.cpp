@@ -6,7 +6,7 @@
 #include "bow/bow_target.h"
 #include "bow/restore.h"
 #include "cli/cli_common.h"
-#include "io/file_device.h"
+#include "io/resolver.h"
 #include "util/progress.h"
 
 namespace udm {
@@ -20,9 +20,11 @@ void cmd_bow_restore(const std::string& path, bool dry_run, const std::string& f
     if (!ids.ok()) return cli::fail(ids.status().context("--force"));
     opts.skip = *ids;
   }
-  auto f = FileDevice::open(path, {.writable = !dry_run});
+  auto f = Resolver().open(path, !dry_run);
   if (!f.ok()) return cli::fail(f.status());
   auto dev = *f;
+  if (!dry_run && dev->caps().read_only)
+    return cli::fail(path + ": cannot be opened for writing (read-only, or no permission)");
   auto chain = bow::read_chain(*dev, opts);
   if (!chain.ok()) return cli::fail(chain.status().context(path));
   const bow::Chain& c = *chain;

@@ -40,7 +40,9 @@ uint64_t Chain::bytes() const {
 
 namespace {
 
-class Resolver {
+// Where each block's bytes are once the restore has made the copies so far
+// (logical block -> physical block; identity unless remapped).
+class BlockRemap {
  public:
   uint64_t operator()(uint64_t block) const {
     auto it = map_.find(block);
@@ -60,7 +62,7 @@ class Resolver {
   std::unordered_map<uint64_t, uint64_t> map_;
 };
 
-Status read_resolved(BlockDevice& dev, const Resolver& r, uint64_t block, uint64_t n, uint32_t bs,
+Status read_remapped(BlockDevice& dev, const BlockRemap& r, uint64_t block, uint64_t n, uint32_t bs,
                      std::vector<uint8_t>& out) {
   out.resize(n * bs);
   // Coalesce physically contiguous blocks into one read.
@@ -101,7 +103,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
   chain.newest_sequence = log.sequence;
   const uint32_t bs = log.block_size;
   const uint64_t bsec = bs / 512;
-  Resolver resolve;
+  BlockRemap remap;
   std::map<uint64_t, uint64_t> dests;  // block ranges used as dest: start -> end
   std::vector<std::string> problems;
   std::vector<uint8_t> data;
@@ -118,7 +120,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
       if (overlap) problem = "its dest overlaps another entry's dest";
       bool checked = false;
       if (problem.empty() && opts.verify && e.checksum != 0) {
-        UDM_TRY(read_resolved(dev, resolve, dst, n, bs, data));
+        UDM_TRY(read_remapped(dev, remap, dst, n, bs, data));
         uint32_t crc = entry_checksum(src, data);
         if (crc != e.checksum)
           problem = fmt::format("checksum mismatch (log says {:#010x}, saved data gives {:#010x})",
@@ -137,7 +139,7 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
         continue;
       }
       dests[dst] = dst + n;
-      resolve.copy(src, dst, n);
+      remap.copy(src, dst, n);
       chain.steps.push_back({id, e, checked});
     }
     if (log.sequence == 0) break;
@@ -148,8 +150,8 @@ Result<Chain> read_chain(BlockDevice& dev, const ChainOptions& opts) {
     }
     // The previous log block is what block 0 holds once this log is restored.
     std::vector<uint8_t> prev;
-    chain.log_blocks.push_back(resolve(0));
-    UDM_TRY(read_resolved(dev, resolve, 0, 1, bs, prev));
+    chain.log_blocks.push_back(remap(0));
+    UDM_TRY(read_remapped(dev, remap, 0, 1, bs, prev));
     auto older = decode_log(prev, dev_bytes);
     std::string why;
     if (!older.ok()) why = older.status().message();

@@ -5,7 +5,8 @@
 #include <memory>
 
 #include "cli/cli_common.h"
-#include "io/file_device.h"
+#include "device/target_args.h"
+#include "io/resolver.h"
 #include "snapshot/cow_format.h"
 #include "snapshot/snapshot.h"
 #include "util/progress.h"
@@ -15,25 +16,19 @@ using namespace snapshot;
 
 namespace {
 
-Result<uint64_t> parse_size(const std::string& s) {
-  if (s.empty()) return Invalid("--chunk-size: empty");
-  size_t pos = 0;
-  uint64_t v;
-  try {
-    v = std::stoull(s, &pos);
-  } catch (...) {
-    return Invalid("--chunk-size: '" + s + "' is not a number");
+// A chunk size: bytes, or with a unit (device/target_args.h's parse_size:
+// K, M, ...) or the suffix s for 512-byte sectors.
+Result<uint64_t> parse_chunk_size(const std::string& s) {
+  if (!s.empty() && s.back() == 's') {
+    UDM_ASSIGN_OR_RETURN(uint64_t n, parse_u64(std::string_view(s).substr(0, s.size() - 1), "--chunk-size"));
+    if (n > UINT64_MAX / 512) return Invalid("--chunk-size: '" + s + "' is too large");
+    return n * 512;
   }
-  std::string suf = s.substr(pos);
-  if (suf == "" || suf == "b") return v;
-  if (suf == "s") return v * 512;
-  if (suf == "k" || suf == "K") return v << 10;
-  if (suf == "m" || suf == "M") return v << 20;
-  return Invalid("--chunk-size: unknown suffix '" + suf + "' (use s, K or M)");
+  return parse_size(s, "--chunk-size");
 }
 
 void cmd_cow_size(const std::string& cs, int64_t bytes, int64_t chunks) {
-  auto b = parse_size(cs);
+  auto b = parse_chunk_size(cs);
   if (!b.ok()) return cli::fail(b.status());
   if (*b % 512) return cli::fail("--chunk-size must be a multiple of 512 bytes");
   auto g = make_geometry(uint32_t(*b / 512));
@@ -46,7 +41,7 @@ void cmd_cow_size(const std::string& cs, int64_t bytes, int64_t chunks) {
 }
 
 void cmd_inspect(const std::string& path) {
-  auto f = FileDevice::open(path, {.writable = false});
+  auto f = Resolver().open(path, false);
   if (!f.ok()) return cli::fail(f.status());
   auto dev = *f;
   std::vector<uint8_t> first(512);

@@ -1,24 +1,17 @@
 #include "snapshot/snapshot.h"
 
-#include <sys/stat.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 
-#include "io/path_resolver.h"
+#include "device/target_args.h"
+#include "io/resolver.h"
 #include "util/log.h"
 #include "util/scratch.h"
 
 namespace udm::snapshot {
-
-Result<std::string> device_identity(const std::string& spec) {
-  if (spec.empty() || spec[0] != '/') return "udm:" + spec;
-  struct stat st;
-  if (::stat(spec.c_str(), &st) != 0) return ErrnoStatus("stat " + spec);
-  if (S_ISBLK(st.st_mode)) return "blk:" + std::to_string(uint64_t(st.st_rdev));
-  return "file:" + std::to_string(uint64_t(st.st_dev)) + ":" + std::to_string(uint64_t(st.st_ino));
-}
 
 // ---------------------------------------------------------------- registry
 
@@ -43,6 +36,36 @@ std::shared_ptr<OriginEntry> origin_entry(const std::string& key) {
   return e;
 }
 
+namespace {
+// Joins byte ranges given in ascending order into runs and hands each run to
+// `emit` once it cannot grow any more (one discard or zero-out per run).
+template <class Emit>
+class RunJoiner {
+ public:
+  explicit RunJoiner(Emit emit) : emit_(std::move(emit)) {}
+  Status add(uint64_t off, uint64_t len) {
+    if (len_ && off_ + len_ == off) {
+      len_ += len;
+      return Status::Ok();
+    }
+    Status st = finish();
+    off_ = off;
+    len_ = len;
+    return st;
+  }
+  Status finish() {
+    if (len_ == 0) return Status::Ok();
+    const uint64_t off = off_, len = len_;
+    len_ = 0;
+    return emit_(off, len);
+  }
+
+ private:
+  Emit emit_;
+  uint64_t off_ = 0, len_ = 0;
+};
+}  // namespace
+
 void OriginEntry::save_range(uint64_t offset, uint64_t len, const SnapshotCore* except) {
   if (len == 0) return;
   // The caller holds io_mu shared and every change of snaps_ holds it
@@ -66,7 +89,7 @@ Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t
       g = g ? std::min(g, s->chunk_bytes()) : s->chunk_bytes();
   if (g == 0) return origin.trim(offset, len);
   const uint64_t end = offset + len;
-  uint64_t rs = 0, re = 0;  // current run of bytes no snapshot needs
+  RunJoiner unneeded_run([&](uint64_t off, uint64_t n) { return origin.trim(off, n); });
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t e = std::min(end, (pos / g + 1) * g);
     bool unneeded = true;
@@ -77,19 +100,10 @@ Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t
         break;
       }
     }
-    if (unneeded) {
-      if (re > rs && re == pos) {
-        re = e;
-      } else {
-        if (re > rs) UDM_TRY(origin.trim(rs, re - rs));
-        rs = pos;
-        re = e;
-      }
-    }
+    if (unneeded) UDM_TRY(unneeded_run.add(pos, e - pos));
     pos = e;
   }
-  if (re > rs) UDM_TRY(origin.trim(rs, re - rs));
-  return Status::Ok();
+  return unneeded_run.finish();
 }
 
 std::shared_ptr<SnapshotCore> OriginEntry::attach(std::shared_ptr<SnapshotCore> core) {
@@ -266,19 +280,19 @@ void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
   }
 }
 
-Status SnapshotCore::read(uint64_t offset, std::span<uint8_t> buf) {
+Status SnapshotCore::read_view(uint64_t offset, std::span<uint8_t> buf, BlockDevice& origin,
+                               bool check_valid) {
   const uint64_t cb = chunk_bytes();
   size_t done = 0;
   while (done < buf.size()) {
-    if (!store_->valid()) return IoError("snapshot is invalid");
+    if (check_valid && !store_->valid()) return IoError("snapshot is invalid");
     uint64_t off = offset + done, c = off / cb, in = off % cb;
     size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
     std::shared_lock lk(lock_for(c));
-    auto nc = store_->lookup(c);
-    if (nc)
+    if (auto nc = store_->lookup(c))
       UDM_TRY(store_->cow().read(*nc * cb + in, buf.subspan(done, n)));
     else
-      UDM_TRY(origin_->read(off, buf.subspan(done, n)));
+      UDM_TRY(origin.read(off, buf.subspan(done, n)));
     done += n;
   }
   return Status::Ok();
@@ -438,20 +452,10 @@ Status SnapshotCore::trim(uint64_t offset, uint64_t len) {
   BlockDevice& cow = store_->cow();
   // No chunk lock: a listed snapshot's exceptions never go away or move, and
   // a racing write to the same chunk is ordered either way.
-  uint64_t run_off = 0, run_len = 0;
-  for (uint64_t c = (offset + cb - 1) / cb; c * cb < end && c * cb + chunk_len(c) <= end; c++) {
-    auto nc = store_->lookup(c);
-    if (!nc) continue;
-    if (run_len && run_off + run_len == *nc * cb) {
-      run_len += cb;
-      continue;
-    }
-    if (run_len) UDM_TRY(cow.write_zeroes(run_off, run_len, false, true));
-    run_off = *nc * cb;
-    run_len = cb;
-  }
-  if (run_len) UDM_TRY(cow.write_zeroes(run_off, run_len, false, true));
-  return Status::Ok();
+  RunJoiner cow_run([&](uint64_t off, uint64_t n) { return cow.write_zeroes(off, n, false, true); });
+  for (uint64_t c = (offset + cb - 1) / cb; c * cb < end && c * cb + chunk_len(c) <= end; c++)
+    if (auto nc = store_->lookup(c)) UDM_TRY(cow_run.add(*nc * cb, cb));
+  return cow_run.finish();
 }
 
 std::string SnapshotCore::status() const {
@@ -482,12 +486,12 @@ static DeviceCaps origin_caps(const BlockDevice& origin) {
   return c;
 }
 
-DeviceCaps OriginTarget::caps() const { return origin_caps(*origin_); }
+DeviceCaps OriginTarget::caps() const { return origin_caps(*lower()); }
 
 Status OriginTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_read(offset, buf);
-  return origin_->read(offset, buf);
+  return lower()->read(offset, buf);
 }
 
 Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
@@ -496,7 +500,7 @@ Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, boo
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write(offset, buf, fua);
   entry_->save_range(offset, buf.size());
-  return origin_->write(offset, buf, fua);
+  return lower()->write(offset, buf, fua);
 }
 
 Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
@@ -506,16 +510,16 @@ Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bo
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write_zeroes(offset, len, fua, may_unmap);
   entry_->save_range(offset, len);
-  return origin_->write_zeroes(offset, len, fua, may_unmap);
+  return lower()->write_zeroes(offset, len, fua, may_unmap);
 }
 
 Status OriginTarget::do_trim(uint64_t offset, uint64_t len) {
-  if (!origin_->caps().can_trim) return NotSupported("snapshot-origin: the origin cannot discard");
+  if (!lower()->caps().can_trim) return NotSupported("snapshot-origin: the origin cannot discard");
   // Advisory: chunks a snapshot still reads from the origin are kept (a
   // discard must not cost copies into the COWs), the rest is passed down.
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_trim(offset, len);
-  return entry_->trim_unneeded(*origin_, offset, len);
+  return entry_->trim_unneeded(*lower(), offset, len);
 }
 
 SnapshotTarget::SnapshotTarget(std::shared_ptr<SnapshotCore> core,
@@ -741,58 +745,49 @@ Status MergeTarget::merge_one_batch(bool* finished) {
 }
 
 Status MergeTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
-  ExceptionStore& store = core_->store();
-  const uint64_t cb = store.chunk_bytes();
-  size_t done = 0;
-  while (done < buf.size()) {
-    uint64_t off = offset + done, c = off / cb, in = off % cb;
-    size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
-    std::shared_lock lk(core_->lock_for(c));
-    if (auto nc = store.lookup(c))
-      UDM_TRY(store.cow().read(*nc * cb + in, buf.subspan(done, n)));
-    else
-      UDM_TRY(origin_->read(off, buf.subspan(done, n)));
-    done += n;
-  }
-  return Status::Ok();
+  return core_->read_view(offset, buf, *origin_, false);
 }
 
-Status MergeTarget::write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua,
-                               bool io_held) {
+void MergeTarget::wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>& lk) {
+  for (;;) {
+    std::unique_lock r(run_mu_);
+    if (!merging_.count(c)) return;
+    lk.unlock();
+    run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
+    r.unlock();
+    lk.lock();
+  }
+}
+
+Status MergeTarget::modify_view(uint64_t offset, uint64_t len, const uint8_t* data, bool fua,
+                                bool may_unmap, bool io_held) {
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes();
-  size_t done = 0;
-  while (done < buf.size()) {
+  for (uint64_t done = 0; done < len;) {
     uint64_t off = offset + done, c = off / cb, in = off % cb;
-    size_t n = std::min<uint64_t>(cb - in, buf.size() - done);
-    auto piece = buf.subspan(done, n);
+    uint64_t n = std::min<uint64_t>(cb - in, len - done);
     std::shared_lock lk(core_->lock_for(c));
-    for (;;) {
-      std::unique_lock r(run_mu_);
-      if (!merging_.count(c)) break;
-      lk.unlock();
-      run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
-      r.unlock();
-      lk.lock();
-    }
+    wait_unmerged(c, lk);
     if (auto nc = store.lookup(c)) {
-      // Not merged yet: the new data goes to the COW chunk and is merged later.
-      UDM_TRY(store.cow().write(*nc * cb + in, piece, fua));
+      // Not merged yet: the new bytes go to the COW chunk and are merged later.
+      UDM_TRY(data ? store.cow().write(*nc * cb + in, std::span<const uint8_t>(data + done, n), fua)
+                   : store.cow().write_zeroes(*nc * cb + in, n, false, may_unmap));
     } else {
       std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
       if (!io_held) io.lock();
       entry_->save_range(off, n, core_.get());
-      UDM_TRY(origin_->write(off, piece, fua));
+      UDM_TRY(data ? origin_->write(off, std::span<const uint8_t>(data + done, n), fua)
+                   : origin_->write_zeroes(off, n, false, may_unmap));
     }
     done += n;
   }
-  return Status::Ok();
+  // Zeroes went out without FUA (one flush for all of them).
+  return !data && fua ? do_flush() : Status::Ok();
 }
 
 Status MergeTarget::write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap,
                                       bool io_held) {
-  ExceptionStore& store = core_->store();
-  if (store.exception_count() == 0) {
+  if (core_->store().exception_count() == 0) {
     // Merged (or nothing to merge): the origin holds the whole view, and no
     // exception comes back. Like snapshot-origin.
     std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
@@ -800,33 +795,8 @@ Status MergeTarget::write_zeroes_view(uint64_t offset, uint64_t len, bool fua, b
     entry_->save_range(offset, len, core_.get());
     return origin_->write_zeroes(offset, len, fua, may_unmap);
   }
-  // During the merge, chunk by chunk like do_write: a chunk not merged yet
-  // is zeroed in its COW chunk (the merge then copies the zeroes), a chunk
-  // being merged waits, the others are zeroed on the origin.
-  const uint64_t cb = store.chunk_bytes();
-  for (uint64_t done = 0; done < len;) {
-    uint64_t off = offset + done, c = off / cb, in = off % cb;
-    uint64_t n = std::min<uint64_t>(cb - in, len - done);
-    std::shared_lock lk(core_->lock_for(c));
-    for (;;) {
-      std::unique_lock r(run_mu_);
-      if (!merging_.count(c)) break;
-      lk.unlock();
-      run_cv_.wait(r, [&] { return merging_.count(c) == 0; });
-      r.unlock();
-      lk.lock();
-    }
-    if (auto nc = store.lookup(c)) {
-      UDM_TRY(store.cow().write_zeroes(*nc * cb + in, n, false, may_unmap));
-    } else {
-      std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
-      if (!io_held) io.lock();
-      entry_->save_range(off, n, core_.get());
-      UDM_TRY(origin_->write_zeroes(off, n, false, may_unmap));
-    }
-    done += n;
-  }
-  return fua ? do_flush() : Status::Ok();
+  // During the merge, chunk by chunk like a write.
+  return modify_view(offset, len, nullptr, fua, may_unmap, io_held);
 }
 
 Status MergeTarget::trim_view(uint64_t offset, uint64_t len, bool io_held) {
@@ -840,22 +810,14 @@ Status MergeTarget::trim_view(uint64_t offset, uint64_t len, bool io_held) {
   std::shared_lock<std::shared_mutex> io(entry_->io_mu, std::defer_lock);
   if (!io_held) io.lock();
   if (store.exception_count() == 0) return entry_->trim_unneeded(*origin_, offset, len, core_.get());
-  uint64_t rs = 0, re = 0;
+  RunJoiner origin_run(
+      [&](uint64_t off, uint64_t n) { return entry_->trim_unneeded(*origin_, off, n, core_.get()); });
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t c = pos / cb, e = std::min(end, (c + 1) * cb);
-    if (!store.lookup(c)) {
-      if (re > rs && re == pos) {
-        re = e;
-      } else {
-        if (re > rs) UDM_TRY(entry_->trim_unneeded(*origin_, rs, re - rs, core_.get()));
-        rs = pos;
-        re = e;
-      }
-    }
+    if (!store.lookup(c)) UDM_TRY(origin_run.add(pos, e - pos));
     pos = e;
   }
-  if (re > rs) UDM_TRY(entry_->trim_unneeded(*origin_, rs, re - rs, core_.get()));
-  return Status::Ok();
+  return origin_run.finish();
 }
 
 Status MergeTarget::do_flush() {
@@ -874,39 +836,45 @@ struct CommonArgs {
   uint32_t chunk = 0;
 };
 
-Result<CommonArgs> parse_common(const TargetParams& p, size_t min_args, bool origin_writable,
-                                const char* usage) {
-  if (p.args.size() < min_args)
-    return Invalid(p.type + ": expected " + usage + ", got " + std::to_string(p.args.size()) +
-                   " arguments");
-  CommonArgs a;
-  std::string t = p.args[2];
-  for (auto& ch : t) ch = char(toupper(ch));
-  if (t != "P" && t != "PO" && t != "N")
-    return Invalid(p.type + ": store type '" + p.args[2] + "' must be P, PO or N");
-  a.store_type = t;
-  UDM_ASSIGN_OR_RETURN(uint64_t cs, parse_u64_arg(p.args[3], "chunk_size"));
-  if (cs != 0) UDM_TRY(validate_chunk_sectors(cs, p.type + ": chunk_size"));
-  a.chunk = uint32_t(cs);
-  if (p.args.size() > 4) {
-    UDM_ASSIGN_OR_RETURN(uint64_t nf, parse_u64_arg(p.args[4], "#feature_args"));
-    if (p.args.size() != 5 + nf)
-      return Invalid(p.type + ": #feature_args says " + std::to_string(nf) + " but " +
-                     std::to_string(p.args.size() - 5) + " follow");
-    for (size_t i = 5; i < p.args.size(); i++)
-      return NotSupported(p.type + ": feature argument '" + p.args[i] +
-                          "' is not supported by udm");
+// <origin> <cow> <store> <chunk_size> [<#feature_args> <feature>...], as the
+// kernel's snapshot and snapshot-merge read them (store type in any case).
+Result<CommonArgs> parse_common(const TargetParams& p, bool origin_writable, bool transient_ok) {
+  const char* store_what = transient_ok ? "<P|PO|N>" : "<P|PO>";
+  TargetArgs a(p.type, p.args);
+  UDM_ASSIGN_OR_RETURN(std::string origin, a.next("<origin>"));
+  UDM_ASSIGN_OR_RETURN(std::string cow, a.next("<cow>"));
+  UDM_ASSIGN_OR_RETURN(std::string t, a.next(store_what));
+  CommonArgs c;
+  c.store_type = t;
+  for (auto& ch : c.store_type) ch = char(toupper(ch));
+  if (c.store_type != "P" && c.store_type != "PO" && c.store_type != "N")
+    return a.error(store_what,
+                   fmt::format("store type '{}' must be {}", t, transient_ok ? "P, PO or N" : "P or PO"));
+  if (c.store_type == "N" && !transient_ok)
+    return a.error(store_what, "a transient (N) store cannot be merged");
+  UDM_ASSIGN_OR_RETURN(uint64_t cs, a.next_u64("<chunk_size>"));
+  if (cs != 0) UDM_TRY(validate_chunk_sectors(cs, p.type + ": <chunk_size>"));
+  c.chunk = uint32_t(cs);
+  // The kernel's two feature arguments are named and refused: udm's
+  // discards do what docs/snapshot.md says, not what they would ask for.
+  UDM_ASSIGN_OR_RETURN(OptArgs features, a.opt_group());
+  for (const char* f : {"discard_zeroes_cow", "discard_passdown_origin"}) {
+    UDM_ASSIGN_OR_RETURN(bool on, features.flag(f));
+    if (on)
+      return NotSupported(fmt::format("{}: feature argument '{}' is not supported by udm", p.type, f));
   }
+  UDM_TRY(features.done());
+  UDM_TRY(a.done());
   if (!p.resolver) return Invalid(p.type + ": no device resolver");
-  UDM_ASSIGN_OR_RETURN(a.origin_key, device_identity(p.args[0]));
-  UDM_ASSIGN_OR_RETURN(a.cow_key, device_identity(p.args[1]));
-  if (a.origin_key == a.cow_key) return Invalid(p.type + ": origin and COW are the same device");
-  UDM_ASSIGN_OR_RETURN(a.origin, p.resolver->open(p.args[0], origin_writable));
-  UDM_ASSIGN_OR_RETURN(a.cow, p.resolver->open(p.args[1], true));
-  if (p.length > a.origin->size())
-    return Invalid(p.type + ": segment length " + std::to_string(p.length) +
-                   " bytes exceeds the origin (" + std::to_string(a.origin->size()) + " bytes)");
-  return a;
+  UDM_ASSIGN_OR_RETURN(c.origin_key, p.resolver->identity(origin));
+  UDM_ASSIGN_OR_RETURN(c.cow_key, p.resolver->identity(cow));
+  if (c.origin_key == c.cow_key) return a.error("<cow>", "the origin and the COW are the same device");
+  UDM_ASSIGN_OR_RETURN(c.origin, p.resolver->open(origin, origin_writable));
+  UDM_ASSIGN_OR_RETURN(c.cow, p.resolver->open(cow, true));
+  if (p.length > c.origin->size())
+    return Invalid(fmt::format("{}: segment length {} bytes exceeds the origin ({} bytes)", p.type,
+                               p.length, c.origin->size()));
+  return c;
 }
 
 Status check_block_sizes(const CommonArgs& a, const ExceptionStore& s, const std::string& type) {
@@ -920,20 +888,20 @@ Status check_block_sizes(const CommonArgs& a, const ExceptionStore& s, const std
 }  // namespace
 
 Result<TargetPtr> make_origin_target(const TargetParams& p) {
-  if (p.args.size() != 1)
-    return Invalid("snapshot-origin: expected <origin>, got " + std::to_string(p.args.size()) +
-                   " arguments");
+  TargetArgs a("snapshot-origin", p.args);
+  UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<origin>"));
+  UDM_TRY(a.done());
   if (!p.resolver) return Invalid("snapshot-origin: no device resolver");
-  UDM_ASSIGN_OR_RETURN(std::string key, device_identity(p.args[0]));
-  UDM_ASSIGN_OR_RETURN(DevicePtr origin, p.resolver->open(p.args[0], true));
+  UDM_ASSIGN_OR_RETURN(std::string key, p.resolver->identity(spec));
+  UDM_ASSIGN_OR_RETURN(DevicePtr origin, p.resolver->open(spec, true));
   if (p.length > origin->size())
-    return Invalid("snapshot-origin: segment length exceeds the origin device");
+    return Invalid(fmt::format("snapshot-origin: segment length {} bytes exceeds the origin ({} bytes)",
+                               p.length, origin->size()));
   return TargetPtr(std::make_shared<OriginTarget>(origin, origin_entry(key), p.length));
 }
 
 Result<TargetPtr> make_snapshot_target(const TargetParams& p) {
-  UDM_ASSIGN_OR_RETURN(CommonArgs a,
-                       parse_common(p, 4, false, "<origin> <cow> <P|PO|N> <chunk_size>"));
+  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, /*origin_writable=*/false, /*transient_ok=*/true));
   std::unique_ptr<ExceptionStore> store;
   if (a.store_type == "N") {
     UDM_ASSIGN_OR_RETURN(store, ExceptionStore::open_transient(a.cow, a.origin->size(), a.chunk));
@@ -949,9 +917,7 @@ Result<TargetPtr> make_snapshot_target(const TargetParams& p) {
 }
 
 Result<TargetPtr> make_merge_target(const TargetParams& p) {
-  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, 4, true, "<origin> <cow> <P|PO> <chunk_size>"));
-  if (a.store_type == "N")
-    return Invalid("snapshot-merge: a transient (N) store cannot be merged");
+  UDM_ASSIGN_OR_RETURN(CommonArgs a, parse_common(p, /*origin_writable=*/true, /*transient_ok=*/false));
   UDM_ASSIGN_OR_RETURN(auto store, ExceptionStore::open_persistent(a.cow, a.origin->size(),
                                                                    a.chunk, false));
   if (!store->valid()) return IoError("snapshot-merge: snapshot is invalid; refusing to merge");
@@ -964,7 +930,7 @@ Result<TargetPtr> make_merge_target(const TargetParams& p) {
 Result<std::shared_ptr<MergeTarget>> open_offline_merge(const std::string& origin,
                                                         const std::string& cow,
                                                         uint32_t chunk_sectors) {
-  static PathResolver resolver;
+  Resolver resolver;
   UDM_ASSIGN_OR_RETURN(DevicePtr o, resolver.open(origin, true));
   if (o->caps().read_only) return ReadOnly(origin + ": origin cannot be opened writable");
   TargetParams p;

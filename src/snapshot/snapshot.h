@@ -5,8 +5,9 @@
 //  snapshot-merge  <origin> <cow> <P|PO> <chunk_size>
 //
 // Origins and their snapshots meet in a process-wide registry keyed by the
-// identity of the origin (st_dev+st_ino of a file, st_rdev of a block device,
-// the name of a udm device). A snapshot joins its origin's list when its
+// identity of the origin as the resolver decides it (DeviceResolver::identity,
+// io/resolver.h: st_dev+st_ino of a file, st_rdev of a block device, the name
+// of a udm device, a URI). A snapshot joins its origin's list when its
 // table is first resumed and leaves it when the last target using it is
 // destroyed; a reloaded table over the same COW takes over the live state
 // (like the kernel's exception handover), so no origin write is ever missed
@@ -32,12 +33,10 @@
 #include <vector>
 
 #include "device/target.h"
+#include "device/target_kit.h"
 #include "snapshot/store.h"
 
 namespace udm::snapshot {
-
-// Identity of a device spec for the origin registry.
-Result<std::string> device_identity(const std::string& spec);
 
 // One snapshot's live state, shared between the snapshot target, the origin
 // registry and (after a handover) the merge target.
@@ -60,7 +59,12 @@ class SnapshotCore {
   void save_chunks(uint64_t first, uint64_t last);
   void save_before_origin_write(uint64_t chunk) { save_chunks(chunk, chunk); }
   // The snapshot's view.
-  Status read(uint64_t offset, std::span<uint8_t> buf);
+  Status read(uint64_t offset, std::span<uint8_t> buf) { return read_view(offset, buf, *origin_, true); }
+  // The view through `origin` (the merge reads through its own, writable,
+  // open of the origin): each chunk under its lock (shared), from its COW
+  // chunk if it has an exception, else from `origin`. check_valid: fail once
+  // the snapshot is invalid.
+  Status read_view(uint64_t offset, std::span<uint8_t> buf, BlockDevice& origin, bool check_valid);
   Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
     return modify(offset, buf.size(), buf.data(), fua, false);
   }
@@ -147,12 +151,14 @@ class OriginEntry {
 
 std::shared_ptr<OriginEntry> origin_entry(const std::string& key);
 
-class OriginTarget : public Target {
+// snapshot-origin: the origin passed through (reads, flushes), except that
+// every listed snapshot saves the chunks a write or zero-out is about to
+// change, and that a running snapshot-merge of the origin serves its I/O.
+class OriginTarget : public ForwardingTarget {
  public:
   OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length)
-      : origin_(std::move(origin)), entry_(std::move(entry)), length_(length) {}
+      : ForwardingTarget(std::move(origin), 0, length), entry_(std::move(entry)) {}
   std::string type() const override { return "snapshot-origin"; }
-  uint64_t size() const override { return length_; }
   DeviceCaps caps() const override;
 
  protected:
@@ -160,12 +166,9 @@ class OriginTarget : public Target {
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
   Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
   Status do_trim(uint64_t offset, uint64_t len) override;
-  Status do_flush() override { return origin_->flush(); }
 
  private:
-  DevicePtr origin_;
   std::shared_ptr<OriginEntry> entry_;
-  uint64_t length_;
 };
 
 class SnapshotTarget : public Target {
@@ -220,7 +223,7 @@ class MergeTarget : public Target {
   // holds entry->io_mu shared (these do not take it again).
   Status view_read(uint64_t offset, std::span<uint8_t> buf) { return do_read(offset, buf); }
   Status view_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
-    return write_view(offset, buf, fua, true);
+    return modify_view(offset, buf.size(), buf.data(), fua, false, true);
   }
   Status view_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
     return write_zeroes_view(offset, len, fua, may_unmap, true);
@@ -230,7 +233,7 @@ class MergeTarget : public Target {
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override {
-    return write_view(offset, buf, fua, false);
+    return modify_view(offset, buf.size(), buf.data(), fua, false, false);
   }
   Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override {
     return write_zeroes_view(offset, len, fua, may_unmap, false);
@@ -240,8 +243,15 @@ class MergeTarget : public Target {
 
  private:
   // io_held: the caller holds entry_->io_mu shared already.
-  Status write_view(uint64_t offset, std::span<const uint8_t> buf, bool fua, bool io_held);
+  // Writes `data` (nullptr: zeroes) to the view chunk by chunk: a chunk not
+  // merged yet gets the bytes in its COW chunk (the merge copies them later),
+  // a chunk being merged waits, any other is written on the origin after the
+  // origin's other snapshots saved it.
+  Status modify_view(uint64_t offset, uint64_t len, const uint8_t* data, bool fua, bool may_unmap,
+                     bool io_held);
   Status write_zeroes_view(uint64_t offset, uint64_t len, bool fua, bool may_unmap, bool io_held);
+  // Waits while chunk c is being merged; `lk` (c's chunk lock) is held again on return.
+  void wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>& lk);
   Status trim_view(uint64_t offset, uint64_t len, bool io_held);
   Status merge_one_batch(bool* finished);
   void stop_thread();

@@ -5,6 +5,7 @@
 
 #include "bow/bow_format.h"
 #include "bow/range_map.h"
+#include "util/crc.h"
 #include "util/endian.h"
 
 using namespace udm;
@@ -101,18 +102,23 @@ LogBlock sample_log(uint32_t bs = 4096) {
 }
 }  // namespace
 
-TEST(BowFormat, Crc32MatchesBitwiseReference) {
+TEST(BowFormat, EntryChecksumMatchesBitwiseReference) {
   std::vector<uint8_t> d(5000);
   for (size_t i = 0; i < d.size(); i++) d[i] = static_cast<uint8_t>(i * 7 + 3);
-  EXPECT_EQ(crc32_le(0, d), crc_ref(0, d));
-  EXPECT_EQ(crc32_le(12345, d), crc_ref(12345, d));
+  // The kernel's crc32_le seeded with the source block number (its low 32 bits).
+  EXPECT_EQ(entry_checksum(0, d), crc_ref(0, d));
   EXPECT_EQ(entry_checksum(77, d), crc_ref(77, d));
-  // Continuation over pieces equals one pass.
+  EXPECT_EQ(entry_checksum(12345, d), crc_ref(12345, d));
+  EXPECT_EQ(entry_checksum((7ull << 32) | 9, d), crc_ref(9, d));
+  for (size_t n : {0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 4096})
+    EXPECT_EQ(entry_checksum(3, std::span(d).first(n)), crc_ref(3, std::vector<uint8_t>(d.begin(), d.begin() + n)))
+        << n << " bytes";
+  // The target checksums a big copy in pieces (crc32_ieee_raw continuing): one pass.
   std::vector<uint8_t> a(d.begin(), d.begin() + 1000), b(d.begin() + 1000, d.end());
-  EXPECT_EQ(crc32_le(crc32_le(9, a), b), crc_ref(9, d));
+  EXPECT_EQ(crc32_ieee_raw(entry_checksum(9, a), b.data(), b.size()), crc_ref(9, d));
   // "123456789" with the standard init/final inversion is the CRC-32 check value.
   std::vector<uint8_t> check{'1', '2', '3', '4', '5', '6', '7', '8', '9'};
-  EXPECT_EQ(~crc32_le(~0u, check), 0xCBF43926u);
+  EXPECT_EQ(~crc32_ieee_raw(~0u, check.data(), check.size()), 0xCBF43926u);
 }
 
 TEST(BowFormat, EncodeDecodeRoundTripLittleEndian) {

@@ -336,18 +336,24 @@ TEST(Bow, TableLineParsing) {
   EXPECT_TRUE(make({"/dev/x", "2", "on_full=fail", "block_size=1024"}).ok());
   EXPECT_NE(make({"/dev/x", "1", "on_full=drop"}).value()->status().find("on_full=drop"),
             std::string::npos);
-  for (auto bad : std::vector<std::vector<std::string>>{{},
-                                                       {"/dev/y"},
-                                                       {"/dev/x", "2", "on_full=drop"},
-                                                       {"/dev/x", "1", "on_full=maybe"},
-                                                       {"/dev/x", "1", "block_size=3000"},
-                                                       {"/dev/x", "x"},
-                                                       {"/dev/x", "1", "frob"}}) {
-    auto t = make(bad);
-    EXPECT_FALSE(t.ok());
-    if (!t.ok()) {
-      EXPECT_NE(t.status().message().find("bow"), std::string::npos) << t.status().message();
-    }
+  // Refused, each naming the argument at fault (device/target_args.h).
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad{
+      {{}, "bow: missing <dev>"},
+      {{"/dev/y"}, "no such device /dev/y"},
+      {{"/dev/x", "2", "on_full=drop"}, "bow: <#opt_args>: says 2 but 1 optional argument follow"},
+      {{"/dev/x", "1", "on_full=maybe"}, "bow: on_full: 'maybe' is not one of fail, drop"},
+      {{"/dev/x", "2", "on_full=drop", "on_full=fail"}, "bow: on_full: given twice"},
+      {{"/dev/x", "1", "block_size=3000"}, "bow: block_size: 3000 is not a power of two in 512..65536"},
+      {{"/dev/x", "1", "block_size=256"}, "bow: block_size: 256 is not a power of two in 512..65536"},
+      {{"/dev/x", "1", "block_size=4k"}, "bow: block_size: '4k' is not a decimal number"},
+      {{"/dev/x", "x"}, "bow: <#opt_args>: 'x' is not a decimal number"},
+      {{"/dev/x", "1", "frob"}, "bow: unknown optional argument 'frob'"},
+  };
+  for (const auto& [args, want] : bad) {
+    auto t = make(args);
+    ASSERT_FALSE(t.ok()) << want;
+    EXPECT_EQ(t.status().code(), EINVAL) << t.status().message();
+    EXPECT_NE(t.status().message().find(want), std::string::npos) << t.status().message();
   }
 }
 

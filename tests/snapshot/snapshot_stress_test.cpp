@@ -20,33 +20,13 @@
 #include "common/sys_util.h"
 #include "io/memory_device.h"
 #include "snapshot/snapshot.h"
+#include "snapshot_test_util.h"
 
 using namespace udm;
 using namespace udm::snapshot;
+using namespace udm::snapshot::test;
 
 namespace {
-
-class MapResolver : public DeviceResolver {
- public:
-  std::map<std::string, DevicePtr> devs;
-  Result<DevicePtr> open(const std::string& spec, bool) override {
-    auto it = devs.find(spec);
-    if (it == devs.end()) return Invalid("no device " + spec);
-    return it->second;
-  }
-};
-
-Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, uint64_t len,
-                       DeviceResolver* r) {
-  TargetParams p;
-  p.type = type;
-  p.args = std::move(args);
-  p.length = len;
-  p.resolver = r;
-  if (type == "snapshot") return make_snapshot_target(p);
-  if (type == "snapshot-origin") return make_origin_target(p);
-  return make_merge_target(p);
-}
 
 // A 4 KiB block whose bytes name its writer, block and sequence number.
 void fill(std::vector<uint8_t>& b, uint64_t tag) {
@@ -62,7 +42,7 @@ TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
   constexpr uint64_t kBlk = 4096, kBlocks = 1024, kSize = kBlocks * kBlk;  // 4 MiB
   constexpr int kWriters = 4, kReaders = 3, kWritesPerThread = 1500;
   MapResolver r;
-  const auto base = test::random_bytes(kSize, 7);
+  const auto base = udm::test::random_bytes(kSize, 7);
   auto origin = std::make_shared<MemoryDevice>(base);
   r.devs["origin"] = origin;
   auto cow1 = std::make_shared<MemoryDevice>(kSize + 64 * kBlk);
@@ -184,7 +164,7 @@ class SlowFlushDevice : public MemoryDevice {
 TEST(SnapshotStress, GroupCommitWritesEveryDataChunk) {
   constexpr uint64_t kCB = 4096, kSize = 64 * kCB + 2048;
   MapResolver r;
-  const auto base = test::random_bytes(kSize, 9);
+  const auto base = udm::test::random_bytes(kSize, 9);
   auto origin = std::make_shared<MemoryDevice>(base);
   auto cow = std::make_shared<SlowFlushDevice>(96 * kCB);
   r.devs["origin"] = origin;
@@ -239,7 +219,7 @@ TEST(SnapshotStress, WritesAndReadsDuringBackgroundMerge) {
   constexpr int kWriters = 3, kReaders = 2, kWritesPerThread = 800;
   constexpr uint64_t kZeroTag = ~uint64_t(0);
   MapResolver r;
-  const auto base = test::random_bytes(kSize, 11);
+  const auto base = udm::test::random_bytes(kSize, 11);
   auto origin = std::make_shared<SlowFlushDevice>(base);
   r.devs["origin"] = origin;
   r.devs["cow"] = std::make_shared<MemoryDevice>(kSize + 64 * kBlk);
@@ -346,7 +326,7 @@ TEST(SnapshotStress, WritesAndReadsDuringBackgroundMerge) {
 TEST(SnapshotStress, OverlappingBatchesOnOneSnapshot) {
   constexpr uint64_t kCB = 4096, kChunks = 512, kSize = kChunks * kCB;
   MapResolver r;
-  const auto base = test::random_bytes(kSize, 13);
+  const auto base = udm::test::random_bytes(kSize, 13);
   r.devs["origin"] = std::make_shared<MemoryDevice>(base);
   auto cow = std::make_shared<SlowFlushDevice>(2 * kSize);
   cow->flush_ms = 2;

@@ -28,29 +28,21 @@
 #include "io/fault_device.h"
 #include "io/memory_device.h"
 #include "snapshot/snapshot.h"
+#include "snapshot_test_util.h"
 
 using namespace udm;
 using namespace udm::snapshot;
+using namespace udm::snapshot::test;
 
 namespace {
 
 constexpr uint64_t kCB = 4096, kOrigin = 48 * kCB, kCow = 96 * kCB;
 
-class MapResolver : public DeviceResolver {
- public:
-  std::map<std::string, DevicePtr> devs;
-  Result<DevicePtr> open(const std::string& spec, bool) override {
-    auto it = devs.find(spec);
-    if (it == devs.end()) return Invalid("no device " + spec);
-    return it->second;
-  }
-};
-
 // A COW that held other data before: junk everywhere but the header chunk
 // (zero: a new store), so a record that reached the disk before its data
 // chunk would point at junk.
 std::vector<uint8_t> junk_cow() {
-  std::vector<uint8_t> img = test::random_bytes(kCow, 77);
+  std::vector<uint8_t> img = udm::test::random_bytes(kCow, 77);
   memset(img.data(), 0, kCB);
   return img;
 }
@@ -97,14 +89,7 @@ class Counted : public BlockDevice {
 };
 
 Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, DeviceResolver* r) {
-  TargetParams p;
-  p.type = type;
-  p.args = std::move(args);
-  p.length = kOrigin;
-  p.resolver = r;
-  if (type == "snapshot") return make_snapshot_target(p);
-  if (type == "snapshot-origin") return make_origin_target(p);
-  return make_merge_target(p);
+  return snapshot::test::make(type, std::move(args), kOrigin, r);
 }
 
 enum class Dev { kOrigin, kSnap };
@@ -256,7 +241,7 @@ class SnapshotSweep : public ::testing::TestWithParam<SweepMode> {};
 
 TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
   const SweepMode mode = GetParam();
-  std::vector<uint8_t> base = test::random_bytes(kOrigin, 42);
+  std::vector<uint8_t> base = udm::test::random_bytes(kOrigin, 42);
   memset(base.data() + kZeroStart, 0, kZeroLen);
   const std::vector<uint8_t> snap_final = apply_all(base, Dev::kSnap);
   ASSERT_LT(kOps.size(), 63u);

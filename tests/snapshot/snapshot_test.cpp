@@ -6,39 +6,19 @@
 
 #include "common/sys_util.h"
 #include "io/memory_device.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 #include "snapshot/cow_format.h"
 #include "snapshot/snapshot.h"
+#include "snapshot_test_util.h"
 #include "util/endian.h"
 
 using namespace udm;
 using namespace udm::snapshot;
+using namespace udm::snapshot::test;
 using namespace udm::test;
 
 namespace {
 
-// Resolver over named in-memory devices (names are udm-style, not paths).
-class MapResolver : public DeviceResolver {
- public:
-  std::map<std::string, DevicePtr> devs;
-  Result<DevicePtr> open(const std::string& spec, bool) override {
-    auto it = devs.find(spec);
-    if (it == devs.end()) return Invalid("no device " + spec);
-    return it->second;
-  }
-};
-
-Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, uint64_t len,
-                       DeviceResolver* r) {
-  TargetParams p;
-  p.type = type;
-  p.args = std::move(args);
-  p.length = len;
-  p.resolver = r;
-  if (type == "snapshot") return make_snapshot_target(p);
-  if (type == "snapshot-origin") return make_origin_target(p);
-  return make_merge_target(p);
-}
 
 std::string dump_sha(BlockDevice& d, const std::string& path) {
   std::vector<uint8_t> all(d.size());
@@ -64,7 +44,7 @@ struct KernelVector {
 
 TEST(SnapshotKernelImages, C8SnapshotViewAndStatus) {
   KernelVector v("c8");
-  PathResolver pr;
+  Resolver pr;
   auto t = make("snapshot", {v.origin, v.cow, "P", "8"}, 32 << 20, &pr);
   ASSERT_TRUE(t.ok()) << t.status().to_string();
   (*t)->resume();
@@ -180,6 +160,106 @@ TEST(SnapshotBadInput, Refusals) {
     b.record(0, 5, 2);
     EXPECT_TRUE(b.load().ok());
   }
+}
+
+// The table lines are read by device/target_args.h: the kernel's syntax,
+// errors naming the argument, nothing opened when a line is refused.
+TEST(SnapshotBadInput, TableLines) {
+  MapResolver r;
+  r.devs["o"] = std::make_shared<MemoryDevice>(1 << 20);
+  auto fresh_cow = [&] { r.devs["c"] = std::make_shared<MemoryDevice>(1 << 20); };
+  for (auto ok : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"snapshot-origin", {"o"}},
+           {"snapshot", {"o", "c", "P", "8"}},
+           {"snapshot", {"o", "c", "p", "8"}},
+           {"snapshot", {"o", "c", "po", "16"}},
+           {"snapshot", {"o", "c", "N", "0"}},
+           {"snapshot", {"o", "c", "P", "8", "0"}},
+       }) {
+    fresh_cow();
+    auto t = make(ok.first, ok.second, 1 << 20, &r);
+    EXPECT_TRUE(t.ok()) << ok.first << ": " << t.status().to_string();
+  }
+  struct Bad {
+    std::string type;
+    std::vector<std::string> args;
+    int code;
+    std::string msg;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {"snapshot-origin", {}, EINVAL, "snapshot-origin: missing <origin>"},
+           {"snapshot-origin", {"o", "x"}, EINVAL, "snapshot-origin: unexpected argument 'x'"},
+           {"snapshot", {"o", "c", "P"}, EINVAL, "snapshot: missing <chunk_size>"},
+           {"snapshot", {"o", "c", "Q", "8"}, EINVAL, "snapshot: <P|PO|N>: store type 'Q' must be P, PO or N"},
+           {"snapshot", {"o", "c", "P", "x"}, EINVAL, "snapshot: <chunk_size>: 'x' is not a decimal number"},
+           {"snapshot", {"o", "c", "P", "12"}, EINVAL,
+            "snapshot: <chunk_size>: chunk size 12 sectors is not a power of two"},
+           {"snapshot", {"o", "c", "P", "8", "2", "discard_zeroes_cow"}, EINVAL,
+            "snapshot: <#opt_args>: says 2 but 1 optional argument follow"},
+           {"snapshot", {"o", "c", "P", "8", "1", "discard_zeroes_cow"}, EOPNOTSUPP,
+            "snapshot: feature argument 'discard_zeroes_cow' is not supported by udm"},
+           {"snapshot", {"o", "c", "P", "8", "1", "discard_passdown_origin"}, EOPNOTSUPP,
+            "snapshot: feature argument 'discard_passdown_origin' is not supported by udm"},
+           {"snapshot", {"o", "c", "P", "8", "1", "frob"}, EINVAL, "snapshot: unknown optional argument 'frob'"},
+           {"snapshot", {"o", "o", "P", "8"}, EINVAL, "snapshot: <cow>: the origin and the COW are the same device"},
+           {"snapshot-merge", {"o", "c", "N", "8"}, EINVAL,
+            "snapshot-merge: <P|PO>: a transient (N) store cannot be merged"},
+           {"snapshot-merge", {"o", "c", "PN", "8"}, EINVAL, "snapshot-merge: <P|PO>: store type 'PN' must be P or PO"},
+       }) {
+    auto cow = std::make_shared<MemoryDevice>(1 << 20);
+    r.devs["c"] = cow;
+    auto t = make(b.type, b.args, 1 << 20, &r);
+    ASSERT_FALSE(t.ok()) << b.msg;
+    EXPECT_EQ(t.status().code(), b.code) << t.status().to_string();
+    EXPECT_NE(t.status().message().find(b.msg), std::string::npos) << t.status().to_string();
+    EXPECT_TRUE(cow->contents() == std::vector<uint8_t>(1 << 20, 0)) << "a refused line wrote the COW";
+  }
+}
+
+// The origin registry keys on the resolver's identity of a spec, not on the
+// spec's text: two specs the resolver calls the same device share one origin
+// (an origin write through either saves the chunk into the snapshot), and so
+// do two paths of one file through io::Resolver.
+TEST(SnapshotTargets, OriginRegistryKeysOnTheResolversIdentity) {
+  class AliasResolver : public MapResolver {
+   public:
+    Result<std::string> identity(const std::string& spec) override {
+      return spec == "alias" ? std::string("dev:origin") : "dev:" + spec;
+    }
+  } r;
+  auto origin = std::make_shared<MemoryDevice>(random_bytes(1 << 20, 5));
+  const auto before = origin->contents();
+  r.devs["origin"] = r.devs["alias"] = origin;
+  r.devs["cow"] = std::make_shared<MemoryDevice>(1 << 20);
+  auto s = make("snapshot", {"origin", "cow", "P", "8"}, 1 << 20, &r);
+  auto o = make("snapshot-origin", {"alias"}, 1 << 20, &r);
+  ASSERT_TRUE(s.ok() && o.ok());
+  (*s)->resume();
+  (*o)->resume();
+  ASSERT_TRUE((*o)->write(4096, random_bytes(8192, 6)).ok());
+  std::vector<uint8_t> got(1 << 20);
+  ASSERT_TRUE((*s)->read(0, got).ok());
+  EXPECT_TRUE(got == before) << "the write through the alias did not save into the snapshot";
+  EXPECT_EQ((*s)->status(), "32/2048 16");  // two 4 KiB chunks saved
+  auto same = make("snapshot", {"alias", "origin", "P", "8"}, 1 << 20, &r);
+  ASSERT_FALSE(same.ok());
+  EXPECT_NE(same.status().message().find("same device"), std::string::npos) << same.status().to_string();
+
+  TempDir dir;
+  const std::string path = dir.file("origin"), other = dir.path() + "/./origin";
+  write_file(path, random_bytes(1 << 20, 7));
+  write_file(dir.file("cow"), std::vector<uint8_t>(1 << 20, 0));
+  const auto file_before = read_file(path);
+  Resolver pr;
+  auto fs = make("snapshot", {path, dir.file("cow"), "P", "8"}, 1 << 20, &pr);
+  auto fo = make("snapshot-origin", {other}, 1 << 20, &pr);
+  ASSERT_TRUE(fs.ok() && fo.ok()) << fs.status().to_string() << fo.status().to_string();
+  (*fs)->resume();
+  (*fo)->resume();
+  ASSERT_TRUE((*fo)->write(0, random_bytes(4096, 8)).ok());
+  ASSERT_TRUE((*fs)->read(0, got).ok());
+  EXPECT_TRUE(got == file_before);
+  EXPECT_EQ((*fs)->status(), "24/2048 16");
 }
 
 // ---- behaviour in process

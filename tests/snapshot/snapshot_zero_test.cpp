@@ -15,36 +15,16 @@
 #include "io/memory_device.h"
 #include "snapshot/cow_format.h"
 #include "snapshot/snapshot.h"
+#include "snapshot_test_util.h"
 
 using namespace udm;
 using namespace udm::snapshot;
+using namespace udm::snapshot::test;
 using namespace udm::test;
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
-
-class MapResolver : public DeviceResolver {
- public:
-  std::map<std::string, DevicePtr> devs;
-  Result<DevicePtr> open(const std::string& spec, bool) override {
-    auto it = devs.find(spec);
-    if (it == devs.end()) return Invalid("no device " + spec);
-    return it->second;
-  }
-};
-
-Result<TargetPtr> make(const std::string& type, std::vector<std::string> args, uint64_t len,
-                       DeviceResolver* r) {
-  TargetParams p;
-  p.type = type;
-  p.args = std::move(args);
-  p.length = len;
-  p.resolver = r;
-  if (type == "snapshot") return make_snapshot_target(p);
-  if (type == "snapshot-origin") return make_origin_target(p);
-  return make_merge_target(p);
-}
 
 // Forwards to a device and counts what reaches it. With garbage_trim, a trim
 // fills the range with 0xEE ("contents unspecified", the worst a discard
