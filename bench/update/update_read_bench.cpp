@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "io/file_device.h"
-#include "io/path_resolver.h"
+#include "io/resolver.h"
 #include "update/format_io.h"
 #include "update/format_v0_io.h"
 #include "update/format_v1_io.h"
@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "usage: {} SYSTEM DIFF NEW\n", argv[0]);
     return 2;
   }
-  PathResolver res;
+  Resolver res;
   auto newf = FileDevice::open(argv[3], {.writable = false});
   if (!newf.ok()) return fmt::print(stderr, "{}\n", newf.status().to_string()), 1;
   TargetParams p;

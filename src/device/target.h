@@ -78,7 +78,5 @@ class TargetRegistry {
   std::map<std::string, Entry> entries_;
 };
 
-// Superseded by device/target_args.h (TargetArgs); kept while targets move over.
-Result<uint64_t> parse_u64_arg(const std::string& s, const char* what);
 
 }  // namespace udm

@@ -1,6 +1,5 @@
 #include <fmt/format.h>
 
-#include <charconv>
 
 #include "device/target.h"
 
@@ -32,16 +31,6 @@ std::vector<std::string> TargetRegistry::types() const {
 std::string TargetRegistry::usage(const std::string& type) const {
   auto it = entries_.find(type);
   return it == entries_.end() ? "" : it->second.usage;
-}
-
-Result<uint64_t> parse_u64_arg(const std::string& s, const char* what) {
-  uint64_t v = 0;
-  bool digits = !s.empty() && s.size() <= 20;
-  for (char c : s) digits &= c >= '0' && c <= '9';
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (!digits || ec != std::errc() || p != s.data() + s.size())
-    return Invalid(fmt::format("{} '{}' is not a non-negative integer", what, s));
-  return v;
 }
 
 }  // namespace udm

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/cli_common.h"
+#include "device/target_args.h"
 #include "io/file_device.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/tar_format.h"
@@ -156,13 +157,7 @@ void register_feature_overlaybd_cli(CLI::App& app) {
     s->add_option("--parent-uuid", std::get<4>(*o), "UUID of the layer below");
     s->callback([o] {
       auto& [data, index, size, uuid, parent] = *o;
-      uint64_t mult = 1;
-      std::string num = size;
-      if (!num.empty() && std::string("KMGT").find(static_cast<char>(std::toupper(num.back()))) != std::string::npos) {
-        mult = 1ull << (10 * (1 + std::string("KMGT").find(static_cast<char>(std::toupper(num.back())))));
-        num.pop_back();
-      }
-      auto v = parse_u64_arg(num, "--size");
+      auto v = parse_size(size, "--size");
       if (!v.ok()) return cli::fail(v.status());
       if ((!uuid.empty() && !valid_uuid_text(uuid)) || (!parent.empty() && !valid_uuid_text(parent)))
         return cli::fail(Invalid("--uuid/--parent-uuid must be XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX"));
@@ -170,7 +165,7 @@ void register_feature_overlaybd_cli(CLI::App& app) {
       if (!d.ok()) return cli::fail(d.status());
       auto x = open_grow_file(index, true, true);
       if (!x.ok()) return cli::fail(x.status());
-      Status st = create_rw_layer(**d, **x, *v * mult, uuid, parent);
+      Status st = create_rw_layer(**d, **x, *v, uuid, parent);
       if (!st.ok()) return cli::fail(st);
     });
   }
