@@ -108,10 +108,44 @@ void register_control_cli(CLI::App& app) {
     sub->add_option("--socket", o->socket, "control socket (default /run/udm/control)")
         ->envname("UDM_SOCKET");
     sub->add_option("--nbd-unix", o->nbd_unix, "serve NBD on this Unix socket");
-    sub->add_option("--nbd-tcp", o->nbd_tcp, "serve NBD on HOST:PORT");
+    sub->add_option("--nbd-tcp", o->nbd_tcp,
+                    "serve NBD on HOST:PORT (':PORT' or 'PORT': loopback only; 0.0.0.0:PORT: every interface)");
     sub->add_option("--fuse", o->fuse_dir, "export each device as the file DIR/NAME");
     sub->add_option("--log-level", *level, "debug|info|warn|error (default: info)");
-    sub->callback([o, level] {
+    auto tls = std::make_shared<std::string>("off");
+    auto rules = std::make_shared<std::vector<std::string>>();
+    sub->add_option("--tls", *tls, "NBD TLS: off, on (STARTTLS offered) or require (nothing else before it)")
+        ->capture_default_str();
+    sub->add_option("--tls-certificates", o->nbd.tls.certificates_dir,
+                    "X.509 credentials: DIR/ca-cert.pem, server-cert.pem, server-key.pem (nbdkit's layout)");
+    sub->add_option("--tls-psk", o->nbd.tls.psk_file, "pre-shared keys, psktool's format (username:hexkey)");
+    sub->add_flag("--tls-verify-peer", o->nbd.tls.verify_peer,
+                  "require a client certificate signed by DIR/ca-cert.pem");
+    sub->add_option("--nbd-export", *rules,
+                    "serve only these devices over NBD (repeatable); NAME:ro serves NAME read-only")
+        ->type_name("NAME[:ro]");
+    sub->add_option("--nbd-max-connections", o->nbd.max_client_connections,
+                    "connections at once per client address (Unix socket: per uid); 0 = no limit")
+        ->capture_default_str();
+    sub->add_option("--nbd-max-inflight", o->nbd.workers,
+                    "requests in flight per NBD connection (default 8)")
+        ->check(CLI::Range(1u, 256u));
+    sub->add_option("--control-group", o->control_group,
+                    "members of this group may use the control socket (default: root only)");
+    sub->callback([o, level, tls, rules] {
+      auto mode = parse_tls_mode(*tls);
+      if (!mode.ok()) return cli::fail(mode.status(), 2);
+      o->nbd.tls.mode = *mode;
+      if (*mode == TlsMode::Off && (!o->nbd.tls.certificates_dir.empty() || !o->nbd.tls.psk_file.empty()))
+        return cli::fail("--tls-certificates/--tls-psk given but --tls is off (use --tls on or require)", 2);
+      o->nbd.exports.clear();
+      for (const auto& r : *rules) {
+        auto rule = parse_export_rule(r);
+        if (!rule.ok()) return cli::fail(rule.status(), 2);
+        o->nbd.exports.push_back(*rule);
+      }
+      if (o->nbd_unix.empty() && o->nbd_tcp.empty() && (*mode != TlsMode::Off || !rules->empty()))
+        return cli::fail("--tls and --nbd-export need an NBD listener (--nbd-unix or --nbd-tcp)", 2);
       log::set_threshold(log::Level::Info);
       if (*level == "debug") log::set_threshold(log::Level::Debug);
       else if (*level == "warn") log::set_threshold(log::Level::Warn);

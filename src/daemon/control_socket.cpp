@@ -1,6 +1,7 @@
 #include "daemon/control_socket.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -64,8 +65,24 @@ std::string default_control_socket() {
 
 Status ControlServer::start() {
   UDM_ASSIGN_OR_RETURN(sockaddr_un addr, make_addr(path_));
+  if (!group_.empty()) {
+    group* g = ::getgrnam(group_.c_str());
+    if (!g) {
+      // A numeric gid is accepted too.
+      if (group_.find_first_not_of("0123456789") == std::string::npos) {
+        gid_ = static_cast<gid_t>(std::stoul(group_));
+      } else {
+        return Invalid("--control-group: no group named '" + group_ + "'");
+      }
+    } else {
+      gid_ = g->gr_gid;
+    }
+    have_group_ = true;
+  }
   auto parent = std::filesystem::path(path_).parent_path();
+  bool made_parent = false;
   if (!parent.empty() && !std::filesystem::exists(parent)) {
+    made_parent = true;
     std::error_code ec;
     std::filesystem::create_directories(parent, ec);
     if (ec) return Status::Error(ec.value(), "create " + parent.string() + ": " + ec.message());
@@ -86,6 +103,15 @@ Status ControlServer::start() {
   ::umask(old);
   if (rc != 0) return ErrnoStatus("bind " + path_);
   ::chmod(path_.c_str(), 0600);
+  if (have_group_) {
+    // Group members must reach the socket: socket 0660 and its directory
+    // traversable by the group (0750), both group-owned.
+    if (::chown(path_.c_str(), static_cast<uid_t>(-1), gid_) != 0) return ErrnoStatus("chown " + path_);
+    ::chmod(path_.c_str(), 0660);
+    // Only a directory we made is opened to the group; an existing one is
+    // the administrator's (the systemd unit makes /run/udm 0750 root:GROUP).
+    if (made_parent && ::chown(parent.c_str(), static_cast<uid_t>(-1), gid_) == 0) ::chmod(parent.c_str(), 0750);
+  }
   if (::listen(listen_fd_, 64) != 0) return ErrnoStatus("listen " + path_);
   if (::pipe2(wake_, O_CLOEXEC) != 0) return ErrnoStatus("pipe");
   thread_ = std::thread([this] { accept_loop(); });
@@ -103,12 +129,14 @@ void ControlServer::accept_loop() {
     if (fds[1].revents) return;
     int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    // Root only: the socket mode already says so; check the peer too.
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid != 0 &&
-        cred.uid != ::geteuid()) {
-      write_all(fd, error_reply(Status::Error(EPERM, "permission denied: udm control needs root"))
+    // The socket's mode already limits who can connect; check the peer too,
+    // so a loosened mode or a leaked descriptor does not open the daemon.
+    std::string who;
+    if (!peer_allowed(fd, &who)) {
+      log::warn("control: refused {}", who);
+      write_all(fd, error_reply(Status::Error(EACCES, "permission denied: " + who +
+                                                          (have_group_ ? " is not root and not in group " + group_
+                                                                       : " is not root")))
                         .dump() + "\n");
       ::close(fd);
       continue;
@@ -122,6 +150,33 @@ void ControlServer::accept_loop() {
                               }),
                               done});
   }
+}
+
+bool ControlServer::peer_allowed(int fd, std::string* who) const {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    *who = "a peer whose credentials cannot be read";
+    return false;
+  }
+  *who = "uid " + std::to_string(cred.uid);
+  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
+  if (!have_group_) return false;
+  if (cred.gid == gid_) return true;
+  // Supplementary groups of the peer (Linux 4.13+).
+  std::vector<gid_t> groups(64);
+  for (int tries = 0; tries < 4; tries++) {
+    socklen_t gl = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &gl) == 0) {
+      groups.resize(gl / sizeof(gid_t));
+      for (gid_t g : groups)
+        if (g == gid_) return true;
+      return false;
+    }
+    if (errno != ERANGE) return false;
+    groups.resize(gl / sizeof(gid_t) + 1);
+  }
+  return false;
 }
 
 void ControlServer::serve(int fd) {

@@ -48,14 +48,14 @@ int run_daemon(const DaemonOptions& opts) {
   signal(SIGPIPE, SIG_IGN);
 
   auto registry = std::make_unique<DeviceRegistry>();
-  ControlServer control(*registry, opts.socket);
+  ControlServer control(*registry, opts.socket, opts.control_group);
   if (Status s = control.start(); !s.ok()) {
     log::error("control socket: {}", s.to_string());
     return 1;
   }
   std::unique_ptr<NbdServer> nbd;
   if (!opts.nbd_unix.empty() || !opts.nbd_tcp.empty()) {
-    NbdServerOptions no;
+    NbdServerOptions no = opts.nbd;
     no.unix_path = opts.nbd_unix;
     no.tcp_address = opts.nbd_tcp;
     nbd = std::make_unique<NbdServer>(*registry, no);

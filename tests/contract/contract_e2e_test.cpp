@@ -39,7 +39,10 @@ class ContractE2E : public testing::TestWithParam<const Case*> {
     fuse_ = std::make_unique<FuseExport>(provider_, mnt_);
     ASSERT_TRUE(fuse_->start().ok());
     sock_ = tmp_.file("nbd.sock");
-    nbd_ = std::make_unique<NbdServer>(provider_, NbdServerOptions{sock_, "", 4});
+    NbdServerOptions o;
+    o.unix_path = sock_;
+    o.workers = 4;
+    nbd_ = std::make_unique<NbdServer>(provider_, o);
     ASSERT_TRUE(nbd_->start().ok());
     model_.resize(kDevSize);
     if (built_.kind != Kind::kErrors) {

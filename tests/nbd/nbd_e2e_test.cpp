@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/sys_util.h"
+#include "nbd/nbd_raw_client.h"
 #include "export/nbd/nbd_proto.h"
 #include "export/nbd/nbd_server.h"
 #include "io/file_device.h"
@@ -38,7 +39,11 @@ class NbdE2E : public ::testing::Test {
     ASSERT_TRUE(r.ok());
     provider_.add("ro", *r);
     sock_ = tmp_.file("nbd.sock");
-    server_ = std::make_unique<NbdServer>(provider_, NbdServerOptions{sock_, "127.0.0.1:0", 4});
+    NbdServerOptions o;
+    o.unix_path = sock_;
+    o.tcp_address = "127.0.0.1:0";
+    o.workers = 4;
+    server_ = std::make_unique<NbdServer>(provider_, o);
     ASSERT_TRUE(server_->start().ok());
   }
   void TearDown() override {
@@ -64,103 +69,6 @@ class NbdE2E : public ::testing::Test {
   StaticExportProvider provider_;
   std::unique_ptr<NbdServer> server_;
 };
-
-int connect_unix(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.data(), path.size());
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
-bool send_all(int fd, const std::vector<uint8_t>& v) {
-  return ::send(fd, v.data(), v.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(v.size());
-}
-
-std::vector<uint8_t> recv_n(int fd, size_t n) {
-  std::vector<uint8_t> v(n);
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = recv(fd, v.data() + got, n - got, 0);
-    if (r <= 0) break;
-    got += static_cast<size_t>(r);
-  }
-  v.resize(got);
-  return v;
-}
-
-// True when the peer closed (EOF) within the receive timeout.
-bool closed_by_peer(int fd) {
-  uint8_t b[256];
-  for (;;) {
-    ssize_t r = recv(fd, b, sizeof b, 0);
-    if (r == 0) return true;
-    if (r < 0) return errno == ECONNRESET;
-  }
-}
-
-// Greeting + client flags; returns fd ready for options.
-int handshake(const std::string& sock) {
-  int fd = connect_unix(sock);
-  auto hello = recv_n(fd, 18);
-  if (hello.size() != 18 || get_be64(hello.data()) != kMagic) return -1;
-  std::vector<uint8_t> cf;
-  put_be32(cf, kClientFixedNewstyle | kClientNoZeroes);
-  send_all(fd, cf);
-  return fd;
-}
-
-std::vector<uint8_t> option(uint32_t opt, const std::vector<uint8_t>& data) {
-  std::vector<uint8_t> v;
-  put_be64(v, kOptMagic);
-  put_be32(v, opt);
-  put_be32(v, static_cast<uint32_t>(data.size()));
-  v.insert(v.end(), data.begin(), data.end());
-  return v;
-}
-
-std::vector<uint8_t> go_data(const std::string& name) {
-  std::vector<uint8_t> d;
-  put_be32(d, static_cast<uint32_t>(name.size()));
-  d.insert(d.end(), name.begin(), name.end());
-  put_be16(d, 0);
-  return d;
-}
-
-// Reads option replies until ACK or an error; returns the final reply type.
-uint32_t read_until_final(int fd) {
-  for (;;) {
-    auto h = recv_n(fd, 20);
-    if (h.size() != 20) return 0;
-    uint32_t type = get_be32(h.data() + 12), len = get_be32(h.data() + 16);
-    recv_n(fd, len);
-    if (type == kRepAck || (type & kRepErrBit)) return type;
-  }
-}
-
-int go(const std::string& sock, const std::string& name) {
-  int fd = handshake(sock);
-  send_all(fd, option(kOptGo, go_data(name)));
-  return read_until_final(fd) == kRepAck ? fd : -1;
-}
-
-std::vector<uint8_t> request(uint16_t type, uint64_t off, uint32_t len, uint64_t cookie = 1,
-                             uint16_t flags = 0) {
-  std::vector<uint8_t> v;
-  put_be32(v, kRequestMagic);
-  put_be16(v, flags);
-  put_be16(v, type);
-  put_be64(v, cookie);
-  put_be64(v, off);
-  put_be32(v, len);
-  return v;
-}
 
 }  // namespace
 

@@ -33,7 +33,8 @@ enum : uint32_t {
 constexpr uint32_t kRepAck = 1, kRepServer = 2, kRepInfo = 3;
 constexpr uint32_t kRepErrBit = 1u << 31;
 constexpr uint32_t kRepErrUnsup = kRepErrBit + 1, kRepErrPolicy = kRepErrBit + 2,
-                   kRepErrInvalid = kRepErrBit + 3, kRepErrUnknown = kRepErrBit + 6,
+                   kRepErrInvalid = kRepErrBit + 3, kRepErrTlsReqd = kRepErrBit + 5,
+                   kRepErrUnknown = kRepErrBit + 6,
                    kRepErrShutdown = kRepErrBit + 7, kRepErrTooBig = kRepErrBit + 9;
 // NBD_INFO_*.
 constexpr uint16_t kInfoExport = 0, kInfoName = 1, kInfoDescription = 2, kInfoBlockSize = 3;

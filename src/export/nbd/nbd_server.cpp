@@ -24,7 +24,8 @@ using namespace nbd;
 
 struct NbdServer::Conn {
   int fd = -1;
-  std::string peer;
+  std::string peer;        // client key for the per-client limit (address or uid)
+  std::unique_ptr<TlsSession> tls;  // after NBD_OPT_STARTTLS
   std::mutex write_mu;  // one reply at a time on the socket
   bool write_failed = false;
   DevicePtr dev;
@@ -97,9 +98,18 @@ bool writev_full(int fd, iovec* iov, int cnt) {
   return true;
 }
 
-bool send_bytes(int fd, const std::vector<uint8_t>& v) {
+// A connection's byte stream: the socket, or TLS once STARTTLS succeeded.
+bool conn_recv(NbdServer::Conn& c, void* buf, size_t n) {
+  return c.tls ? c.tls->recv_full(buf, n) : read_full(c.fd, buf, n);
+}
+
+bool conn_send(NbdServer::Conn& c, iovec* iov, int cnt) {
+  return c.tls ? c.tls->send_iov(iov, cnt) : writev_full(c.fd, iov, cnt);
+}
+
+bool send_bytes(NbdServer::Conn& c, const std::vector<uint8_t>& v) {
   iovec io{const_cast<uint8_t*>(v.data()), v.size()};
-  return writev_full(fd, &io, 1);
+  return conn_send(c, &io, 1);
 }
 
 void set_recv_timeout(int fd, int seconds) {
@@ -108,19 +118,23 @@ void set_recv_timeout(int fd, int seconds) {
 }
 
 // Discard n bytes of a payload we will not use.
-bool skip(int fd, uint64_t n) {
+bool skip(NbdServer::Conn& c, uint64_t n) {
   uint8_t buf[65536];
   while (n > 0) {
     size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof buf));
-    if (!read_full(fd, buf, k)) return false;
+    if (!conn_recv(c, buf, k)) return false;
     n -= k;
   }
   return true;
 }
 
-Result<std::pair<std::string, std::string>> split_host_port(const std::string& a) {
+}  // namespace
+
+Result<std::pair<std::string, std::string>> nbd_listen_address(const std::string& a) {
   std::string host, port;
-  if (!a.empty() && a[0] == '[') {
+  if (!a.empty() && a.find_first_not_of("0123456789") == std::string::npos) {
+    port = a;  // "PORT": loopback
+  } else if (!a.empty() && a[0] == '[') {
     auto close = a.find(']');
     if (close == std::string::npos || close + 1 >= a.size() || a[close + 1] != ':')
       return Invalid("bad address '" + a + "' (want [IPv6]:PORT)");
@@ -128,24 +142,38 @@ Result<std::pair<std::string, std::string>> split_host_port(const std::string& a
     port = a.substr(close + 2);
   } else {
     auto colon = a.rfind(':');
-    if (colon == std::string::npos) return Invalid("bad address '" + a + "' (want HOST:PORT)");
+    if (colon == std::string::npos) return Invalid("bad address '" + a + "' (want HOST:PORT, :PORT or PORT)");
     host = a.substr(0, colon);
     port = a.substr(colon + 1);
   }
-  if (port.empty()) return Invalid("bad address '" + a + "': no port");
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+      std::stoul(port) > 65535)
+    return Invalid("bad address '" + a + "': the port must be a number from 0 to 65535");
+  // Least exposure: no host means loopback. Every interface only when asked
+  // for by name (0.0.0.0 or [::]).
+  if (host.empty()) host = "127.0.0.1";
   return std::make_pair(host, port);
 }
 
+namespace {
 }  // namespace
 
 NbdServer::NbdServer(ExportProvider& provider, NbdServerOptions opts)
-    : provider_(provider), opts_(std::move(opts)) {}
+    : filtered_(opts.exports.empty() ? nullptr
+                                     : std::make_unique<FilteredExportProvider>(provider, opts.exports)),
+      provider_(filtered_ ? filtered_.get() : &provider),
+      opts_(std::move(opts)) {}
 
 NbdServer::~NbdServer() { stop(); }
 
 Status NbdServer::start() {
   if (opts_.unix_path.empty() && opts_.tcp_address.empty())
     return Invalid("nbd: no Unix socket or TCP address to listen on");
+  if (opts_.tls.mode != TlsMode::Off) {
+    auto t = TlsServer::create(opts_.tls);
+    if (!t.ok()) return Status::Error(t.status().code(), "nbd: " + t.status().message());
+    tls_ = std::move(t).value();
+  }
   if (!opts_.unix_path.empty()) {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
@@ -161,12 +189,12 @@ Status NbdServer::start() {
     if (::listen(unix_fd_, 128) != 0) return ErrnoStatus("nbd: listen " + opts_.unix_path);
   }
   if (!opts_.tcp_address.empty()) {
-    UDM_ASSIGN_OR_RETURN(auto hp, split_host_port(opts_.tcp_address));
+    UDM_ASSIGN_OR_RETURN(auto hp, nbd_listen_address(opts_.tcp_address));
     addrinfo hints{}, *res = nullptr;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    int gai = ::getaddrinfo(hp.first.empty() ? nullptr : hp.first.c_str(), hp.second.c_str(), &hints, &res);
+    int gai = ::getaddrinfo(hp.first.c_str(), hp.second.c_str(), &hints, &res);
     if (gai != 0) return Invalid(fmt::format("nbd: resolve {}: {}", opts_.tcp_address, gai_strerror(gai)));
     Status last = Invalid("nbd: no usable address for " + opts_.tcp_address);
     for (addrinfo* ai = res; ai; ai = ai->ai_next) {
@@ -213,19 +241,41 @@ void NbdServer::accept_loop() {
     if (fds[0].revents) return;
     for (int i = 1; i < n; i++) {
       if (!fds[i].revents) continue;
-      int fd = ::accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
+      sockaddr_storage ss{};
+      socklen_t sl = sizeof ss;
+      int fd = ::accept4(fds[i].fd, reinterpret_cast<sockaddr*>(&ss), &sl, SOCK_CLOEXEC);
       if (fd < 0) continue;
       auto c = std::make_shared<Conn>();
       c->fd = fd;
       if (fds[i].fd == tcp_fd_) {
         int one = 1;
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        char host[NI_MAXHOST] = "?";
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&ss), sl, host, sizeof host, nullptr, 0, NI_NUMERICHOST);
+        c->peer = host;
+      } else {
+        ucred cr{};
+        socklen_t cl = sizeof cr;
+        c->peer = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 ? fmt::format("uid {}", cr.uid)
+                                                                            : std::string("unix");
       }
       reap(false);
-      auto done = std::make_shared<std::atomic<bool>>(false);
       std::lock_guard lk(conns_mu_);
+      unsigned& live = per_client_[c->peer];
+      if (opts_.max_client_connections && live >= opts_.max_client_connections) {
+        log::warn("nbd: {} already has {} connections (the limit); closing a new one", c->peer, live);
+        ::close(fd);
+        continue;
+      }
+      live++;
+      auto done = std::make_shared<std::atomic<bool>>(false);
       conns_.push_back(ConnThread{c, std::thread([this, c, done] {
                                     serve(c);
+                                    {
+                                      std::lock_guard lk2(conns_mu_);
+                                      auto it = per_client_.find(c->peer);
+                                      if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
+                                    }
                                     *done = true;
                                   }),
                                   done});
@@ -297,12 +347,12 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
     uint32_t err = errno_to_nbd(s.code());
     log::debug("nbd {}: {} at {}+{}: {}", c.export_name, r.type, r.offset, r.length, s.to_string());
     if (c.structured) {
-      ok = send_bytes(c.fd, structured_error(r.cookie, err, s.message()));
+      ok = send_bytes(c, structured_error(r.cookie, err, s.message()));
     } else {
       uint8_t h[16];
       simple_reply(h, r.cookie, err);
       iovec io{h, 16};
-      ok = writev_full(c.fd, &io, 1);
+      ok = conn_send(c, &io, 1);
     }
   } else if (r.type == kCmdRead && r.length > 0) {
     if (c.structured) {
@@ -310,12 +360,12 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
       structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, r.length + 8);
       for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(r.offset >> (56 - 8 * i));
       iovec io[2] = {{h, 28}, {payload.data(), r.length}};
-      ok = writev_full(c.fd, io, 2);
+      ok = conn_send(c, io, 2);
     } else {
       uint8_t h[16];
       simple_reply(h, r.cookie, 0);
       iovec io[2] = {{h, 16}, {payload.data(), r.length}};
-      ok = writev_full(c.fd, io, 2);
+      ok = conn_send(c, io, 2);
     }
   } else {
     uint8_t h[20];
@@ -327,7 +377,7 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
       simple_reply(h, r.cookie, 0);
       io = {h, 16};
     }
-    ok = writev_full(c.fd, &io, 1);
+    ok = conn_send(c, &io, 1);
   }
   if (!ok) c.write_failed = true;
 }
@@ -346,6 +396,12 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
   Conn& c = *cp;
   int fd = c.fd;
   auto close_conn = [&] {
+    if (c.tls) {
+      // close_notify, best effort: never wait long on a client that stopped reading.
+      timeval tv{2, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      c.tls->bye();
+    }
     std::unique_lock lk(c.mu);
     ::close(fd);
     c.fd = -1;  // under c.mu: stop() reads it to shut the socket down
@@ -359,7 +415,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
     put_be64(hello, kOptMagic);
     put_be16(hello, kFlagFixedNewstyle | kFlagNoZeroes);
     uint8_t cf[4];
-    if (!send_bytes(fd, hello) || !read_full(fd, cf, 4)) return close_conn();
+    if (!send_bytes(c, hello) || !conn_recv(c, cf, 4)) return close_conn();
     uint32_t cflags = get_be32(cf);
     if (cflags & ~(kClientFixedNewstyle | kClientNoZeroes)) {
       log::info("nbd: client sent unknown flags {:#x}; closing", cflags);
@@ -371,7 +427,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
   bool negotiated = false;
   for (int round = 0; round < 4096 && !negotiated && !stopping_; round++) {
     uint8_t oh[16];
-    if (!read_full(fd, oh, 16)) return close_conn();
+    if (!conn_recv(c, oh, 16)) return close_conn();
     if (get_be64(oh) != kOptMagic) {
       log::info("nbd: bad option magic; closing");
       return close_conn();
@@ -379,25 +435,34 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
     uint32_t opt = get_be32(oh + 8), len = get_be32(oh + 12);
     if (len > kMaxOptionLength) {
       log::info("nbd: option {} of {} bytes is too long; closing", opt, len);
-      send_bytes(fd, option_reply(opt, kRepErrTooBig));
+      send_bytes(c, option_reply(opt, kRepErrTooBig));
       return close_conn();
     }
     std::vector<uint8_t> data(len);
-    if (len && !read_full(fd, data.data(), len)) return close_conn();
+    if (len && !conn_recv(c, data.data(), len)) return close_conn();
     auto reply_err = [&](uint32_t type, const std::string& msg) {
-      return send_bytes(fd, option_reply(opt, type, std::span<const uint8_t>(
+      return send_bytes(c, option_reply(opt, type, std::span<const uint8_t>(
                                                          reinterpret_cast<const uint8_t*>(msg.data()), msg.size())));
     };
     auto resolve_name = [&](std::string name) -> std::string {
       if (!name.empty()) return name;
-      auto all = provider_.list_exports();  // the default export: the only device, if one
+      auto all = provider_->list_exports();  // the default export: the only device, if one
       return all.size() == 1 ? all[0].name : name;
     };
     bool sent = true;
+    if (opts_.tls.mode == TlsMode::Require && !c.tls && opt != kOptStartTls && opt != kOptAbort) {
+      // --tls require: nothing but STARTTLS (or ABORT) in plaintext.
+      if (opt == kOptExportName) {
+        log::info("nbd {}: EXPORT_NAME before STARTTLS on a TLS-only server; closing", c.peer);
+        return close_conn();  // no way to reply to it
+      }
+      if (!reply_err(kRepErrTlsReqd, "this server requires TLS: send NBD_OPT_STARTTLS first")) return close_conn();
+      continue;
+    }
     switch (opt) {
       case kOptExportName: {
         std::string name = resolve_name(std::string(data.begin(), data.end()));
-        auto dev = provider_.open_export(name);
+        auto dev = provider_->open_export(name);
         if (!dev.ok()) {
           log::info("nbd: EXPORT_NAME '{}': {}", name, dev.status().message());
           return close_conn();  // the old style has no way to say no
@@ -409,25 +474,25 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         put_be16(v, tx_flags(c.dev->caps(), false));
         if (!c.no_zeroes) v.resize(v.size() + 124, 0);
         c.structured = false;  // EXPORT_NAME clients never negotiate it
-        sent = send_bytes(fd, v);
+        sent = send_bytes(c, v);
         negotiated = true;
         break;
       }
       case kOptAbort:
-        send_bytes(fd, option_reply(opt, kRepAck));
+        send_bytes(c, option_reply(opt, kRepAck));
         return close_conn();
       case kOptList: {
         if (len != 0) {
           sent = reply_err(kRepErrInvalid, "NBD_OPT_LIST takes no data");
           break;
         }
-        for (const auto& e : provider_.list_exports()) {
+        for (const auto& e : provider_->list_exports()) {
           std::vector<uint8_t> v;
           put_be32(v, static_cast<uint32_t>(e.name.size()));
           v.insert(v.end(), e.name.begin(), e.name.end());
-          if (!(sent = send_bytes(fd, option_reply(opt, kRepServer, v)))) break;
+          if (!(sent = send_bytes(c, option_reply(opt, kRepServer, v)))) break;
         }
-        if (sent) sent = send_bytes(fd, option_reply(opt, kRepAck));
+        if (sent) sent = send_bytes(c, option_reply(opt, kRepAck));
         break;
       }
       case kOptStructuredReply:
@@ -435,7 +500,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
           sent = reply_err(kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
         } else {
           c.structured = true;
-          sent = send_bytes(fd, option_reply(opt, kRepAck));
+          sent = send_bytes(c, option_reply(opt, kRepAck));
         }
         break;
       case kOptInfo:
@@ -446,26 +511,26 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
           break;
         }
         std::string name = resolve_name(req->name);
-        auto dev = provider_.open_export(name);
+        auto dev = provider_->open_export(name);
         if (!dev.ok()) {
           sent = reply_err(kRepErrUnknown, "no export named '" + name + "'");
           break;
         }
         DevicePtr d = std::move(dev).value();
         DeviceCaps caps = d->caps();
-        sent = send_bytes(fd, option_reply(opt, kRepInfo, info_export(d->size(), tx_flags(caps, c.structured))));
+        sent = send_bytes(c, option_reply(opt, kRepInfo, info_export(d->size(), tx_flags(caps, c.structured))));
         bool want_bs = false, want_name = false;
         for (uint16_t i : req->infos) {
           want_bs |= i == kInfoBlockSize;
           want_name |= i == kInfoName;
         }
-        if (sent && want_name) sent = send_bytes(fd, option_reply(opt, kRepInfo, info_name(name)));
+        if (sent && want_name) sent = send_bytes(c, option_reply(opt, kRepInfo, info_name(name)));
         if (sent && want_bs)
-          sent = send_bytes(fd, option_reply(opt, kRepInfo,
+          sent = send_bytes(c, option_reply(opt, kRepInfo,
                                              info_block_size(std::max(kMinBlock, caps.logical_block),
                                                              std::max(kPreferredBlock, caps.physical_block),
                                                              std::min(kMaxPayload, caps.max_io))));
-        if (sent) sent = send_bytes(fd, option_reply(opt, kRepAck));
+        if (sent) sent = send_bytes(c, option_reply(opt, kRepAck));
         if (opt == kOptGo) {
           c.dev = std::move(d);
           c.export_name = name;
@@ -473,9 +538,31 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         }
         break;
       }
-      case kOptStartTls:
-        sent = reply_err(kRepErrPolicy, "TLS is not offered; use the Unix socket or a trusted network");
+      case kOptStartTls: {
+        if (!tls_) {
+          sent = reply_err(kRepErrPolicy, "TLS is not offered (the daemon runs with --tls off)");
+          break;
+        }
+        if (c.tls) {
+          sent = reply_err(kRepErrInvalid, "TLS is already on");
+          break;
+        }
+        if (len != 0) {
+          sent = reply_err(kRepErrInvalid, "NBD_OPT_STARTTLS takes no data");
+          break;
+        }
+        if (!send_bytes(c, option_reply(opt, kRepAck))) return close_conn();
+        auto t = tls_->handshake(fd);
+        if (!t.ok()) {
+          log::info("nbd {}: {}; closing", c.peer, t.status().message());
+          return close_conn();
+        }
+        c.tls = std::move(t).value();
+        // Nothing negotiated in plaintext carries over (the NBD protocol's rule).
+        c.structured = false;
+        log::debug("nbd {}: {}", c.peer, c.tls->description());
         break;
+      }
       default:
         sent = reply_err(kRepErrUnsup, fmt::format("option {} is not supported", opt));
     }
@@ -514,7 +601,7 @@ void NbdServer::transmit(Conn& c) {
     {
       std::lock_guard rl(c.read_mu);
       if (c.closing || stopping_) return finish();
-      if (!read_full(fd, hdr, kRequestSize)) return finish();
+      if (!conn_recv(c, hdr, kRequestSize)) return finish();
       auto req = decode_request(std::span<const uint8_t>(hdr, kRequestSize));
       if (!req.ok()) {
         log::info("nbd {}: {}; closing", c.export_name, req.status().message());
@@ -529,10 +616,10 @@ void NbdServer::transmit(Conn& c) {
       if (r.type == kCmdDisc) return finish();
       if (r.type == kCmdWrite) {
         if (chk.error) {
-          if (!skip(fd, r.length)) return finish();
+          if (!skip(c, r.length)) return finish();
         } else {
           payload = c.take_buf(r.length);
-          if (!read_full(fd, payload.data(), r.length)) return finish();  // client vanished mid-payload
+          if (!conn_recv(c, payload.data(), r.length)) return finish();  // client vanished mid-payload
         }
       }
     }
@@ -540,12 +627,12 @@ void NbdServer::transmit(Conn& c) {
       std::lock_guard lk(c.write_mu);
       bool ok;
       if (c.structured) {
-        ok = send_bytes(fd, structured_error(r.cookie, chk.error, chk.message));
+        ok = send_bytes(c, structured_error(r.cookie, chk.error, chk.message));
       } else {
         uint8_t h[16];
         simple_reply(h, r.cookie, chk.error);
         iovec io{h, 16};
-        ok = writev_full(fd, &io, 1);
+        ok = conn_send(c, &io, 1);
       }
       if (!ok) return finish();
       continue;

@@ -13,15 +13,30 @@
 #include <thread>
 #include <vector>
 
+#include <map>
+
+#include "export/export_policy.h"
 #include "export/export_provider.h"
+#include "export/nbd/nbd_tls.h"
 
 namespace udm {
 
 struct NbdServerOptions {
   std::string unix_path;    // listen here if non-empty (a stale socket is replaced)
-  std::string tcp_address;  // "HOST:PORT" if non-empty; port 0 = ephemeral (tests)
-  unsigned workers = 0;     // threads serving each connection's requests; 0 = 8
+  // "HOST:PORT", "[IPv6]:PORT", ":PORT" or "PORT" if non-empty; without a host
+  // the listener binds to loopback (127.0.0.1) only. Port 0 = ephemeral (tests).
+  std::string tcp_address;
+  unsigned workers = 0;     // requests in flight per connection (its threads); 0 = 8
+  TlsOptions tls;           // NBD_OPT_STARTTLS (nbd_tls.h)
+  std::vector<ExportRule> exports;  // allow-list (export_policy.h); empty = every device
+  // Connections at once per client (TCP: its address; Unix socket: its uid);
+  // more are closed at accept. 0 = no limit.
+  unsigned max_client_connections = 16;
 };
+
+// The TCP address to listen on for a --nbd-tcp value: HOST and PORT, with
+// loopback when no host is given. Exposed for tests.
+Result<std::pair<std::string, std::string>> nbd_listen_address(const std::string& spec);
 
 class NbdServer {
  public:
@@ -39,7 +54,9 @@ class NbdServer {
   void reap(bool all);
   void transmit(Conn& c);  // one of a connection's request threads
 
-  ExportProvider& provider_;
+  std::unique_ptr<FilteredExportProvider> filtered_;  // the allow-list's view, if one is given
+  ExportProvider* provider_;  // what clients see: the base or filtered_
+  std::unique_ptr<TlsServer> tls_;
   NbdServerOptions opts_;
   int unix_fd_ = -1, tcp_fd_ = -1;
   int wake_[2] = {-1, -1};
@@ -55,6 +72,7 @@ class NbdServer {
   };
   std::mutex conns_mu_;
   std::list<ConnThread> conns_;
+  std::map<std::string, unsigned> per_client_;  // live connections per client key (conns_mu_)
 
 };
 
