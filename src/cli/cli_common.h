@@ -21,4 +21,5 @@ void fail(std::string_view msg, int code = 1);
 namespace udm {
 void register_control_cli(CLI::App& app);   // daemon + dmsetup-like verbs (src/daemon)
 void register_features_cli(CLI::App& app);  // every feature's verbs (generated: cmake/features.cmake)
+void register_manpage_cli(CLI::App& app);   // hidden `udm manpage`: udm(8) from this parser (manpage.cpp)
 }  // namespace udm

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   udm::register_features();  // targets and backing sources, before any verb runs
   udm::register_control_cli(app);
   udm::register_features_cli(app);
+  udm::register_manpage_cli(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

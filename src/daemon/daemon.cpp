@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <memory>
 
 #include "daemon/control_socket.h"
@@ -66,6 +67,13 @@ int run_daemon(const DaemonOptions& opts) {
   }
   std::unique_ptr<FuseExport> fuse;
   if (!opts.fuse_dir.empty()) {
+    // The mountpoint is made if missing (under /run/udm for the packaged service).
+    std::error_code ec;
+    if (!std::filesystem::exists(opts.fuse_dir, ec) && !std::filesystem::create_directories(opts.fuse_dir, ec)) {
+      log::error("fuse: cannot create {}: {}", opts.fuse_dir, ec.message());
+      if (nbd) nbd->stop();
+      return 1;
+    }
     fuse = std::make_unique<FuseExport>(*registry, opts.fuse_dir);
     if (Status s = fuse->start(); !s.ok()) {
       log::error("fuse: {}", s.to_string());
