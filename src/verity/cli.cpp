@@ -77,9 +77,9 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 
 void print_header(const std::string& hash, const Params& p, const Geometry& g, const std::array<uint8_t, 16>* uuid,
-                  const std::vector<uint8_t>* root, uint64_t hash_dev_size) {
+                  const std::vector<uint8_t>* root, uint64_t hash_dev_size, uint64_t hash_offset) {
   std::cout << "VERITY header information for " << hash << "\n";
-  if (uuid) std::cout << "UUID:            \t" << format_uuid(*uuid) << "\n";
+  std::cout << "UUID:            \t" << (uuid ? format_uuid(*uuid) : std::string()) << "\n";
   std::cout << "Hash type:       \t" << p.hash_type << "\n"
             << "Data blocks:     \t" << p.data_blocks << "\n"
             << "Data block size: \t" << p.data_block_size << "\n"
@@ -88,7 +88,8 @@ void print_header(const std::string& hash, const Params& p, const Geometry& g, c
             << "Hash algorithm:  \t" << p.algorithm << "\n"
             << "Salt:            \t" << (p.salt.empty() ? std::string("-") : to_hex(p.salt)) << "\n";
   if (root) std::cout << "Root hash:      \t" << to_hex(*root) << "\n";
-  std::cout << "Hash device size: \t" << hash_dev_size << " [bytes]\n";
+  // veritysetup prints the size only for a hash area at offset 0.
+  if (hash_offset == 0) std::cout << "Hash device size: \t" << hash_dev_size << " [bytes]\n";
 }
 
 // Parameters for verify/table/dump: from the superblock (unless
@@ -238,6 +239,11 @@ void cmd_format(CLI::App* c, const Opts& o) {
       st = write_all(fd, b.data(), b.size(), off, o.hash);
     }
     if (st.ok() && !t.blocks.empty()) st = write_all(fd, t.blocks.data(), t.blocks.size(), p.hash_start * hbs, o.hash);
+    // Like veritysetup, a hash file is at least as long as the hash area.
+    struct stat hst;
+    if (st.ok() && fstat(fd, &hst) == 0 && S_ISREG(hst.st_mode) &&
+        static_cast<uint64_t>(hst.st_size) < g.end_block() * hbs && ftruncate(fd, g.end_block() * hbs) != 0)
+      st = ErrnoStatus("extending " + o.hash);
     if (st.ok() && fsync(fd) != 0) st = ErrnoStatus("fsync " + o.hash);
     ::close(fd);
     UDM_TRY(st);
@@ -246,7 +252,7 @@ void cmd_format(CLI::App* c, const Opts& o) {
       f << to_hex(t.root);  // 2*ds hex digits, no newline (as veritysetup)
       if (!f.flush()) return Invalid("cannot write --root-hash-file " + o.root_hash_file);
     }
-    print_header(o.hash, p, g, o.no_superblock ? nullptr : &uuid, &t.root, g.end_block() * hbs);
+    print_header(o.hash, p, g, o.no_superblock ? nullptr : &uuid, &t.root, g.end_block() * hbs, off);
     return Status::Ok();
   };
   Status st = run();
@@ -284,7 +290,8 @@ void cmd_dump(CLI::App* c, const Opts& o) {
     UDM_ASSIGN_OR_RETURN(DevicePtr hash, open_arg(o.hash));
     if (o.no_superblock) return Invalid("verity-dump needs a superblock");
     UDM_ASSIGN_OR_RETURN(Resolved r, resolve(c, o, *hash, nullptr));
-    print_header(o.hash, r.p, r.g, &r.uuid, nullptr, r.g.end_block() * r.p.hash_block_size);
+    UDM_ASSIGN_OR_RETURN(uint64_t off, parse_size(o.hash_offset, "--hash-offset"));
+    print_header(o.hash, r.p, r.g, &r.uuid, nullptr, r.g.end_block() * r.p.hash_block_size, off);
     return Status::Ok();
   };
   Status st = run();
@@ -300,7 +307,7 @@ void cmd_table(CLI::App* c, const Opts& o) {
     }
     UDM_ASSIGN_OR_RETURN(Resolved r, resolve(c, o, *hash, data.get()));
     UDM_ASSIGN_OR_RETURN(auto root, root_arg(o, r.g.digest_size));
-    TableLine t;
+    VerityLine t;
     t.params = r.p;
     t.data_dev = o.data;
     t.hash_dev = o.hash;

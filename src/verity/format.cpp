@@ -430,9 +430,9 @@ Result<VerifyResult> verify_tree(const Params& p, BlockDevice& data, BlockDevice
 
 // ---- table line ----
 
-Result<TableLine> parse_table_args(const std::vector<std::string>& args) {
+Result<VerityLine> parse_table_args(const std::vector<std::string>& args) {
   TargetArgs a("verity", args);
-  TableLine t;
+  VerityLine t;
   Params& p = t.params;
   UDM_ASSIGN_OR_RETURN(uint64_t version, a.next_u64("<version>", 0, 1));
   p.hash_type = static_cast<uint32_t>(version);
@@ -526,7 +526,7 @@ Result<TableLine> parse_table_args(const std::vector<std::string>& args) {
   return t;
 }
 
-std::string format_table_args(const TableLine& t) {
+std::string format_table_args(const VerityLine& t) {
   const Params& p = t.params;
   std::string s = fmt::format("{} {} {} {} {} {} {} {} {} {}", p.hash_type, t.data_dev, t.hash_dev, p.data_block_size,
                               p.hash_block_size, p.data_blocks, p.hash_start, p.algorithm, to_hex(t.root),

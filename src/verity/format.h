@@ -150,7 +150,7 @@ Result<VerifyResult> verify_tree(const Params& p, BlockDevice& data, BlockDevice
 
 enum class ErrorMode { kEio, kIgnore, kRestart, kPanic };
 
-struct TableLine {
+struct VerityLine {
   Params params;
   std::string data_dev, hash_dev;
   std::vector<uint8_t> root;
@@ -165,9 +165,9 @@ struct TableLine {
 // Parses the target arguments (after "<start> <len> verity"). Every field is
 // checked; FEC options are refused with "not supported". `target` names the
 // target in errors.
-Result<TableLine> parse_table_args(const std::vector<std::string>& args);
+Result<VerityLine> parse_table_args(const std::vector<std::string>& args);
 // The arguments in cryptsetup's order (lowercase hex, options in
 // get_dm_verity_params order).
-std::string format_table_args(const TableLine& t);
+std::string format_table_args(const VerityLine& t);
 
 }  // namespace udm::verity

@@ -16,7 +16,7 @@ namespace {
 constexpr uint64_t kBatchBytes = 1u << 20;  // data read per lower request
 constexpr uint64_t kMaxLogged = 100;        // as the kernel: the first 100 corruptions are logged
 
-const char* mode_name(const TableLine& t) {
+const char* mode_name(const VerityLine& t) {
   switch (t.corruption) {
     case ErrorMode::kRestart: return "restart_on_corruption";
     case ErrorMode::kPanic: return "panic_on_corruption";
@@ -25,7 +25,7 @@ const char* mode_name(const TableLine& t) {
 }
 }  // namespace
 
-Result<std::shared_ptr<VerityTarget>> VerityTarget::create(TableLine t, DevicePtr data, DevicePtr hash,
+Result<std::shared_ptr<VerityTarget>> VerityTarget::create(VerityLine t, DevicePtr data, DevicePtr hash,
                                                            uint64_t length, std::string name, std::string sig) {
   UDM_ASSIGN_OR_RETURN(Geometry g, compute_geometry(t.params));
   const Params& p = t.params;
@@ -49,17 +49,18 @@ Result<std::shared_ptr<VerityTarget>> VerityTarget::create(TableLine t, DevicePt
   v->length_ = length;
   v->name_ = std::move(name);
   v->sig_ = std::move(sig);
+  const Params& vp = v->t_.params;
   v->cache_ = BlockCache::shared();
   v->owner_ = BlockCache::new_owner();
-  UDM_ASSIGN_OR_RETURN(auto h, Hasher::create(p.algorithm, p.hash_type, p.salt));
+  UDM_ASSIGN_OR_RETURN(auto h, Hasher::create(vp.algorithm, vp.hash_type, vp.salt));
   if (v->t_.ignore_zero_blocks) {
-    std::vector<uint8_t> zero(p.data_block_size, 0);
+    std::vector<uint8_t> zero(vp.data_block_size, 0);
     v->zero_digest_.resize(h->digest_size());
     h->digest(zero, v->zero_digest_.data());
   }
   v->give_hasher(std::move(h));
   if (v->t_.check_at_most_once) {
-    uint64_t words = (p.data_blocks + 63) / 64;
+    uint64_t words = (vp.data_blocks + 63) / 64;
     v->once_.reset(new std::atomic<uint64_t>[words]);
     for (uint64_t i = 0; i < words; i++) v->once_[i] = 0;
   }
@@ -249,7 +250,7 @@ Status VerityTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
 }
 
 Result<TargetPtr> make_verity(const TargetParams& p) {
-  UDM_ASSIGN_OR_RETURN(TableLine t, parse_table_args(p.args));
+  UDM_ASSIGN_OR_RETURN(VerityLine t, parse_table_args(p.args));
   // Signature first: a refused table opens nothing.
   std::string sig = "none";
   std::vector<uint8_t> sig_bytes;

@@ -24,7 +24,7 @@ namespace udm::verity {
 class VerityTarget : public ReadOnlyTarget {
  public:
   // sig: "none" or "verified" (checked by the factory before this is built).
-  static Result<std::shared_ptr<VerityTarget>> create(TableLine t, DevicePtr data, DevicePtr hash,
+  static Result<std::shared_ptr<VerityTarget>> create(VerityLine t, DevicePtr data, DevicePtr hash,
                                                       uint64_t length, std::string name, std::string sig);
   ~VerityTarget() override;
 
@@ -60,7 +60,7 @@ class VerityTarget : public ReadOnlyTarget {
   Status io_error(Status st);
   Status verify_blocks(uint64_t first, uint64_t n, uint8_t* data);
 
-  TableLine t_;
+  VerityLine t_;
   Geometry g_;
   DevicePtr data_, hash_;
   uint64_t length_ = 0;
