@@ -457,14 +457,14 @@ Result<VerityLine> parse_table_args(const std::vector<std::string>& args) {
   if (ds == 0 || p.algorithm.size() >= 32)
     return a.error("<algorithm>", fmt::format("'{}' is not a digest OpenSSL knows", p.algorithm));
   {
-    auto r = from_hex(t.root_hex, "verity: <digest>");
+    auto r = from_hex(t.root_hex, "<digest>");
     if (!r.ok()) return r.status();
     if (r->size() != ds)
       return a.error("<digest>", fmt::format("{} hex digits, {} needs {}", t.root_hex.size(), p.algorithm, 2 * ds));
     t.root = std::move(*r);
   }
   if (salt != "-") {
-    auto r = from_hex(salt, "verity: <salt>");
+    auto r = from_hex(salt, "<salt>");
     if (!r.ok()) return r.status();
     if (r->size() > kMaxSalt) return a.error("<salt>", fmt::format("{} bytes, at most {}", r->size(), kMaxSalt));
     p.salt = std::move(*r);
