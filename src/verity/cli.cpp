@@ -275,6 +275,7 @@ void cmd_verify(CLI::App* c, const Opts& o) {
     UDM_ASSIGN_OR_RETURN(VerifyResult v, verify_tree(r.p, *data, *hash, root, default_threads(o.threads)));
     if (v.code != VerifyResult::kOk) {
       std::cerr << v.message << "\n";
+      if (v.code == VerifyResult::kCorrupt) std::cerr << "Verification of data area failed.\n";
       cli::exit_code() = v.code;
       return Status::Ok();
     }

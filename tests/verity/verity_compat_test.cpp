@@ -169,6 +169,37 @@ TEST_P(Compat, BothWaysByteForByte) {
   EXPECT_TRUE(std::equal(got.begin(), got.end(), bytes.begin())) << "verity reads differ from the data";
 }
 
+// udm verity-verify reports what veritysetup verify reports (words and exit
+// code) for a flipped data byte, level-0 digest, top-block padding and root.
+TEST(VerityCompat, VerifyReportsLikeVeritysetup) {
+  if (!have_tool("veritysetup")) GTEST_SKIP() << "veritysetup not installed (apt-get install cryptsetup-bin)";
+  TempDir t;
+  std::string data = t.file("d.img"), hash = t.file("d.hash");
+  write_file(data, random_bytes(8 << 20, 11));
+  auto f = run({"veritysetup", "format", "--salt=" + kSalt, data, hash});
+  ASSERT_TRUE(f.ok()) << f.describe();
+  std::string root = root_of(f.out);
+  struct Flip {
+    std::string file;
+    uint64_t off;
+    bool bad_root;
+  } flips[] = {{data, 4096000 + 9, false}, {hash, 4096 * 2 + 40, false}, {hash, 4096 + 4000, false}, {"", 0, true}};
+  for (auto& fl : flips) {
+    SCOPED_TRACE(fl.off);
+    std::string d2 = t.file("c.img"), h2 = t.file("c.hash");
+    ASSERT_TRUE(sh("cp " + data + " " + d2 + " && cp " + hash + " " + h2).ok());
+    std::string r = root;
+    if (fl.bad_root) r[63] = r[63] == '0' ? '1' : '0';
+    else ASSERT_TRUE(sh("printf X | dd of=" + (fl.file == data ? d2 : h2) + " bs=1 seek=" + std::to_string(fl.off) +
+                        " conv=notrunc status=none").ok());
+    auto v = run({"veritysetup", "verify", d2, h2, r});
+    auto u = run({udm_bin(), "verity-verify", d2, h2, r});
+    EXPECT_NE(v.exit_code, 0);
+    EXPECT_EQ(u.exit_code, v.exit_code);
+    EXPECT_EQ(u.err, v.err);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Verity, Compat, ::testing::ValuesIn(cases()),
                          [](const auto& i) { return i.param.name; });
 
