@@ -14,6 +14,7 @@
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/writer.h"
 #include "update/differ.h"
+#include "verity/format.h"
 
 namespace udm::contract {
 
@@ -380,6 +381,7 @@ const std::vector<Case>& contract_cases() {
       {"update_v0", [](Env& e) { return update(e, 0, false); }},
       {"update_v1", [](Env& e) { return update(e, 1, false); }},
       {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
+      {"verity", [](Env& e) -> Result<Built> { auto raw = mixed_image(14); verity::Params p; p.data_blocks = kDevSize / 4096; p.salt = {1, 2, 3}; auto t = verity::build_tree_mem(p, raw); if (!t.ok()) return t.status(); UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} verity 1 {} {} 4096 4096 {} 0 sha256 {} 010203", kSectors, e.backing("vdata", raw), e.backing("vhash", t->blocks), p.data_blocks, verity::to_hex(t->root)))); return mk(d, Kind::kReadOnly, raw); }},
   };
   return cases;
 }
