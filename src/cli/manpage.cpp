@@ -78,8 +78,8 @@ maps byte ranges of virtual block devices onto targets, as Linux's device\-mappe
 does, in user space: \fBlinear\fR, \fBzero\fR, \fBerror\fR, \fBupdate\fR (a new
 system image served from a diff while it is copied back), \fBsnapshot\-origin\fR,
 \fBsnapshot\fR and \fBsnapshot\-merge\fR (the kernel's COW format), \fBbow\fR
-(backup on write with rollback) and the overlaybd formats \fBzfile\fR and
-\fBlsmt\fR; see \fBudm\-targets\fR(7) for every table line.
+(backup on write with rollback), the overlaybd formats \fBzfile\fR and
+\fBlsmt\fR, and \fBverity\fR (dm\-verity's checked reads); see \fBudm\-targets\fR(7) for every table line.
 .PP
 \fBudm daemon\fR holds the devices and serves them over NBD (a Unix socket
 and/or TCP, optionally with TLS) and as regular files in a FUSE directory
