@@ -129,18 +129,6 @@ void ControlServer::accept_loop() {
     if (fds[1].revents) return;
     int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    // The socket's mode already limits who can connect; check the peer too,
-    // so a loosened mode or a leaked descriptor does not open the daemon.
-    std::string who;
-    if (!peer_allowed(fd, &who)) {
-      log::warn("control: refused {}", who);
-      write_all(fd, error_reply(Status::Error(EACCES, "permission denied: " + who +
-                                                          (have_group_ ? " is not root and not in group " + group_
-                                                                       : " is not root")))
-                        .dump() + "\n");
-      ::close(fd);
-      continue;
-    }
     reap(false);
     auto done = std::make_shared<std::atomic<bool>>(false);
     std::lock_guard lk(mu_);
@@ -181,6 +169,23 @@ bool ControlServer::peer_allowed(int fd, std::string* who) const {
 
 void ControlServer::serve(int fd) {
   std::string line;
+  // The socket's mode already limits who can connect; check the peer too, so
+  // a loosened mode or a leaked descriptor does not open the daemon. A
+  // refused peer's request is read (briefly) before the answer, so that the
+  // client sees the refusal rather than a broken pipe.
+  std::string who;
+  if (!peer_allowed(fd, &who)) {
+    log::warn("control: refused {}", who);
+    timeval tv{2, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    read_line(fd, &line, kMaxControlRequest);
+    write_all(fd, error_reply(Status::Error(EACCES, "permission denied: " + who +
+                                                        (have_group_ ? " is not root and not in group " + group_
+                                                                     : " is not root")))
+                      .dump() + "\n");
+    ::close(fd);
+    return;
+  }
   if (read_line(fd, &line, kMaxControlRequest)) {
     write_all(fd, handle_request_line(reg_, line));
   } else {
@@ -235,8 +240,14 @@ Result<nlohmann::json> control_call(const std::string& socket_path, const nlohma
   }
   std::string out = req.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   if (!write_all(fd, out)) {
+    // The daemon may have answered (a refusal) and closed before reading.
+    int e = errno;
+    std::string line;
+    bool got = read_line(fd, &line, 64u << 20);
     ::close(fd);
-    return ErrnoStatus("send to " + socket_path);
+    auto j = got ? nlohmann::json::parse(line, nullptr, false) : nlohmann::json();
+    if (got && j.is_object()) return j;
+    return ErrnoStatus("send to " + socket_path, e);
   }
   std::string line;
   bool got = read_line(fd, &line, 64u << 20);
