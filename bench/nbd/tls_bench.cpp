@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
                {"randread-4k-qd16", 4096, false, true, 16}, {"randwrite-4k-qd16", 4096, true, true, 16}};
   for (const auto& c : cases) {
     nbd_handle* h = nbd_create();
+    if (h) nbd_set_uri_allow_local_file(h, true);  // tls-certificates= / tls-psk-file= name local files
     if (!h || nbd_connect_uri(h, argv[1]) < 0) {
       std::fprintf(stderr, "tls_bench: connect %s: %s\n", argv[1], nbd_get_error());
       return 1;
