@@ -9,7 +9,7 @@ Usage: fault_server.py PORT DIR. GET /MODE/NAME serves DIR/NAME with fault MODE:
   full200data  probe (bytes=0-0) correct, data requests answered 200 with the whole object
   badrange     data requests get a Content-Range shifted by one byte
   short        data requests get a correct Content-Range but a shorter body
-  stall        data requests get headers and a little body, then nothing for 60 s
+  stall        data requests get the headers, then nothing for 60 s
   etag         the ETag changes after the probe
   redirect     302 to http://localhost:PORT/signed/NAME?exp=<now+ttl> (ttl default 2 s);
                /signed/ answers 403 once exp is past
@@ -117,7 +117,7 @@ class H(BaseHTTPRequestHandler):
             self.send_response(206)
             for k, v in hdrs: self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers(); self.wfile.write(body[:10]); self.wfile.flush()
+            self.end_headers(); self.wfile.flush()
             time.sleep(60); self.close_connection = True
             return
         with LOCK:

@@ -121,8 +121,16 @@ std::string Nginx::url(const std::string& name) const {
 }
 
 std::vector<Nginx::Hit> Nginx::log() const {
+  // nginx logs a request after the reply went out: wait until the log stops growing.
+  std::string text = slurp(dir_.path() + "/access.log");
+  for (int i = 0; i < 20; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::string again = slurp(dir_.path() + "/access.log");
+    if (again == text && !text.empty()) break;
+    text = again;
+  }
   std::vector<Hit> out;
-  std::istringstream in(slurp(dir_.path() + "/access.log"));
+  std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     Hit h;

@@ -1,0 +1,106 @@
+// End to end: an ext4 image as a ZFile-compressed LSMT layer, served by nginx, used as
+// `lsmt http://...` (zfile-compressed layer) by the daemon, mounted through the FUSE export and a
+// loop device; every file compared. Then the daemon restarts on the same
+// cache directory and the files are read again with no data fetched
+// (nginx's log), and `udm info --json` shows the source's counters.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <map>
+
+#include "remote_util.h"
+
+namespace udm::test {
+namespace {
+
+bool wait_for_file(const std::string& p) {
+  for (int i = 0; i < 200; i++) {
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0) return true;
+    usleep(25000);
+  }
+  return false;
+}
+
+TEST(RemoteE2E, Ext4OnZfileOverHttpThroughFuse) {
+  if (!is_root() || !have_tool("mkfs.ext4") || !have_tool("losetup")) GTEST_SKIP() << "needs root, mkfs.ext4, losetup";
+  TempDir t, www, cache;
+  public_dir(www);
+  // A tree of files, an ext4 image made from it, compressed to ZFile.
+  std::map<std::string, std::string> sums;
+  ::mkdir(t.file("tree").c_str(), 0755);
+  ::mkdir(t.file("tree/d").c_str(), 0755);
+  for (int i = 0; i < 24; i++) {
+    std::string name = (i % 2 ? "d/f" : "f") + std::to_string(i);
+    write_file(t.file("tree/" + name), random_bytes(size_t(i) * 23456 + 100, 50 + i));
+    sums[name] = sha256_file(t.file("tree/" + name));
+  }
+  const uint64_t kSize = 64ull << 20;
+  make_sparse_file(t.file("fs.raw"), kSize);
+  auto r = run({"mkfs.ext4", "-q", "-F", "-d", t.file("tree"), t.file("fs.raw")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  r = run({udm_bin(), "overlaybd", "from-raw", t.file("fs.raw"), www.file("fs.zfile"), "-z"});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  ::chmod(www.file("fs.zfile").c_str(), 0644);
+  std::string err;
+  auto ngx = Nginx::start(www.path(), &err);
+  if (!ngx) GTEST_SKIP() << err;
+  std::string table = "0 " + std::to_string(kSize / 512) + " lsmt " + ngx->url("fs.zfile");
+  uint64_t zsize = read_file(www.file("fs.zfile")).size();
+  uint64_t first_fetch = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    ngx->clear_log();
+    std::unique_ptr<TestDaemon> d;
+    try {
+      d = TestDaemon::start(true, false, {"--cache-dir", cache.path(), "--cache-size", "1G"});
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "daemon with FUSE export not available: " << e.what();
+    }
+    auto c = d->udm({"create", "rfs", "--readonly", "--table", table});
+    ASSERT_TRUE(c.ok()) << c.describe();
+    ASSERT_TRUE(wait_for_file(d->fuse_path("rfs")));
+    {
+      LoopDevice loop(d->fuse_path("rfs"), true);
+      ASSERT_FALSE(loop.device().empty()) << loop.error();
+      std::string mnt = t.file("mnt");
+      ::mkdir(mnt.c_str(), 0755);
+      Mount m(loop.device(), mnt, "ro,noload");
+      ASSERT_TRUE(m.ok()) << m.error();
+      for (auto& [name, sum] : sums) EXPECT_EQ(sha256_file(mnt + "/" + name), sum) << name;
+    }
+    auto info = d->udm({"info", "rfs", "--json"});
+    ASSERT_TRUE(info.ok()) << info.describe();
+    auto j = nlohmann::json::parse(info.out);
+    ASSERT_TRUE(j.contains("sources")) << info.out;
+    auto& s = j["sources"][0];
+    EXPECT_EQ(s["url"], ngx->url("fs.zfile"));
+    EXPECT_EQ(s["state"], "ok");
+    EXPECT_EQ(s["errors"], 0);
+    uint64_t data_bytes = 0;
+    for (auto& h : ngx->log())
+      if (h.range != "bytes=0-0") data_bytes += h.bytes;
+    if (pass == 0) {
+      first_fetch = data_bytes;
+      EXPECT_GT(data_bytes, 0u);
+      EXPECT_LE(data_bytes, zsize);
+      EXPECT_EQ(s["bytes_fetched"].get<uint64_t>(), data_bytes + 1) << info.out;
+    } else {
+      EXPECT_EQ(data_bytes, 0u) << "refetched after a daemon restart (first run fetched " << first_fetch << ")";
+      EXPECT_EQ(s["bytes_fetched"].get<uint64_t>(), 1u) << info.out;
+      EXPECT_GT(s["cache_hits"].get<uint64_t>(), 0u) << info.out;
+    }
+    ASSERT_TRUE(d->udm({"remove", "rfs"}).ok());
+    EXPECT_EQ(d->stop(), 0);
+  }
+  // Bad specs: clear errors naming the URL.
+  auto d = TestDaemon::start(false, false, {"--cache-dir", cache.path()});
+  auto c = d->udm({"create", "bad", "--table", "0 8 linear " + ngx->url("missing.img") + " 0"});
+  EXPECT_FALSE(c.ok());
+  EXPECT_NE(c.err.find(ngx->url("missing.img")), std::string::npos) << c.describe();
+  c = d->udm({"create", "bad2", "--table", "0 8 linear http://127.0.0.1:" + std::to_string(free_port()) + "/x 0"});
+  EXPECT_FALSE(c.ok());
+  EXPECT_EQ(d->stop(), 0);
+}
+
+}  // namespace
+}  // namespace udm::test
