@@ -5,6 +5,7 @@
 #include "remote/config.h"
 #include "remote/http_check.h"
 #include "remote/http_device.h"
+#include "remote/oci_image.h"
 
 using namespace udm::remote;
 
@@ -103,4 +104,48 @@ TEST(RemoteCheck, OciReferencesAndCredentials) {
   EXPECT_EQ(*parse_byte_size("1048576"), 1048576u);
   EXPECT_FALSE(parse_byte_size("4X").ok());
   EXPECT_FALSE(parse_on_error("maybe").ok());
+}
+
+TEST(RemoteCheck, ManifestParserAndImageRefs) {
+  std::string d = "sha256:" + std::string(64, 'b');
+  std::string m = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":")" +
+                  d + R"(","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":")" + d +
+                  R"(","size":123,"annotations":{"containerd.io/snapshot/overlaybd/blob-digest":")" + d + R"("}}]})";
+  auto p = parse_manifest(m, "", "M");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_FALSE(p->is_index);
+  ASSERT_EQ(p->layers.size(), 1u);
+  EXPECT_EQ(p->layers[0].size, 123u);
+  EXPECT_EQ(p->layers[0].annotations[kObdDigest], d);
+  std::string idx = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+                    d + R"(","size":5,"platform":{"os":"linux","architecture":"arm64"}}]})";
+  auto i = parse_manifest(idx, "", "I");
+  ASSERT_TRUE(i.ok()) << i.status().message();
+  EXPECT_TRUE(i->is_index);
+  EXPECT_EQ(i->manifests[0].arch, "arm64");
+  auto msg = [](const std::string& s) { return parse_manifest(s, "", "M").status().message(); };
+  EXPECT_NE(msg("{").find("not a JSON object"), std::string::npos);
+  EXPECT_NE(msg(R"({"schemaVersion":1})").find("schemaVersion must be 2"), std::string::npos);
+  std::string badd = m;
+  badd.replace(badd.find("bbbb"), 4, "BBBB");
+  EXPECT_NE(msg(badd).find("sha256:<64 lowercase hex>"), std::string::npos);
+  std::string neg = m;
+  neg.replace(neg.find("123"), 3, "-1");
+  EXPECT_NE(msg(neg).find("non-negative"), std::string::npos);
+  EXPECT_NE(msg(R"({"schemaVersion":2,"mediaType":"text/plain"})").find("unsupported manifest type"), std::string::npos);
+  EXPECT_NE(msg(R"({"schemaVersion":2,"config":)" + std::string("{}") + "}").find("M: config"), std::string::npos);
+
+  auto r = parse_image_ref("127.0.0.1:5000/test/img:v1");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->repo, "test/img");
+  EXPECT_EQ(r->tag, "v1");
+  EXPECT_EQ(r->base(), "http://127.0.0.1:5000/v2/test/img");
+  auto r2 = parse_image_ref("oci://reg.example.com/a/b@" + d);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->reference(), d);
+  EXPECT_EQ(r2->base(), "https://reg.example.com/v2/a/b");
+  EXPECT_EQ(parse_image_ref("127.0.0.1:5000/test/img")->tag, "latest");
+  EXPECT_FALSE(parse_image_ref("img").ok());
+  EXPECT_FALSE(parse_image_ref("h/Img:x").ok());
+  EXPECT_FALSE(parse_image_ref("h/img@sha256:12").ok());
 }
