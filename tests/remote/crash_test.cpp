@@ -38,6 +38,8 @@ TEST(RemoteCrash, SigkillDuringFetchesThenEveryByteCorrect) {
   remote::RemoteConfig c = set_remote(cache.path());
   c.block_size = 64u << 10;
   remote::set_config(c);
+  // The server may still be answering the killed readers' last requests (15 ms each): let them finish before counting.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   fs->get("/_reset");
   auto d = remote::open_remote(url, false);
   ASSERT_TRUE(d.ok()) << d.status().message();
