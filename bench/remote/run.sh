@@ -13,19 +13,20 @@ UDM=${UDM:-$(cd "$(dirname "$0")/../.." && pwd)/build/udm}
 if [ -z "${INSIDE:-}" ]; then exec unshare -n env INSIDE=1 UDM="$UDM" "$0" "$SIZE_MB"; fi
 ip link set lo up; ip link set lo mtu 1500
 tc qdisc add dev lo root tbf rate 100mbit burst 256kb latency 50ms
-W=$(mktemp -d); chmod 755 "$W"; trap 'kill $NGX 2>/dev/null; umount "$W/mnt" 2>/dev/null; [ -n "${LOOP:-}" ] && losetup -d $LOOP; kill ${DPID:-} 2>/dev/null; wait; rm -rf "$W"' EXIT
-mkdir -p "$W/tree" "$W/www" "$W/tmp" "$W/mnt" "$W/cache"
+NGX=; DPID=; LOOP=
+W=$(mktemp -d); chmod 755 "$W"; trap '[ -n "$NGX" ] && kill $NGX 2>/dev/null; umount "$W/mnt" 2>/dev/null; [ -n "${LOOP:-}" ] && losetup -d $LOOP; [ -n "$DPID" ] && kill $DPID 2>/dev/null; wait; rm -rf "$W"' EXIT
+mkdir -p "$W/tree" "$W/www" "$W/tmp" "$W/mnt" "$W/cache" "$W/dev"
 # Files from the system, up to ~70 % of the image.
 budget=$((SIZE_MB * 700 * 1024))
 find /usr/lib /usr/share -type f -size +8k 2>/dev/null | head -20000 | while read -r f; do
   s=$(stat -c %s "$f"); budget=$((budget - s)); [ $budget -gt 0 ] || break
   d="$W/tree$(dirname "$f")"; mkdir -p "$d"; cp "$f" "$d/" 2>/dev/null || true
-done
+done || true
 mkfs.ext4 -q -F -d "$W/tree" "$W/www/disk.img" "${SIZE_MB}M"
 chmod 644 "$W/www/disk.img"
 # The boot set: files in find order until ~5 % of the image.
 set_budget=$((SIZE_MB * 1024 * 1024 / 20)); : > "$W/set"
-(cd "$W/tree" && find . -type f | while read -r f; do s=$(stat -c %s "$f"); set_budget=$((set_budget - s)); [ $set_budget -gt 0 ] || break; echo "$f"; done) > "$W/set"
+(cd "$W/tree" && find . -type f | while read -r f; do s=$(stat -c %s "$f"); set_budget=$((set_budget - s)); [ $set_budget -gt 0 ] || break; echo "$f"; done || true) > "$W/set"
 set_bytes=$(cd "$W/tree" && xargs -a "$W/set" -d '\n' stat -c %s | paste -sd+ | bc)
 cat > "$W/nginx.conf" <<NG
 worker_processes 1; pid $W/nginx.pid; error_log $W/error.log warn;
