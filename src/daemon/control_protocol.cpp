@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "io/resolver.h"
+
 namespace udm {
 using nlohmann::json;
 
@@ -48,9 +50,31 @@ json error_reply(const Status& s) {
   return json{{"ok", false}, {"errno", s.code()}, {"error", s.message()}};
 }
 
+// Counters of the URI backing sources (http://, oci://, ...) a table names,
+// from the scheme's describer (device/scheme_registry.h).
+json sources_json(const Table& t) {
+  json arr = json::array();
+  for (const auto& s : t.segments()) {
+    size_t p = 0;
+    while (p < s.args.size()) {
+      size_t q = s.args.find_first_of(" \t", p);
+      if (q == std::string::npos) q = s.args.size();
+      std::string w = s.args.substr(p, q - p);
+      p = q + 1;
+      if (w.empty() || spec_kind(w) != SpecKind::kUri) continue;
+      std::string d = SchemeRegistry::global().describe(spec_scheme(w), w);
+      if (d.empty()) continue;
+      json j = json::parse(d, nullptr, false);
+      if (!j.is_discarded()) arr.push_back(std::move(j));
+    }
+  }
+  return arr;
+}
+
 json device_info_json(const MappedDevice& d) {
   auto t = d.active_table();
-  return json{{"name", d.name()},
+  json sources = sources_json(*t);
+  json info{{"name", d.name()},
               {"size_bytes", d.size()},
               {"size_sectors", d.size() / kSectorSize},
               {"read_only", d.caps().read_only},
@@ -60,6 +84,8 @@ json device_info_json(const MappedDevice& d) {
               {"targets", t->segments().size()},
               {"live_table", true},
               {"inactive_table", d.has_inactive()}};
+  if (!sources.empty()) info["sources"] = std::move(sources);
+  return info;
 }
 
 json handle_request(DeviceRegistry& reg, const json& req) {

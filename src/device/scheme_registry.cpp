@@ -9,7 +9,25 @@ SchemeRegistry& SchemeRegistry::global() {
 
 void SchemeRegistry::add(const std::string& scheme, Opener open, std::string usage) {
   std::lock_guard lk(mu_);
-  entries_[scheme] = Entry{std::move(open), std::move(usage)};
+  auto& e = entries_[scheme];
+  e.open = std::move(open);
+  e.usage = std::move(usage);
+}
+
+void SchemeRegistry::set_describer(const std::string& scheme, Describer d) {
+  std::lock_guard lk(mu_);
+  entries_[scheme].describe = std::move(d);
+}
+
+std::string SchemeRegistry::describe(std::string_view scheme, const std::string& uri) const {
+  Describer d;
+  {
+    std::lock_guard lk(mu_);
+    auto it = entries_.find(scheme);
+    if (it == entries_.end() || !it->second.describe) return "";
+    d = it->second.describe;
+  }
+  return d(uri);
 }
 
 const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {

@@ -10,6 +10,7 @@
 
 #include "cli/cli_common.h"
 #include "io/file_device.h"
+#include "io/resolver.h"
 #include "update/apply_v1.h"
 #include "update/differ.h"
 #include "update/format_io.h"
@@ -97,7 +98,8 @@ void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::str
 }
 
 void cmd_info(const std::string& path) {
-  auto f = FileDevice::open(path, {.writable = false});
+  // A URL a feature registered (http://, oci://) through the resolver; anything else is a file path.
+  auto f = spec_kind(path) == SpecKind::kUri ? Resolver().open(path, false) : open_path(path, false);
   if (!f.ok()) return cli::fail(f.status());
   auto ver = diff_version(**f);
   if (!ver.ok()) return cli::fail(ver.status().context(path));

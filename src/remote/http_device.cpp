@@ -1,0 +1,440 @@
+#include "remote/http_device.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "io/block_cache.h"
+#include "util/log.h"
+
+namespace udm::remote {
+namespace {
+
+std::mutex g_live_mu;
+std::multimap<std::string, std::weak_ptr<HttpDevice>> g_live;
+
+bool strong_etag(const std::string& e) { return !e.empty() && e.rfind("W/", 0) != 0; }
+
+void sleep_ms(uint64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+}  // namespace
+
+bool is_loopback_host(const std::string& authority) {
+  std::string h = authority;
+  if (!h.empty() && h[0] == '[') {
+    h = h.substr(1, h.find(']') - 1);
+  } else if (auto c = h.rfind(':'); c != std::string::npos) {
+    h = h.substr(0, c);
+  }
+  return h == "localhost" || h == "::1" || h.rfind("127.", 0) == 0;
+}
+
+std::string OciRef::blob_url() const {
+  return fmt::format("{}://{}/v2/{}/blobs/sha256:{}", plain_http ? "http" : "https", authority, repo, digest_hex);
+}
+
+Result<OciRef> parse_oci_blob_ref(const std::string& spec) {
+  auto bad = [&](const std::string& why) {
+    return Invalid(spec + ": " + why + " (want oci://HOST[:PORT]/REPO@sha256:HEX)");
+  };
+  if (spec.rfind("oci://", 0) != 0) return bad("not an oci:// reference");
+  std::string rest = spec.substr(6);
+  size_t slash = rest.find('/');
+  size_t at = rest.rfind('@');
+  if (slash == std::string::npos || slash == 0) return bad("no registry host");
+  if (at == std::string::npos || at < slash) return bad("no @sha256: digest");
+  OciRef r;
+  r.authority = rest.substr(0, slash);
+  for (auto& c : r.authority) c = char(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : r.authority)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != ':' && c != '[' && c != ']')
+      return bad("bad registry host");
+  r.repo = rest.substr(slash + 1, at - slash - 1);
+  if (r.repo.empty() || r.repo.front() == '/' || r.repo.back() == '/') return bad("bad repository name");
+  for (char c : r.repo)
+    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '.' ||
+          c == '_' || c == '-' || c == '/'))
+      return bad("bad repository name (lowercase letters, digits, . _ - /)");
+  std::string dg = rest.substr(at + 1);
+  if (dg.rfind("sha256:", 0) != 0) return bad("only sha256 digests are supported");
+  r.digest_hex = dg.substr(7);
+  if (r.digest_hex.size() != 64) return bad("digest must be 64 hex digits");
+  for (char c : r.digest_hex)
+    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(static_cast<unsigned char>(c)))
+      return bad("digest must be 64 lowercase hex digits");
+  auto cfg = config();
+  bool insecure = std::find(cfg.insecure_registries.begin(), cfg.insecure_registries.end(), r.authority) !=
+                  cfg.insecure_registries.end();
+  r.plain_http = insecure || is_loopback_host(r.authority);
+  return r;
+}
+
+Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, const std::string& url,
+                                                     std::shared_ptr<RegistryAuth> auth, const std::string& digest_hex) {
+  std::shared_ptr<HttpDevice> d(new HttpDevice());
+  d->spec_ = spec;
+  d->url_ = url;
+  d->auth_ = std::move(auth);
+  d->digest_hex_ = digest_hex;
+  d->cfg_ = config();
+  d->bs_ = d->cfg_.block_size;
+  if (d->cfg_.cache_dir != "none" && !d->cfg_.cache_dir.empty()) {
+    auto s = CacheStore::open(d->cfg_.cache_dir, d->cfg_.cache_size);
+    if (!s.ok()) return s.status().context(spec + ": --cache-dir");
+    d->store_ = *s;
+  }
+  std::string key;
+  bool known = false;
+  if (!digest_hex.empty() && d->store_) {
+    // Content-addressed: a blob cached by an earlier run needs no request to open.
+    key = "sha256:" + digest_hex;
+    auto o = d->store_->existing(key);
+    if (o) {
+      d->obj_ = o;
+      d->size_ = o->size();
+      d->bs_ = o->block_size();
+      known = true;
+    }
+  }
+  if (!known) {
+    UDM_TRY(d->probe());
+    if (d->store_) {
+      if (digest_hex.empty()) {
+        // Plain URL: the cached copy belongs to this URL with this validator and size.
+        std::string v = !d->etag_.empty() ? "etag " + d->etag_ : !d->last_modified_.empty() ? "lm " + d->last_modified_ : "none";
+        key = fmt::format("url {}\n{}\nsize {}", url, v, d->size_);
+      }
+      auto o = d->store_->object(key, d->size_, d->bs_);
+      if (!o.ok()) return o.status().context(spec + ": cache");
+      d->obj_ = *o;
+    }
+  }
+  d->nblocks_ = (d->size_ + d->bs_ - 1) / d->bs_;
+  if (!d->obj_) d->mem_owner_ = BlockCache::new_owner();
+  std::lock_guard lk(g_live_mu);
+  for (auto it = g_live.begin(); it != g_live.end();) it = it->second.expired() ? g_live.erase(it) : std::next(it);
+  g_live.emplace(spec, d);
+  return d;
+}
+
+HttpDevice::~HttpDevice() {
+  if (mem_owner_) BlockCache::shared()->drop_owner(mem_owner_);
+}
+
+DeviceCaps HttpDevice::caps() const {
+  DeviceCaps c;
+  c.read_only = true;
+  c.can_write_zeroes = false;
+  c.can_flush = true;
+  return c;
+}
+
+uint64_t HttpDevice::bytes_cached() const {
+  if (!obj_) return 0;
+  return std::min<uint64_t>(obj_->present_count() * bs_, size_);
+}
+
+std::string HttpDevice::stats_json() const {
+  nlohmann::json j{{"url", spec_},
+                   {"size", size_},
+                   {"bytes_fetched", stats_.bytes_fetched.load()},
+                   {"bytes_cached", bytes_cached()},
+                   {"requests", stats_.requests.load()},
+                   {"retries", stats_.retries.load()},
+                   {"errors", stats_.errors.load()},
+                   {"cache_hits", stats_.cache_hits.load()},
+                   {"persistent", obj_ != nullptr},
+                   {"verified", obj_ && obj_->verified()},
+                   {"state", stats_.waiting.load() > 0 ? "waiting" : "ok"}};
+  return j.dump();
+}
+
+Result<HttpReply> HttpDevice::get_once(uint64_t off, uint64_t len, bool probe) {
+  bool auth_tried = false, reresolved = false;
+  std::string origin_auth = url_authority(url_);
+  for (int hop = 0; hop < 10; hop++) {
+    std::string url;
+    bool redirected;
+    {
+      std::lock_guard lk(url_mu_);
+      url = actual_url_.empty() ? url_ : actual_url_;
+      redirected = !actual_url_.empty();
+    }
+    HttpRequest rq;
+    rq.url = url;
+    rq.has_range = true;
+    rq.range_first = off;
+    rq.range_last = off + len - 1;
+    rq.max_body = len;
+    if (!probe) {
+      if (strong_etag(etag_)) rq.headers.push_back("If-Range: " + etag_);
+      else if (!last_modified_.empty()) rq.headers.push_back("If-Range: " + last_modified_);
+    }
+    bool same_host = url_authority(url) == origin_auth;
+    if (auth_ && same_host) {  // never send registry credentials to blob storage
+      std::string h = auth_->header();
+      if (!h.empty()) rq.headers.push_back(h);
+    }
+    stats_.requests++;
+    HttpReply r = HttpClient::shared().perform(rq);
+    if (!r.transport_ok() && !r.overflow) return r;
+    if (r.status == 401 && auth_ && same_host && !auth_tried) {
+      auth_tried = true;
+      Status st = auth_->on_unauthorized(r.headers, url);
+      if (!st.ok()) return st;
+      continue;
+    }
+    if (r.status == 401) {
+      return Status::Error(EACCES, fmt::format("{}: 401 unauthorized{}", url,
+                                               auth_ ? " (new credentials refused)" : ""));
+    }
+    if ((r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308) &&
+        r.headers.count("location")) {
+      std::string to = resolve_url(url, r.headers["location"]);
+      if (to.empty() || (to.rfind("http://", 0) != 0 && to.rfind("https://", 0) != 0))
+        return IoError(url + ": bad redirect to '" + r.headers["location"] + "'");
+      if (url.rfind("https://", 0) == 0 && to.rfind("http://", 0) == 0)
+        return IoError(url + ": refusing a redirect from https to plain http (" + to + ")");
+      std::lock_guard lk(url_mu_);
+      actual_url_ = to == url_ ? "" : to;
+      continue;
+    }
+    if (redirected && !reresolved && (r.status == 403 || r.status == 404 || r.status == 410)) {
+      // An expired presigned blob-storage URL: ask the origin again.
+      reresolved = true;
+      std::lock_guard lk(url_mu_);
+      if (actual_url_ == url) actual_url_.clear();
+      continue;
+    }
+    return r;
+  }
+  return IoError(url_ + ": too many redirects");
+}
+
+Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool probe) {
+  std::string what = fmt::format("{}: bytes {}-{}", url_, off, off + len - 1);
+  static thread_local std::mt19937 rng(std::random_device{}());
+  for (int attempt = 0;; attempt++) {
+    auto rr = get_once(off, len, probe);
+    if (!rr.ok()) {
+      stats_.errors++;
+      return rr.status();
+    }
+    HttpReply& r = *rr;
+    Status st;
+    bool retry = false;
+    std::optional<uint64_t> after;
+    if (!r.transport_ok() && !(r.overflow && r.status != 206)) {
+      if (r.overflow) {
+        st = IoError(what + ": reply body longer than the range asked for");
+      } else {
+        retry = true;
+        st = IoError(what + ": " + r.describe());
+      }
+    } else if (retryable_status(r.status)) {
+      retry = true;
+      st = IoError(what + ": " + r.describe());
+      if (r.headers.count("retry-after")) after = parse_retry_after(r.headers["retry-after"], time(nullptr), 60);
+    } else if (probe) {
+      if (r.status == 206) {
+        auto cr = r.headers.count("content-range") ? parse_content_range(r.headers["content-range"]) : std::nullopt;
+        if (!cr || cr->first != 0 || cr->last != 0 || !cr->total || r.body.size() != 1)
+          st = IoError(url_ + ": probe bytes=0-0: bad reply (Content-Range '" +
+                       (r.headers.count("content-range") ? r.headers["content-range"] : "") + "')");
+        if (st.ok()) {
+          size_ = *cr->total;
+          etag_ = r.headers.count("etag") ? r.headers["etag"] : "";
+          last_modified_ = r.headers.count("last-modified") ? r.headers["last-modified"] : "";
+          stats_.bytes_fetched += 1;
+          stats_.waiting -= attempt > cfg_.retries ? 1 : 0;
+          return std::move(r.body);
+        }
+      } else if (r.status == 416 && r.headers.count("content-range") &&
+                 parse_unsatisfied_range(r.headers["content-range"]) == uint64_t(0)) {
+        st = Invalid(url_ + ": the object is empty");
+      } else if (r.status == 200) {
+        st = IoError(url_ + ": server ignores Range requests (200 to bytes=0-0); udm needs ranged GETs");
+      } else if (r.status == 404 || r.status == 410) {
+        st = Status::Error(ENOENT, url_ + ": " + r.describe() + " (not found)");
+      } else if (r.status == 403) {
+        st = Status::Error(EACCES, url_ + ": " + r.describe() + " (forbidden)");
+      } else {
+        st = IoError(url_ + ": " + r.describe());
+      }
+    } else {
+      st = check_range_reply(r.status, r.headers, r.body.size(), RangeExpect{off, len, size_, etag_}, url_);
+      if (st.ok()) {
+        stats_.bytes_fetched += len;
+        if (attempt > cfg_.retries) stats_.waiting--;
+        return std::move(r.body);
+      }
+    }
+    if (!retry) {
+      stats_.errors++;
+      if (attempt > cfg_.retries) stats_.waiting--;
+      return st;
+    }
+    uint64_t backoff = std::min<uint64_t>(cfg_.retry_max_ms, uint64_t(cfg_.retry_base_ms) << std::min(attempt, 20));
+    backoff = backoff * 3 / 4 + rng() % (backoff / 2 + 1);
+    if (after) backoff = std::max<uint64_t>(backoff, *after * 1000);
+    if (attempt < cfg_.retries) {
+      stats_.retries++;
+      log::debug("{}; retry {} in {} ms", st.message(), attempt + 1, backoff);
+      sleep_ms(backoff);
+      continue;
+    }
+    if (cfg_.on_error == OnError::kQueue) {
+      if (attempt == cfg_.retries) {
+        stats_.waiting++;
+        log::warn("{}; retries spent: waiting for the server (--remote-on-error queue)", st.message());
+      }
+      stats_.retries++;
+      sleep_ms(std::max<uint64_t>(after ? *after * 1000 : 0, cfg_.retry_max_ms));
+      continue;
+    }
+    stats_.errors++;
+    return IoError(fmt::format("{} (gave up after {} retries)", st.message(), cfg_.retries));
+  }
+}
+
+Status HttpDevice::probe() {
+  auto r = fetch(0, 1, true);
+  return r.ok() ? Status::Ok() : r.status().context(spec_ == url_ ? "open" : "open " + spec_);
+}
+
+bool HttpDevice::block_present(uint64_t b) {
+  if (obj_) return obj_->present(b);
+  return BlockCache::shared()->peek(mem_owner_, b) != nullptr;
+}
+
+Result<bool> HttpDevice::read_block_cached(uint64_t b, uint64_t off_in_block, std::span<uint8_t> out) {
+  if (obj_) return obj_->read_if_present(b, off_in_block, out);
+  auto blk = BlockCache::shared()->peek(mem_owner_, b);
+  if (!blk) return false;
+  std::memcpy(out.data(), blk->data() + off_in_block, out.size());
+  return true;
+}
+
+Status HttpDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
+  if (buf.empty()) return Status::Ok();
+  const uint64_t end = off + buf.size();
+  const uint64_t first = off / bs_, last = (end - 1) / bs_;
+  const uint64_t max_blocks = std::max<uint64_t>(1, cfg_.max_fetch / bs_);
+  uint64_t ra = 0;
+  {
+    std::lock_guard lk(ra_mu_);
+    if (off == ra_next_) ra_blocks_ = std::min<uint64_t>(max_blocks, ra_blocks_ ? ra_blocks_ * 2 : 2);
+    else ra_blocks_ = 0;
+    ra_next_ = end;
+    ra = ra_blocks_;
+  }
+  auto piece = [&](uint64_t blk, uint64_t& s, uint64_t& e) {
+    s = std::max(off, blk * bs_);
+    e = std::min(end, blk * bs_ + bs_);
+  };
+  Status verify_st;
+  uint64_t b = first;
+  while (b <= last) {
+    uint64_t s, e;
+    piece(b, s, e);
+    auto hit = read_block_cached(b, s - b * bs_, buf.subspan(s - off, e - s));
+    if (!hit.ok()) return hit.status().context(spec_ + ": cache");
+    if (*hit) {
+      stats_.cache_hits++;
+      b++;
+      continue;
+    }
+    std::shared_ptr<Flight> f;
+    bool mine = false;
+    {
+      std::lock_guard lk(fl_mu_);
+      auto it = flights_.find(b);
+      if (it != flights_.end()) {
+        f = it->second;
+      } else if (block_present(b)) {
+        continue;  // stored while we looked: read it from the cache
+      } else {
+        mine = true;
+        f = std::make_shared<Flight>();
+        f->first = b;
+        uint64_t limit = std::min({nblocks_ - 1, b + max_blocks - 1, last + ra});
+        uint64_t x = b;
+        while (x + 1 <= limit && !flights_.count(x + 1) && !block_present(x + 1)) x++;
+        f->last = x;
+        for (uint64_t i = b; i <= x; i++) flights_[i] = f;
+      }
+    }
+    if (mine) {
+      uint64_t foff = f->first * bs_;
+      uint64_t flen = std::min(size_, (f->last + 1) * bs_) - foff;
+      auto data = fetch(foff, flen, false);
+      {
+        std::lock_guard lk(f->mu);
+        if (data.ok()) f->data = std::make_shared<std::vector<uint8_t>>(std::move(*data));
+        else f->st = data.status();
+        f->done = true;
+      }
+      f->cv.notify_all();
+      if (f->st.ok()) {
+        if (obj_) {
+          Status st = obj_->store(f->first, *f->data);
+          if (!st.ok()) log::warn("{}: cache write failed (data served anyway): {}", spec_, st.to_string());
+        } else {
+          for (uint64_t i = f->first; i <= f->last; i++) {
+            uint64_t o = (i - f->first) * bs_;
+            uint64_t n = std::min<uint64_t>(bs_, f->data->size() - o);
+            BlockCache::shared()->put(mem_owner_, i, std::make_shared<const std::vector<uint8_t>>(
+                                                       f->data->begin() + long(o), f->data->begin() + long(o + n)));
+          }
+        }
+      }
+      {
+        std::lock_guard lk(fl_mu_);
+        for (uint64_t i = f->first; i <= f->last; i++) flights_.erase(i);
+      }
+      if (f->st.ok() && obj_ && !digest_hex_.empty() && obj_->present_count() == nblocks_ && !obj_->verified() &&
+          !verify_pending_.exchange(true)) {
+        verify_st = obj_->verify_sha256(digest_hex_, spec_);
+        verify_pending_ = false;
+        if (!verify_st.ok()) {
+          stats_.errors++;
+          log::error("{}", verify_st.message());
+        }
+      }
+    } else {
+      std::unique_lock lk(f->mu);
+      f->cv.wait(lk, [&] { return f->done; });
+    }
+    if (!f->st.ok()) return f->st;
+    uint64_t upto = std::min(f->last, last);
+    for (uint64_t i = b; i <= upto; i++) {
+      piece(i, s, e);
+      std::memcpy(buf.data() + (s - off), f->data->data() + (s - f->first * bs_), e - s);
+    }
+    b = upto + 1;
+  }
+  return verify_st;
+}
+
+std::string live_sources_json(const std::vector<std::string>& specs) {
+  std::string out = "[";
+  std::lock_guard lk(g_live_mu);
+  for (const auto& s : specs) {
+    auto [a, z] = g_live.equal_range(s);
+    for (auto it = a; it != z; ++it) {
+      if (auto d = it->second.lock()) {
+        if (out.size() > 1) out += ",";
+        out += d->stats_json();
+        break;
+      }
+    }
+  }
+  return out + "]";
+}
+
+}  // namespace udm::remote

@@ -1,0 +1,115 @@
+// A read-only BlockDevice over the bytes of an HTTP(S) URL or an OCI blob,
+// fetched lazily by ranged GETs and kept in the persistent cache
+// (cache_store.h). See docs/remote.md for the guarantees.
+//
+// Read path: each 128 KiB block is served from the cache, or joins the one
+// fetch in flight for it (single flight), or starts a fetch of the run of
+// adjacent missing blocks (coalesced, up to max_fetch, extended by an
+// adaptive readahead window on sequential reads). Every reply is checked
+// (http_check.h: 206, exact Content-Range, unchanged ETag and size, exact
+// length); transport errors, 5xx and 429 are retried with backoff honouring
+// Retry-After; then --remote-on-error fail (EIO) or queue (wait until the
+// server answers, state "waiting").
+//
+// Locks: ra_mu_ and fl_mu_ are leaves, never held across I/O; a flight's mu
+// is a leaf. The cache object's locks are taken without any of these held.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "device/block_device.h"
+#include "remote/auth.h"
+#include "remote/cache_store.h"
+#include "remote/config.h"
+#include "remote/http_client.h"
+
+namespace udm::remote {
+
+struct SourceStats {
+  std::atomic<uint64_t> bytes_fetched{0}, requests{0}, retries{0}, errors{0}, cache_hits{0};
+  std::atomic<int> waiting{0};  // fetches waiting for the server (on_error=queue)
+};
+
+// oci://HOST[:PORT]/REPO@sha256:HEX
+struct OciRef {
+  std::string authority, repo, digest_hex;
+  bool plain_http = false;
+  std::string blob_url() const;
+};
+Result<OciRef> parse_oci_blob_ref(const std::string& spec);
+bool is_loopback_host(const std::string& authority);
+
+class HttpDevice : public BlockDevice {
+ public:
+  // spec: what the user wrote (in messages); url: where the bytes are;
+  // auth: for registries (may be null); digest_hex: expected sha256 (OCI).
+  static Result<std::shared_ptr<HttpDevice>> open(const std::string& spec, const std::string& url,
+                                                  std::shared_ptr<RegistryAuth> auth, const std::string& digest_hex);
+  ~HttpDevice() override;
+
+  uint64_t size() const override { return size_; }
+  DeviceCaps caps() const override;
+  const std::string& spec() const { return spec_; }
+  const SourceStats& stats() const { return stats_; }
+  uint64_t bytes_cached() const;
+  bool persistent() const { return obj_ != nullptr; }
+  // {"url":..., "bytes_fetched":..., ...}
+  std::string stats_json() const;
+
+ protected:
+  Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly(spec_ + ": remote source is read-only"); }
+  Status do_flush() override { return Status::Ok(); }
+
+ private:
+  struct Flight {
+    uint64_t first = 0, last = 0;  // blocks, inclusive
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Status st;
+    std::shared_ptr<std::vector<uint8_t>> data;  // bytes of [first*bs, ...)
+  };
+  HttpDevice() = default;
+  // One GET (auth, redirects), no retries; the reply to check.
+  Result<HttpReply> get_once(uint64_t off, uint64_t len, bool probe);
+  // Fetch [off, off+len) with checks and retries (probe: learn size/ETag).
+  Result<std::vector<uint8_t>> fetch(uint64_t off, uint64_t len, bool probe);
+  Status probe();
+  bool block_present(uint64_t b);
+  Result<bool> read_block_cached(uint64_t b, uint64_t off_in_block, std::span<uint8_t> out);
+
+  std::string spec_, url_;
+  std::shared_ptr<RegistryAuth> auth_;
+  std::string digest_hex_;
+  RemoteConfig cfg_;
+  uint64_t size_ = 0;
+  uint32_t bs_ = 0;
+  uint64_t nblocks_ = 0;
+  std::string etag_, last_modified_;
+  std::shared_ptr<CacheStore> store_;
+  std::shared_ptr<CacheObject> obj_;
+  uint64_t mem_owner_ = 0;  // BlockCache owner when there is no persistent cache
+  SourceStats stats_;
+
+  std::mutex url_mu_;
+  std::string actual_url_;  // cached redirect target (blob storage)
+
+  std::mutex ra_mu_;
+  uint64_t ra_next_ = UINT64_MAX;
+  uint64_t ra_blocks_ = 0;
+
+  std::mutex fl_mu_;
+  std::map<uint64_t, std::shared_ptr<Flight>> flights_;
+  std::atomic<bool> verify_pending_{false};
+};
+
+// Live remote devices by spec (udm info --json); the JSON array text.
+std::string live_sources_json(const std::vector<std::string>& specs);
+
+}  // namespace udm::remote

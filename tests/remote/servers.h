@@ -1,0 +1,77 @@
+// Real servers for the remote tests, started on 127.0.0.1 free ports from
+// temp configs and stopped by PID: nginx, docker-registry (optionally with a
+// python3-jwt token server) and fault_server.py (faults nginx cannot make).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/sys_util.h"
+
+namespace udm::test {
+
+int free_port();
+bool wait_port(int port, int timeout_ms = 10000);
+
+// A child process, SIGTERM then SIGKILL on stop().
+class Proc {
+ public:
+  Proc(const std::vector<std::string>& argv, const std::string& log_path, const std::string& cwd = "");
+  ~Proc() { stop(); }
+  void stop();
+  int pid() const { return pid_; }
+
+ private:
+  int pid_ = -1;
+};
+
+class Nginx {
+ public:
+  // Serves root (must be world-readable) on a free port; "" if nginx is missing (see error).
+  static std::unique_ptr<Nginx> start(const std::string& root, std::string* error);
+  std::string url(const std::string& name) const;
+  struct Hit {
+    std::string method, uri, range;
+    int status = 0;
+    uint64_t bytes = 0;
+  };
+  std::vector<Hit> log() const;  // access log so far
+  void clear_log() const;
+  int port = 0;
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<Proc> proc_;
+};
+
+class FaultServer {
+ public:
+  static std::unique_ptr<FaultServer> start(const std::string& root, std::string* error);
+  std::string url(const std::string& mode, const std::string& name) const;
+  std::string get(const std::string& path) const;  // "/_stats", "/_set?x=1", ...
+  int port = 0;
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<Proc> proc_;
+};
+
+class Registry {
+ public:
+  // token: also start a token server (TTL seconds) and configure token auth.
+  static std::unique_ptr<Registry> start(bool token, int token_ttl, std::string* error);
+  std::string authority() const { return "127.0.0.1:" + std::to_string(port); }
+  // Uploads a blob (monolithic, with curl; with a push token if token auth); returns its sha256 hex.
+  std::string push_blob(const std::string& repo, const std::string& file) const;
+  std::string token_log() const;  // the token server's request log
+  int port = 0, token_port = 0;
+  bool token = false;
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<Proc> reg_, tok_;
+};
+
+}  // namespace udm::test
