@@ -192,6 +192,8 @@ Status parse_v2(Reader& r, CowFile& f, std::optional<uint64_t> label) {
         return Corrupt(fmt::format("op {} at offset {}: empty op slot and no footer (the writer was cut off?); "
                                    "such a file can only be read up to a label",
                                    idx, pos));
+      if (label && (type == 0 || (type > kSequence && type != kFooter)))
+        break;  // the end of what was written, before the label: "not found" below
       if (type != kCopy && type != kReplace && type != kZero && type != kLabel && type != kXor && type != kSequence)
         return Corrupt(fmt::format("op {} at offset {}: unknown op type {}", idx, pos, type));
       next_pos = pos + kV2OpSize + ((N == 0 && (type == kReplace || type == kXor)) ? dlen : 0);

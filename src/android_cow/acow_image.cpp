@@ -91,6 +91,7 @@ Status CowImage::compute_block(BlockDevice& base, const Op& op, uint64_t blk, ui
 
 Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
   const uint32_t bs = block_size();
+  std::shared_lock lk(merge_mu_);
   const uint64_t merged = this->merged();
   std::vector<uint8_t> tmp;
   size_t done = 0;
@@ -224,22 +225,28 @@ Result<uint64_t> CowImage::merge_step(BlockDevice& base, BlockDevice& cow_rw, ui
     for (uint64_t b = op.new_block; b < op.new_block + op.blocks(); b++, o += bs)
       UDM_TRY(compute_block(base, op, b, out.data() + o, stash ? stash->data() : nullptr));
   }
-  o = 0;
-  for (uint64_t j = start; j < end; j++) {
-    const Op& op = f_.ops[order_[j]];
-    const size_t n = static_cast<size_t>(op.blocks() * bs);
-    if (op.type == kZero)
-      UDM_TRY(base.write_zeroes(op.new_block * bs, n));
-    else
-      UDM_TRY(base.write(op.new_block * bs, std::span<const uint8_t>(out.data() + o, n)));
-    o += n;
+  {
+    std::unique_lock lk(merge_mu_);
+    o = 0;
+    for (uint64_t j = start; j < end; j++) {
+      const Op& op = f_.ops[order_[j]];
+      const size_t n = static_cast<size_t>(op.blocks() * bs);
+      if (op.type == kZero)
+        UDM_TRY(base.write_zeroes(op.new_block * bs, n));
+      else
+        UDM_TRY(base.write(op.new_block * bs, std::span<const uint8_t>(out.data() + o, n)));
+      o += n;
+    }
+    // Reads of these blocks now go to the base; their durability follows.
+    merged_.store(end, std::memory_order_release);
   }
+  // The base first, then the record: a restart never skips an op whose
+  // writes were lost.
   UDM_TRY(base.flush());
   uint8_t rec[8];
   put_le64(rec, end);
   UDM_TRY(cow_rw.write(kNumMergeOpsOffset, std::span<const uint8_t>(rec, 8)));
   UDM_TRY(cow_rw.flush());
-  merged_.store(end, std::memory_order_release);
   return end;
 }
 

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <memory>
 #include <optional>
+#include <shared_mutex>
 
 #include "android_cow/acow_format.h"
 #include "io/block_cache.h"
@@ -71,6 +72,10 @@ class CowImage {
   std::vector<uint32_t> pos_of_op_;    // op index -> position in order_
   bool order_ok_ = false;
   std::atomic<uint64_t> merged_{0};
+  // Shared by every view read, exclusive while a batch is written and
+  // merged_ moves: a read sees one merge state from start to end (an op
+  // merged during the read may have had its source overwritten since).
+  mutable std::shared_mutex merge_mu_;
   std::shared_ptr<BlockCache> cache_;
   uint64_t owner_ = 0;
   std::vector<uint32_t> stamp_w_, stamp_r_;  // batch building: per block, last batch id that wrote/read it

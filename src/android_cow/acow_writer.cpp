@@ -12,6 +12,8 @@
 #include <deque>
 #include <unordered_map>
 
+#include <zstd.h>
+
 #include "android_cow/acow_codec.h"
 #include "util/endian.h"
 
@@ -96,6 +98,7 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
   std::vector<Planned> ordered;              // COPY and XOR
   std::vector<int8_t> kind(nblocks, 0);      // 0 same, kReplace, kZero, or ordered
   int64_t last_copy_src = -2, last_copy_dst = -2;
+  std::vector<uint8_t> est(ZSTD_compressBound(bs));
   for (uint64_t b = 0; b < nblocks; b++) {
     if (std::memcmp(oldb(b), newb(b), bs) == 0) continue;
     st.changed++;
@@ -118,15 +121,19 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
     if (last_copy_dst == static_cast<int64_t>(b) - 1 && last_copy_src + 1 < static_cast<int64_t>(nblocks))
       cands.push_back(static_cast<uint64_t>(last_copy_src + 1));
     cands.push_back(b);
-    UDM_ASSIGN_OR_RETURN(auto plain, encode(o.compression, std::span<const uint8_t>(newb(b), bs), o.version == 2));
-    size_t best = plain.size() * 3 / 4;
+    // Sizes estimated with fast zstd (level 1), whatever the COW's algorithm.
+    auto estimate = [&](std::span<const uint8_t> in) {
+      size_t n = ZSTD_compress(est.data(), est.size(), in.data(), in.size(), 1);
+      return ZSTD_isError(n) ? in.size() : std::min(n, in.size());
+    };
+    size_t best = estimate(std::span<const uint8_t>(newb(b), bs)) * 3 / 4;
     for (uint64_t c : cands) {
       if (all_zero(oldb(c), bs)) continue;
       std::vector<uint8_t> x(bs);
       for (uint32_t i = 0; i < bs; i++) x[i] = newb(b)[i] ^ oldb(c)[i];
-      UDM_ASSIGN_OR_RETURN(auto z, encode(o.compression, x, o.version == 2));
-      if (z.size() < best) {
-        best = z.size();
+      const size_t z = estimate(x);
+      if (z < best) {
+        best = z;
         if (kind[b] == kXor) ordered.pop_back();
         kind[b] = kXor;
         ordered.push_back({kXor, b, c * bs, std::move(x)});
