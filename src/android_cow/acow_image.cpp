@@ -50,6 +50,14 @@ Result<std::shared_ptr<CowImage>> CowImage::open(DevicePtr cow, uint64_t base_by
       return Corrupt(fmt::format("num_merge_ops {} is past the merge order's {} ops", f.h.num_merge_ops, img->order_.size()));
     img->merged_ = f.h.num_merge_ops;
   }
+  if (img->order_ok_ && img->merged_ < img->order_.size() && f.h.buffer_size >= kScratchMeta + kStashHead + bs &&
+      img->self_reading(f.ops[img->order_[img->merged_]])) {
+    UDM_ASSIGN_OR_RETURN(auto st, img->stash_read(img->merged_));
+    if (st) {
+      img->stash_pos_ = img->merged_;
+      img->stash_ = std::move(*st);
+    }
+  }
   img->cache_ = BlockCache::shared();
   img->owner_ = BlockCache::new_owner();
   return img;
@@ -115,11 +123,12 @@ Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
     const Op& op = f_.ops[map_[blk]];
     const uint64_t in = pos - blk * bs;
     const size_t n = static_cast<size_t>(std::min<uint64_t>(bs - in, buf.size() - done));
+    const uint8_t* stash = !stash_.empty() && order_ok_ && pos_of_op_[map_[blk]] == stash_pos_ ? stash_.data() : nullptr;
     if (in == 0 && n == bs) {
-      UDM_TRY(compute_block(base, op, blk, buf.data() + done, nullptr));
+      UDM_TRY(compute_block(base, op, blk, buf.data() + done, stash));
     } else {
       tmp.resize(bs);
-      UDM_TRY(compute_block(base, op, blk, tmp.data(), nullptr));
+      UDM_TRY(compute_block(base, op, blk, tmp.data(), stash));
       std::memcpy(buf.data() + done, tmp.data() + in, n);
     }
     done += n;
@@ -216,6 +225,9 @@ Result<uint64_t> CowImage::merge_step(BlockDevice& base, BlockDevice& cow_rw, ui
       UDM_TRY(stash_write(cow_rw, start, pre));
       stash = std::move(pre);
     }
+    std::unique_lock lk(merge_mu_);
+    stash_pos_ = start;
+    stash_ = *stash;
   }
   // Compute every block of the batch, then write them.
   std::vector<uint8_t> out(static_cast<size_t>(blocks * bs));

@@ -78,6 +78,11 @@ class CowImage {
   mutable std::shared_mutex merge_mu_;
   std::shared_ptr<BlockCache> cache_;
   uint64_t owner_ = 0;
+  // The stash of the self-reading op at merge position stash_pos_ (valid
+  // when stash_ is non-empty): the view computes that op from it, since a
+  // cut may have left its block written but not yet recorded as merged.
+  uint64_t stash_pos_ = 0;
+  std::vector<uint8_t> stash_;
   std::vector<uint32_t> stamp_w_, stamp_r_;  // batch building: per block, last batch id that wrote/read it
   uint32_t batch_id_ = 0;
 };
