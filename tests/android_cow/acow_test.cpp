@@ -207,7 +207,7 @@ INSTANTIATE_TEST_SUITE_P(AndroidCow, Vectors, ::testing::ValuesIn(vector_names()
 
 // ---- bad input ------------------------------------------------------------
 
-class BadInput : public ::testing::Test {
+class AndroidCowBadInput : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!have_vectors()) GTEST_SKIP() << "no " << vec_dir();
@@ -236,7 +236,7 @@ class BadInput : public ::testing::Test {
   static constexpr uint64_t kV3Ops = 78 + 64;
 };
 
-TEST_F(BadInput, Truncated) {
+TEST_F(AndroidCowBadInput, Truncated) {
   for (const char* name : {"v2-none", "v2-zstd-seq", "v3-none", "v3-gz-seq"}) {
     auto b = cow_bytes(name);
     for (size_t cut : {size_t{0}, size_t{10}, size_t{37}, size_t{77}, size_t{200}, b.size() / 2, b.size() - 1}) {
@@ -250,7 +250,7 @@ TEST_F(BadInput, Truncated) {
   }
 }
 
-TEST_F(BadInput, OpsOutOfRange) {
+TEST_F(AndroidCowBadInput, OpsOutOfRange) {
   auto b = cow_bytes("v3-none");
   auto patch = [&](size_t op, auto f) {
     auto c = b;
@@ -275,7 +275,7 @@ TEST_F(BadInput, OpsOutOfRange) {
   EXPECT_NE(view_error(c), "");
 }
 
-TEST_F(BadInput, UnknownCompression) {
+TEST_F(AndroidCowBadInput, UnknownCompression) {
   auto b = cow_bytes("v3-zstd");
   put_le32(b.data() + 70, 9);
   EXPECT_NE(view_error(b).find("unknown compression 9"), std::string::npos);
@@ -289,7 +289,7 @@ TEST_F(BadInput, UnknownCompression) {
   EXPECT_NE(view_error(v2).find("unknown compression 7"), std::string::npos);
 }
 
-TEST_F(BadInput, ResumePointsAndLabels) {
+TEST_F(AndroidCowBadInput, ResumePointsAndLabels) {
   auto b = cow_bytes("v3-gz-seq");
   const uint64_t R = 78 + 4 * 216;
   auto c = b;
@@ -309,7 +309,7 @@ TEST_F(BadInput, ResumePointsAndLabels) {
   EXPECT_NE(view_error(cow_bytes("v2-none-crash"), 42).find("label 42 not found"), std::string::npos);
 }
 
-TEST_F(BadInput, MergeRefusals) {
+TEST_F(AndroidCowBadInput, MergeRefusals) {
   auto b = cow_bytes("v3-none");
   auto c = b;
   put_le64(c.data() + kNumMergeOpsOffset, 472);
@@ -327,7 +327,7 @@ TEST_F(BadInput, MergeRefusals) {
   EXPECT_EQ(view_error(c), "");
 }
 
-TEST_F(BadInput, CorruptedPayloadsFailReads) {
+TEST_F(AndroidCowBadInput, CorruptedPayloadsFailReads) {
   auto b = cow_bytes("v3-zstd");
   MemoryDevice d(b, true);
   auto f = parse_cow(d);
@@ -341,7 +341,7 @@ TEST_F(BadInput, CorruptedPayloadsFailReads) {
   EXPECT_NE(e.find("does not decode"), std::string::npos) << e;
 }
 
-TEST_F(BadInput, RandomCorruptionNeverCrashes) {
+TEST_F(AndroidCowBadInput, RandomCorruptionNeverCrashes) {
   std::mt19937_64 rng(19);
   for (const char* name : {"v2-gz", "v2-zstd-seq", "v3-lz4", "v3-zstd-64k"}) {
     const auto b = cow_bytes(name);
