@@ -15,6 +15,7 @@
 #include <zstd.h>
 
 #include "android_cow/acow_codec.h"
+#include "update/diff_v1_internal.h"
 #include "util/endian.h"
 
 namespace udm::acow {
@@ -94,11 +95,11 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
   for (uint64_t b = 0; b < nblocks; b++)
     if (!all_zero(oldb(b), bs)) index.emplace(hash_block(oldb(b), bs), static_cast<uint32_t>(b));
 
-  // 2. Describe every changed block.
+  // 2. Describe every changed block: ZERO, COPY (exact match), else REPLACE
+  // for now.
   std::vector<Planned> ordered;              // COPY and XOR
   std::vector<int8_t> kind(nblocks, 0);      // 0 same, kReplace, kZero, or ordered
-  int64_t last_copy_src = -2, last_copy_dst = -2;
-  std::vector<uint8_t> est(ZSTD_compressBound(bs));
+  std::vector<int64_t> copy_src(nblocks, -1);
   for (uint64_t b = 0; b < nblocks; b++) {
     if (std::memcmp(oldb(b), newb(b), bs) == 0) continue;
     st.changed++;
@@ -110,33 +111,44 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
     if (it != index.end() && std::memcmp(oldb(it->second), newb(b), bs) == 0) {
       kind[b] = kCopy;
       ordered.push_back({kCopy, b, it->second, {}});
-      last_copy_src = it->second, last_copy_dst = static_cast<int64_t>(b);
+      copy_src[b] = it->second;
       continue;
     }
     kind[b] = kReplace;
-    if (!o.xor_ops || o.compression == Comp::None) continue;
-    // XOR candidates: the block after the previous COPY's source, and the
-    // old block at the same place.
-    std::vector<uint64_t> cands;
-    if (last_copy_dst == static_cast<int64_t>(b) - 1 && last_copy_src + 1 < static_cast<int64_t>(nblocks))
-      cands.push_back(static_cast<uint64_t>(last_copy_src + 1));
-    cands.push_back(b);
-    // Sizes estimated with fast zstd (level 1), whatever the COW's algorithm.
-    auto estimate = [&](std::span<const uint8_t> in) {
-      size_t n = ZSTD_compress(est.data(), est.size(), in.data(), in.size(), 1);
-      return ZSTD_isError(n) ? in.size() : std::min(n, in.size());
+  }
+  // XOR for the rest when it compresses clearly better: candidates from the
+  // v1 generator's matcher (update/diff_v1_internal.h: anchors shared with
+  // old data at any byte offset, the block's own place, COPY neighbours),
+  // sizes estimated with fast zstd whatever the COW's algorithm.
+  if (o.xor_ops && o.compression != Comp::None) {
+    update::DiffV1Options vo;
+    vo.progress = false;
+    vo.block_size = bs;
+    vo.threads = 1;
+    update::v1gen::Input in{vo, old_img.data(), new_img.data(), bs, new_img.size(), old_img.size(), nblocks, nblocks,
+                            nblocks, 1, 1, std::vector<uint8_t>(bs, 0)};
+    update::v1gen::OldIndex ix;
+    update::v1gen::index_old(in, ix);
+    update::v1gen::Plan plan;
+    plan.writer.assign(nblocks, -1);
+    for (uint64_t b = 0; b < nblocks; b++)
+      if (copy_src[b] >= 0) plan.writer[b] = static_cast<int32_t>(b);
+    std::vector<uint8_t> est(ZSTD_compressBound(bs)), x(bs);
+    auto estimate = [&](const uint8_t* p) {
+      size_t n = ZSTD_compress(est.data(), est.size(), p, bs, 1);
+      return ZSTD_isError(n) ? size_t{bs} : std::min<size_t>(n, bs);
     };
-    size_t best = estimate(std::span<const uint8_t>(newb(b), bs)) * 3 / 4;
-    for (uint64_t c : cands) {
-      if (all_zero(oldb(c), bs)) continue;
-      std::vector<uint8_t> x(bs);
-      for (uint32_t i = 0; i < bs; i++) x[i] = newb(b)[i] ^ oldb(c)[i];
-      const size_t z = estimate(x);
-      if (z < best) {
-        best = z;
-        if (kind[b] == kXor) ordered.pop_back();
+    for (uint64_t b = 0; b < nblocks; b++) {
+      if (kind[b] != kReplace) continue;
+      update::v1gen::GOp g;
+      g.dest = b;
+      auto sim = update::v1gen::find_similar(in, ix, plan, copy_src, g);
+      const uint64_t off = update::v1gen::xor_source(in, sim, newb(b));
+      if (off == UINT64_MAX || off + bs > old_img.size()) continue;
+      for (uint32_t i = 0; i < bs; i++) x[i] = newb(b)[i] ^ old_img[off + i];
+      if (estimate(x.data()) < estimate(newb(b)) * 3 / 4) {
         kind[b] = kXor;
-        ordered.push_back({kXor, b, c * bs, std::move(x)});
+        ordered.push_back({kXor, b, off, x});
       }
     }
   }
