@@ -394,30 +394,6 @@ std::pair<std::vector<uint8_t>, std::vector<uint8_t>> small_pair(uint64_t blocks
   return {old_img, nw};
 }
 
-void round_trip(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& nw, const WriterOptions& o,
-                const std::string& what) {
-  WriterStats st;
-  auto cow = make_cow(old_img, nw, o, &st);
-  ASSERT_TRUE(cow.ok()) << what << ": " << cow.status().to_string();
-  MemoryDevice cd(*cow, true);
-  auto f = parse_cow(cd);
-  ASSERT_TRUE(f.ok()) << what << ": " << f.status().to_string();
-  EXPECT_EQ(f->version(), o.version);
-  EXPECT_EQ(f->compression, o.compression);
-  auto base = std::make_shared<MemoryDevice>(old_img);
-  auto cow_dev = std::make_shared<MemoryDevice>(*cow);
-  auto img = CowImage::open(cow_dev, old_img.size(), old_img.size(), std::nullopt, true);
-  ASSERT_TRUE(img.ok()) << what << ": " << img.status().to_string();
-  std::vector<uint8_t> view(nw.size());
-  ASSERT_TRUE((*img)->read(*base, 0, view).ok());
-  ASSERT_TRUE(view == nw) << what << ": the view is not the new image";
-  while ((*img)->merged() < (*img)->total()) {
-    auto r = (*img)->merge_step(*base, *cow_dev);
-    ASSERT_TRUE(r.ok()) << what << ": " << r.status().to_string();
-  }
-  ASSERT_TRUE(base->contents() == nw) << what << ": the merged base is not the new image";
-}
-
 TEST(AndroidCowWriter, SmallPairEveryVersionAndCompression) {
   auto [old_img, nw] = small_pair();
   for (int v : {2, 3})
@@ -454,26 +430,6 @@ TEST(AndroidCowWriter, RefusesBadOptions) {
   o = {};
   o.version = 4;
   EXPECT_FALSE(make_cow(a, a, o).ok());
-}
-
-TEST(AndroidCowWriter, OtaPairs) {
-  const std::string dir = ota_dir();
-  if (!std::filesystem::exists(dir + "/old.img.zst")) GTEST_SKIP() << "no " << dir;
-  auto old_img = load_zst(dir + "/old.img.zst");
-  for (const char* n : {"new-inplace", "new-rebuilt"}) {
-    auto nw = load_zst(dir + "/" + std::string(n) + ".img.zst");
-    ASSERT_EQ(nw.size(), old_img.size());
-    for (int v : {2, 3})
-      for (Comp c : {Comp::None, Comp::Gz, Comp::Brotli, Comp::Lz4, Comp::Zstd}) {
-        // brotli at quality 11 is slow: one pair is enough for it.
-        if (c == Comp::Brotli && std::string(n) == "new-rebuilt") continue;
-        WriterOptions o;
-        o.version = v;
-        o.compression = c;
-        o.unit = v == 3 ? 65536 : 4096;
-        round_trip(old_img, nw, o, fmt::format("{} v{} {}", n, v, comp_name(c)));
-      }
-  }
 }
 
 }  // namespace

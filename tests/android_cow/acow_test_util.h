@@ -14,7 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "android_cow/acow_image.h"
+#include "android_cow/acow_writer.h"
 #include "android_cow/targets.h"
+#include "io/memory_device.h"
+#include <gtest/gtest.h>
 #include "common/sys_util.h"
 #include "device/target.h"
 
@@ -89,6 +93,32 @@ inline Result<TargetPtr> make_target(MapResolver& r, bool merge, uint64_t length
   if (label) p.args.insert(p.args.end(), {"1", fmt::format("label={}", *label)});
   p.resolver = &r;
   return merge ? make_merge_target(p) : make_view_target(p);
+}
+
+// Writes a COW from old to new, reads it back (the view must be new), merges
+// it into a copy of old (which must become new).
+inline void round_trip(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& nw, const WriterOptions& o,
+                const std::string& what) {
+  WriterStats st;
+  auto cow = make_cow(old_img, nw, o, &st);
+  ASSERT_TRUE(cow.ok()) << what << ": " << cow.status().to_string();
+  MemoryDevice cd(*cow, true);
+  auto f = parse_cow(cd);
+  ASSERT_TRUE(f.ok()) << what << ": " << f.status().to_string();
+  EXPECT_EQ(f->version(), o.version);
+  EXPECT_EQ(f->compression, o.compression);
+  auto base = std::make_shared<MemoryDevice>(old_img);
+  auto cow_dev = std::make_shared<MemoryDevice>(*cow);
+  auto img = CowImage::open(cow_dev, old_img.size(), old_img.size(), std::nullopt, true);
+  ASSERT_TRUE(img.ok()) << what << ": " << img.status().to_string();
+  std::vector<uint8_t> view(nw.size());
+  ASSERT_TRUE((*img)->read(*base, 0, view).ok());
+  ASSERT_TRUE(view == nw) << what << ": the view is not the new image";
+  while ((*img)->merged() < (*img)->total()) {
+    auto r = (*img)->merge_step(*base, *cow_dev);
+    ASSERT_TRUE(r.ok()) << what << ": " << r.status().to_string();
+  }
+  ASSERT_TRUE(base->contents() == nw) << what << ": the merged base is not the new image";
 }
 
 }  // namespace udm::acow::test
