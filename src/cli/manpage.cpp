@@ -79,7 +79,8 @@ does, in user space: \fBlinear\fR, \fBzero\fR, \fBerror\fR, \fBupdate\fR (a new
 system image served from a diff while it is copied back), \fBsnapshot\-origin\fR,
 \fBsnapshot\fR and \fBsnapshot\-merge\fR (the kernel's COW format), \fBbow\fR
 (backup on write with rollback), the overlaybd formats \fBzfile\fR and
-\fBlsmt\fR, and \fBverity\fR (dm\-verity's checked reads); see \fBudm\-targets\fR(7) for every table line.
+\fBlsmt\fR, \fBverity\fR (dm\-verity's checked reads), and
+\fBandroid\-cow\fR and \fBandroid\-cow\-merge\fR (Android's Virtual A/B COW files); see \fBudm\-targets\fR(7) for every table line.
 .PP
 \fBudm daemon\fR holds the devices and serves them over NBD (a Unix socket
 and/or TCP, optionally with TLS) and as regular files in a FUSE directory

@@ -12,6 +12,7 @@
 #include "io/file_device.h"
 #include "io/resolver.h"
 #include "update/apply_v1.h"
+#include "update/diff_formats.h"
 #include "update/differ.h"
 #include "update/format_io.h"
 #include "update/format_v0_io.h"
@@ -203,7 +204,11 @@ void register_feature_update_cli(CLI::App& app) {
     auto fmt_name = std::make_shared<std::string>("v1");
     auto no_delta = std::make_shared<bool>(false);
     auto group = std::make_shared<uint32_t>(DiffV1Options{}.delta_group);
-    sub->add_option("--format", *fmt_name, "v1 (default: moves, similar blocks, ordered in-place copy-back) or v0 (seed)");
+    auto cow_unit = std::make_shared<std::string>();
+    sub->add_option("--format", *fmt_name,
+                    "v1 (default: moves, similar blocks, ordered in-place copy-back), v0 (seed), or android-cow-v2|android-cow-v3 "
+                    "(Android's Virtual A/B COW, docs/android-cow.md)");
+    sub->add_option("--cow-unit", *cow_unit, "android-cow-v3: compression unit, 4k..256k (default 4k)");
     sub->add_flag("--no-delta", *no_delta, "v1: no DELTA (similar block) operations");
     sub->add_option("--delta-group", *group, "v1: DELTA blocks that may share one frame (1..32, default 16)")
         ->check(CLI::Range(1u, kV1MaxGroup));
@@ -211,12 +216,19 @@ void register_feature_update_cli(CLI::App& app) {
     sub->add_option("old", (*paths)[0], "old image")->required()->check(CLI::ExistingFile);
     sub->add_option("new", (*paths)[1], "new image")->required()->check(CLI::ExistingFile);
     sub->add_option("-o,--output", (*paths)[2], "diff file to write")->required();
-    sub->add_option("-a,--algorithm", o->algorithm, "none|zstd|lz4|deflate (default zstd)");
+    sub->add_option("-a,--algorithm", o->algorithm, "none|zstd|lz4|deflate (default zstd); android-cow: none|gz|brotli|lz4|zstd");
     sub->add_option("-l,--level", o->level, "compression level (0 = default)");
     sub->add_option("--block-size", o->block_size, "block size in bytes (default 4096)");
     auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 256)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
-    sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt] {
+    auto* a_opt = sub->get_option("--algorithm");
+    sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt, cow_unit, a_opt] {
+      if (auto ext = external_diff_formats().find(*fmt_name); ext != external_diff_formats().end()) {
+        ExternalDiffArgs ea{(*paths)[0], (*paths)[1], (*paths)[2], a_opt->count() ? o->algorithm : "", *cow_unit};
+        if (Status s = ext->second(ea); !s.ok()) return cli::fail(s);
+        return;
+      }
+      if (!cow_unit->empty()) return cli::fail("--cow-unit is an android-cow-v3 option");
       if (*fmt_name == "v1") {
         if (o->algorithm != "zstd") return cli::fail("--format v1 uses zstd; -a " + o->algorithm + " needs --format v0");
         DiffV1Options v;

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "contract/contract_util.h"
+#include "android_cow/acow_writer.h"
 #include "io/fault_device.h"
 #include "io/file_device.h"
 #include "io/memory_device.h"
@@ -359,6 +360,36 @@ Result<Built> update(Env& e, int version, bool bg) {
   return mk(d, Kind::kReadOnly, new_img);
 }
 
+// Android's COW (v2 or v3) over the old image: the view, or the merge target
+// with its merge running in the background.
+Result<Built> android_cow(Env& e, int version, bool merge) {
+  auto old_img = mixed_image(15);
+  auto new_img = old_img;
+  std::mt19937_64 rng(16);
+  for (int i = 0; i < 60; i++) {
+    uint64_t b = rng() % (kDevSize / 4096), from = rng() % (kDevSize / 4096);
+    if (i % 4 == 0) {
+      auto r = random_bytes(4096, rng());
+      std::copy(r.begin(), r.end(), new_img.begin() + b * 4096);
+    } else if (i % 4 == 1) {
+      std::fill(new_img.begin() + b * 4096, new_img.begin() + (b + 1) * 4096, 0);
+    } else if (i % 4 == 2) {
+      new_img[b * 4096 + 100] ^= 1;  // similar: XOR
+    } else {
+      std::copy(old_img.begin() + from * 4096, old_img.begin() + (from + 1) * 4096, new_img.begin() + b * 4096);
+    }
+  }
+  acow::WriterOptions o;
+  o.version = version;
+  o.unit = 16384;
+  UDM_ASSIGN_OR_RETURN(auto cow, acow::make_cow(old_img, new_img, o));
+  std::string base = e.backing("base", old_img);
+  std::string c = e.backing("cow", cow);
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} {} {} {}", kSectors, merge ? "android-cow-merge" : "android-cow",
+                                                         base, c)));
+  return mk(d, Kind::kReadOnly, new_img);
+}
+
 }  // namespace
 
 const std::vector<Case>& contract_cases() {
@@ -382,6 +413,9 @@ const std::vector<Case>& contract_cases() {
       {"update_v1", [](Env& e) { return update(e, 1, false); }},
       {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
       {"verity", [](Env& e) -> Result<Built> { auto raw = mixed_image(14); verity::Params p; p.data_blocks = kDevSize / 4096; p.salt = {1, 2, 3}; auto t = verity::build_tree_mem(p, raw); if (!t.ok()) return t.status(); UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} verity 1 {} {} 4096 4096 {} 0 sha256 {} 010203", kSectors, e.backing("vdata", raw), e.backing("vhash", t->blocks), p.data_blocks, verity::to_hex(t->root)))); return mk(d, Kind::kReadOnly, raw); }},
+      {"android_cow_v2", [](Env& e) { return android_cow(e, 2, false); }},
+      {"android_cow_v3", [](Env& e) { return android_cow(e, 3, false); }},
+      {"android_cow_merge", [](Env& e) { return android_cow(e, 3, true); }},
   };
   return cases;
 }

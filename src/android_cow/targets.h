@@ -1,0 +1,15 @@
+// The two targets, in the shape of dm-snapshot's pair (docs/android-cow.md):
+//
+//   android-cow <base_dev> <cow_dev> [<#opt_args> [label=N]]
+//     read-only view of the new image; status "<ops> <replace> <copy> <xor> <zero>"
+//   android-cow-merge <base_dev> <cow_dev> [<#opt_args> [label=N]]
+//     the same view while a background thread merges the COW into the base
+//     in Android's merge order (crash-safe, resumable); status "<merged> <total>"
+#pragma once
+
+#include "device/target.h"
+
+namespace udm::acow {
+Result<TargetPtr> make_view_target(const TargetParams& p);
+Result<TargetPtr> make_merge_target(const TargetParams& p);
+}  // namespace udm::acow
