@@ -3,6 +3,7 @@
 // correct tree of random geometry reads back the data exactly, and one with
 // a flipped byte never returns wrong bytes (compare against a recompute).
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 

@@ -109,7 +109,7 @@ std::array<uint8_t, kSuperblockSize> encode_superblock(const Superblock& sb) {
   put_le32(b.data() + 68, sb.hash_block_size);
   put_le64(b.data() + 72, sb.data_blocks);
   put_le16(b.data() + 80, static_cast<uint16_t>(sb.salt.size()));
-  memcpy(b.data() + 88, sb.salt.data(), std::min(sb.salt.size(), kMaxSalt));
+  if (!sb.salt.empty()) memcpy(b.data() + 88, sb.salt.data(), std::min(sb.salt.size(), kMaxSalt));  // no salt: data() may be null
   return b;
 }
 

@@ -2,12 +2,14 @@
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
 #include "util/log.h"
+#include "verity/hash_pool.h"
 #include "verity/signature.h"
 
 namespace udm::verity {
@@ -15,6 +17,7 @@ namespace udm::verity {
 namespace {
 constexpr uint64_t kBatchBytes = 1u << 20;  // data read per lower request
 constexpr uint64_t kMaxLogged = 100;        // as the kernel: the first 100 corruptions are logged
+constexpr uint64_t kTaskBytes = 128u << 10; // data hashed per pool task (a batch of 2+ tasks goes parallel)
 
 const char* mode_name(const VerityLine& t) {
   switch (t.corruption) {
@@ -167,32 +170,35 @@ Result<BlockCache::Block> VerityTarget::hash_block(int level, uint64_t index) {
   });
 }
 
-Status VerityTarget::want_digest(uint64_t b, uint8_t* out) {
-  if (g_.levels == 0) {
-    memcpy(out, t_.root.data(), g_.digest_size);
-    return Status::Ok();
-  }
-  UDM_ASSIGN_OR_RETURN(auto blk, hash_block(0, b >> g_.hash_per_block_bits));
-  memcpy(out, blk->data() + (b & (g_.hashes_per_block() - 1)) * g_.entry_size, g_.digest_size);
-  return Status::Ok();
-}
-
 Status VerityTarget::verify_blocks(uint64_t first, uint64_t n, uint8_t* data) {
   const uint32_t dbs = t_.params.data_block_size;
   const uint32_t ds = g_.digest_size;
   std::vector<uint8_t> want(n * ds);
   std::vector<uint8_t> skip(n, 0);  // 1: zero block (not read), 2: verified before (check_at_most_once)
+  // The wanted digests, one cache lookup per leaf hash block (not per data block).
+  BlockCache::Block leaf;
+  uint64_t leaf_index = UINT64_MAX;
   for (uint64_t i = 0; i < n; i++) {
     uint64_t b = first + i;
     if (once_ && (once_[b / 64].load(std::memory_order_relaxed) >> (b % 64) & 1)) {
       skip[i] = 2;
       continue;
     }
-    Status st = want_digest(b, want.data() + i * ds);
-    if (!st.ok()) return st;
-    if (!zero_digest_.empty() && memcmp(want.data() + i * ds, zero_digest_.data(), ds) == 0) skip[i] = 1;
+    uint8_t* w = want.data() + i * ds;
+    if (g_.levels == 0) {
+      memcpy(w, t_.root.data(), ds);
+    } else {
+      uint64_t li = b >> g_.hash_per_block_bits;
+      if (li != leaf_index) {
+        UDM_ASSIGN_OR_RETURN(leaf, hash_block(0, li));
+        leaf_index = li;
+      }
+      memcpy(w, leaf->data() + (b & (g_.hashes_per_block() - 1)) * g_.entry_size, ds);
+    }
+    if (!zero_digest_.empty() && memcmp(w, zero_digest_.data(), ds) == 0) skip[i] = 1;
   }
-  // Read each run of blocks that needs reading in one request.
+  leaf.reset();
+  // Read each run of blocks that needs reading in one request, straight into the caller's buffer.
   for (uint64_t i = 0; i < n;) {
     if (skip[i] == 1) {
       memset(data + i * dbs, 0, dbs);
@@ -205,21 +211,41 @@ Status VerityTarget::verify_blocks(uint64_t first, uint64_t n, uint8_t* data) {
     if (!st.ok()) return io_error(st.context(fmt::format("verity: reading data blocks {}..{}", first + i, first + j - 1)));
     i = j;
   }
-  auto h = take_hasher();
-  std::vector<uint8_t> got(ds);
+  // Hash: large batches are split over the hashing pool (the caller takes part).
+  std::vector<uint8_t> bad(n, 0);
+  auto hash_range = [&](uint64_t lo, uint64_t hi) {
+    auto h = take_hasher();
+    uint8_t got[EVP_MAX_MD_SIZE];
+    for (uint64_t i = lo; i < hi; i++) {
+      if (skip[i]) continue;
+      h->digest(std::span(data + i * dbs, dbs), got);
+      bad[i] = CRYPTO_memcmp(got, want.data() + i * ds, ds) != 0;
+    }
+    give_hasher(std::move(h));
+  };
+  const uint64_t per_task = std::max<uint64_t>(1, kTaskBytes / dbs);
+  if (n >= 2 * per_task) {
+    const uint64_t tasks = (n + per_task - 1) / per_task;
+    HashPool::get().run(static_cast<unsigned>(tasks), [&](unsigned k) {
+      hash_range(k * per_task, std::min<uint64_t>(n, (k + 1) * per_task));
+    });
+  } else {
+    hash_range(0, n);
+  }
+  // Account in block order, as a sequential pass would.
+  uint64_t ok = 0;
   Status result;
   for (uint64_t i = 0; i < n && result.ok(); i++) {
     if (skip[i]) continue;
     uint64_t b = first + i;
-    h->digest(std::span(data + i * dbs, dbs), got.data());
-    if (CRYPTO_memcmp(got.data(), want.data() + i * ds, ds) != 0) {
+    if (bad[i]) {
       result = corruption("data", b);
       continue;
     }
-    verified_++;
+    ok++;
     if (once_) once_[b / 64].fetch_or(uint64_t{1} << (b % 64), std::memory_order_relaxed);
   }
-  give_hasher(std::move(h));
+  verified_ += ok;
   return result;
 }
 

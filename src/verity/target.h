@@ -7,7 +7,9 @@
 //
 // Locking: verified hash blocks live in io/block_cache.h (its shard locks are
 // leaves; a load runs unlocked and may load the parent block, recursively);
-// the digest contexts come from a small pool under `pool_mu_` (a leaf); the
+// the digest contexts come from a small pool under `pool_mu_` (a leaf); large
+// reads hash their data blocks on verity/hash_pool.h's workers (no lock of
+// this target is held while waiting for them); the
 // counters, the corruption flag, the latch and the check_at_most_once bitmap
 // are atomics. No lock is held across I/O.
 #pragma once
@@ -52,8 +54,6 @@ class VerityTarget : public ReadOnlyTarget {
   void give_hasher(std::unique_ptr<Hasher> h);
   // The verified block `index` of `level` (walking up to the root on a miss).
   Result<BlockCache::Block> hash_block(int level, uint64_t index);
-  // The digest the tree holds for data block b.
-  Status want_digest(uint64_t b, uint8_t* out);
   // Handles a corruption (type "data" or "metadata"); returns the error to
   // fail the read with, or OK to let it through (ignore_corruption).
   Status corruption(const char* type, uint64_t block);

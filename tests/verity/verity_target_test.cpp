@@ -12,12 +12,14 @@
 
 #include <map>
 #include <random>
+#include <thread>
 
 #include "common/sys_util.h"
 #include "device/mapped_device.h"
 #include "device/table.h"
 #include "io/memory_device.h"
 #include "verity/format.h"
+#include "verity/hash_pool.h"
 #include "verity/signature.h"
 #include "verity/target.h"
 
@@ -155,6 +157,76 @@ TEST(VerityTarget, ReadsAtAnyGranularityAndRefusesWrites) {
   EXPECT_EQ(dev.trim(0, 4096).code(), EROFS);
   EXPECT_EQ(status_of(dev).substr(0, 4), "V - ");
   EXPECT_NE(status_of(dev).find("sig=none"), std::string::npos);
+}
+
+// Reads of 256 KiB and more hash their blocks on the pool: the result and the
+// accounting must be those of a block-by-block pass.
+TEST(VerityTarget, LargeReadsCheckEveryBlockInOrder) {
+  const std::vector<uint64_t> flipped = {3, 300, 301, 1000};
+  {
+    World w;
+    for (uint64_t b : flipped) w.flip_data(b * 4096 + 9);
+    auto d = w.make("1 ignore_corruption");
+    ASSERT_TRUE(d.ok());
+    std::vector<uint8_t> all((*d)->size());
+    ASSERT_TRUE((*d)->read(0, all).ok());
+    std::vector<uint8_t> expect = w.data;
+    for (uint64_t b : flipped) expect[b * 4096 + 9] ^= 1;
+    EXPECT_EQ(all, expect);
+    EXPECT_NE(status_of(**d).find("verified=1020 corrupt=4 "), std::string::npos) << status_of(**d);
+  }
+  {
+    World w;
+    for (uint64_t b : flipped) w.flip_data(b * 4096 + 9);
+    auto d = w.make();
+    ASSERT_TRUE(d.ok());
+    std::vector<uint8_t> all((*d)->size());
+    Status st = (*d)->read(0, all);
+    EXPECT_EQ(st.code(), EIO);
+    EXPECT_NE(st.message().find("data block 3 "), std::string::npos) << st.message();
+    std::vector<uint8_t> mib(1 << 20);
+    EXPECT_EQ((*d)->read(1 << 20, mib).code(), EIO) << "blocks 256..511 hold 300 and 301";
+    EXPECT_TRUE((*d)->read(2 << 20, mib).ok()) << "blocks 512..767 are intact";
+  }
+}
+
+TEST(VerityTarget, ConcurrentLargeReads) {
+  World w;
+  auto d = w.make();
+  ASSERT_TRUE(d.ok());
+  std::vector<std::thread> ts;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 6; t++)
+    ts.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      for (int i = 0; i < 20; i++) {
+        uint64_t len = (1 + rng() % 512) * 4096, off = (rng() % (kBlocks * 4096 - len + 1)) & ~uint64_t{511};
+        std::vector<uint8_t> b(len);
+        if (!(*d)->read(off, b).ok() || !std::equal(b.begin(), b.end(), w.data.begin() + off)) wrong++;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(status_of(**d)[0], 'V');
+}
+
+TEST(VerityHashPool, EveryTaskOnceEvenWithMoreCallersThanWorkers) {
+  HashPool pool(1);
+  std::vector<std::thread> ts;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < 8; t++)
+    ts.emplace_back([&] {
+      for (int r = 0; r < 200; r++) {
+        unsigned n = 1 + r % 37;
+        std::vector<std::atomic<int>> hits(n);
+        pool.run(n, [&](unsigned i) { hits[i]++; });
+        for (auto& h : hits)
+          if (h != 1) errors++;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(errors, 0);
+  EXPECT_GE(HashPool::get().workers(), 1u);
 }
 
 TEST(VerityTarget, ShorterSegmentAndHashCache) {
