@@ -35,6 +35,39 @@ Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua, boo
   return do_write_zeroes(offset, length, fua, may_unmap);
 }
 
+void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth) {
+  if (length == 0) return;
+  if (kind == AllocKind::kHole) depth = 0;
+  if (!m.empty() && m.back().kind == kind && m.back().depth == depth) {
+    m.back().length += length;
+    return;
+  }
+  m.push_back(AllocRun{length, kind, depth});
+}
+
+Status BlockDevice::allocation(uint64_t offset, uint64_t length, AllocMap& out) {
+  out.clear();
+  UDM_TRY(check_range(offset, length, "allocation"));
+  if (length == 0) return Status::Ok();
+  AllocMap raw;
+  UDM_TRY(do_allocation(offset, length, raw));
+  // Normalise: drop empty runs, merge alike neighbours, clip to the range.
+  uint64_t left = length;
+  for (const AllocRun& r : raw) {
+    if (left == 0) break;
+    uint64_t n = std::min(r.length, left);
+    add_alloc_run(out, n, r.kind, r.depth);
+    left -= n;
+  }
+  if (out.empty()) out.push_back(AllocRun{length, AllocKind::kData, 0});
+  return Status::Ok();
+}
+
+Status BlockDevice::do_allocation(uint64_t, uint64_t length, AllocMap& out) {
+  out.push_back(AllocRun{length, AllocKind::kData, 0});
+  return Status::Ok();
+}
+
 Status BlockDevice::do_trim(uint64_t, uint64_t) {
   return NotSupported("device does not support discard");
 }

@@ -32,6 +32,26 @@ struct DeviceCaps {
   uint32_t max_io = 32u << 20;    // largest single request the device accepts
 };
 
+// What a range of a device holds (allocation()): NBD's base:allocation.
+enum class AllocKind : uint8_t {
+  kData,  // allocated; may hold anything (the safe answer for every range)
+  kZero,  // allocated and reads as zeroes
+  kHole,  // not allocated (a write may need space) and reads as zeroes
+};
+
+struct AllocRun {
+  uint64_t length = 0;
+  AllocKind kind = AllocKind::kData;
+  // Layered devices (lsmt): which layer holds the bytes, 1 = the top one,
+  // 2 = the one below, ...; 0 = not known or not layered. Holes keep 0.
+  uint32_t depth = 0;
+};
+using AllocMap = std::vector<AllocRun>;
+
+// Appends a run, merging it into the last one when they are alike.
+void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth = 0);
+constexpr size_t kMaxAllocRuns = 4096;  // implementations may stop describing after this many
+
 class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
@@ -55,6 +75,14 @@ class BlockDevice {
   Status write_zeroes(uint64_t offset, uint64_t length, bool fua = false, bool may_unmap = false);
   // Make every write that completed before this call durable.
   Status flush() { return do_flush(); }
+  // Describes [offset, offset+length) as consecutive runs from `offset`
+  // (replacing `out`). It may describe only a prefix (at least one byte, as
+  // NBD block status may): callers ask again from where it stopped. A run
+  // said to be zero or hole reads as zeroes; "data" promises nothing, so it
+  // is always a correct answer (and the default hook's). The answer is the
+  // state at some moment during the call: a range written concurrently may
+  // be described either way. length 0: no runs.
+  Status allocation(uint64_t offset, uint64_t length, AllocMap& out);
 
   // Convenience wrappers.
   Status read_exact(uint64_t offset, void* buf, size_t len) {
@@ -71,6 +99,10 @@ class BlockDevice {
   virtual Status do_trim(uint64_t offset, uint64_t length);
   virtual Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap);
   virtual Status do_flush() = 0;
+  // Appends runs describing [offset, offset+length) (or a prefix of it) to
+  // `out` (empty on entry). Default: one data run. The public call merges
+  // alike neighbours, clips to the range and treats an empty answer as data.
+  virtual Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out);
 
   // Zero-out by writing zero buffers through do_write (the fallback every
   // do_write_zeroes may use; never re-enters the public entry points).

@@ -23,6 +23,7 @@ class HeldDevice : public BlockDevice {
     return dev_->write_zeroes(o, l, fua, may_unmap);
   }
   Status do_flush() override { return dev_->flush(); }
+  Status do_allocation(uint64_t o, uint64_t l, AllocMap& out) override { return dev_->allocation(o, l, out); }
 
  private:
   MappedDevicePtr dev_;

@@ -191,6 +191,33 @@ Status MappedDevice::do_flush() {
   return first;
 }
 
+// Each segment's map in turn; stops after a segment that described only a
+// prefix of its piece (or once the map is long enough).
+Status MappedDevice::do_allocation(uint64_t offset, uint64_t length, AllocMap& out) {
+  enter();
+  GateGuard g{this, &MappedDevice::leave};
+  UDM_TRY(check_range(offset, length, "allocation"));
+  const Table& t = *active_;
+  size_t i = t.find(offset);
+  uint64_t pos = offset, done = 0;
+  AllocMap piece;
+  while (done < length && out.size() < kMaxAllocRuns) {
+    const Segment& s = t.segments()[i++];
+    uint64_t in_seg = pos - s.start;
+    uint64_t n = std::min(length - done, s.length - in_seg);
+    UDM_TRY(s.target->allocation(in_seg, n, piece));
+    uint64_t got = 0;
+    for (const AllocRun& r : piece) {
+      add_alloc_run(out, r.length, r.kind, r.depth);
+      got += r.length;
+    }
+    if (got < n) break;
+    done += n;
+    pos += n;
+  }
+  return Status::Ok();
+}
+
 void MappedDevice::load(std::shared_ptr<Table> inactive) {
   std::lock_guard lk(mu_);
   inactive_ = std::move(inactive);

@@ -62,6 +62,7 @@ class MappedDevice : public BlockDevice {
   Status do_trim(uint64_t offset, uint64_t length) override;
   Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) override;
   Status do_flush() override;
+  Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out) override;
 
   // Control.
   void load(std::shared_ptr<Table> inactive);  // replaces any earlier inactive table

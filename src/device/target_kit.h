@@ -36,6 +36,13 @@ class ForwardingTarget : public Target {
     return lower_->write_zeroes(offset_ + off, len, fua, may_unmap);
   }
   Status do_flush() override { return lower_->flush(); }
+  // Allocation is NOT passed down by default (a target that transforms or
+  // redirects reads would report the lower device's holes as its own zeroes);
+  // a target whose reads are the lower device's bytes overrides
+  // do_allocation with this.
+  Status forward_allocation(uint64_t off, uint64_t len, AllocMap& out) {
+    return lower_->allocation(offset_ + off, len, out);
+  }
 
   const DevicePtr& lower() const { return lower_; }
   uint64_t lower_offset() const { return offset_; }

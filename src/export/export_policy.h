@@ -34,6 +34,9 @@ class ReadOnlyView : public BlockDevice {
   Status do_trim(uint64_t, uint64_t) override;
   Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override;
   Status do_flush() override { return Status::Ok(); }
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    return base_->allocation(off, len, out);
+  }
 
  private:
   DevicePtr base_;

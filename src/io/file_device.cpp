@@ -144,3 +144,36 @@ Status FileDevice::do_flush() {
 }
 
 }  // namespace udm
+
+namespace udm {
+
+// SEEK_DATA/SEEK_HOLE only move this fd's file offset, which pread/pwrite
+// never use, so concurrent I/O is unaffected.
+Status FileDevice::do_allocation(uint64_t offset, uint64_t length, AllocMap& out) {
+  const uint64_t end = offset + length;
+  if (is_blk_) return BlockDevice::do_allocation(offset, length, out);
+  uint64_t pos = offset;
+  while (pos < end && out.size() < kMaxAllocRuns) {
+    off_t d = ::lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO) {  // no data from pos to the end of the file
+        add_alloc_run(out, end - pos, AllocKind::kHole);
+        return Status::Ok();
+      }
+      break;  // not supported here (EINVAL...): the rest is data
+    }
+    uint64_t data = std::min<uint64_t>(static_cast<uint64_t>(d), end);
+    add_alloc_run(out, data - pos, AllocKind::kHole);
+    pos = data;
+    if (pos >= end) return Status::Ok();
+    off_t h = ::lseek(fd_, static_cast<off_t>(pos), SEEK_HOLE);
+    if (h < 0) break;
+    uint64_t hole = std::min<uint64_t>(std::max<uint64_t>(static_cast<uint64_t>(h), pos + 1), end);
+    add_alloc_run(out, hole - pos, AllocKind::kData);
+    pos = hole;
+  }
+  if (pos < end && out.size() < kMaxAllocRuns) add_alloc_run(out, end - pos, AllocKind::kData);
+  return Status::Ok();
+}
+
+}  // namespace udm

@@ -29,6 +29,9 @@ class FileDevice : public BlockDevice {
   Status do_trim(uint64_t offset, uint64_t length) override;
   Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) override;
   Status do_flush() override;
+  // Regular files: SEEK_DATA / SEEK_HOLE (holes are kHole); block devices
+  // and file systems without them: data.
+  Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out) override;
 
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }

@@ -338,6 +338,40 @@ Status LsmtDevice::do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool ma
 
 Status LsmtDevice::do_trim(uint64_t off, uint64_t len) { return do_write_zeroes(off, len, false, true); }
 
+Status LsmtDevice::do_allocation(uint64_t off, uint64_t len, AllocMap& out) {
+  // Work in sectors, then clip the first and last runs to the byte range.
+  const uint64_t s0 = off / 512, s1 = (off + len + 511) / 512;
+  const uint32_t top = rw_ ? 1 : 0;
+  const uint32_t nlayers = static_cast<uint32_t>(layers_.size());
+  uint64_t skip = off - s0 * 512, left = len;
+  auto add = [&](uint64_t s, uint64_t e, AllocKind k, uint32_t depth) {
+    uint64_t n = (e - s) * 512;
+    uint64_t cut = std::min(skip, n);
+    skip -= cut;
+    n = std::min(n - cut, left);
+    left -= n;
+    add_alloc_run(out, n, k, depth);
+  };
+  auto ro = [&](uint64_t s, uint64_t e) {
+    walk_segments(ro_, s, e, [&](uint64_t a, uint64_t b, const Seg* seg) {
+      if (!seg) add(a, b, AllocKind::kHole, 0);
+      else add(a, b, seg->zeroed ? AllocKind::kZero : AllocKind::kData, top + nlayers - seg->layer);
+    });
+  };
+  if (!rw_) {
+    ro(s0, s1);
+    return Status::Ok();
+  }
+  {
+    std::shared_lock g(mu_);
+    walk_map(rw_map_.map(), s0, s1, [&](uint64_t s, uint64_t e, const Seg* seg) {
+      if (!seg) ro(s, e);  // ro_ never changes
+      else add(s, e, seg->zeroed ? AllocKind::kZero : AllocKind::kData, 1);
+    });
+  }
+  return Status::Ok();
+}
+
 Status LsmtDevice::do_flush() {
   if (!rw_) return Status::Ok();
   std::lock_guard fg(flush_mu_);

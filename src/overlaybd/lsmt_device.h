@@ -78,6 +78,9 @@ class LsmtDevice : public Target {
   Status do_trim(uint64_t off, uint64_t len) override;
   Status do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) override;
   Status do_flush() override;
+  // Unmapped extents are holes, zeroed extents zero, the rest data; depth 1
+  // is the RW layer (or the top read-only layer without one), 2 the next...
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override;
 
  private:
   LsmtDevice() = default;

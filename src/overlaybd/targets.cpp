@@ -43,6 +43,9 @@ class LsmtReadOnlyTarget : public ReadOnlyTarget {
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return d_->read(off, buf); }
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    return d_->allocation(off, len, out);
+  }
 
  private:
   std::shared_ptr<LsmtDevice> d_;

@@ -16,6 +16,12 @@ class LinearTarget : public ForwardingTarget {
  public:
   using ForwardingTarget::ForwardingTarget;
   std::string type() const override { return "linear"; }
+
+ protected:
+  // Reads are the lower device's bytes: so is its allocation.
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    return forward_allocation(off, len, out);
+  }
 };
 
 class ZeroTarget : public Target {
@@ -41,6 +47,10 @@ class ZeroTarget : public Target {
   Status do_trim(uint64_t, uint64_t) override { return Status::Ok(); }
   Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return Status::Ok(); }
   Status do_flush() override { return Status::Ok(); }
+  Status do_allocation(uint64_t, uint64_t len, AllocMap& out) override {
+    out.push_back(AllocRun{len, AllocKind::kHole, 0});
+    return Status::Ok();
+  }
 
  private:
   uint64_t length_;

@@ -458,6 +458,61 @@ TEST_P(Contract, ByteGranularReadsAndWrites) {
   }
   ASSERT_EQ(m.mismatch(0, read_all()), -1);
 }
+
+// The allocation map (NBD block status, FUSE SEEK_HOLE) never says "zero" or
+// "hole" for a byte that does not read as zero, covers what it describes
+// exactly, and describes at least one byte of every range asked for; before
+// and after writes, zero-outs (both flags) and trims, at whole-device and
+// unaligned ranges.
+TEST_P(Contract, AllocationMapIsTruthful) {
+  auto check = [&](uint64_t off, uint64_t len, const std::string& when) {
+    uint64_t pos = off;
+    AllocMap m;
+    while (pos < off + len) {
+      Status s = dev_->allocation(pos, off + len - pos, m);
+      ASSERT_TRUE(s.ok()) << when << ": " << s.to_string();
+      ASSERT_FALSE(m.empty()) << when << " at " << pos;
+      uint64_t sum = 0;
+      for (const auto& r : m) {
+        ASSERT_GT(r.length, 0u) << when;
+        if (r.kind != AllocKind::kData && kind() != Kind::kErrors) {
+          std::vector<uint8_t> got(r.length);
+          ASSERT_TRUE(dev_->read(pos + sum, got).ok()) << when;
+          ASSERT_EQ(got, std::vector<uint8_t>(r.length, 0))
+              << when << ": run " << int(r.kind) << " at " << pos + sum << "+" << r.length;
+        }
+        if (r.kind == AllocKind::kHole) {
+          ASSERT_EQ(r.depth, 0u) << when;
+        }
+        sum += r.length;
+      }
+      ASSERT_LE(sum, off + len - pos) << when;
+      pos += sum;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(check(0, kDevSize, "initial"));
+  if (kind() == Kind::kDropsWrites || kind() == Kind::kErrors) return;
+  std::mt19937_64 rng(31);
+  const bool writable = kind() == Kind::kReadWrite;
+  for (int step = 0; step < 60; step++) {
+    uint64_t off = (rng() % (kDevSize / 512)) * 512;
+    uint64_t len = std::min<uint64_t>(((rng() % 256) + 1) * 512, kDevSize - off);
+    if (writable) {
+      int op = static_cast<int>(rng() % 4);
+      Status s;
+      if (op == 0) s = dev_->write(off, random_bytes(len, rng()));
+      else if (op == 1) s = dev_->write(off, std::vector<uint8_t>(len, 0));
+      else if (op == 2) s = dev_->write_zeroes(off, len, false, rng() % 2);
+      else s = dev_->trim(off, len);
+      ASSERT_TRUE(s.ok() || s.code() == EOPNOTSUPP || (s.code() == ENOSPC && built_.may_run_out))
+          << s.to_string();
+    }
+    uint64_t qo = rng() % kDevSize;
+    uint64_t ql = 1 + rng() % std::min<uint64_t>(kDevSize - qo, 300000);
+    ASSERT_NO_FATAL_FAILURE(check(qo, ql, "step " + std::to_string(step)));
+  }
+  ASSERT_NO_FATAL_FAILURE(check(0, kDevSize, "final"));
+}
 }  // namespace
 
 namespace {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -151,4 +152,39 @@ TEST_F(FuseE2E, Ext4WithFstrimOn1KBlocksAndStopWhileLoopHoldsFile) {
   auto t0 = std::chrono::steady_clock::now();
   fuse_->stop();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+}
+
+// SEEK_DATA / SEEK_HOLE on the device file come from the allocation map: a
+// linear segment over a sparse file (its holes) and a zero segment (all hole).
+TEST_F(FuseE2E, SeekDataAndHoleFollowTheAllocationMap) {
+  ASSERT_TRUE(reg_.create("s", "0 8192 linear " + a_ + " 0\n8192 8192 zero", false).ok());
+  std::string f = mnt_ + "/s";
+  int fd = open(f.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  auto data = random_bytes(65536, 9);
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 1 << 20), static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 1 << 20);
+  EXPECT_EQ(lseek(fd, 0, SEEK_HOLE), 0);
+  EXPECT_EQ(lseek(fd, (1 << 20) + 100, SEEK_DATA), (1 << 20) + 100);
+  EXPECT_EQ(lseek(fd, 1 << 20, SEEK_HOLE), (1 << 20) + 65536);
+  // Past the data: the rest of the file and the zero segment are hole.
+  errno = 0;
+  EXPECT_EQ(lseek(fd, (1 << 20) + 65536, SEEK_DATA), -1);
+  EXPECT_EQ(errno, ENXIO);
+  EXPECT_EQ(lseek(fd, 6 << 20, SEEK_HOLE), 6 << 20);
+  errno = 0;
+  EXPECT_EQ(lseek(fd, 8 << 20, SEEK_DATA), -1);
+  EXPECT_EQ(errno, ENXIO);
+  close(fd);
+  // cp --sparse=always makes a sparse copy with the same bytes.
+  std::string copy = tmp_.file("copy.img");
+  auto r = run({"cp", "--sparse=always", f, copy});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  auto got = read_file(copy);
+  ASSERT_EQ(got.size(), 8u << 20);
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin() + (1 << 20)));
+  EXPECT_EQ(std::count(got.begin(), got.end(), 0),
+            static_cast<long>((8u << 20) - 65536) + std::count(data.begin(), data.end(), 0));
+  EXPECT_LE(allocated_kib(copy), 256u);
 }

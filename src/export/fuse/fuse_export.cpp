@@ -233,6 +233,33 @@ void op_fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len, fu
   fuse_reply_err(req, s.ok() ? 0 : err_of(s));
 }
 
+// SEEK_DATA / SEEK_HOLE from the device's allocation map, so cp --sparse,
+// qemu-img and dd conv=sparse skip what reads as zeroes: zeroed ranges count
+// as holes as well as unallocated ones (both read as zero). Past the data the
+// end of the file is the hole, as for any file.
+void op_lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  OpenFile* f = of(fi);
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) return (void)fuse_reply_err(req, EINVAL);
+  uint64_t dsize = f->dev->size();
+  if (off < 0 || static_cast<uint64_t>(off) >= dsize) return (void)fuse_reply_err(req, ENXIO);
+  uint64_t pos = static_cast<uint64_t>(off);
+  AllocMap m;
+  while (pos < dsize) {
+    Status s = f->dev->allocation(pos, dsize - pos, m);
+    if (!s.ok()) {
+      log::warn("fuse: lseek at {}: {}", pos, s.to_string());
+      return (void)fuse_reply_err(req, err_of(s));
+    }
+    for (const AllocRun& r : m) {
+      bool data = r.kind == AllocKind::kData;
+      if (data == (whence == SEEK_DATA)) return (void)fuse_reply_lseek(req, static_cast<off_t>(pos));
+      pos += r.length;
+    }
+  }
+  if (whence == SEEK_HOLE) return (void)fuse_reply_lseek(req, static_cast<off_t>(dsize));
+  fuse_reply_err(req, ENXIO);
+}
+
 void op_statfs(fuse_req_t req, fuse_ino_t) {
   struct statvfs st{};
   st.f_bsize = 4096;
@@ -255,6 +282,7 @@ const fuse_lowlevel_ops kOps = [] {
   o.flush = op_flush;
   o.fsync = op_fsync;
   o.fallocate = op_fallocate;
+  o.lseek = op_lseek;
   o.statfs = op_statfs;
   return o;
 }();

@@ -51,19 +51,20 @@ Result<Request> decode_request(std::span<const uint8_t> h) {
 
 Check check_request(const Request& r, const ExportLimits& lim) {
   auto in_range = [&] { return r.offset <= lim.size && r.length <= lim.size - r.offset; };
-  const uint16_t known_flags = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagFastZero;
+  const uint16_t known_flags = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
   if (r.flags & ~known_flags) return {kEinval, false, "unknown command flags"};
   switch (r.type) {
     case kCmdRead:
-      if (r.length > kMaxPayload) return {kEinval, false, "read longer than 32 MiB"};
+      if (r.length > kMaxRequest) return {kEinval, false, "read longer than 64 MiB"};
       if (!in_range()) return {kEinval, false, "read beyond the end of the export"};
       if ((r.flags & kCmdFlagDf) && !lim.structured)
         return {kEinval, false, "DF flag without structured replies"};
-      if (r.flags & (kCmdFlagNoHole | kCmdFlagFastZero)) return {kEinval, false, "bad flag for read"};
+      if (r.flags & (kCmdFlagNoHole | kCmdFlagReqOne | kCmdFlagFastZero))
+        return {kEinval, false, "bad flag for read"};
       return {};
     case kCmdWrite:
       // The payload follows the header: one we will not buffer ends the connection.
-      if (r.length > kMaxPayload) return {kEinval, true, "write longer than 32 MiB"};
+      if (r.length > kMaxRequest) return {kEinval, true, "write longer than 64 MiB"};
       if (lim.read_only) return {kEperm, false, "export is read-only"};
       if (!in_range()) return {kEnospc, false, "write beyond the end of the export"};
       if (r.flags & ~kCmdFlagFua) return {kEinval, false, "bad flag for write"};
@@ -84,6 +85,13 @@ Check check_request(const Request& r, const ExportLimits& lim) {
       return {};
     case kCmdCache:
       if (!in_range()) return {kEinval, false, "cache beyond the end of the export"};
+      return {};
+    case kCmdBlockStatus:
+      if (!lim.meta || !lim.structured)
+        return {kEinval, false, "block status without a negotiated meta context"};
+      if (r.length == 0) return {kEinval, false, "block status of 0 bytes"};
+      if (!in_range()) return {kEinval, false, "block status beyond the end of the export"};
+      if (r.flags & ~kCmdFlagReqOne) return {kEinval, false, "bad flag for block status"};
       return {};
     case kCmdDisc:
       return {};
@@ -118,6 +126,96 @@ Result<InfoRequest> parse_info_request(std::span<const uint8_t> d) {
   if (size_t{n} * 2 != d.size() - pos) return Invalid("info request count does not match its length");
   for (uint16_t i = 0; i < n; i++) r.infos.push_back(get_be16(d.data() + pos + 2 * i));
   return r;
+}
+
+Result<MetaContextRequest> parse_meta_context_request(std::span<const uint8_t> d) {
+  auto too_big = [](std::string m) { return Status::Error(E2BIG, std::move(m)); };
+  if (d.size() < 8) return Invalid("meta context request shorter than 8 bytes");
+  uint32_t name_len = get_be32(d.data());
+  if (name_len > d.size() - 8) return Invalid("export name length exceeds the option");
+  if (name_len > kMaxMetaQuery) return too_big("export name longer than 4096 bytes");
+  MetaContextRequest r;
+  r.name.assign(reinterpret_cast<const char*>(d.data() + 4), name_len);
+  size_t pos = 4 + size_t{name_len};
+  uint32_t n = get_be32(d.data() + pos);
+  pos += 4;
+  if (n > kMaxMetaQueries) return too_big(fmt::format("{} meta context queries (at most {})", n, kMaxMetaQueries));
+  for (uint32_t i = 0; i < n; i++) {
+    if (d.size() - pos < 4) return Invalid(fmt::format("meta context query {} is cut short", i));
+    uint32_t len = get_be32(d.data() + pos);
+    pos += 4;
+    if (len > d.size() - pos) return Invalid(fmt::format("meta context query {} exceeds the option", i));
+    if (len > kMaxMetaQuery) return too_big(fmt::format("meta context query {} longer than 4096 bytes", i));
+    r.queries.emplace_back(reinterpret_cast<const char*>(d.data() + pos), len);
+    pos += len;
+  }
+  if (pos != d.size()) return Invalid("meta context request has trailing bytes");
+  return r;
+}
+
+const char* meta_context_name(uint32_t id) {
+  switch (id) {
+    case kMetaBaseAllocation: return "base:allocation";
+    case kMetaQemuAllocationDepth: return "qemu:allocation-depth";
+    default: return "";
+  }
+}
+
+std::vector<uint32_t> select_meta_contexts(const std::vector<std::string>& queries, bool list) {
+  const uint32_t all[] = {kMetaBaseAllocation, kMetaQemuAllocationDepth};
+  bool want[3] = {false, false, false};
+  if (list && queries.empty()) want[1] = want[2] = true;
+  for (const auto& q : queries) {
+    for (uint32_t id : all) {
+      std::string name = meta_context_name(id);
+      std::string ns = name.substr(0, name.find(':') + 1);
+      if (q == name || (list && q == ns)) want[id] = true;
+    }
+  }
+  std::vector<uint32_t> out;
+  for (uint32_t id : all)
+    if (want[id]) out.push_back(id);
+  return out;
+}
+
+std::vector<uint8_t> meta_context_reply(uint32_t id) {
+  std::string name = meta_context_name(id);
+  std::vector<uint8_t> v;
+  put_be32(v, id);
+  v.insert(v.end(), name.begin(), name.end());
+  return v;
+}
+
+std::vector<uint8_t> block_status_chunk(uint64_t cookie, bool done, uint32_t id, const AllocMap& map,
+                                        bool req_one) {
+  std::vector<std::pair<uint32_t, uint32_t>> desc;
+  for (const AllocRun& r : map) {
+    uint32_t st;
+    if (id == kMetaQemuAllocationDepth) {
+      st = r.kind == AllocKind::kHole ? 0 : (r.depth ? r.depth : 1);
+    } else {
+      st = r.kind == AllocKind::kHole ? (kStateHole | kStateZero) : r.kind == AllocKind::kZero ? kStateZero : 0;
+    }
+    // Requests are at most 4 GiB - 1, and so is every run of a map of one.
+    uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(r.length, UINT32_MAX));
+    if (len == 0) continue;
+    if (!desc.empty() && desc.back().second == st && uint64_t{desc.back().first} + len <= UINT32_MAX)
+      desc.back().first += len;
+    else
+      desc.emplace_back(len, st);
+  }
+  if (req_one && desc.size() > 1) desc.resize(1);
+  if (desc.size() > kMaxAllocRuns) desc.resize(kMaxAllocRuns);  // a prefix is a valid answer
+  std::vector<uint8_t> v(20);
+  structured_header(v.data(), cookie, done ? kReplyFlagDone : 0, kReplyTypeBlockStatus,
+                    static_cast<uint32_t>(4 + 8 * desc.size()));
+  v.reserve(24 + 8 * desc.size());
+  put_be32(v, id);
+  for (auto [len, st] : desc) {
+    put_be32(v, len);
+    put_be32(v, st);
+  }
+  return v;
 }
 
 std::vector<uint8_t> option_reply(uint32_t option, uint32_t type, std::span<const uint8_t> data) {

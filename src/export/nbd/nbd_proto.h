@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "device/block_device.h"
 #include "util/status.h"
 
 namespace udm::nbd {
@@ -30,7 +31,7 @@ enum : uint32_t {
   kOptStructuredReply = 8, kOptListMetaContext = 9, kOptSetMetaContext = 10,
 };
 // Option reply types.
-constexpr uint32_t kRepAck = 1, kRepServer = 2, kRepInfo = 3;
+constexpr uint32_t kRepAck = 1, kRepServer = 2, kRepInfo = 3, kRepMetaContext = 4;
 constexpr uint32_t kRepErrBit = 1u << 31;
 constexpr uint32_t kRepErrUnsup = kRepErrBit + 1, kRepErrPolicy = kRepErrBit + 2,
                    kRepErrInvalid = kRepErrBit + 3, kRepErrTlsReqd = kRepErrBit + 5,
@@ -48,16 +49,24 @@ enum : uint16_t {
   kCmdRead = 0, kCmdWrite = 1, kCmdDisc = 2, kCmdFlush = 3, kCmdTrim = 4, kCmdCache = 5,
   kCmdWriteZeroes = 6, kCmdBlockStatus = 7,
 };
-constexpr uint16_t kCmdFlagFua = 1, kCmdFlagNoHole = 2, kCmdFlagDf = 4, kCmdFlagFastZero = 16;
+constexpr uint16_t kCmdFlagFua = 1, kCmdFlagNoHole = 2, kCmdFlagDf = 4, kCmdFlagReqOne = 8,
+                   kCmdFlagFastZero = 16;
 // Structured reply chunk types and flags.
 constexpr uint16_t kReplyFlagDone = 1;
-constexpr uint16_t kReplyTypeNone = 0, kReplyTypeOffsetData = 1, kReplyTypeError = 32769;
+constexpr uint16_t kReplyTypeNone = 0, kReplyTypeOffsetData = 1, kReplyTypeBlockStatus = 5,
+                   kReplyTypeError = 32769, kReplyTypeErrorOffset = 32770;
+// base:allocation status bits.
+constexpr uint32_t kStateHole = 1, kStateZero = 2;
 // Errors on the wire.
 constexpr uint32_t kEperm = 1, kEio = 5, kEnomem = 12, kEinval = 22, kEnospc = 28,
                    kEoverflow = 75, kEnotsup = 95, kEshutdown = 108;
 
 constexpr size_t kRequestSize = 28;
-constexpr uint32_t kMaxPayload = 32u << 20;     // largest READ/WRITE we accept
+constexpr uint32_t kMaxPayload = 32u << 20;     // largest READ/WRITE we advertise (NBD_INFO_BLOCK_SIZE)
+// Largest READ/WRITE we accept: clients that enter with NBD_OPT_EXPORT_NAME
+// never see the advertised maximum (nbdkit takes 64 MiB too). Requests above
+// kMaxPayload are served in pieces of kMaxPayload.
+constexpr uint32_t kMaxRequest = 64u << 20;
 constexpr uint32_t kMaxOptionLength = 64u << 10; // larger options close the connection
 constexpr uint32_t kMinBlock = 512, kPreferredBlock = 4096;
 
@@ -83,6 +92,7 @@ struct ExportLimits {
   uint64_t size = 0;
   bool read_only = false;
   bool structured = false;  // structured replies negotiated (DF allowed)
+  bool meta = false;        // a meta context was set (BLOCK_STATUS allowed)
 };
 
 // What to do with a decoded request.
@@ -102,6 +112,33 @@ struct InfoRequest {
   std::vector<uint16_t> infos;
 };
 Result<InfoRequest> parse_info_request(std::span<const uint8_t> data);
+
+// Meta contexts (NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT): the
+// ids we hand out, one per context we know.
+constexpr uint32_t kMetaBaseAllocation = 1, kMetaQemuAllocationDepth = 2;
+constexpr size_t kMaxMetaQuery = 4096;     // longer query strings: NBD_REP_ERR_TOO_BIG
+constexpr uint32_t kMaxMetaQueries = 128;  // more queries: NBD_REP_ERR_TOO_BIG
+struct MetaContextRequest {
+  std::string name;                  // export name
+  std::vector<std::string> queries;
+};
+// Refusals carry E2BIG (reply NBD_REP_ERR_TOO_BIG) or EINVAL (NBD_REP_ERR_INVALID).
+Result<MetaContextRequest> parse_meta_context_request(std::span<const uint8_t> data);
+// The context ids the queries select, in id order, without duplicates. LIST:
+// no query selects every context and a bare namespace ("base:", "qemu:")
+// every context in it; SET: exact names only.
+std::vector<uint32_t> select_meta_contexts(const std::vector<std::string>& queries, bool list);
+const char* meta_context_name(uint32_t id);
+// Data of an NBD_REP_META_CONTEXT reply.
+std::vector<uint8_t> meta_context_reply(uint32_t id);
+
+// One NBD_REPLY_TYPE_BLOCK_STATUS chunk for context `id`: descriptors
+// (length, status) from an allocation map covering at most `length` bytes,
+// alike neighbours merged; req_one keeps only the first. base:allocation:
+// hole = HOLE|ZERO, zero = ZERO, data = 0; qemu:allocation-depth: 0 for holes,
+// else the layer (1 = top). The map must not be empty.
+std::vector<uint8_t> block_status_chunk(uint64_t cookie, bool done, uint32_t id, const AllocMap& map,
+                                        bool req_one);
 
 std::vector<uint8_t> option_reply(uint32_t option, uint32_t type, std::span<const uint8_t> data = {});
 std::vector<uint8_t> info_export(uint64_t size, uint16_t tx_flags);

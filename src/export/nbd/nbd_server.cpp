@@ -33,6 +33,9 @@ struct NbdServer::Conn {
   ExportLimits lim;
   bool structured = false;
   bool no_zeroes = false;
+  std::vector<uint32_t> meta;  // meta contexts set (NBD_OPT_SET_META_CONTEXT), in id order
+  std::string meta_export;     // ... for this export name
+  std::atomic<uint64_t> refused{0};  // requests answered with an error before the device saw them
   std::mutex read_mu;  // one thread reads a request (header + payload) at a time
   std::atomic<bool> closing{false};
   std::mutex mu;  // guards fd against stop()
@@ -305,6 +308,103 @@ namespace {
 
 enum class Next { Transmit, Close };
 
+void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vector<uint8_t>& payload);
+
+// A READ longer than kMaxPayload, in pieces of kMaxPayload (memory bounded).
+// Structured replies: one OFFSET_DATA chunk per piece (other replies may go
+// between them), an error chunk if a piece fails. Simple replies have no way
+// to report an error after the header, so the write lock is held from the
+// header to the last byte and a failure after the first piece closes the
+// connection.
+void serve_large_read(NbdServer::Conn& c, const Request& r) {
+  BlockDevice& d = *c.dev;
+  std::vector<uint8_t> buf = c.take_buf(kMaxPayload);
+  uint64_t done = 0;
+  if (c.structured) {
+    if (r.flags & kCmdFlagDf) {  // the protocol's answer to "no fragments" for > 64 KiB
+      Status s = Status::Error(EOVERFLOW, "read longer than 32 MiB cannot be sent unfragmented");
+      send_reply(c, r, s, buf);
+      c.give_buf(std::move(buf));
+      return;
+    }
+    while (done < r.length) {
+      uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
+      Status s = d.read(r.offset + done, std::span<uint8_t>(buf.data(), n));
+      std::lock_guard lk(c.write_mu);
+      if (c.write_failed) break;
+      bool ok;
+      if (!s.ok()) {
+        ok = send_bytes(c, structured_error(r.cookie, errno_to_nbd(s.code()), s.message()));
+        if (!ok) c.write_failed = true;
+        c.give_buf(std::move(buf));
+        return;
+      }
+      uint8_t h[28];
+      structured_header(h, r.cookie, 0, kReplyTypeOffsetData, n + 8);
+      uint64_t at = r.offset + done;
+      for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(at >> (56 - 8 * i));
+      iovec io[2] = {{h, 28}, {buf.data(), n}};
+      if (!conn_send(c, io, 2)) c.write_failed = true;
+      done += n;
+    }
+    std::lock_guard lk(c.write_mu);
+    if (!c.write_failed) {
+      uint8_t h[20];
+      structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeNone, 0);
+      iovec io{h, 20};
+      if (!conn_send(c, &io, 1)) c.write_failed = true;
+    }
+    c.give_buf(std::move(buf));
+    return;
+  }
+  std::lock_guard lk(c.write_mu);
+  while (!c.write_failed && done < r.length) {
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
+    Status s = d.read(r.offset + done, std::span<uint8_t>(buf.data(), n));
+    uint8_t h[16];
+    iovec io[2] = {{h, 16}, {buf.data(), n}};
+    bool ok;
+    if (!s.ok() && done == 0) {
+      simple_reply(h, r.cookie, errno_to_nbd(s.code()));
+      ok = conn_send(c, io, 1);
+      if (!ok) c.write_failed = true;
+      break;
+    }
+    if (!s.ok()) {
+      log::warn("nbd {}: read {} at {}: {} after {} bytes were sent; closing the connection",
+                c.export_name, r.length, r.offset, s.to_string(), done);
+      c.write_failed = true;
+      break;
+    }
+    if (done == 0) {
+      simple_reply(h, r.cookie, 0);
+      ok = conn_send(c, io, 2);
+    } else {
+      ok = conn_send(c, io + 1, 1);
+    }
+    if (!ok) c.write_failed = true;
+    done += n;
+  }
+  c.give_buf(std::move(buf));
+}
+
+// NBD_CMD_BLOCK_STATUS: the device's allocation map, one chunk per context.
+void serve_block_status(NbdServer::Conn& c, const Request& r) {
+  AllocMap map;
+  Status s = c.dev->allocation(r.offset, r.length, map);
+  std::vector<uint8_t> none;
+  if (!s.ok()) return send_reply(c, r, s, none);
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < c.meta.size(); i++) {
+    auto chunk = block_status_chunk(r.cookie, i + 1 == c.meta.size(), c.meta[i], map,
+                                    r.flags & kCmdFlagReqOne);
+    out.insert(out.end(), chunk.begin(), chunk.end());
+  }
+  std::lock_guard lk(c.write_mu);
+  if (c.write_failed) return;
+  if (!send_bytes(c, out)) c.write_failed = true;
+}
+
 // Serve one already-validated request and send its reply. Runs on the reader
 // thread (when nothing else is queued on the socket) or on a worker.
 void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& payload) {
@@ -312,7 +412,10 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
   BlockDevice& d = *c.dev;
   bool fua = r.flags & kCmdFlagFua;
   switch (r.type) {
+    case kCmdBlockStatus:
+      return serve_block_status(c, r);
     case kCmdRead:
+      if (r.length > kMaxPayload) return serve_large_read(c, r);
       payload = c.take_buf(r.length);
       s = d.read(r.offset, std::span<uint8_t>(payload.data(), r.length));
       break;
@@ -340,6 +443,11 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
     default:
       s = Invalid("unsupported command");
   }
+  send_reply(c, r, s, payload);
+}
+
+// The reply to a request served with status s (a READ's data in payload).
+void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vector<uint8_t>& payload) {
   std::lock_guard lk(c.write_mu);
   if (c.write_failed) return;
   bool ok;
@@ -474,6 +582,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         put_be16(v, tx_flags(c.dev->caps(), false));
         if (!c.no_zeroes) v.resize(v.size() + 124, 0);
         c.structured = false;  // EXPORT_NAME clients never negotiate it
+        c.meta.clear();
         sent = send_bytes(c, v);
         negotiated = true;
         break;
@@ -535,7 +644,39 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
           c.dev = std::move(d);
           c.export_name = name;
           negotiated = true;
+          // Contexts set for another export do not apply to this one.
+          if (c.meta_export != name) c.meta.clear();
         }
+        break;
+      }
+      case kOptListMetaContext:
+      case kOptSetMetaContext: {
+        const bool set = opt == kOptSetMetaContext;
+        const char* what = set ? "NBD_OPT_SET_META_CONTEXT" : "NBD_OPT_LIST_META_CONTEXT";
+        if (set && !c.structured) {
+          sent = reply_err(kRepErrInvalid, std::string(what) + " needs structured replies first");
+          break;
+        }
+        auto req = parse_meta_context_request(data);
+        if (!req.ok()) {
+          log::info("nbd {}: {}: {}", c.peer, what, req.status().message());
+          sent = reply_err(req.status().code() == E2BIG ? kRepErrTooBig : kRepErrInvalid,
+                           req.status().message());
+          break;
+        }
+        std::string name = resolve_name(req->name);
+        if (!provider_->open_export(name).ok()) {
+          sent = reply_err(kRepErrUnknown, "no export named '" + name + "'");
+          break;
+        }
+        std::vector<uint32_t> ids = select_meta_contexts(req->queries, !set);
+        if (set) {
+          c.meta = ids;  // replaces any earlier selection
+          c.meta_export = name;
+        }
+        for (uint32_t id : ids)
+          if (!(sent = send_bytes(c, option_reply(opt, kRepMetaContext, meta_context_reply(id))))) break;
+        if (sent) sent = send_bytes(c, option_reply(opt, kRepAck));
         break;
       }
       case kOptStartTls: {
@@ -560,6 +701,7 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
         c.tls = std::move(t).value();
         // Nothing negotiated in plaintext carries over (the NBD protocol's rule).
         c.structured = false;
+        c.meta.clear();
         log::debug("nbd {}: {}", c.peer, c.tls->description());
         break;
       }
@@ -578,6 +720,8 @@ void NbdServer::serve(std::shared_ptr<Conn> cp) {
   c.lim.size = c.dev->size();
   c.lim.read_only = c.dev->caps().read_only;
   c.lim.structured = c.structured;
+  if (!c.structured) c.meta.clear();
+  c.lim.meta = !c.meta.empty();
   unsigned n = opts_.workers ? opts_.workers : 8;
   std::vector<std::thread> extra;
   for (unsigned i = 1; i < n; i++) extra.emplace_back([this, cp] { transmit(*cp); });
@@ -598,6 +742,8 @@ void NbdServer::transmit(Conn& c) {
     Request r;
     Check chk;
     std::vector<uint8_t> payload;
+    bool large = false;
+    Status large_write;
     {
       std::lock_guard rl(c.read_mu);
       if (c.closing || stopping_) return finish();
@@ -614,7 +760,22 @@ void NbdServer::transmit(Conn& c) {
         return finish();
       }
       if (r.type == kCmdDisc) return finish();
-      if (r.type == kCmdWrite) {
+      if (r.type == kCmdWrite && !chk.error && r.length > kMaxPayload) {
+        // Served in pieces as it arrives (memory bounded); the rest of the
+        // payload is still read after a failed piece, to stay in sync.
+        std::vector<uint8_t> piece = c.take_buf(kMaxPayload);
+        Status s;
+        for (uint64_t done = 0; done < r.length;) {
+          uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
+          if (!conn_recv(c, piece.data(), n)) return finish();
+          if (s.ok()) s = c.dev->write(r.offset + done, std::span<const uint8_t>(piece.data(), n), false);
+          done += n;
+        }
+        if (s.ok() && (r.flags & kCmdFlagFua)) s = c.dev->flush();
+        c.give_buf(std::move(piece));
+        large_write = s;
+        large = true;
+      } else if (r.type == kCmdWrite) {
         if (chk.error) {
           if (!skip(c, r.length)) return finish();
         } else {
@@ -623,8 +784,19 @@ void NbdServer::transmit(Conn& c) {
         }
       }
     }
-    if (chk.error) {
+    if (large) {
+      send_reply(c, r, large_write, payload);
       std::lock_guard lk(c.write_mu);
+      if (c.write_failed) return finish();
+      continue;
+    }
+    if (chk.error) {
+      // Logged (the first few per connection, then every 1024th): a client
+      // that meets a refusal can be told why from the daemon's log.
+      uint64_t k = c.refused.fetch_add(1);
+      if (k < 8 || k % 1024 == 0)
+        log::info("nbd {}: refused command {} at {}+{} (flags {:#x}): {}{}", c.export_name, r.type, r.offset,
+                  r.length, r.flags, chk.message, k >= 8 ? fmt::format(" ({} refused so far)", k + 1) : "");
       bool ok;
       if (c.structured) {
         ok = send_bytes(c, structured_error(r.cookie, chk.error, chk.message));
