@@ -7,6 +7,8 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
+#include <chrono>
 
 #include "cli/cli_common.h"
 #include "daemon/control_socket.h"
@@ -94,6 +96,61 @@ void print_info(const json& i) {
       i.value("inactive_table", false) ? " & INACTIVE" : "", i.value("open_count", 0),
       i.value("event_nr", 0), i.value("size_bytes", uint64_t{0}), i.value("size_sectors", uint64_t{0}),
       i.value("targets", 0));
+  if (i.contains("jobs"))
+    for (const auto& j : i["jobs"]) {
+      double total = static_cast<double>(j.value("total", uint64_t{0}));
+      double pct = total > 0 ? 100.0 * static_cast<double>(j.value("done", uint64_t{0})) / total : 100.0;
+      std::string eta = j["eta_seconds"].is_number() ? fmt::format(", eta {:.0f} s", j["eta_seconds"].get<double>()) : "";
+      std::cout << fmt::format("Job:               {} {} {}/{} {} ({:.1f}%), {:.1f} MiB/s{}, throttle {}{}\n",
+                               j.value("kind", ""), j.value("state", ""), j.value("done", uint64_t{0}),
+                               j.value("total", uint64_t{0}), j.value("unit", ""), pct,
+                               j.value("bytes_per_second", 0.0) / (1 << 20), eta, j.value("throttle", ""),
+                               j.value("paused", false) ? ", paused" : "");
+    }
+}
+
+// `udm wait`: the jobs of one `info` reply summed up.
+struct JobsSummary {
+  bool failed = false, all_done = true;
+  uint64_t done_bytes = 0, total_bytes = 0;
+  double rate = 0, eta = 0;
+  bool eta_known = true;
+  std::string states, error;
+};
+
+JobsSummary summarize_jobs(const json& info) {
+  JobsSummary s;
+  if (!info.contains("jobs")) return s;
+  for (const auto& j : info["jobs"]) {
+    std::string st = j.value("state", "");
+    if (st == "failed") {
+      s.failed = true;
+      if (s.error.empty()) s.error = j.value("kind", "") + ": " + j.value("error", std::string("failed"));
+    }
+    if (st != "done") s.all_done = false;
+    s.done_bytes += j.value("done_bytes", uint64_t{0});
+    s.total_bytes += j.value("total_bytes", uint64_t{0});
+    s.rate += j.value("bytes_per_second", 0.0);
+    if (j["eta_seconds"].is_number())
+      s.eta = std::max(s.eta, j["eta_seconds"].get<double>());
+    else
+      s.eta_known = false;
+    if (s.states.find(st) == std::string::npos) s.states += (s.states.empty() ? "" : ",") + st;
+  }
+  return s;
+}
+
+void draw_bar(const std::string& name, const JobsSummary& s, bool final) {
+  constexpr int kWidth = 30;
+  double f = s.total_bytes ? static_cast<double>(s.done_bytes) / static_cast<double>(s.total_bytes) : 1.0;
+  int fill = static_cast<int>(f * kWidth);
+  std::string eta = s.eta_known && !s.all_done ? fmt::format(" eta {:.0f}s", s.eta) : "";
+  std::cout << fmt::format("\r\033[K{} [{}{}] {:5.1f}% {:.1f}/{:.1f} MiB {:.1f} MiB/s{} {}", name,
+                           std::string(fill, '#'), std::string(kWidth - fill, '.'), 100 * f,
+                           static_cast<double>(s.done_bytes) / (1 << 20),
+                           static_cast<double>(s.total_bytes) / (1 << 20), s.rate / (1 << 20), eta,
+                           s.states.empty() ? "no jobs" : s.states)
+            << (final ? "\n" : "") << std::flush;
 }
 
 }  // namespace
@@ -232,6 +289,40 @@ void register_control_cli(CLI::App& app) {
         return;
       }
       for (const auto& d : *r) std::cout << d.value("name", "") << "\n";
+    });
+  }
+  // ---- wait
+  {
+    auto* sub = app.add_subcommand(
+        "wait", "wait for NAME's background jobs: exit 0 all done, 1 one failed, 2 timeout (3: could not ask)");
+    auto c = std::make_shared<Common>();
+    auto name = std::make_shared<std::string>();
+    auto timeout = std::make_shared<double>(-1);
+    sub->add_option("name", *name, "device name")->required();
+    sub->add_option("--timeout", *timeout, "give up after S seconds (exit 2); default: wait forever")
+        ->type_name("S")
+        ->check(CLI::NonNegativeNumber);
+    add_common(sub, *c, /*with_json=*/false);
+    sub->callback([=] {
+      const bool bar = isatty(STDOUT_FILENO);
+      const auto start = std::chrono::steady_clock::now();
+      for (;;) {
+        auto r = control_call(c->socket, {{"verb", "info"}, {"name", *name}});
+        if (!r.ok()) return cli::fail(r.status(), 3);
+        if (!r->value("ok", false)) return cli::fail(r->value("error", std::string("unknown error")), 3);
+        JobsSummary s = summarize_jobs((*r)["result"]);
+        if (s.failed || s.all_done) {
+          if (bar) draw_bar(*name, s, true);
+          if (s.failed) return cli::fail("background job failed: " + s.error, 1);
+          return;
+        }
+        if (bar) draw_bar(*name, s, false);
+        if (*timeout >= 0 && std::chrono::steady_clock::now() - start >= std::chrono::duration<double>(*timeout)) {
+          if (bar) std::cout << "\n";
+          return cli::fail(fmt::format("{}: background jobs not done after {} s ({})", *name, *timeout, s.states), 2);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
     });
   }
   // ---- targets

@@ -71,6 +71,31 @@ json sources_json(const Table& t) {
   return arr;
 }
 
+// The background jobs of every segment (Target::jobs, device/background_job.h).
+json jobs_json(const Table& t) {
+  json arr = json::array();
+  for (const auto& s : t.segments()) {
+    for (const JobInfo& j : s.target->jobs()) {
+      json o{{"segment_start", s.start / kSectorSize},
+             {"target", s.type},
+             {"kind", j.kind},
+             {"state", j.state},
+             {"unit", j.unit},
+             {"done", j.done},
+             {"total", j.total},
+             {"done_bytes", j.done_bytes},
+             {"total_bytes", j.total_bytes},
+             {"bytes_per_second", j.bytes_per_second},
+             {"eta_seconds", j.eta_seconds ? json(*j.eta_seconds) : json(nullptr)},
+             {"paused", j.paused},
+             {"throttle", j.throttle}};
+      if (!j.error.empty()) o["error"] = j.error;
+      arr.push_back(std::move(o));
+    }
+  }
+  return arr;
+}
+
 json device_info_json(const MappedDevice& d) {
   auto t = d.active_table();
   json sources = sources_json(*t);
@@ -85,6 +110,7 @@ json device_info_json(const MappedDevice& d) {
               {"live_table", true},
               {"inactive_table", d.has_inactive()}};
   if (!sources.empty()) info["sources"] = std::move(sources);
+  info["jobs"] = jobs_json(*t);
   return info;
 }
 

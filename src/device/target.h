@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "device/background_job.h"
 #include "device/block_device.h"
 
 namespace udm {
@@ -45,6 +46,10 @@ class Target : public BlockDevice {
   virtual void presuspend() {}
   virtual void postsuspend() {}
   virtual void resume() {}
+  // Background jobs this target runs (device/background_job.h), for `udm
+  // info --json` and `udm wait`; a job's messages are the same for every
+  // target (pause, resume, throttle).
+  virtual std::vector<JobInfo> jobs() const { return {}; }
 };
 
 using TargetPtr = std::shared_ptr<Target>;

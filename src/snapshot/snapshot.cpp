@@ -583,10 +583,25 @@ Status SnapshotTarget::do_flush() { return core_->store().cow().flush(); }
 // ---------------------------------------------------------------- merge
 
 MergeTarget::MergeTarget(DevicePtr origin, std::shared_ptr<SnapshotCore> core,
-                         std::shared_ptr<OriginEntry> entry, uint64_t length)
+                         std::shared_ptr<OriginEntry> entry, uint64_t length, JobPolicy policy)
     : origin_(std::move(origin)), core_(std::move(core)), entry_(std::move(entry)),
-      length_(length) {
+      length_(length), job_("snapshot-merge", "chunks", policy) {
   if (core_->store().exception_count() == 0) done_ = true;
+  job_total_ = core_->store().exception_count();
+  job_.set_total(job_total_, job_total_ * core_->chunk_bytes());
+  job_.set_done(0, 0);
+}
+
+// The job counts chunks merged since this table went live (the COW does not
+// record how many were merged before).
+void MergeTarget::report_progress() {
+  const uint64_t left = std::min(job_total_, core_->store().exception_count());
+  job_.set_done(job_total_ - left, (job_total_ - left) * core_->chunk_bytes());
+}
+
+Result<std::string> MergeTarget::message(const std::vector<std::string>& args) {
+  if (!BackgroundJob::is_job_message(args)) return Target::message(args);
+  return job_.message(args, "snapshot-merge");
 }
 
 MergeTarget::~MergeTarget() {
@@ -618,6 +633,7 @@ std::string MergeTarget::status() const {
 
 void MergeTarget::stop_thread() {
   stop_ = true;
+  job_.wake();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -630,6 +646,9 @@ void MergeTarget::resume() {
     if (auto live = entry_->take(core_->cow_key())) core_ = std::move(live);
     adopted_ = true;
     done_ = core_->store().exception_count() == 0;
+    job_total_ = core_->store().exception_count();
+    job_.set_total(job_total_, job_total_ * core_->chunk_bytes());
+    job_.set_done(0, 0);
     std::unique_lock io(entry_->io_mu);
     if (!entry_->merge) {
       entry_->merge = this;
@@ -653,28 +672,41 @@ Status MergeTarget::wait() {
 }
 
 Status MergeTarget::run_merge(const std::function<void(uint64_t)>& progress) {
-  if (!core_->store().valid()) return IoError("snapshot is invalid: refusing to merge");
+  job_.started();
+  if (!core_->store().valid()) {
+    Status st = IoError("snapshot is invalid: refusing to merge");
+    job_.finished(st);
+    return st;
+  }
+  const uint64_t cb = core_->chunk_bytes();
   while (!stop_) {
+    // Batches of up to 4 MiB, smaller while a throttle holds the merge back.
+    uint64_t bytes = job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20));
+    if (!job_.admit(bytes, stop_)) break;
+    // The policy may have changed while admit waited (a pause, a throttle).
+    bytes = std::min(bytes, job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20)));
     bool finished = false;
-    Status st = merge_one_batch(&finished);
+    Status st = merge_one_batch(std::max<uint64_t>(1, bytes / cb), &finished);
+    report_progress();
     if (!st.ok()) {
       failed_ = true;
       log::warn("snapshot-merge: {}", st.to_string());
+      job_.finished(st);
       return st;
     }
     if (progress) progress(core_->store().exception_count());
     if (finished) {
       done_ = true;
-      return Status::Ok();
+      break;
     }
   }
+  job_.finished(Status::Ok());
   return Status::Ok();
 }
 
-Status MergeTarget::merge_one_batch(bool* finished) {
+Status MergeTarget::merge_one_batch(size_t max, bool* finished) {
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes();
-  const size_t max = std::max<uint64_t>(1, (4u << 20) / cb);
   std::vector<CowRecord> batch = store.merge_batch(max);
   if (batch.empty()) {
     *finished = true;
@@ -745,6 +777,7 @@ Status MergeTarget::merge_one_batch(bool* finished) {
 }
 
 Status MergeTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
+  job_.foreground_io();
   return core_->read_view(offset, buf, *origin_, false);
 }
 
@@ -761,6 +794,7 @@ void MergeTarget::wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>&
 
 Status MergeTarget::modify_view(uint64_t offset, uint64_t len, const uint8_t* data, bool fua,
                                 bool may_unmap, bool io_held) {
+  job_.foreground_io();
   ExceptionStore& store = core_->store();
   const uint64_t cb = store.chunk_bytes();
   for (uint64_t done = 0; done < len;) {
@@ -830,6 +864,7 @@ Status MergeTarget::do_flush() {
 namespace {
 
 struct CommonArgs {
+  JobPolicy policy;  // snapshot-merge: paused, throttle=...
   DevicePtr origin, cow;
   std::string origin_key, cow_key;
   std::string store_type;  // P, PO, N
@@ -858,6 +893,9 @@ Result<CommonArgs> parse_common(const TargetParams& p, bool origin_writable, boo
   // The kernel's two feature arguments are named and refused: udm's
   // discards do what docs/snapshot.md says, not what they would ask for.
   UDM_ASSIGN_OR_RETURN(OptArgs features, a.opt_group());
+  if (p.type == "snapshot-merge") {
+    UDM_ASSIGN_OR_RETURN(c.policy, JobPolicy::from_opts(features, p.type));
+  }
   for (const char* f : {"discard_zeroes_cow", "discard_passdown_origin"}) {
     UDM_ASSIGN_OR_RETURN(bool on, features.flag(f));
     if (on)
@@ -924,7 +962,7 @@ Result<TargetPtr> make_merge_target(const TargetParams& p) {
   UDM_TRY(check_block_sizes(a, *store, p.type));
   auto core = std::make_shared<SnapshotCore>(a.origin, std::move(store), a.cow_key, false);
   return TargetPtr(std::make_shared<MergeTarget>(a.origin, std::move(core),
-                                                 origin_entry(a.origin_key), p.length));
+                                                 origin_entry(a.origin_key), p.length, a.policy));
 }
 
 Result<std::shared_ptr<MergeTarget>> open_offline_merge(const std::string& origin,

@@ -2,7 +2,11 @@
 //
 //  snapshot-origin <origin>
 //  snapshot        <origin> <cow> <P|PO|N> <chunk_size>
-//  snapshot-merge  <origin> <cow> <P|PO> <chunk_size>
+//  snapshot-merge  <origin> <cow> <P|PO> <chunk_size> [<#feature_args> [paused] [throttle=<MiB/s>|auto|off]]
+//
+// The merge is a background job (device/background_job.h): messages pause,
+// resume, throttle <MiB/s>|auto|off; the feature arguments set the same
+// policy from the start.
 //
 // Origins and their snapshots meet in a process-wide registry keyed by the
 // identity of the origin as the resolver decides it (DeviceResolver::identity,
@@ -202,7 +206,7 @@ class SnapshotTarget : public Target {
 class MergeTarget : public Target {
  public:
   MergeTarget(DevicePtr origin, std::shared_ptr<SnapshotCore> core,
-              std::shared_ptr<OriginEntry> entry, uint64_t length);
+              std::shared_ptr<OriginEntry> entry, uint64_t length, JobPolicy policy = {});
   ~MergeTarget() override;
   std::string type() const override { return "snapshot-merge"; }
   uint64_t size() const override { return length_; }
@@ -210,6 +214,8 @@ class MergeTarget : public Target {
   std::string status() const override;
   void presuspend() override;
   void resume() override;
+  Result<std::string> message(const std::vector<std::string>& args) override;
+  std::vector<JobInfo> jobs() const override { return {job_.info()}; }
 
   // Runs the merge on the calling thread until done, stopped or failed
   // (offline tool; `progress(remaining)` after each batch).
@@ -253,7 +259,8 @@ class MergeTarget : public Target {
   // Waits while chunk c is being merged; `lk` (c's chunk lock) is held again on return.
   void wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>& lk);
   Status trim_view(uint64_t offset, uint64_t len, bool io_held);
-  Status merge_one_batch(bool* finished);
+  Status merge_one_batch(size_t max_chunks, bool* finished);
+  void report_progress();
   void stop_thread();
 
   DevicePtr origin_;  // opened writable (an adopted core's may not be)
@@ -268,6 +275,8 @@ class MergeTarget : public Target {
   std::set<uint64_t> merging_;  // origin chunks being copied back right now
   Status result_;
   std::atomic<bool> done_{false}, failed_{false}, stop_{false};
+  BackgroundJob job_;
+  uint64_t job_total_ = 0;  // exceptions to merge when this table went live
   std::thread thread_;
 };
 

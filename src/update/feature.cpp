@@ -4,6 +4,6 @@
 
 namespace udm {
 void register_feature_update(Features& f) {
-  f.targets.add("update", make_update_target, "update <system_dev> <diff_dev> <#opt_args> [no_bg_update]");
+  f.targets.add("update", make_update_target, "update <system_dev> <diff_dev> <#opt_args> [no_bg_update] [paused] [throttle=<MiB/s>|auto|off]");
 }
 }  // namespace udm

@@ -17,6 +17,7 @@ Result<TargetPtr> make_update_target(const TargetParams& p) {
   if (a.empty()) return a.error("<#opt_args>", "missing (0 when there are no optional arguments)");
   UDM_ASSIGN_OR_RETURN(OptArgs opt, a.opt_group());
   UDM_ASSIGN_OR_RETURN(bool no_bg, opt.flag("no_bg_update"));
+  UDM_ASSIGN_OR_RETURN(d.policy, JobPolicy::from_opts(opt, "update"));
   UDM_TRY(opt.done());
   UDM_TRY(a.done());
   d.bg = !no_bg;

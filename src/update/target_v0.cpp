@@ -25,14 +25,17 @@ namespace {
 
 class UpdateTargetV0 : public ReadOnlyTarget {
  public:
-  UpdateTargetV0(DevicePtr sys, DevicePtr diff, DiffIndex idx, uint64_t length, bool bg, bool can_persist)
+  UpdateTargetV0(DevicePtr sys, DevicePtr diff, DiffIndex idx, uint64_t length, bool bg, bool can_persist,
+                 JobPolicy policy)
       : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), length_(length),
-        bg_enabled_(bg), can_persist_(can_persist) {
+        bg_enabled_(bg), can_persist_(can_persist), job_("update-copy-back", "blocks", policy) {
     done_ = idx_.recorded_progress();
     // Progress counts whole chunks; round a foreign record down to a chunk start.
     while (done_ > 0 && done_ < idx_.entries.size() &&
            idx_.chunks[idx_.chunk_of[done_]].first_entry != done_)
       done_--;
+    job_.set_total(idx_.entries.size(), idx_.entries.size() * idx_.block_size());
+    job_.set_done(done_, done_ * idx_.block_size());
   }
   ~UpdateTargetV0() override {
     stop_copy();
@@ -54,9 +57,19 @@ class UpdateTargetV0 : public ReadOnlyTarget {
   void resume() override {
     if (bg_enabled_ && done_ < idx_.entries.size()) start_copy();
   }
+  Result<std::string> message(const std::vector<std::string>& args) override {
+    if (!BackgroundJob::is_job_message(args)) return ReadOnlyTarget::message(args);
+    if (!bg_enabled_) return Invalid("update: no background copy-back to control (no_bg_update)");
+    return job_.message(args, "update");
+  }
+  std::vector<JobInfo> jobs() const override {
+    if (!bg_enabled_) return {};
+    return {job_.info()};
+  }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override {
+    job_.foreground_io();
     const uint64_t bs = idx_.block_size();
     uint64_t pos = off, end = off + buf.size();
     while (pos < end) {
@@ -101,6 +114,7 @@ class UpdateTargetV0 : public ReadOnlyTarget {
     std::lock_guard lk(thread_mu_);
     if (!thread_.joinable()) return;
     stop_ = true;
+    job_.wake();
     thread_.join();
   }
 
@@ -117,9 +131,19 @@ class UpdateTargetV0 : public ReadOnlyTarget {
     uint64_t persisted = done_;
     int since = 0;
     Status s;
+    job_.started();
+    // A pause makes the progress so far durable first.
+    auto on_pause = [&] {
+      if (s.ok() && done_ != persisted) {
+        s = persist(done_);
+        persisted = done_;
+        since = 0;
+      }
+    };
     while (!stop_ && done_ < idx_.entries.size()) {
       size_t ci = idx_.chunk_of[done_];
       const Chunk& c = idx_.chunks[ci];
+      if (!job_.admit(uint64_t{c.n_entries} * bs, stop_, on_pause) || !s.ok()) break;
       s = read_chunk(*diff_, idx_, ci, scratch, chunk);
       if (!s.ok()) break;
       for (uint32_t i = 0; i < c.n_entries && s.ok(); i++) {
@@ -128,6 +152,7 @@ class UpdateTargetV0 : public ReadOnlyTarget {
       }
       if (!s.ok()) break;
       done_ = c.first_entry + c.n_entries;
+      job_.set_done(done_, done_ * bs);
       if (++since >= kPersistEvery || done_ == idx_.entries.size()) {
         s = persist(done_);
         if (!s.ok()) break;
@@ -137,6 +162,7 @@ class UpdateTargetV0 : public ReadOnlyTarget {
     }
     if (s.ok() && done_ != persisted) s = persist(done_);
     if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
+    job_.finished(s);
   }
 
   Status persist(uint64_t done) {
@@ -153,6 +179,7 @@ class UpdateTargetV0 : public ReadOnlyTarget {
   std::shared_ptr<BlockCache> cache_ = BlockCache::shared();
   const uint64_t owner_ = BlockCache::new_owner();
   std::atomic<uint64_t> done_{0};
+  BackgroundJob job_;
   std::atomic<bool> stop_{false};
   std::mutex thread_mu_;
   std::thread thread_;
@@ -176,7 +203,7 @@ Result<TargetPtr> make_update_target_v0(UpdateDevices d) {
   if (!can_persist)
     log::warn("update: diff {} is read-only: copy progress will not survive a restart", d.diff_name);
   return TargetPtr(std::make_shared<UpdateTargetV0>(std::move(d.sys), std::move(d.diff), std::move(idx).value(),
-                                                    d.length, d.bg, can_persist));
+                                                    d.length, d.bg, can_persist, d.policy));
 }
 
 }  // namespace udm::update

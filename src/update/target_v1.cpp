@@ -40,13 +40,16 @@ namespace {
 
 class UpdateTargetV1 : public ReadOnlyTarget {
  public:
-  UpdateTargetV1(DevicePtr sys, DevicePtr diff, V1Index idx, bool bg, std::vector<uint8_t> stash)
-      : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), bg_(bg), stash_(std::move(stash)) {
+  UpdateTargetV1(DevicePtr sys, DevicePtr diff, V1Index idx, bool bg, std::vector<uint8_t> stash, JobPolicy policy)
+      : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), bg_(bg), stash_(std::move(stash)),
+        job_("update-copy-back", "operations", policy) {
     done_ = idx_.recorded_done();
     durable_ = done_;
     started_ = idx_.h.ckpt_state == 1;
     durable_has_stash_ = !stash_.empty();
     stash_op_ = stash_.empty() ? UINT64_MAX : done_.load();
+    job_.set_total(idx_.ops.size(), idx_.ops.size() * idx_.block_size());
+    job_.set_done(done_, done_ * idx_.block_size());
   }
   ~UpdateTargetV1() override {
     stop_copy();
@@ -66,9 +69,19 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   void resume() override {
     if (bg_ && done_ < idx_.ops.size()) start_copy();
   }
+  Result<std::string> message(const std::vector<std::string>& args) override {
+    if (!BackgroundJob::is_job_message(args)) return ReadOnlyTarget::message(args);
+    if (!bg_) return Invalid("update: no background copy-back to control (no_bg_update)");
+    return job_.message(args, "update");
+  }
+  std::vector<JobInfo> jobs() const override {
+    if (!bg_) return {};
+    return {job_.info()};
+  }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override {
+    job_.foreground_io();
     const uint64_t bs = idx_.block_size();
     std::vector<uint8_t> tmp;
     uint64_t pos = off, end = off + buf.size();
@@ -154,6 +167,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     std::lock_guard lk(thread_mu_);
     if (!thread_.joinable()) return;
     stop_ = true;
+    job_.wake();
     thread_.join();
   }
 
@@ -176,6 +190,11 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     const uint64_t n = idx_.ops.size();
     std::vector<uint8_t> buf(bs);
     Status s;
+    job_.started();
+    // A pause makes the progress so far durable first.
+    auto on_pause = [&] {
+      if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
+    };
     if (!started_) {
       // The old image was checked against the diff's hash when the target
       // was made; record that the copy-back has begun before the first write.
@@ -183,6 +202,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       started_ = s.ok();
     }
     while (s.ok() && !stop_ && done_ < n) {
+      if (!job_.admit(bs, stop_, on_pause) || !s.ok()) break;
       const uint64_t i = done_;
       const V1Op& op = idx_.ops[i];
       s = compute(i, buf);
@@ -206,10 +226,12 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         if (!s.ok()) break;
         done_ = i + 1;
       }
+      job_.set_done(i + 1, (i + 1) * bs);
       if (done_ - durable_ >= kPersistEvery) s = checkpoint(done_);
     }
     if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
     if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
+    job_.finished(s);
   }
 
   DevicePtr sys_, diff_;
@@ -224,6 +246,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   std::shared_mutex apply_mu_;
   std::shared_ptr<BlockCache> cache_ = BlockCache::shared();
   const uint64_t owner_ = BlockCache::new_owner();
+  BackgroundJob job_;
   std::atomic<bool> stop_{false};
   std::mutex thread_mu_;
   std::thread thread_;
@@ -236,6 +259,7 @@ Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
   const std::string& diff_name = d.diff_name;
   const uint64_t length = d.length;
   const bool bg = d.bg;
+  const JobPolicy policy = d.policy;
   auto idx = load_v1(*diff);
   if (!idx.ok()) return idx.status().context("update: diff " + diff_name);
   // The device is the NEW image; the system device holds the OLD image at
@@ -285,7 +309,7 @@ Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
     if (!has) stash.clear();
   }
   return TargetPtr(std::make_shared<UpdateTargetV1>(std::move(sys), std::move(diff), std::move(idx).value(), bg,
-                                                    std::move(stash)));
+                                                    std::move(stash), policy));
 }
 
 }  // namespace udm::update

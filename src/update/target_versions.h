@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "device/background_job.h"
 #include "device/target.h"
 
 namespace udm::update {
@@ -14,6 +15,7 @@ struct UpdateDevices {
   std::string diff_name;  // as in the table line, for messages
   uint64_t length = 0;    // the segment
   bool bg = true;         // background copy-back (no no_bg_update)
+  JobPolicy policy;       // paused, throttle=... (device/background_job.h)
 };
 
 // Format v0 (format_v0.h), target_v0.cpp.

@@ -136,6 +136,33 @@ TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
   sweep(old_img, new_img, tmp.file("d"), *st);
 }
 
+// The same sweep with the copy-back under `throttle=auto` (the racing reads
+// of mode 0 make it trickle) and paused once half-way (the pause writes a
+// checkpoint, then reads while paused, then resume): a cut anywhere, inside
+// the pause's checkpoint too, must still leave the new image (issue 16).
+TEST(UpdateSweep, V1PowerCutThrottledAndPausedMidway) {
+  TempDir tmp;
+  const uint32_t bs = 4096;
+  auto [old_img, new_img] = make_v1_pair(160, bs, 21);
+  write_file(tmp.file("o"), old_img);
+  write_file(tmp.file("n"), new_img);
+  DiffV1Options o;
+  o.progress = false;
+  o.level = 3;
+  o.chunk_blocks = 3;
+  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
+  ASSERT_TRUE(st.ok()) << st.status().to_string();
+  SweepOpts opt;
+  opt.opts = {"throttle=auto"};
+  opt.pause_midway = true;
+  opt.stride = 2;
+  SweepResult r;
+  v1_sweep(old_img, new_img, tmp.file("d"), st->ops, bs, opt, &r);
+  std::cerr << "throttled+paused sweep: " << r.points << " cut points over " << r.full_writes << " writes, "
+            << r.pauses << " paused mid-way, " << r.resumed_from_record << " resumed from a record\n";
+  EXPECT_GT(r.pauses, 0u);
+}
+
 // Cycles with nowhere to park inside the update (no REPLACE or ZERO
 // operation whose old block is unread): every SAVE parks its block in the
 // image's zero free space and a held-back ZERO operation restores it. The

@@ -57,11 +57,16 @@ class MapResolver : public DeviceResolver {
   }
 };
 
-inline Result<TargetPtr> make_update(MapResolver& r, uint64_t length, bool bg = true) {
+inline Result<TargetPtr> make_update(MapResolver& r, uint64_t length, bool bg = true,
+                                     const std::vector<std::string>& opts = {}) {
   TargetParams p;
   p.type = "update";
   p.length = length;
-  p.args = bg ? std::vector<std::string>{"sys", "diff", "0"} : std::vector<std::string>{"sys", "diff", "1", "no_bg_update"};
+  p.args = {"sys", "diff"};
+  std::vector<std::string> o = opts;
+  if (!bg) o.insert(o.begin(), "no_bg_update");
+  p.args.push_back(std::to_string(o.size()));
+  p.args.insert(p.args.end(), o.begin(), o.end());
   p.resolver = &r;
   return make_update_target(p);
 }

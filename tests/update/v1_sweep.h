@@ -174,9 +174,12 @@ struct SweepOpts {
   uint64_t stride = 1;            // cut after every stride-th write (1 = every write)
   uint64_t sys_extra_blocks = 0;  // system device blocks past max(old, new), random bytes
   bool racing_reads = true;       // mode 0: whole-device reads racing the copy-back
+  std::vector<std::string> opts;  // table options of the swept targets (throttle=..., device/background_job.h)
+  bool pause_midway = false;      // pause (message) once half the operations are copied, check, resume
 };
 struct SweepResult {
   uint64_t full_writes = 0, points = 0, resumed_from_record = 0, reads_during = 0, live_checks = 0;
+  uint64_t pauses = 0;  // runs paused in the middle (pause_midway)
 };
 
 // A sweep over one diff (already made from old_img to new_img); total_ops is
@@ -235,11 +238,24 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
       if (mode == 1) g.disk->set_unflushed_survival(0.5, n);
       g.gate->left = static_cast<int64_t>(n);
       {
-        auto t = make_update(g.r, new_len);
+        auto t = make_update(g.r, new_len, true, opt.opts);
         ASSERT_TRUE(t.ok()) << t.status().to_string();
         (*t)->resume();
         std::vector<uint8_t> view(new_len);
+        bool paused_once = false;
         for (int i = 0; i < 30000 && !g.gate->hit && copied(**t) < total_ops; i++) {
+          if (opt.pause_midway && !paused_once && copied(**t) >= total_ops / 2) {
+            // Pause (the copy-back checkpoints), read while paused, resume.
+            paused_once = true;
+            ASSERT_TRUE((*t)->message({"pause"}).ok());
+            const uint64_t at_pause = copied(**t);
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            ASSERT_LE(copied(**t), at_pause + 1) << "the copy-back went on while paused";
+            ASSERT_TRUE((*t)->read(0, view).ok());
+            ASSERT_TRUE(view == new_img) << "device showed something other than new while paused";
+            ASSERT_TRUE((*t)->message({"resume"}).ok());
+            r.pauses++;
+          }
           if (mode == 0 && opt.racing_reads && (*t)->read(0, view).ok()) {
             ASSERT_TRUE(view == new_img) << "device showed something other than new during the copy-back";
             r.reads_during++;
@@ -255,14 +271,14 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
       }
       if (mode == 0) {  // process crash: every write that reached the disk stays
         Rig c = make_rig(g.disk->current_image(), sys_len);
-        auto t = make_update(c.r, new_len);
+        auto t = make_update(c.r, new_len, true, opt.opts);
         ASSERT_TRUE(t.ok()) << t.status().to_string();
         ASSERT_TRUE(leak.check(**t, "restart after a process crash " + at, false));
         finish(c, **t, "finish after a process crash " + at);
       }
       g.disk->power_cut();
       Rig h = make_rig(g.disk->durable_image(), sys_len);
-      auto t = make_update(h.r, new_len);
+      auto t = make_update(h.r, new_len, true, opt.opts);
       ASSERT_TRUE(t.ok()) << t.status().to_string();
       if (copied(**t) > 0) r.resumed_from_record++;
       ASSERT_TRUE(leak.check(**t, "reboot after a power cut " + at, n % 7 == 0, n));
