@@ -118,10 +118,12 @@ struct HttpClient::Impl {
     curl_easy_cleanup(t->easy);
     curl_slist_free_all(t->hdrs);
     t->easy = nullptr;
-    {
-      std::lock_guard lk(*t->mu);
-      t->done = true;
-    }
+    // Notify under the lock: the waiter owns `t` (on its stack) and destroys
+    // it, condition variable included, as soon as it sees `done` - a
+    // notify after unlocking could touch a destroyed condition variable
+    // (ThreadSanitizer saw exactly that).
+    std::lock_guard lk(*t->mu);
+    t->done = true;
     t->cv.notify_all();
   }
 };
