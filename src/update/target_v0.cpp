@@ -58,14 +58,9 @@ class UpdateTargetV0 : public ReadOnlyTarget {
     if (bg_enabled_ && done_ < idx_.entries.size()) start_copy();
   }
   Result<std::string> message(const std::vector<std::string>& args) override {
-    if (!BackgroundJob::is_job_message(args)) return ReadOnlyTarget::message(args);
-    if (!bg_enabled_) return Invalid("update: no background copy-back to control (no_bg_update)");
-    return job_.message(args, "update");
+    return copy_back_message(job_, bg_enabled_, args, [this](const auto& a) { return ReadOnlyTarget::message(a); });
   }
-  std::vector<JobInfo> jobs() const override {
-    if (!bg_enabled_) return {};
-    return {job_.info()};
-  }
+  std::vector<JobInfo> jobs() const override { return copy_back_jobs(job_, bg_enabled_); }
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override {
