@@ -340,6 +340,46 @@ void register_control_cli(CLI::App& app) {
       for (const auto& t : *r) std::cout << t.value("usage", t.value("name", "")) << "\n";
     });
   }
+  // ---- prefetch
+  {
+    auto* sub = app.add_subcommand(
+        "prefetch",
+        "fill the cache of NAME's remote sources in the background (so the device can go offline later)");
+    auto c = std::make_shared<Common>();
+    auto name = std::make_shared<std::string>();
+    auto throttle = std::make_shared<std::string>();
+    auto stop = std::make_shared<bool>(false), pause = std::make_shared<bool>(false),
+         resume = std::make_shared<bool>(false);
+    sub->add_option("name", *name, "device name")->required();
+    auto* t = sub->add_option("--throttle", *throttle, "rate limit: <MiB/s>, auto (yield to client I/O) or off");
+    auto* so = sub->add_flag("--stop", *stop, "stop the prefetch (what it fetched stays cached)");
+    auto* po = sub->add_flag("--pause", *pause, "pause the prefetch");
+    auto* ro = sub->add_flag("--resume", *resume, "resume a paused prefetch");
+    so->excludes(po)->excludes(ro)->excludes(t);
+    po->excludes(ro);
+    add_common(sub, *c);
+    sub->callback([=] {
+      std::vector<std::string> args;
+      if (*stop) args = {"stop"};
+      else if (*pause) args = {"pause"};
+      else if (*resume) args = {"resume"};
+      if (!throttle->empty()) {
+        if (args.empty()) args = {"start", *throttle};
+        else {
+          // --pause/--resume with --throttle: both, the throttle first.
+          auto r = call(*c, {{"verb", "prefetch"}, {"name", *name}, {"args", {"throttle", *throttle}}});
+          if (!r) return;
+        }
+      }
+      if (args.empty()) args = {"start"};
+      auto r = call(*c, {{"verb", "prefetch"}, {"name", *name}, {"args", args}});
+      if (!r) return;
+      if (c->json_out)
+        std::cout << r->dump(2) << "\n";
+      else if (r->is_string() && !r->get<std::string>().empty())
+        std::cout << r->get<std::string>() << "\n";
+    });
+  }
   // ---- message
   {
     auto* sub = app.add_subcommand("message", "send a message to the target at SECTOR");

@@ -52,8 +52,9 @@ json error_reply(const Status& s) {
 
 // Counters of the URI backing sources (http://, oci://, ...) a table names,
 // from the scheme's describer (device/scheme_registry.h).
-json sources_json(const Table& t) {
-  json arr = json::array();
+// The URIs (http://, oci://, ...) a table's segments name, in order, once each.
+std::vector<std::pair<std::string, std::string>> table_uris(const Table& t) {  // (uri, target type)
+  std::vector<std::pair<std::string, std::string>> out;
   for (const auto& s : t.segments()) {
     size_t p = 0;
     while (p < s.args.size()) {
@@ -62,38 +63,82 @@ json sources_json(const Table& t) {
       std::string w = s.args.substr(p, q - p);
       p = q + 1;
       if (w.empty() || spec_kind(w) != SpecKind::kUri) continue;
-      std::string d = SchemeRegistry::global().describe(spec_scheme(w), w);
-      if (d.empty()) continue;
-      json j = json::parse(d, nullptr, false);
-      if (!j.is_discarded()) arr.push_back(std::move(j));
+      bool seen = false;
+      for (auto& [u, ty] : out) seen = seen || u == w;
+      if (!seen) out.emplace_back(w, s.type);
     }
+  }
+  return out;
+}
+
+json sources_json(const Table& t) {
+  json arr = json::array();
+  for (const auto& [w, type] : table_uris(t)) {
+    std::string d = SchemeRegistry::global().describe(spec_scheme(w), w);
+    if (d.empty()) continue;
+    json j = json::parse(d, nullptr, false);
+    if (!j.is_discarded()) arr.push_back(std::move(j));
   }
   return arr;
 }
 
 // The background jobs of every segment (Target::jobs, device/background_job.h).
+json job_json(const JobInfo& j) {
+  json o{{"kind", j.kind},
+         {"state", j.state},
+         {"unit", j.unit},
+         {"done", j.done},
+         {"total", j.total},
+         {"done_bytes", j.done_bytes},
+         {"total_bytes", j.total_bytes},
+         {"bytes_per_second", j.bytes_per_second},
+         {"eta_seconds", j.eta_seconds ? json(*j.eta_seconds) : json(nullptr)},
+         {"paused", j.paused},
+         {"throttle", j.throttle}};
+  if (!j.error.empty()) o["error"] = j.error;
+  return o;
+}
+
 json jobs_json(const Table& t) {
   json arr = json::array();
   for (const auto& s : t.segments()) {
     for (const JobInfo& j : s.target->jobs()) {
-      json o{{"segment_start", s.start / kSectorSize},
-             {"target", s.type},
-             {"kind", j.kind},
-             {"state", j.state},
-             {"unit", j.unit},
-             {"done", j.done},
-             {"total", j.total},
-             {"done_bytes", j.done_bytes},
-             {"total_bytes", j.total_bytes},
-             {"bytes_per_second", j.bytes_per_second},
-             {"eta_seconds", j.eta_seconds ? json(*j.eta_seconds) : json(nullptr)},
-             {"paused", j.paused},
-             {"throttle", j.throttle}};
-      if (!j.error.empty()) o["error"] = j.error;
+      json o = job_json(j);
+      o["segment_start"] = s.start / kSectorSize;
+      o["target"] = s.type;
+      arr.push_back(std::move(o));
+    }
+  }
+  // Jobs of the backing sources (a remote prefetch), after the targets'.
+  for (const auto& [uri, type] : table_uris(t)) {
+    auto hooks = SchemeRegistry::global().jobs(spec_scheme(uri));
+    if (!hooks.list) continue;
+    for (const JobInfo& j : hooks.list(uri)) {
+      json o = job_json(j);
+      o["source"] = uri;
+      o["target"] = type;
       arr.push_back(std::move(o));
     }
   }
   return arr;
+}
+
+// `udm prefetch NAME [words]`: the words go to every URI source of the live
+// table whose scheme runs source jobs.
+Result<std::string> prefetch(const MappedDevice& d, const std::vector<std::string>& args) {
+  auto t = d.active_table();
+  std::string out;
+  int n = 0;
+  for (const auto& [uri, type] : table_uris(*t)) {
+    auto hooks = SchemeRegistry::global().jobs(spec_scheme(uri));
+    if (!hooks.control) continue;
+    auto r = hooks.control(uri, args);
+    if (!r.ok()) return r.status();
+    n++;
+    if (!r->empty()) out += (out.empty() ? "" : "\n") + uri + ": " + *r;
+  }
+  if (n == 0) return Invalid(d.name() + ": prefetch: the table has no remote source (http://, https://, oci://)");
+  return out;
 }
 
 json device_info_json(const MappedDevice& d) {
@@ -201,6 +246,20 @@ json handle_request(DeviceRegistry& reg, const json& req) {
       args.push_back(a.get<std::string>());
     }
     auto r = d.message(it->get<uint64_t>(), args);
+    if (!r.ok()) return error_reply(r.status());
+    return ok_reply(*r);
+  }
+  if (verb == "prefetch") {
+    std::vector<std::string> args;
+    auto ait = req.find("args");
+    if (ait != req.end()) {
+      if (!ait->is_array()) return error_reply(Invalid("field 'args' must be an array of strings"));
+      for (const auto& a : *ait) {
+        if (!a.is_string()) return error_reply(Invalid("field 'args' must be an array of strings"));
+        args.push_back(a.get<std::string>());
+      }
+    }
+    auto r = prefetch(d, args);
     if (!r.ok()) return error_reply(r.status());
     return ok_reply(*r);
   }

@@ -30,6 +30,17 @@ std::string SchemeRegistry::describe(std::string_view scheme, const std::string&
   return d(uri);
 }
 
+void SchemeRegistry::set_jobs(const std::string& scheme, SourceJobs j) {
+  std::lock_guard lk(mu_);
+  entries_[scheme].jobs = std::move(j);
+}
+
+SchemeRegistry::SourceJobs SchemeRegistry::jobs(std::string_view scheme) const {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(scheme);
+  return it == entries_.end() ? SourceJobs{} : it->second.jobs;
+}
+
 const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {
   std::lock_guard lk(mu_);
   auto it = entries_.find(scheme);

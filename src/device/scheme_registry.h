@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "device/background_job.h"
 #include "device/block_device.h"
 
 namespace udm {
@@ -20,10 +21,20 @@ class SchemeRegistry {
   // Live counters of an opened source as a JSON object text ("" if none):
   // `udm info NAME --json` lists them under "sources".
   using Describer = std::function<std::string(const std::string& uri)>;
+  // Background jobs a source runs (a remote prefetch): listed with the
+  // targets' jobs by `udm info NAME --json` and `udm wait`, controlled by
+  // `udm prefetch NAME [...]` (args: start, stop, pause, resume, throttle X).
+  struct SourceJobs {
+    std::function<std::vector<JobInfo>(const std::string& uri)> list;
+    std::function<Result<std::string>(const std::string& uri, const std::vector<std::string>& args)> control;
+  };
   static SchemeRegistry& global();
   void add(const std::string& scheme, Opener open, std::string usage);
   void set_describer(const std::string& scheme, Describer d);
   std::string describe(std::string_view scheme, const std::string& uri) const;
+  void set_jobs(const std::string& scheme, SourceJobs j);
+  // Null-free copy of the scheme's job hooks (empty functions if none).
+  SourceJobs jobs(std::string_view scheme) const;
   // Null if nothing registered the scheme.
   const Opener* find(std::string_view scheme) const;
   std::vector<std::string> schemes() const;
@@ -33,6 +44,7 @@ class SchemeRegistry {
     Opener open;
     std::string usage;
     Describer describe;
+    SourceJobs jobs;
   };
   mutable std::mutex mu_;
   std::map<std::string, Entry, std::less<>> entries_;

@@ -22,6 +22,17 @@ bool strong_etag(const std::string& e) { return !e.empty() && e.rfind("W/", 0) !
 
 void sleep_ms(uint64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
+// Set on a prefetch thread: its reads are not foreground I/O.
+thread_local bool tl_prefetching = false;
+
+std::shared_ptr<HttpDevice> live_device(const std::string& spec) {
+  std::lock_guard lk(g_live_mu);
+  auto [a, z] = g_live.equal_range(spec);
+  for (auto it = a; it != z; ++it)
+    if (auto d = it->second.lock()) return d;
+  return nullptr;
+}
+
 }  // namespace
 
 bool is_loopback_host(const std::string& authority) {
@@ -123,6 +134,7 @@ Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, co
 }
 
 HttpDevice::~HttpDevice() {
+  stop_prefetch();
   if (mem_owner_) BlockCache::shared()->drop_owner(mem_owner_);
 }
 
@@ -322,6 +334,8 @@ Result<bool> HttpDevice::read_block_cached(uint64_t b, uint64_t off_in_block, st
 
 Status HttpDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   if (buf.empty()) return Status::Ok();
+  if (!tl_prefetching)
+    if (BackgroundJob* j = pf_job_raw_.load(std::memory_order_acquire)) j->foreground_io();
   const uint64_t end = off + buf.size();
   const uint64_t first = off / bs_, last = (end - 1) / bs_;
   const uint64_t max_blocks = std::max<uint64_t>(1, cfg_.max_fetch / bs_);
@@ -419,6 +433,116 @@ Status HttpDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
     b = upto + 1;
   }
   return verify_st;
+}
+
+void HttpDevice::stop_prefetch() {
+  std::lock_guard lk(pf_mu_);
+  if (!pf_thread_.joinable()) return;
+  pf_stop_ = true;
+  if (pf_job_) pf_job_->wake();
+  pf_thread_.join();
+}
+
+Result<std::string> HttpDevice::prefetch_control(const std::vector<std::string>& args) {
+  const std::string what = spec_ + ": prefetch";
+  const std::string verb = args.empty() ? "start" : args[0];
+  if (verb == "start") {
+    if (args.size() > 2) return Invalid(what + ": start takes at most a throttle (<MiB/s>, auto or off)");
+    if (!obj_) return Invalid(what + ": needs a persistent cache (the daemon runs with --cache-dir none)");
+    if (cfg_.cache_size && size_ > cfg_.cache_size)
+      return Invalid(fmt::format("{}: the source ({} bytes) is larger than the cache's cap (--cache-size {}); "
+                                 "a prefetch would evict what it fetched",
+                                 what, size_, cfg_.cache_size));
+    std::lock_guard lk(pf_mu_);
+    // start keeps the throttle of an earlier run unless it names one, and unpauses.
+    JobPolicy pol = pf_job_ ? pf_job_->policy() : JobPolicy{};
+    pol.paused = false;
+    if (args.size() == 2) {
+      UDM_ASSIGN_OR_RETURN(pol, parse_throttle(args[1], pol, what + ": throttle"));
+    }
+    if (!pf_job_) {
+      pf_job_ = std::make_unique<BackgroundJob>("remote-prefetch", "blocks", pol);
+      pf_job_raw_.store(pf_job_.get(), std::memory_order_release);
+    } else {
+      pf_job_->set_policy(pol);
+    }
+    pf_job_->set_total(nblocks_, size_);
+    pf_job_->set_done(obj_->present_count(), bytes_cached());
+    if (pf_thread_.joinable()) {
+      if (!pf_job_->info().error.empty() || pf_job_->is_done() || pf_job_->info().state == "paused") {
+        // A finished (or failed) run: join it and start again.
+        pf_stop_ = true;
+        pf_job_->wake();
+        pf_thread_.join();
+      } else {
+        return fmt::format("prefetch already running (throttle {})", pol.throttle_text());
+      }
+    }
+    pf_stop_ = false;
+    pf_thread_ = std::thread([this] { prefetch_loop(); });
+    return fmt::format("prefetch started: {} of {} bytes cached", bytes_cached(), size_);
+  }
+  if (verb == "stop") {
+    if (args.size() != 1) return Invalid(what + ": stop takes no arguments");
+    stop_prefetch();
+    return std::string();
+  }
+  if (!BackgroundJob::is_job_message(args))
+    return Invalid(fmt::format("{}: unknown word '{}' (start, stop, pause, resume, throttle)", what, verb));
+  std::lock_guard lk(pf_mu_);
+  if (!pf_job_) return Invalid(what + ": no prefetch was started");
+  return pf_job_->message(args, what);
+}
+
+std::vector<JobInfo> HttpDevice::prefetch_jobs() const {
+  std::lock_guard lk(pf_mu_);
+  if (!pf_job_) return {};
+  return {pf_job_->info()};
+}
+
+void HttpDevice::prefetch_loop() {
+  tl_prefetching = true;
+  BackgroundJob& job = *pf_job_;
+  job.started();
+  const uint64_t step = std::max<uint64_t>(1, cfg_.max_fetch / bs_);
+  std::vector<uint8_t> buf;
+  Status st;
+  uint64_t b = 0;
+  while (b < nblocks_ && !pf_stop_) {
+    if (block_present(b)) {
+      b++;
+      continue;
+    }
+    // A run of missing blocks, as large as one fetch (smaller while throttled).
+    const uint64_t want = std::max<uint64_t>(1, job.batch_bytes(bs_, step * bs_) / bs_);
+    uint64_t e = b;
+    while (e + 1 < nblocks_ && e + 1 - b < want && !block_present(e + 1)) e++;
+    const uint64_t off = b * bs_, len = std::min(size_, (e + 1) * bs_) - off;
+    if (!job.admit(len, pf_stop_)) break;
+    buf.resize(len);
+    st = do_read(off, buf);
+    if (!st.ok()) break;
+    job.set_done(obj_->present_count(), bytes_cached());
+    b = e + 1;
+  }
+  job.set_done(obj_->present_count(), bytes_cached());
+  if (st.ok() && !pf_stop_ && obj_->present_count() < nblocks_)
+    st = IoError(fmt::format("{}: prefetch: the cache kept {} of {} blocks (evicted by other sources?)", spec_,
+                             obj_->present_count(), nblocks_));
+  if (!st.ok()) log::error("{}", st.message());
+  job.finished(st);
+}
+
+Result<std::string> prefetch_control(const std::string& spec, const std::vector<std::string>& args) {
+  auto d = live_device(spec);
+  if (!d) return Status::Error(ENOENT, spec + ": not open");
+  return d->prefetch_control(args);
+}
+
+std::vector<JobInfo> prefetch_jobs(const std::string& spec) {
+  auto d = live_device(spec);
+  if (!d) return {};
+  return d->prefetch_jobs();
 }
 
 std::string live_sources_json(const std::vector<std::string>& specs) {

@@ -21,7 +21,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
+#include "device/background_job.h"
 #include "device/block_device.h"
 #include "remote/auth.h"
 #include "remote/cache_store.h"
@@ -61,6 +63,15 @@ class HttpDevice : public BlockDevice {
   // {"url":..., "bytes_fetched":..., ...}
   std::string stats_json() const;
 
+  // `udm prefetch`: fills the persistent cache with every block in the
+  // background, a BackgroundJob (kind "remote-prefetch", unit "blocks"):
+  // args start [<MiB/s>|auto|off] | stop | pause | resume | throttle <MiB/s>|auto|off.
+  // Refused without a persistent cache or when the blob is larger than the
+  // cache's cap (the prefetch would evict what it fetched).
+  Result<std::string> prefetch_control(const std::vector<std::string>& args);
+  // The prefetch job, if one was ever started.
+  std::vector<JobInfo> prefetch_jobs() const;
+
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly(spec_ + ": remote source is read-only"); }
@@ -76,6 +87,8 @@ class HttpDevice : public BlockDevice {
     std::shared_ptr<std::vector<uint8_t>> data;  // bytes of [first*bs, ...)
   };
   HttpDevice() = default;
+  void prefetch_loop();
+  void stop_prefetch();
   // One GET (auth, redirects), no retries; the reply to check.
   Result<HttpReply> get_once(uint64_t off, uint64_t len, bool probe);
   // Fetch [off, off+len) with checks and retries (probe: learn size/ETag).
@@ -107,7 +120,19 @@ class HttpDevice : public BlockDevice {
   std::mutex fl_mu_;
   std::map<uint64_t, std::shared_ptr<Flight>> flights_;
   std::atomic<bool> verify_pending_{false};
+
+  // Prefetch: created on the first start, kept until the device goes.
+  mutable std::mutex pf_mu_;  // leaf; guards the thread handle
+  std::unique_ptr<BackgroundJob> pf_job_;
+  std::atomic<BackgroundJob*> pf_job_raw_{nullptr};  // for the read path's foreground_io()
+  std::thread pf_thread_;
+  std::atomic<bool> pf_stop_{false};
 };
+
+// A live source's prefetch control and jobs by spec (the scheme registry's
+// job hooks; errors when no live device has that spec).
+Result<std::string> prefetch_control(const std::string& spec, const std::vector<std::string>& args);
+std::vector<JobInfo> prefetch_jobs(const std::string& spec);
 
 // Live remote devices by spec (udm info --json); the JSON array text.
 std::string live_sources_json(const std::vector<std::string>& specs);
