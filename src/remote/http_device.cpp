@@ -495,9 +495,11 @@ Result<std::string> HttpDevice::prefetch_control(const std::vector<std::string>&
 }
 
 std::vector<JobInfo> HttpDevice::prefetch_jobs() const {
-  std::lock_guard lk(pf_mu_);
-  if (!pf_job_) return {};
-  return {pf_job_->info()};
+  // Not under pf_mu_ (a stop may hold it while the worker finishes a fetch):
+  // the job, once made, lives as long as the device.
+  BackgroundJob* j = pf_job_raw_.load(std::memory_order_acquire);
+  if (!j) return {};
+  return {j->info()};
 }
 
 void HttpDevice::prefetch_loop() {
