@@ -53,7 +53,10 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       idx->old_blocks() == h.image_blocks ? "" : " (different size)", hex(h.old_sha256),
       hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[5], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
       chunk_bytes, idx->xchunks.size(), xchunk_bytes, idx->frames.size(), n[3], frame_bytes, h.meta_size, h.meta_raw_size, h.stash_blocks ? "1 block" : "none", idx->file_size,
-      idx->recorded_done(), idx->ops.size(), h.ckpt_state ? " (started)" : "");
+      idx->recorded_done(), idx->ops.size(),
+      h.ckpt_state == 2 ? fmt::format(" (started; a logged batch up to operation {} to finish)", h.ckpt_batch_end)
+      : h.ckpt_state   ? std::string(" (started)")
+                       : std::string());
 }
 
 void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::string& diff_path) {

@@ -94,8 +94,8 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   put_le32(&b[kV1CkptOffset], h.ckpt_state ? kV1CkptTag : 0);
   put_le32(&b[kV1CkptOffset + 4], h.ckpt_state);
   put_le64(&b[kV1CkptOffset + 8], h.ckpt_done);
-  put_le64(&b[kV1CkptOffset + 16], h.ckpt_stash_op);
-  put_le32(&b[kV1CkptOffset + 24], h.ckpt_stash_crc);
+  put_le64(&b[kV1CkptOffset + 16], h.ckpt_state == 2 ? h.ckpt_batch_end : h.ckpt_stash_op);
+  put_le32(&b[kV1CkptOffset + 24], h.ckpt_state == 2 ? h.ckpt_batch_crc : h.ckpt_stash_crc);
   put_le32(&b[kV1CkptOffset + kCkptLen], crc(&b[kV1CkptOffset], kCkptLen));
   return b;
 }
@@ -183,11 +183,20 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   if (tag == kV1CkptTag && le32(c + kCkptLen) == crc(c, kCkptLen)) {
     h.ckpt_state = le32(c + 4);
     h.ckpt_done = le64(c + 8);
-    h.ckpt_stash_op = le64(c + 16);
-    h.ckpt_stash_crc = le32(c + 24);
-    if (h.ckpt_stash_op && (!h.stash_blocks || h.ckpt_stash_op != h.ckpt_done + 1))
-      return Corrupt(fmt::format("v1 checkpoint: stash for operation {} with {} done", h.ckpt_stash_op, h.ckpt_done));
-    if (h.ckpt_state > 1) return Corrupt(fmt::format("v1 checkpoint state: {}", h.ckpt_state));
+    if (h.ckpt_state > 2) return Corrupt(fmt::format("v1 checkpoint state: {}", h.ckpt_state));
+    if (h.ckpt_state == 2) {
+      h.ckpt_batch_end = le64(c + 16);
+      h.ckpt_batch_crc = le32(c + 24);
+      if (h.ckpt_batch_end <= h.ckpt_done || h.ckpt_batch_end > h.op_count ||
+          h.ckpt_batch_end - h.ckpt_done > kV1MaxBatchOps)
+        return Corrupt(fmt::format("v1 checkpoint: logged batch of operations [{}, {}) ({} operations, at most {})",
+                                   h.ckpt_done, h.ckpt_batch_end, h.op_count, kV1MaxBatchOps));
+    } else {
+      h.ckpt_stash_op = le64(c + 16);
+      h.ckpt_stash_crc = le32(c + 24);
+      if (h.ckpt_stash_op && (!h.stash_blocks || h.ckpt_stash_op != h.ckpt_done + 1))
+        return Corrupt(fmt::format("v1 checkpoint: stash for operation {} with {} done", h.ckpt_stash_op, h.ckpt_done));
+    }
     if (h.ckpt_done > h.op_count)
       return Corrupt(fmt::format("v1 checkpoint: {} operations done of {}", h.ckpt_done, h.op_count));
   } else if (tag != 0) {
@@ -541,6 +550,77 @@ void put_v1_checkpoint(std::span<uint8_t> sector, uint32_t state, uint64_t done,
   put_le64(c + 16, stash.empty() ? 0 : done + 1);
   put_le32(c + 24, stash.empty() ? 0 : crc(stash.data(), stash.size()));
   put_le32(c + kCkptLen, crc(c, kCkptLen));
+}
+
+void put_v1_batch_checkpoint(std::span<uint8_t> sector, uint64_t done, uint64_t end, uint32_t batch_crc) {
+  uint8_t* c = &sector[kV1CkptOffset];
+  put_le32(c, kV1CkptTag);
+  put_le32(c + 4, 2);
+  put_le64(c + 8, done);
+  put_le64(c + 16, end);
+  put_le32(c + 24, batch_crc);
+  put_le32(c + kCkptLen, crc(c, kCkptLen));
+}
+
+uint32_t v1_crc(std::span<const uint8_t> bytes) { return crc(bytes.data(), bytes.size()); }
+
+V1ScratchPlanner::V1ScratchPlanner(const V1Index& idx) : idx_(idx) {
+  std::vector<std::pair<uint64_t, uint32_t>> w, r;
+  w.reserve(idx.ops.size());
+  for (uint32_t i = 0; i < idx.ops.size(); i++) {
+    const V1Op& op = idx.ops[i];
+    w.emplace_back(op.dest, i);
+    // Every block the operation may read, in any state (a COPY of a parked
+    // block reads the parking block: SAVE's destination, counted below).
+    if (op.type == OpType::Copy || op.type == OpType::Save) r.emplace_back(op.src, i);
+    if (op.type == OpType::Copy) {
+      int64_t sv = idx.save_of(op.src);
+      if (sv >= 0) r.emplace_back(idx.ops[static_cast<size_t>(sv)].dest, i);
+    }
+    if (op.type == OpType::Delta)
+      for (uint64_t ref : idx.frames[op.index].refs) r.emplace_back(ref, i);
+    if (op.type == OpType::Xor) {
+      auto [b0, b1] = v1_xor_blocks(idx, op);
+      r.emplace_back(b0, i);
+      r.emplace_back(b1, i);
+    }
+  }
+  auto reduce = [](std::vector<std::pair<uint64_t, uint32_t>>& v, bool keep_min) {
+    std::sort(v.begin(), v.end());
+    std::vector<std::pair<uint64_t, uint32_t>> out;
+    for (auto& [b, i] : v) {
+      if (!out.empty() && out.back().first == b) {
+        if (!keep_min) out.back().second = i;  // sorted: the last is the largest
+      } else {
+        out.emplace_back(b, i);
+      }
+    }
+    v = std::move(out);
+  };
+  reduce(w, true);
+  reduce(r, false);
+  first_writer_ = std::move(w);
+  last_read_ = std::move(r);
+}
+
+std::vector<uint64_t> V1ScratchPlanner::scratch(uint64_t d, uint64_t e, uint64_t want, int64_t* last_read,
+                                                uint64_t max_scan) const {
+  std::vector<uint64_t> out;
+  if (last_read) *last_read = -1;
+  auto lookup = [](const std::vector<std::pair<uint64_t, uint32_t>>& v, uint64_t b) -> int64_t {
+    auto it = std::lower_bound(v.begin(), v.end(), std::make_pair(b, uint32_t{0}));
+    return it != v.end() && it->first == b ? int64_t{it->second} : -1;
+  };
+  const uint64_t stop = max_scan >= idx_.ops.size() - std::min<uint64_t>(e, idx_.ops.size()) ? idx_.ops.size() : e + max_scan;
+  for (uint64_t j = e; j < stop && out.size() < want; j++) {
+    const uint64_t b = idx_.ops[j].dest;
+    if (lookup(first_writer_, b) != static_cast<int64_t>(j)) continue;  // written earlier (or counted already)
+    const int64_t lr = lookup(last_read_, b);
+    if (lr >= static_cast<int64_t>(d)) continue;  // still read by d or later
+    if (last_read) *last_read = std::max(*last_read, lr);
+    out.push_back(b);
+  }
+  return out;
 }
 
 bool v1_has_stash(const V1Index& idx) { return idx.h.ckpt_stash_op && idx.h.ckpt_stash_op == idx.h.ckpt_done + 1; }

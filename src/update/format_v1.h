@@ -67,6 +67,8 @@ constexpr uint64_t kV1MaxImageBlocks = (1ull << 40) - 1;  // old and new image
 constexpr uint32_t kV1MaxRefs = 64;   // reference blocks of one DELTA frame
 constexpr uint32_t kV1MaxGroup = 32;  // DELTA blocks per frame
 constexpr uint32_t kV1MaxStashBlocks = 1;
+// Operations in one logged copy-back batch (checkpoint state 2).
+constexpr uint64_t kV1MaxBatchOps = 4096;
 constexpr uint64_t kV1MaxOps = 1ull << 28;  // operations in one diff (in-memory indices are 32-bit)
 constexpr uint64_t kV1MaxMetaRaw = 1ull << 32;
 constexpr uint64_t kV1MaxMetaSize = 1ull << 40;
@@ -115,8 +117,13 @@ struct V1Header {
   std::array<uint8_t, 32> old_sha256{};
   std::array<uint8_t, 32> new_sha256{};
   // checkpoint (not covered by the header CRC; has its own)
-  uint32_t ckpt_state = 0;  // 0 none, 1 started (old hash checked, writes may have happened)
+  // 0 none, 1 started (old hash checked, writes may have happened),
+  // 2 a logged batch: [done, batch_end)'s new blocks are durable in the
+  // batch's scratch blocks (v1_batch_scratch) and may be partly applied.
+  uint32_t ckpt_state = 0;
   uint64_t ckpt_done = 0;   // operations [0, done) are applied and flushed
+  uint64_t ckpt_batch_end = 0;  // state 2 (byte 16 of the record)
+  uint32_t ckpt_batch_crc = 0;  // state 2: CRC-32 of the logged blocks in op order (byte 24)
   uint64_t ckpt_stash_op = 0;   // done+1 if the stash holds operation `done`'s new block
   uint32_t ckpt_stash_crc = 0;  // CRC-32 of the stashed block
   uint32_t stash_blocks = 0;    // 1: a block-sized stash follows the header
@@ -158,7 +165,7 @@ struct V1Index {
   uint64_t new_bytes() const { return h.image_blocks << h.block_bits; }
   int64_t find(uint64_t dest) const;
   int64_t save_of(uint64_t block) const;
-  uint64_t recorded_done() const { return h.ckpt_state == 1 ? h.ckpt_done : 0; }
+  uint64_t recorded_done() const { return h.ckpt_state >= 1 ? h.ckpt_done : 0; }
 };
 
 std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h);
@@ -207,6 +214,39 @@ inline std::pair<uint64_t, uint64_t> v1_xor_blocks(const V1Index& idx, const V1O
 // operations done, and (with a stash block) the stash's operation and CRC.
 void put_v1_checkpoint(std::span<uint8_t> first_sector, uint32_t state, uint64_t done,
                        std::span<const uint8_t> stash = {});
+// The record of a logged batch (state 2): operations [done, end) have their
+// new blocks, `crc` over them in op order, in the blocks v1_batch_scratch
+// names.
+void put_v1_batch_checkpoint(std::span<uint8_t> first_sector, uint64_t done, uint64_t end, uint32_t crc);
+uint32_t v1_crc(std::span<const uint8_t> bytes);
+
+// Scratch blocks for a logged batch of operations [d, e): blocks of the
+// system device whose present content no operation from d on reads and
+// that no operation before e writes (each is the destination of a later
+// operation, which overwrites it in its turn), so parking the batch's new
+// blocks there changes nothing any reader sees. Deterministic in (d, e) and
+// the index, so recovery finds the same blocks. At most `want` blocks;
+// fewer when the rest of the order has fewer.
+class V1ScratchPlanner {
+ public:
+  explicit V1ScratchPlanner(const V1Index& idx);
+  // last_read, if given: the highest operation (< d) that reads one of the
+  // returned blocks, -1 if none. Until a record names d, a restart recomputes
+  // from the recorded point, so those readers must be behind it.
+  // max_scan: look at no more than that many operations from e (planning;
+  // recovery scans to the end, and finds the same blocks as long as the plan
+  // found `want`).
+  std::vector<uint64_t> scratch(uint64_t d, uint64_t e, uint64_t want, int64_t* last_read = nullptr,
+                                uint64_t max_scan = UINT64_MAX) const;
+
+ private:
+  const V1Index& idx_;
+  // (block, the first operation writing it), sorted by block.
+  std::vector<std::pair<uint64_t, uint32_t>> first_writer_;
+  // (block, the last operation reading it in any state), sorted by block.
+  std::vector<std::pair<uint64_t, uint32_t>> last_read_;
+};
+
 // Does the header's checkpoint name a stash (the new block of operation done)?
 bool v1_has_stash(const V1Index& idx);
 // The stash block read back against the CRC its checkpoint recorded.

@@ -93,6 +93,37 @@ Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std
   return diff.write(0, sector, /*fua=*/true);
 }
 
+Status v1_write_batch_checkpoint(BlockDevice& diff, uint64_t done, uint64_t end, uint32_t crc) {
+  std::vector<uint8_t> sector(512);
+  UDM_TRY(diff.read(0, sector));
+  put_v1_batch_checkpoint(sector, done, end, crc);
+  return diff.write(0, sector, /*fua=*/true);
+}
+
+Status v1_finish_logged_batch(BlockDevice& diff, BlockDevice& sys, V1Index& idx) {
+  const uint64_t d = idx.h.ckpt_done, e = idx.h.ckpt_batch_end, bs = idx.block_size();
+  auto scratch = V1ScratchPlanner(idx).scratch(d, e, e - d);
+  if (scratch.size() != e - d)
+    return Corrupt(fmt::format("v1 checkpoint: the logged batch [{}, {}) has {} scratch blocks, not {}", d, e,
+                               scratch.size(), e - d));
+  std::vector<uint8_t> blocks((e - d) * bs);
+  for (uint64_t k = 0; k < e - d; k++) UDM_TRY(sys.read(scratch[k] * bs, std::span(blocks).subspan(k * bs, bs)));
+  if (v1_crc(blocks) != idx.h.ckpt_batch_crc)
+    return Corrupt(fmt::format("v1 checkpoint: the logged batch of operations [{}, {}) does not match its checksum "
+                               "in the scratch blocks; nothing written",
+                               d, e));
+  for (uint64_t k = 0; k < e - d; k++)
+    UDM_TRY(sys.write(idx.ops[d + k].dest * bs, std::span<const uint8_t>(blocks).subspan(k * bs, bs)));
+  UDM_TRY(sys.flush());
+  UDM_TRY(v1_write_checkpoint(diff, 1, e));
+  idx.h.ckpt_state = 1;
+  idx.h.ckpt_done = e;
+  idx.h.ckpt_batch_end = 0;
+  idx.h.ckpt_batch_crc = 0;
+  idx.h.ckpt_stash_op = 0;
+  return Status::Ok();
+}
+
 Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out) {
   if (!v1_has_stash(idx)) return false;
   UDM_TRY(diff.read(kV1HeaderSize, out.subspan(0, idx.block_size())));

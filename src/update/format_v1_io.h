@@ -31,6 +31,15 @@ Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_
 // the new content of operation `done` (used when that operation reads the
 // block it overwrites).
 Status v1_write_checkpoint(BlockDevice& diff, uint32_t state, uint64_t done, std::span<const uint8_t> stash = {});
+// Persist the record of a logged batch (state 2, FUA): operations [done,
+// end) have their new blocks (CRC `crc`) in the batch's scratch blocks.
+Status v1_write_batch_checkpoint(BlockDevice& diff, uint64_t done, uint64_t end, uint32_t crc);
+// Finish a logged batch a power cut interrupted (the diff's record is state
+// 2): read its blocks back from the scratch blocks, check them against the
+// record's CRC, write them to their destinations, flush, record "end done"
+// (state 1). idx's checkpoint fields are updated. Nothing is written when
+// the check fails.
+Status v1_finish_logged_batch(BlockDevice& diff, BlockDevice& sys, V1Index& idx);
 // True (and the block in out) if the checkpoint holds a valid stash for op ckpt_done.
 Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out);
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -41,8 +42,8 @@ namespace {
 class UpdateTargetV1 : public ReadOnlyTarget {
  public:
   UpdateTargetV1(DevicePtr sys, DevicePtr diff, V1Index idx, bool bg, std::vector<uint8_t> stash, JobPolicy policy)
-      : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), bg_(bg), stash_(std::move(stash)),
-        job_("update-copy-back", "operations", policy) {
+      : sys_(std::move(sys)), diff_(std::move(diff)), idx_(std::move(idx)), planner_(idx_), bg_(bg),
+        stash_(std::move(stash)), job_("update-copy-back", "operations", policy) {
     done_ = idx_.recorded_done();
     durable_ = done_;
     started_ = idx_.h.ckpt_state == 1;
@@ -175,13 +176,70 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     }
     UDM_TRY(v1_write_checkpoint(*diff_, 1, done, stash));  // ... then the record
     durable_ = done;
+    checkpoints_++;
     durable_has_stash_ = !stash.empty();
     return Status::Ok();
+  }
+
+  // A logged batch from operation d (checkpoint state 2): compute up to
+  // max_ops new blocks, park them in scratch blocks (format_v1.h,
+  // V1ScratchPlanner), flush, record the batch (FUA), write them to their
+  // destinations, then checkpoint the batch's end: four flushes for the whole
+  // batch where the barrier path pays two per barrier and three per
+  // self-reading operation. False when the order leaves no scratch block.
+  Result<bool> logged_batch(uint64_t d, uint64_t max_ops, const std::function<void()>& on_pause) {
+    const uint64_t bs = idx_.block_size();
+    const uint64_t n = idx_.ops.size();
+    if (d < no_scratch_until_) return false;
+    // The batch [d, d+m) needs m scratch blocks among the operations after
+    // it; a shorter batch leaves more operations after it. Halve m until the
+    // operations after it (a bounded look) hold enough.
+    uint64_t m = std::min<uint64_t>(max_ops, n - d);
+    std::vector<uint64_t> scratch;
+    int64_t last_read = -1;
+    const uint64_t max_scan = 16 * max_ops + 4096;
+    while (m > 0) {
+      scratch = planner_.scratch(d, d + m, m, &last_read, max_scan);
+      if (scratch.size() == m) break;
+      m = scratch.empty() ? m / 2 : std::min<uint64_t>(scratch.size(), m / 2);
+    }
+    if (m == 0) {
+      no_scratch_until_ = d + 64;  // try again a little later, not at every barrier
+      return false;
+    }
+    const uint64_t e = d + m;
+    // Until the batch's record is durable a restart recomputes from the
+    // durable record: operations from there must not read a scratch block.
+    if (last_read >= static_cast<int64_t>(durable_)) UDM_TRY(checkpoint(d));
+    // The first operation was admitted by the caller; the rest now.
+    if (e - d > 1 && !job_.admit((e - d - 1) * bs, stop_, on_pause)) return true;
+    batch_.resize((e - d) * bs);
+    for (uint64_t k = d; k < e; k++) UDM_TRY(compute(k, std::span(batch_).subspan((k - d) * bs, bs)));
+    for (uint64_t k = 0; k < e - d; k++)
+      UDM_TRY(sys_->write(scratch[k] * bs, std::span<const uint8_t>(batch_).subspan(k * bs, bs)));
+    UDM_TRY(sys_->flush());  // the scratch blocks and every operation before d
+    UDM_TRY(v1_write_batch_checkpoint(*diff_, d, e, v1_crc(batch_)));
+    durable_has_stash_ = false;
+    // One operation at a time, as the barrier path: if a write fails half-way
+    // the live target still reads right (operations from done_ on read only
+    // blocks no earlier operation overwrote, and no scratch block).
+    for (uint64_t k = d; k < e; k++) {
+      std::unique_lock lk(apply_mu_);
+      UDM_TRY(sys_->write(idx_.ops[k].dest * bs, std::span<const uint8_t>(batch_).subspan((k - d) * bs, bs)));
+      done_ = k + 1;
+    }
+    job_.set_done(e, e * bs);
+    UDM_TRY(checkpoint(e));  // before anything may overwrite a scratch block
+    batches_++;
+    batched_ops_ += e - d;
+    return true;
   }
 
   void copy_loop() {
     constexpr uint64_t kPersistEvery = 1024;
     const uint64_t bs = idx_.block_size();
+    // Logged batches of up to 1024 operations or 4 MiB.
+    const uint64_t batch_max = std::clamp<uint64_t>((4u << 20) / bs, 1, std::min<uint64_t>(1024, kV1MaxBatchOps));
     const uint64_t n = idx_.ops.size();
     std::vector<uint8_t> buf(bs);
     Status s;
@@ -200,8 +258,6 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       if (!job_.admit(bs, stop_, on_pause) || !s.ok()) break;
       const uint64_t i = done_;
       const V1Op& op = idx_.ops[i];
-      s = compute(i, buf);
-      if (!s.ok()) break;
       bool self = false;
       if (op.type == OpType::Delta && i != stash_op_) {
         const auto& refs = idx_.frames[op.index].refs;
@@ -212,7 +268,19 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         self = b0 == op.dest || b1 == op.dest;
       }
       if (self || idx_.last_reader[i] >= static_cast<int64_t>(durable_)) {
+        // A barrier: a batch from here, logged, covers it and the next ones.
+        auto r = logged_batch(i, std::max<uint64_t>(1, job_.batch_bytes(bs, batch_max * bs) / bs), on_pause);
+        if (!r.ok()) {
+          s = r.status();
+          break;
+        }
+        if (*r) continue;
+        s = compute(i, buf);
+        if (!s.ok()) break;
         s = checkpoint(i, self ? std::span<const uint8_t>(buf) : std::span<const uint8_t>());
+        if (!s.ok()) break;
+      } else {
+        s = compute(i, buf);
         if (!s.ok()) break;
       }
       {
@@ -226,11 +294,19 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     }
     if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
     if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
+    log::debug("update: copy-back thread ends at operation {} of {}: {} logged batches of {} operations, {} checkpoints",
+               done_.load(), n, batches_, batched_ops_, checkpoints_);
     job_.finished(s);
   }
 
   DevicePtr sys_, diff_;
   V1Index idx_;
+  V1ScratchPlanner planner_;
+  std::vector<uint8_t> batch_;  // the copy thread's logged batch
+  uint64_t batches_ = 0;        // logged batches written (debug log)
+  uint64_t no_scratch_until_ = 0;  // the last look for scratch found none: barriers before this take the old path
+  uint64_t checkpoints_ = 0;    // checkpoints written (debug log)
+  uint64_t batched_ops_ = 0;    // operations applied in logged batches (debug log)
   bool bg_;
   std::vector<uint8_t> stash_;
   uint64_t stash_op_ = UINT64_MAX;
@@ -271,6 +347,17 @@ Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
   if (bg && diff->caps().read_only)
     return ReadOnly("update: a v1 copy-back keeps its checkpoint in the diff, which is read-only; use no_bg_update");
   std::vector<uint8_t> stash;
+  if (idx->h.ckpt_state == 2) {
+    // A power cut interrupted a logged batch: finish it before anything
+    // reads (its operations may be half applied). Needs both devices writable.
+    if (sys->caps().read_only || diff->caps().read_only)
+      return ReadOnly(fmt::format("update: diff {} records an interrupted copy-back batch (operations [{}, {})); "
+                                  "finishing it needs the system device and the diff writable",
+                                  diff_name, idx->h.ckpt_done, idx->h.ckpt_batch_end));
+    log::info("update: diff {}: finishing the copy-back batch a power cut interrupted (operations [{}, {}))", diff_name,
+              idx->h.ckpt_done, idx->h.ckpt_batch_end);
+    if (Status st = v1_finish_logged_batch(*diff, *sys, *idx); !st.ok()) return st.context("update: diff " + diff_name);
+  }
   if (idx->h.ckpt_state == 1) {
     // A checkpoint binds the diff to the device its copy-back wrote, but
     // nothing stops the same diff from meeting another device (or this one

@@ -9,6 +9,7 @@
 
 #include "io/fault_device.h"
 #include "io/memory_device.h"
+#include "common/sys_util.h"
 #include "update_util.h"
 #include "v1_sweep.h"
 
@@ -104,13 +105,14 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
 // Format v1: the ordered copy-back with COPY chains and cycles, DELTA
 // operations that read their own block (stash), SAVE parking and REPLACE
 // chunks, through the sweep of v1_sweep.h (every write a cut point).
-static void sweep(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& new_img, const std::string& diff_path,
-                  const DiffV1Stats& st, SweepOpts opt = {}) {
+static SweepResult sweep(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& new_img,
+                         const std::string& diff_path, const DiffV1Stats& st, SweepOpts opt = {}) {
   SweepResult r;
   v1_sweep(old_img, new_img, diff_path, st.ops, 4096, opt, &r);
   std::cerr << "sweep: " << r.points << " cut points over " << r.full_writes << " writes, " << r.live_checks
-            << " live checks, " << r.resumed_from_record << " resumed from a record, " << r.reads_during
-            << " racing reads\n";
+            << " live checks, " << r.resumed_from_record << " resumed from a record (" << r.batch_recoveries
+            << " finishing a logged batch), " << r.reads_during << " racing reads\n";
+  return r;
 }
 
 TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
@@ -184,6 +186,80 @@ TEST(UpdateSweep, V1ZeroParkingPowerCutAfterEveryWrite) {
   std::cerr << "v1 zero-parking sweep diff: COPY " << st->copy << " SAVE " << st->save_ops << " (in zero blocks "
             << st->zero_parks << ") ZERO " << st->zero << "\n";
   sweep(old_img, new_img, tmp.file("d"), *st);
+}
+
+// A shift (new block b = old block b+1: each COPY reads the block the next
+// one overwrites, a barrier at every operation) followed by fresh blocks
+// nothing reads: the copy-back logs its barrier batches into the fresh
+// blocks' places (checkpoint state 2, format_v1.h V1ScratchPlanner). The
+// sweep must cut inside such batches and finish them from the scratch.
+TEST(UpdateSweep, V1LoggedBatchPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  const uint32_t bs = 4096;
+  const uint64_t shift = 40, fresh = 88, blocks = shift + fresh;
+  auto old_img = random_bytes(blocks * bs, 5);
+  std::vector<uint8_t> new_img(old_img.size());
+  for (uint64_t b = 0; b < shift; b++) std::memcpy(&new_img[b * bs], &old_img[(b + 1) * bs], bs);
+  auto fr = random_bytes(fresh * bs, 6);
+  std::memcpy(&new_img[shift * bs], fr.data(), fr.size());
+  write_file(tmp.file("o"), old_img);
+  write_file(tmp.file("n"), new_img);
+  DiffV1Options o;
+  o.progress = false;
+  o.level = 1;
+  o.chunk_blocks = 16;
+  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
+  ASSERT_TRUE(st.ok()) << st.status().to_string();
+  std::cerr << "logged-batch sweep diff: COPY " << st->copy << " REPLACE " << st->replace << " barriers "
+            << st->barriers << "\n";
+  ASSERT_GE(st->copy, shift - 1);
+  auto r = sweep(old_img, new_img, tmp.file("d"), *st);
+  EXPECT_GT(r.batch_recoveries, 0u) << "no cut ever left a logged batch to finish";
+  if (HasFatalFailure()) return;
+
+  // A logged batch whose scratch no longer matches its record (a bad
+  // sector, a foreign write): refused, naming the batch, nothing written;
+  // `udm update-info` says a batch is pending.
+  const auto diff = read_file(tmp.file("d"));
+  const uint64_t sys_len = old_img.size();
+  std::vector<uint8_t> disk0 = old_img;
+  disk0.insert(disk0.end(), diff.begin(), diff.end());
+  bool found = false;
+  for (int64_t n = 1; n < 400 && !found; n++) {
+    Rig g = make_rig(disk0, sys_len);
+    g.gate->left = n;
+    {
+      auto t = make_update(g.r, new_img.size());
+      ASSERT_TRUE(t.ok()) << t.status().to_string();
+      (*t)->resume();
+      for (int i = 0; i < 20000 && !g.gate->hit && copied(**t) < st->ops; i++)
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      (*t)->presuspend();
+    }
+    g.disk->power_cut();
+    auto img = g.disk->durable_image();
+    auto idx = update::load_v1_bytes(std::span<const uint8_t>(img).subspan(sys_len));
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    if (idx->h.ckpt_state != 2) continue;
+    found = true;
+    auto scratch = update::V1ScratchPlanner(*idx).scratch(idx->h.ckpt_done, idx->h.ckpt_batch_end,
+                                                           idx->h.ckpt_batch_end - idx->h.ckpt_done);
+    ASSERT_EQ(scratch.size(), idx->h.ckpt_batch_end - idx->h.ckpt_done);
+    img[scratch.back() * bs + 17] ^= 0x40;
+    const std::vector<uint8_t> before = img;
+    Rig h = make_rig(img, sys_len);
+    auto t = make_update(h.r, new_img.size());
+    ASSERT_FALSE(t.ok()) << "a logged batch that fails its checksum was finished";
+    EXPECT_NE(t.status().message().find("does not match its checksum"), std::string::npos) << t.status().to_string();
+    EXPECT_TRUE(h.disk->current_image() == before) << "something was written";
+    write_file(tmp.file("pending"), std::vector<uint8_t>(img.begin() + static_cast<ptrdiff_t>(sys_len), img.end()));
+    auto info = run({udm_bin(), "update-info", tmp.file("pending")});
+    EXPECT_TRUE(info.ok()) << info.describe();
+    EXPECT_NE(info.out.find("a logged batch up to operation " + std::to_string(idx->h.ckpt_batch_end)),
+              std::string::npos)
+        << info.out;
+  }
+  EXPECT_TRUE(found) << "no cut left a durable logged batch";
 }
 
 namespace {

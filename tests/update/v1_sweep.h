@@ -180,6 +180,8 @@ struct SweepOpts {
 struct SweepResult {
   uint64_t full_writes = 0, points = 0, resumed_from_record = 0, reads_during = 0, live_checks = 0;
   uint64_t pauses = 0;  // runs paused in the middle (pause_midway)
+  // Restarts whose diff recorded a logged batch (checkpoint state 2) to finish.
+  uint64_t batch_recoveries = 0;
 };
 
 // A sweep over one diff (already made from old_img to new_img); total_ops is
@@ -248,9 +250,17 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
             // Pause (the copy-back checkpoints), read while paused, resume.
             paused_once = true;
             ASSERT_TRUE((*t)->message({"pause"}).ok());
-            const uint64_t at_pause = copied(**t);
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-            ASSERT_LE(copied(**t), at_pause + 1) << "the copy-back went on while paused";
+            // The piece of work under way (one operation, or a logged batch
+            // of them) finishes; then nothing moves.
+            uint64_t at_pause = copied(**t);
+            for (int k = 0; k < 200; k++) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(10));
+              const uint64_t c = copied(**t);
+              if (c == at_pause) break;
+              at_pause = c;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            ASSERT_EQ(copied(**t), at_pause) << "the copy-back went on while paused";
             ASSERT_TRUE((*t)->read(0, view).ok());
             ASSERT_TRUE(view == new_img) << "device showed something other than new while paused";
             ASSERT_TRUE((*t)->message({"resume"}).ok());
@@ -277,6 +287,12 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
         finish(c, **t, "finish after a process crash " + at);
       }
       g.disk->power_cut();
+      {
+        const auto img = g.disk->durable_image();
+        auto hdr = update::decode_v1_header(std::span<const uint8_t>(img).subspan(sys_len, update::kV1HeaderSize));
+        ASSERT_TRUE(hdr.ok()) << at << ": " << hdr.status().to_string();
+        if (hdr->ckpt_state == 2) r.batch_recoveries++;
+      }
       Rig h = make_rig(g.disk->durable_image(), sys_len);
       auto t = make_update(h.r, new_len, true, opt.opts);
       ASSERT_TRUE(t.ok()) << t.status().to_string();
