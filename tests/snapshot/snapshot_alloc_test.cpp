@@ -6,6 +6,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "common/sys_util.h"
 #include "io/file_device.h"
 #include "snapshot/snapshot.h"
@@ -96,4 +99,80 @@ TEST(SnapshotAllocation, FreshSnapshotOfASparseOriginIsSparse) {
   AllocMap m;
   ASSERT_TRUE(snap.allocation(kMiB + 4000, 200, m).ok());
   EXPECT_EQ(str(m), "H96/0 D104/2 ");
+}
+
+// The re-check that replaces chunk locks: while the origin's data chunks are
+// punched to holes (each punch first saves the old chunk into the snapshot),
+// every zero or hole run the snapshot reports must read as zeroes from the
+// snapshot - asking the origin after a punch, without the re-check, would
+// report the punched hole for a chunk the snapshot still reads as data.
+TEST(SnapshotAllocation, OriginPunchesRacingTheMapNeverShowAsSnapshotHoles) {
+  TempDir tmp;
+  if (!fs_reports_holes(tmp.file("probe"))) GTEST_SKIP() << "the temp directory's file system does not report holes";
+  constexpr uint64_t kOrigin = 4 * kMiB;
+  std::string op = tmp.file("origin.img"), cp = tmp.file("cow.img");
+  write_file(op, random_bytes(kOrigin, 5));  // all data
+  make_sparse_file(cp, 2 * kOrigin);
+  auto origin = FileDevice::open(op, {.writable = true});
+  auto cow = FileDevice::open(cp, {.writable = true});
+  ASSERT_TRUE(origin.ok() && cow.ok());
+  MapResolver res;
+  res.devs["origin"] = *origin;
+  res.devs["cow"] = *cow;
+  auto o = make("snapshot-origin", {"origin"}, kOrigin, &res);
+  auto s = make("snapshot", {"origin", "cow", "P", "8"}, kOrigin, &res);
+  ASSERT_TRUE(o.ok() && s.ok());
+  (*o)->resume();
+  (*s)->resume();
+  BlockDevice& snap = **s;
+  BlockDevice& orig = **o;
+  std::atomic<bool> stop{false};
+  std::thread puncher([&] {
+    // Every chunk in a scattered order, 4 KiB each, unmapped.
+    for (uint64_t i = 0; i < kOrigin / 4096 && !stop; i++) {
+      uint64_t c = (i * 193) % (kOrigin / 4096);
+      EXPECT_TRUE(orig.write_zeroes(c * 4096, 4096, false, true).ok());
+    }
+  });
+  int maps = 0;
+  uint64_t hole_bytes_seen = 0;
+  while (maps < 2000) {
+    AllocMap m;
+    uint64_t pos = 0;
+    bool bad = false;
+    while (pos < kOrigin && !bad) {
+      ASSERT_TRUE(snap.allocation(pos, kOrigin - pos, m).ok());
+      for (auto& r : m) {
+        if (r.kind != AllocKind::kData) {
+          hole_bytes_seen += r.length;
+          std::vector<uint8_t> got(r.length);
+          ASSERT_TRUE(snap.read(pos, got).ok());
+          if (got != std::vector<uint8_t>(r.length, 0)) {
+            ADD_FAILURE() << "a " << (r.kind == AllocKind::kHole ? "hole" : "zero") << " run at " << pos << "+"
+                          << r.length << " reads data from the snapshot";
+            bad = true;
+            break;
+          }
+        }
+        pos += r.length;
+      }
+    }
+    maps++;
+    if (bad) break;
+    AllocMap om;
+    ASSERT_TRUE(orig.allocation(0, kOrigin, om).ok());
+    if (om.size() == 1 && om[0].kind == AllocKind::kHole) break;  // every chunk punched
+  }
+  stop = true;
+  puncher.join();
+  // The snapshot never saw a hole (its view is the old, all-data origin) ...
+  EXPECT_EQ(hole_bytes_seen, 0u);
+  // ... while the origin did become holes under it.
+  AllocMap om;
+  ASSERT_TRUE(orig.allocation(0, kOrigin, om).ok());
+  EXPECT_NE(om[0].kind, AllocKind::kData);
+  EXPECT_GT(maps, 1);
+  std::vector<uint8_t> all(kOrigin);
+  ASSERT_TRUE(snap.read(0, all).ok());
+  EXPECT_EQ(all, random_bytes(kOrigin, 5));
 }
