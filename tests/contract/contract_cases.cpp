@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "contract/contract_util.h"
@@ -146,6 +147,7 @@ class SlowDevice : public BlockDevice {
     return d_->write_zeroes(o, l, fua, unmap);
   }
   Status do_flush() override { return d_->flush(); }
+  Status do_allocation(uint64_t o, uint64_t l, AllocMap& out) override { return d_->allocation(o, l, out); }
 
  private:
   DevicePtr d_;
@@ -277,6 +279,7 @@ Result<Built> merge(Env& e, bool wait_done) {
   std::string o = e.backing("origin", init);
   std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
   std::vector<uint8_t> view;
+  std::set<uint64_t> written;  // 4 KiB chunks the snapshot changed
   {
     UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
     UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o, c)));
@@ -284,7 +287,9 @@ Result<Built> merge(Env& e, bool wait_done) {
     std::mt19937_64 rng(6);
     for (int i = 0; i < 64; i++) {
       auto data = random_bytes(4096, rng());
-      UDM_TRY(sd->write((rng() % (kDevSize / 4096)) * 4096, data));
+      uint64_t at = (rng() % (kDevSize / 4096)) * 4096;
+      UDM_TRY(sd->write(at, data));
+      written.insert(at);
     }
     UDM_TRY(sd->flush());
     view = read_all(*sd);
@@ -304,6 +309,13 @@ Result<Built> merge(Env& e, bool wait_done) {
     b.note = merge_done(*md) ? "merge already done at start" : "merge running at start";
   }
   if (read_all(*md) != view) return Status::Error(EIO, "merge device does not read as the snapshot");
+  // Chunks of the origin's zero region the snapshot never changed: the
+  // origin's holes, merged or not.
+  for (uint64_t at = kZeroRegion.first; at < kZeroRegion.second; at += 4096) {
+    if (written.count(at)) continue;
+    if (!b.sparse_over_files.empty() && b.sparse_over_files.back().second == at) b.sparse_over_files.back().second += 4096;
+    else b.sparse_over_files.push_back({at, at + 4096});
+  }
   return b;
 }
 
