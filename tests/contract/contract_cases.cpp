@@ -198,7 +198,9 @@ Result<Built> example_xor(Env& e) {
 
 Result<Built> zero(Env& e) {
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zero", kSectors)));
-  return mk(d, Kind::kDropsWrites);
+  Built b = mk(d, Kind::kDropsWrites);
+  b.sparse = {{0, kDevSize}};
+  return b;
 }
 
 Result<Built> error(Env& e) {
