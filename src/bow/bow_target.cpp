@@ -1,4 +1,5 @@
 #include "bow/bow_target.h"
+#include "device/allocation.h"
 
 #include <fmt/format.h>
 
@@ -555,6 +556,64 @@ Status BowTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
     else std::copy(j->data.begin() + (a - j->off), j->data.begin() + (e - j->off), buf.begin() + (a - off));
   }
   return Status::Ok();
+}
+
+Status BowTarget::do_allocation(uint64_t off, uint64_t len, AllocMap& out) {
+  std::shared_lock st(state_mu_);
+  const uint64_t end = off + len;
+  std::vector<std::pair<uint64_t, uint64_t>> holes, busy;  // byte ranges
+  int state;
+  {
+    std::lock_guard l(mu_);
+    state = state_;
+    if (state == 1) {
+      masked_ranges(off, len, holes);
+    } else if (state == 0) {
+      map_.visit(off / bs_, (end + bs_ - 1) / bs_, [&](const Run& r) {
+        if (r.type != BlockType::kFree) return;
+        uint64_t x = std::max(off, r.start * bs_), y = std::min(end, r.end * bs_);
+        if (x < y) holes.push_back({x, y});
+      });
+    }
+    // Blocks being written or saved, and queued writes: their bytes may be
+    // about to change, or lie over the device's.
+    for (const auto& [s, e] : busy_) busy.push_back({s * bs_, e * bs_});
+    for (const auto& [b, j] : deferred_) busy.push_back({j->off, j->off + j->len});
+  }
+  // holes minus busy (both sorted by start; busy may overlap itself).
+  std::sort(busy.begin(), busy.end());
+  std::vector<std::pair<uint64_t, uint64_t>> kept;
+  for (auto [a, e] : holes) {
+    for (const auto& [bs, be] : busy) {
+      if (be <= a || bs >= e) continue;
+      if (bs > a) kept.push_back({a, bs});
+      a = std::max(a, be);
+      if (a >= e) break;
+    }
+    if (a < e) kept.push_back({a, e});
+  }
+  uint64_t pos = off;
+  auto between = [&](uint64_t a, uint64_t e) -> Status {
+    if (a >= e) return Status::Ok();
+    if (state == 1) {
+      add_alloc_run(out, e - a, AllocKind::kData);
+      return Status::Ok();
+    }
+    uint64_t covered = 0;
+    UDM_TRY(append_allocation(*dev_, a, e - a, out, 0, covered));
+    if (covered < e - a) return Status::Error(ENOBUFS, "full");  // a prefix is enough
+    return Status::Ok();
+  };
+  for (const auto& [a, e] : kept) {
+    Status s = between(pos, a);
+    if (s.code() == ENOBUFS) return Status::Ok();
+    UDM_TRY(s);
+    add_alloc_run(out, e - a, AllocKind::kHole);
+    pos = e;
+    if (out.size() >= kMaxAllocRuns) return Status::Ok();
+  }
+  Status s = between(pos, end);
+  return s.code() == ENOBUFS ? Status::Ok() : s;
 }
 
 Status BowTarget::do_write(uint64_t off, std::span<const uint8_t> buf, bool fua) {

@@ -98,6 +98,13 @@ class BowTarget : public Target {
   Status do_trim(uint64_t off, uint64_t len) override;
   Status do_write_zeroes(uint64_t off, uint64_t len, bool fua, bool may_unmap) override;
   Status do_flush() override;
+  // Blocks free in the filesystem's view read as zeroes: holes (state 0:
+  // FREE blocks, zeroed on the device when they were freed; state 1: the
+  // masked blocks, as reads see them), except blocks being written or under
+  // a write-back job not yet on the device. The rest: in states 0 and 2 the
+  // device's own map (its bytes are the view's), in state 1 data (block 0
+  // lives elsewhere and queued writes lie over the device's bytes).
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override;
 
  private:
   BowTarget(DevicePtr dev, uint64_t length, BowOptions opts);

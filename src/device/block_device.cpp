@@ -1,4 +1,5 @@
 #include "device/block_device.h"
+#include "device/allocation.h"
 
 #include <fmt/format.h>
 
@@ -43,6 +44,22 @@ void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth)
     return;
   }
   m.push_back(AllocRun{length, kind, depth});
+}
+
+Status append_allocation(BlockDevice& dev, uint64_t offset, uint64_t length, AllocMap& out,
+                         uint32_t depth_base, uint64_t& covered) {
+  covered = 0;
+  AllocMap part;
+  while (covered < length) {
+    if (out.size() >= kMaxAllocRuns) return Status::Ok();
+    UDM_TRY(dev.allocation(offset + covered, length - covered, part));
+    for (const AllocRun& r : part) {
+      uint32_t d = depth_base == 0 ? 0 : depth_base + std::max<uint32_t>(r.depth, 1) - 1;
+      add_alloc_run(out, r.length, r.kind, d);
+      covered += r.length;
+    }
+  }
+  return Status::Ok();
 }
 
 Status BlockDevice::allocation(uint64_t offset, uint64_t length, AllocMap& out) {

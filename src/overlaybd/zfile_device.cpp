@@ -51,6 +51,7 @@ Result<std::shared_ptr<ZFileDevice>> ZFileDevice::open(DevicePtr blob, std::shar
   d->header_ = h;
   d->layout_ = std::move(layout);
   d->owner_ = BlockCache::new_owner();
+  d->zero_state_ = std::make_unique<std::atomic<uint8_t>[]>(d->layout_.num_blocks());
   return d;
 }
 
@@ -148,6 +149,50 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
     uint64_t bstart = b * bs;
     uint64_t from = std::max(off, bstart), to = std::min(end, bstart + blocks[b - b0]->size());
     std::memcpy(buf.data() + (from - off), blocks[b - b0]->data() + (from - bstart), to - from);
+  }
+  return Status::Ok();
+}
+
+bool ZFileDevice::maybe_zero(uint64_t b) const {
+  uint64_t stored = layout_.starts[b + 1] - layout_.starts[b];
+  return stored <= block_len(b) / 200 + 64;
+}
+
+Status ZFileDevice::do_allocation(uint64_t off, uint64_t len, AllocMap& out) {
+  const uint64_t bs = layout_.h.block_size;
+  // At most 64 Ki blocks per call (a prefix is a valid answer).
+  const uint64_t b0 = off / bs, b1 = std::min((off + len - 1) / bs, b0 + (1 << 16) - 1);  // inclusive
+  // Decode the candidates whose state is not known yet, one stored read per run.
+  std::vector<uint8_t> stored, plain;
+  for (uint64_t b = b0; b <= b1;) {
+    if (!maybe_zero(b) || zero_state_[b].load(std::memory_order_relaxed) != 0) {
+      b++;
+      continue;
+    }
+    uint64_t e = b;
+    while (e + 1 <= b1 && maybe_zero(e + 1) && zero_state_[e + 1].load(std::memory_order_relaxed) == 0 &&
+           e - b < 4096)
+      e++;
+    uint64_t s0 = layout_.starts[b], s1 = layout_.starts[e + 1];
+    stored.resize(s1 - s0);
+    UDM_TRY(blob_->read(s0, stored).context(fmt::format("zfile: reading blocks {}..{}", b, e)));
+    for (uint64_t x = b; x <= e; x++) {
+      plain.resize(block_len(x));
+      std::span<const uint8_t> src(stored.data() + (layout_.starts[x] - s0), layout_.starts[x + 1] - layout_.starts[x]);
+      // A block that does not decode is data: its read reports the error.
+      bool zero = zfile_decode_block(layout_.h, x, src, plain).ok() &&
+                  std::all_of(plain.begin(), plain.end(), [](uint8_t v) { return v == 0; });
+      zero_state_[x].store(zero ? 1 : 2, std::memory_order_relaxed);
+    }
+    b = e + 1;
+  }
+  uint64_t pos = off;
+  const uint64_t end = std::min(off + len, (b1 + 1) * bs);
+  for (uint64_t b = b0; b <= b1 && pos < end; b++) {
+    uint64_t n = std::min(end, b * bs + block_len(b)) - pos;
+    bool zero = maybe_zero(b) && zero_state_[b].load(std::memory_order_relaxed) == 1;
+    add_alloc_run(out, n, zero ? AllocKind::kZero : AllocKind::kData);
+    pos += n;
   }
   return Status::Ok();
 }

@@ -53,9 +53,16 @@ class ZFileDevice : public BlockDevice {
   Status do_trim(uint64_t, uint64_t) override { return ReadOnly("zfile is read-only"); }
   Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return ReadOnly("zfile is read-only"); }
   Status do_flush() override { return Status::Ok(); }
+  // ZFile stores every block (no holes), but it knows which blocks compress
+  // to almost nothing: a block whose stored size is small enough to be a
+  // zero block (under block/200 + 64 bytes) is decoded once and, if it is
+  // all zeroes, reported as zero (remembered per block); every other block is
+  // data without any I/O.
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override;
 
  private:
   ZFileDevice() = default;
+  bool maybe_zero(uint64_t b) const;
   uint64_t block_len(uint64_t b) const;
   DevicePtr blob_;
   std::shared_ptr<BlockCache> cache_;
@@ -66,6 +73,8 @@ class ZFileDevice : public BlockDevice {
   std::atomic<uint64_t> last_end_{UINT64_MAX};
   std::atomic<uint64_t> ra_next_{0};  // first block read-ahead has not decompressed
   std::atomic<uint64_t> hits_{0}, misses_{0};
+  // Per block: 0 not known yet, 1 zero, 2 data (allocation()).
+  std::unique_ptr<std::atomic<uint8_t>[]> zero_state_;
 };
 
 // The payload of a one-member tar wrapper (a read-only slice of blob), or

@@ -1,4 +1,5 @@
 #include "snapshot/snapshot.h"
+#include "device/allocation.h"
 
 #include <fmt/format.h>
 
@@ -298,6 +299,57 @@ Status SnapshotCore::read_view(uint64_t offset, std::span<uint8_t> buf, BlockDev
   return Status::Ok();
 }
 
+Status SnapshotCore::allocation(uint64_t offset, uint64_t len, AllocMap& out, BlockDevice& origin,
+                                bool check_valid) {
+  const uint64_t cb = chunk_bytes(), end = offset + len;
+  // Work per call is bounded: at most this many chunks are looked at (the
+  // rest is left to the caller's next question).
+  constexpr uint64_t kMaxChunks = 1 << 16;
+  const uint64_t stop = std::min(end, (offset / cb + kMaxChunks) * cb);
+  uint64_t pos = offset;
+  while (pos < stop && out.size() < kMaxAllocRuns) {
+    if (check_valid && !store_->valid()) return IoError("snapshot is invalid");
+    const uint64_t c = pos / cb;
+    uint64_t covered = 0;
+    if (auto nc = store_->lookup(c)) {
+      // A run of chunks whose COW chunks follow each other: one question.
+      uint64_t n = 1;
+      for (;; n++) {
+        if ((c + n) * cb >= stop) break;
+        auto next = store_->lookup(c + n);
+        if (!next || *next != *nc + n) break;
+      }
+      uint64_t run_end = std::min(stop, (c + n) * cb);
+      UDM_TRY(append_allocation(store_->cow(), *nc * cb + pos % cb, run_end - pos, out, 1, covered));
+    } else {
+      uint64_t n = 1;
+      while ((c + n) * cb < stop && !store_->has_exception(c + n)) n++;
+      uint64_t run_end = std::min(stop, (c + n) * cb);
+      AllocMap part;
+      UDM_TRY(append_allocation(origin, pos, run_end - pos, part, 2, covered));
+      // Cut before the first chunk that got an exception while we asked.
+      uint64_t keep = covered;
+      for (uint64_t k = c; k * cb < pos + covered; k++)
+        if (store_->has_exception(k)) {
+          keep = k * cb > pos ? k * cb - pos : 0;
+          break;
+        }
+      if (check_valid && !store_->valid()) return IoError("snapshot is invalid");
+      uint64_t left = keep;
+      for (const AllocRun& r : part) {
+        if (left == 0) break;
+        uint64_t m = std::min(r.length, left);
+        add_alloc_run(out, m, r.kind, r.depth);
+        left -= m;
+      }
+      covered = keep;  // 0: the first chunk changed; look it up again
+    }
+    pos += covered;
+    if (covered == 0 && out.size() >= kMaxAllocRuns) break;
+  }
+  return Status::Ok();
+}
+
 Result<uint64_t> SnapshotCore::allocate_for_write() {
   if (overflow_) return IoError("snapshot overflowed: no room for a new exception");
   auto nc = store_->allocate();
@@ -494,6 +546,12 @@ Status OriginTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   return lower()->read(offset, buf);
 }
 
+Status OriginTarget::do_allocation(uint64_t offset, uint64_t len, AllocMap& out) {
+  std::shared_lock io(entry_->io_mu);
+  if (entry_->merge) return entry_->merge->view_allocation(offset, len, out);
+  return forward_allocation(offset, len, out);
+}
+
 Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
   // Every snapshot has the old chunks durable in its COW before the origin
   // write is issued (save_chunks returns after the commit).
@@ -579,6 +637,9 @@ Status SnapshotTarget::do_trim(uint64_t offset, uint64_t len) {
   return core_->trim(offset, len);
 }
 Status SnapshotTarget::do_flush() { return core_->store().cow().flush(); }
+Status SnapshotTarget::do_allocation(uint64_t offset, uint64_t len, AllocMap& out) {
+  return core_->allocation(offset, len, out, core_->origin(), true);
+}
 
 // ---------------------------------------------------------------- merge
 
@@ -779,6 +840,10 @@ Status MergeTarget::merge_one_batch(size_t max, bool* finished) {
 Status MergeTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   job_.foreground_io();
   return core_->read_view(offset, buf, *origin_, false);
+}
+
+Status MergeTarget::do_allocation(uint64_t offset, uint64_t len, AllocMap& out) {
+  return core_->allocation(offset, len, out, *origin_, false);
 }
 
 void MergeTarget::wait_unmerged(uint64_t c, std::shared_lock<std::shared_mutex>& lk) {

@@ -69,6 +69,17 @@ class SnapshotCore {
   // chunk if it has an exception, else from `origin`. check_valid: fail once
   // the snapshot is invalid.
   Status read_view(uint64_t offset, std::span<uint8_t> buf, BlockDevice& origin, bool check_valid);
+  // The view's allocation map through `origin`, from what the snapshot
+  // knows: a chunk with an exception is its COW chunk's map (depth 1: a
+  // zeroed or trimmed COW chunk of a file COW is a hole), any other chunk the
+  // origin's (depth 2 and below: a fresh snapshot of a sparse origin is as
+  // sparse as the origin). No chunk lock is taken: after asking the origin
+  // about a run of chunks without an exception, the run is checked again, and
+  // the answer is cut before the first chunk that got one meanwhile (an
+  // origin write makes every snapshot's exception visible before it changes
+  // the origin, so a chunk still without one was not changed under the
+  // question).
+  Status allocation(uint64_t offset, uint64_t len, AllocMap& out, BlockDevice& origin, bool check_valid);
   Status write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
     return modify(offset, buf.size(), buf.data(), fua, false);
   }
@@ -170,6 +181,8 @@ class OriginTarget : public ForwardingTarget {
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
   Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
   Status do_trim(uint64_t offset, uint64_t len) override;
+  // The origin's map, or the running merge's view's.
+  Status do_allocation(uint64_t offset, uint64_t len, AllocMap& out) override;
 
  private:
   std::shared_ptr<OriginEntry> entry_;
@@ -193,6 +206,7 @@ class SnapshotTarget : public Target {
   Status do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) override;
   Status do_trim(uint64_t offset, uint64_t len) override;
   Status do_flush() override;
+  Status do_allocation(uint64_t offset, uint64_t len, AllocMap& out) override;
 
  private:
   std::shared_ptr<SnapshotCore> core_;
@@ -228,6 +242,7 @@ class MergeTarget : public Target {
   // The merge's view for a snapshot-origin over the same origin; the caller
   // holds entry->io_mu shared (these do not take it again).
   Status view_read(uint64_t offset, std::span<uint8_t> buf) { return do_read(offset, buf); }
+  Status view_allocation(uint64_t offset, uint64_t len, AllocMap& out) { return do_allocation(offset, len, out); }
   Status view_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
     return modify_view(offset, buf.size(), buf.data(), fua, false, true);
   }
@@ -246,6 +261,8 @@ class MergeTarget : public Target {
   }
   Status do_trim(uint64_t offset, uint64_t len) override { return trim_view(offset, len, false); }
   Status do_flush() override;
+  // The snapshot's view (SnapshotCore::allocation) through this target's origin.
+  Status do_allocation(uint64_t offset, uint64_t len, AllocMap& out) override;
 
  private:
   // io_held: the caller holds entry_->io_mu shared already.

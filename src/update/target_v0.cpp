@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "device/allocation.h"
 #include "device/target_kit.h"
 #include "io/block_cache.h"
 #include "update/format_v0_io.h"
@@ -84,6 +85,32 @@ class UpdateTargetV0 : public ReadOnlyTarget {
       UDM_ASSIGN_OR_RETURN(BlockCache::Block chunk, get_chunk(idx_.chunk_of[static_cast<size_t>(e)]));
       uint64_t n = std::min(end - pos, bs - in_block);
       std::memcpy(buf.data() + (pos - off), chunk->data() + uint64_t{en.offset} * bs + in_block, n);
+      pos += n;
+    }
+    return Status::Ok();
+  }
+  // What reads return, without reading: a run of unchanged blocks is the
+  // system device's map (holes of a sparse system file stay holes); a block
+  // the diff changes is data (v0 has no zero operation). The copy-back only
+  // writes changed blocks, so the unchanged ones never change under the
+  // question. At most 1 GiB is described per call.
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    const uint64_t bs = idx_.block_size();
+    uint64_t pos = off, end = off + std::min<uint64_t>(len, uint64_t{1} << 30);
+    while (pos < end && out.size() < kMaxAllocRuns) {
+      uint64_t block = pos / bs;
+      if (idx_.find(block) < 0) {
+        auto it = std::upper_bound(idx_.entries.begin(), idx_.entries.end(), block,
+                                   [](uint64_t b, const Entry& en) { return b < en.dest; });
+        uint64_t run_end = it == idx_.entries.end() ? end : std::min(end, it->dest * bs);
+        uint64_t covered = 0;
+        UDM_TRY(append_allocation(*sys_, pos, run_end - pos, out, 0, covered));
+        pos += covered;
+        if (pos < run_end) break;  // the map is full
+        continue;
+      }
+      uint64_t n = std::min(end - pos, bs - pos % bs);
+      add_alloc_run(out, n, AllocKind::kData);
       pos += n;
     }
     return Status::Ok();

@@ -29,6 +29,7 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "device/allocation.h"
 #include "device/target_kit.h"
 #include "io/block_cache.h"
 #include "update/format_v1_io.h"
@@ -101,6 +102,35 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         UDM_TRY(compute(static_cast<size_t>(e), tmp));
         std::memcpy(buf.data() + (pos - off), tmp.data() + in_block, n);
       }
+      pos += n;
+    }
+    return Status::Ok();
+  }
+  // What reads return, without reading: a run of blocks without an
+  // operation is the system device's map (the copy-back writes only
+  // operations' destinations, so it never changes under the question); a
+  // block whose final operation is ZERO reads as zeroes whether or not it is
+  // applied (zero); any other operation's block is data. At most 1 GiB is
+  // described per call.
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    const uint64_t bs = idx_.block_size();
+    uint64_t pos = off, end = off + std::min<uint64_t>(len, uint64_t{1} << 30);
+    while (pos < end && out.size() < kMaxAllocRuns) {
+      uint64_t block = pos / bs;
+      int64_t e = idx_.find(block);
+      if (e < 0) {
+        auto it = std::upper_bound(idx_.by_dest.begin(), idx_.by_dest.end(), block,
+                                   [](uint64_t b, const std::pair<uint64_t, uint32_t>& en) { return b < en.first; });
+        uint64_t run_end = it == idx_.by_dest.end() ? end : std::min(end, it->first * bs);
+        uint64_t covered = 0;
+        UDM_TRY(append_allocation(*sys_, pos, run_end - pos, out, 0, covered));
+        pos += covered;
+        if (pos < run_end) break;  // the map is full
+        continue;
+      }
+      uint64_t n = std::min(end - pos, bs - pos % bs);
+      bool zero = idx_.ops[static_cast<size_t>(e)].type == OpType::Zero;
+      add_alloc_run(out, n, zero ? AllocKind::kZero : AllocKind::kData);
       pos += n;
     }
     return Status::Ok();

@@ -275,6 +275,38 @@ Status VerityTarget::do_read(uint64_t off, std::span<uint8_t> buf) {
   return Status::Ok();
 }
 
+Status VerityTarget::do_allocation(uint64_t off, uint64_t len, AllocMap& out) {
+  if (zero_digest_.empty()) return ReadOnlyTarget::do_allocation(off, len, out);
+  if (latched_) return IoError(fmt::format("verity: device latched after corruption ({})", mode_name(t_)));
+  const uint64_t dbs = t_.params.data_block_size;
+  const uint32_t ds = g_.digest_size;
+  // At most 64 Ki data blocks per call (a prefix is a valid answer).
+  const uint64_t first = off / dbs, last = std::min((off + len - 1) / dbs, first + (1 << 16) - 1);
+  const uint64_t end = std::min(off + len, (last + 1) * dbs);
+  BlockCache::Block leaf;
+  uint64_t leaf_index = UINT64_MAX;
+  uint64_t pos = off;
+  for (uint64_t b = first; b <= last; b++) {
+    const uint8_t* w;
+    if (g_.levels == 0) {
+      w = t_.root.data();
+    } else {
+      uint64_t li = b >> g_.hash_per_block_bits;
+      if (li != leaf_index) {
+        UDM_ASSIGN_OR_RETURN(leaf, hash_block(0, li));
+        leaf_index = li;
+      }
+      w = leaf->data() + (b & (g_.hashes_per_block() - 1)) * g_.entry_size;
+    }
+    if (latched_) return IoError(fmt::format("verity: device latched after corruption ({})", mode_name(t_)));
+    bool zero = memcmp(w, zero_digest_.data(), ds) == 0;
+    uint64_t n = std::min(end, (b + 1) * dbs) - pos;
+    add_alloc_run(out, n, zero ? AllocKind::kZero : AllocKind::kData);
+    pos += n;
+  }
+  return Status::Ok();
+}
+
 Result<TargetPtr> make_verity(const TargetParams& p) {
   UDM_ASSIGN_OR_RETURN(VerityLine t, parse_table_args(p.args));
   // Signature first: a refused table opens nothing.

@@ -46,6 +46,12 @@ class VerityTarget : public ReadOnlyTarget {
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override;
+  // Never the data device's map: its holes are not verified, and a block that
+  // fails verification must not be described as zeroes. With
+  // ignore_zero_blocks, a block whose digest in the (verified) hash tree is
+  // the zero block's reads as zeroes without its data being read: zero. Every
+  // other block: data.
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override;
 
  private:
   VerityTarget() = default;

@@ -1,9 +1,13 @@
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <atomic>
 #include <chrono>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "contract/contract_util.h"
@@ -28,6 +32,24 @@ Result<DevicePtr> TestResolver::open(const std::string& spec, bool) {
 }
 
 static std::atomic<int> g_env_seq{0};
+
+// Backing files are written sparse: all-zero 4 KiB blocks stay holes (on
+// file systems that keep holes), so targets that pass allocation down have
+// holes to pass.
+static void write_sparse(const std::string& p, const std::vector<uint8_t>& init) {
+  udm::test::make_sparse_file(p, init.size());
+  int fd = ::open(p.c_str(), O_WRONLY);
+  if (fd < 0) throw std::runtime_error("open " + p);
+  for (uint64_t o = 0; o < init.size(); o += 4096) {
+    uint64_t n = std::min<uint64_t>(4096, init.size() - o);
+    if (std::all_of(init.begin() + o, init.begin() + o + n, [](uint8_t v) { return v == 0; })) continue;
+    if (::pwrite(fd, init.data() + o, n, static_cast<off_t>(o)) != static_cast<ssize_t>(n)) {
+      ::close(fd);
+      throw std::runtime_error("write " + p);
+    }
+  }
+  ::close(fd);
+}
 
 Env::Env(bool files) : files_(files), uniq_(fmt::format("c{}-", g_env_seq++)) {}
 
@@ -66,7 +88,7 @@ std::string Env::backing(const std::string& name, const std::vector<uint8_t>& in
   }
   if (files_) {
     std::string p = path(name);
-    udm::test::write_file(p, init);
+    write_sparse(p, init);
     auto f = FileDevice::open(p, {.writable = true});
     if (!f.ok()) return "";
     res_.devs[p] = *f;
@@ -125,6 +147,7 @@ class SlowDevice : public BlockDevice {
     return d_->write_zeroes(o, l, fua, unmap);
   }
   Status do_flush() override { return d_->flush(); }
+  Status do_allocation(uint64_t o, uint64_t l, AllocMap& out) override { return d_->allocation(o, l, out); }
 
  private:
   DevicePtr d_;
@@ -153,6 +176,9 @@ std::vector<uint8_t> mixed_image(uint64_t seed) {
   return img;
 }
 
+// mixed_image's zero region.
+const std::pair<uint64_t, uint64_t> kZeroRegion{kDevSize / 8, kDevSize / 4};
+
 Result<Built> linear(Env& e) {
   std::string a = e.backing("a", random_bytes(kDevSize / 2 + 65536, 1));
   std::string b = e.backing("b", random_bytes(kDevSize / 2, 2));
@@ -172,7 +198,9 @@ Result<Built> example_xor(Env& e) {
 
 Result<Built> zero(Env& e) {
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zero", kSectors)));
-  return mk(d, Kind::kDropsWrites);
+  Built b = mk(d, Kind::kDropsWrites);
+  b.sparse = {{0, kDevSize}};
+  return b;
 }
 
 Result<Built> error(Env& e) {
@@ -189,6 +217,9 @@ Result<Built> bow(Env& e, int state) {
   if (state >= 2) UDM_TRY(d->message(0, {"state", "2"}).status());
   Built b = mk(d, Kind::kReadWrite);
   b.may_run_out = state == 1;
+  // Free space is a hole in states 0 and 1 (bow's map); in state 2 the
+  // device's map (a file: the punched holes).
+  if (state < 2) b.sparse = {{kDevSize / 4, kDevSize}};
   return b;
 }
 
@@ -201,6 +232,7 @@ Result<Built> snapshot(Env& e, const std::string& which, const std::string& mode
   UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
   UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} {} 8", kSectors, o, c, mode)));
   Built b = mk(which == "origin" ? od : sd, Kind::kReadWrite);
+  b.sparse_over_files = {kZeroRegion};  // a fresh snapshot: the origin's holes
   MappedDevicePtr other = which == "origin" ? sd : od;
   // The other side must not see the workload.
   b.check = [other, init]() -> std::string {
@@ -249,6 +281,7 @@ Result<Built> merge(Env& e, bool wait_done) {
   std::string o = e.backing("origin", init);
   std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
   std::vector<uint8_t> view;
+  std::set<uint64_t> written;  // 4 KiB chunks the snapshot changed
   {
     UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
     UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o, c)));
@@ -256,7 +289,9 @@ Result<Built> merge(Env& e, bool wait_done) {
     std::mt19937_64 rng(6);
     for (int i = 0; i < 64; i++) {
       auto data = random_bytes(4096, rng());
-      UDM_TRY(sd->write((rng() % (kDevSize / 4096)) * 4096, data));
+      uint64_t at = (rng() % (kDevSize / 4096)) * 4096;
+      UDM_TRY(sd->write(at, data));
+      written.insert(at);
     }
     UDM_TRY(sd->flush());
     view = read_all(*sd);
@@ -276,6 +311,13 @@ Result<Built> merge(Env& e, bool wait_done) {
     b.note = merge_done(*md) ? "merge already done at start" : "merge running at start";
   }
   if (read_all(*md) != view) return Status::Error(EIO, "merge device does not read as the snapshot");
+  // Chunks of the origin's zero region the snapshot never changed: the
+  // origin's holes, merged or not.
+  for (uint64_t at = kZeroRegion.first; at < kZeroRegion.second; at += 4096) {
+    if (written.count(at)) continue;
+    if (!b.sparse_over_files.empty() && b.sparse_over_files.back().second == at) b.sparse_over_files.back().second += 4096;
+    else b.sparse_over_files.push_back({at, at + 4096});
+  }
   return b;
 }
 
@@ -305,7 +347,9 @@ Result<Built> lsmt_rw(Env& e) {
   }
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} lsmt {} rw {} {}", kSectors, base, dp, ip)));
   if (read_all(*d) != raw) return Status::Error(EIO, "lsmt does not read as its base layer");
-  return mk(d, Kind::kReadWrite);
+  Built b = mk(d, Kind::kReadWrite);
+  b.sparse = {kZeroRegion};  // unmapped in the base layer
+  return b;
 }
 
 Result<Built> zfile(Env& e) {
@@ -320,7 +364,9 @@ Result<Built> zfile(Env& e) {
   }
   std::string spec = e.backing("zfile", udm::test::read_file(zp));
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} zfile {}", kSectors, spec)));
-  return mk(d, Kind::kReadOnly, raw);
+  Built b = mk(d, Kind::kReadOnly, raw);
+  b.sparse = {kZeroRegion};  // zero blocks, known from their stored size and decoded
+  return b;
 }
 
 // An update device over the old image and a diff (v0 or v1), copy-back
@@ -357,7 +403,34 @@ Result<Built> update(Env& e, int version, bool bg) {
   std::string diff = e.backing("diff", udm::test::read_file(dp));
   UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} update {} {} {}", kSectors, sys, diff,
                                                          bg ? "0" : "1 no_bg_update")));
-  return mk(d, Kind::kReadOnly, new_img);
+  Built b = mk(d, Kind::kReadOnly, new_img);
+  // Blocks of the old image's zero region the update leaves alone: holes of
+  // the (sparse) system file, or - v1 - parked there and zeroed again by a
+  // ZERO operation.
+  for (uint64_t o = kZeroRegion.first; o < kZeroRegion.second; o += 4096)
+    if (std::equal(old_img.begin() + o, old_img.begin() + o + 4096, new_img.begin() + o)) {
+      if (!b.sparse_over_files.empty() && b.sparse_over_files.back().second == o) b.sparse_over_files.back().second += 4096;
+      else b.sparse_over_files.push_back({o, o + 4096});
+    }
+  return b;
+}
+
+// verity over an image with a zero region; with ignore_zero_blocks its
+// blocks are zero by their digests (never by the data device's holes).
+Result<Built> verity_case(Env& e, bool izb) {
+  auto raw = mixed_image(14);
+  verity::Params p;
+  p.data_blocks = kDevSize / 4096;
+  p.salt = {1, 2, 3};
+  auto t = verity::build_tree_mem(p, raw);
+  if (!t.ok()) return t.status();
+  UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} verity 1 {} {} 4096 4096 {} 0 sha256 {} 010203{}", kSectors,
+                                                         e.backing("vdata", raw), e.backing("vhash", t->blocks),
+                                                         p.data_blocks, verity::to_hex(t->root),
+                                                         izb ? " 1 ignore_zero_blocks" : "")));
+  Built b = mk(d, Kind::kReadOnly, raw);
+  if (izb) b.sparse = {kZeroRegion};
+  return b;
 }
 
 // Android's COW (v2 or v3) over the old image: the view, or the merge target
@@ -412,7 +485,8 @@ const std::vector<Case>& contract_cases() {
       {"update_v0", [](Env& e) { return update(e, 0, false); }},
       {"update_v1", [](Env& e) { return update(e, 1, false); }},
       {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
-      {"verity", [](Env& e) -> Result<Built> { auto raw = mixed_image(14); verity::Params p; p.data_blocks = kDevSize / 4096; p.salt = {1, 2, 3}; auto t = verity::build_tree_mem(p, raw); if (!t.ok()) return t.status(); UDM_ASSIGN_OR_RETURN(auto d, e.make("dev", fmt::format("0 {} verity 1 {} {} 4096 4096 {} 0 sha256 {} 010203", kSectors, e.backing("vdata", raw), e.backing("vhash", t->blocks), p.data_blocks, verity::to_hex(t->root)))); return mk(d, Kind::kReadOnly, raw); }},
+      {"verity", [](Env& e) { return verity_case(e, false); }},
+      {"verity_ignore_zero_blocks", [](Env& e) { return verity_case(e, true); }},
       {"android_cow_v2", [](Env& e) { return android_cow(e, 2, false); }},
       {"android_cow_v3", [](Env& e) { return android_cow(e, 3, false); }},
       {"android_cow_merge", [](Env& e) { return android_cow(e, 3, true); }},

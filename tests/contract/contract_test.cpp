@@ -1,7 +1,9 @@
 // The block-device contract (docs/architecture.md, "The contract"), checked
 // for every target type over memory and over file backing devices. One
 // parameterized suite: a new target adds one line to contract_cases().
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <random>
@@ -512,6 +514,38 @@ TEST_P(Contract, AllocationMapIsTruthful) {
     ASSERT_NO_FATAL_FAILURE(check(qo, ql, "step " + std::to_string(step)));
   }
   ASSERT_NO_FATAL_FAILURE(check(0, kDevSize, "final"));
+}
+
+// What the fixture knows to be zeroed or unmapped, the map says so: a target
+// answering "all data" where it could know better fails here. Over files only
+// where the knowledge comes from the backing files' holes.
+TEST_P(Contract, AllocationMapKnowsTheFixturesZeroes) {
+  auto ranges = built_.sparse;
+  if (GetParam().files) {
+    int fd = ::open(env_->path("probe").c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+    ASSERT_EQ(::pwrite(fd, "x", 1, 65536), 1);
+    bool holes = ::lseek(fd, 0, SEEK_DATA) > 0;
+    ::close(fd);
+    if (holes) ranges.insert(ranges.end(), built_.sparse_over_files.begin(), built_.sparse_over_files.end());
+  }
+  if (ranges.empty()) GTEST_SKIP() << "the fixture has no range this target can know to be zero";
+  for (auto [a, e] : ranges) {
+    uint64_t pos = a;
+    while (pos < e) {
+      AllocMap m;
+      ASSERT_TRUE(dev_->allocation(pos, e - pos, m).ok());
+      ASSERT_FALSE(m.empty());
+      for (const auto& r : m) {
+        EXPECT_NE(r.kind, AllocKind::kData) << "data at " << pos << "+" << r.length << " inside [" << a << ", " << e << ")";
+        pos += r.length;
+      }
+    }
+    std::vector<uint8_t> got(e - a);
+    ASSERT_TRUE(dev_->read(a, got).ok());
+    EXPECT_EQ(got, std::vector<uint8_t>(e - a, 0));
+  }
 }
 }  // namespace
 

@@ -82,6 +82,11 @@ struct Built {
   // Writes may fail with ENOSPC (bow in state 1 when its backups fill the
   // free space); such a write must change nothing.
   bool may_run_out = false;
+  // Byte ranges the device must describe as zero or hole when it is built
+  // (its allocation map knows them: zeroed or unmapped in the fixture), and
+  // those it must only over file backing devices (which are written sparse:
+  // all-zero 4 KiB blocks left as holes).
+  std::vector<std::pair<uint64_t, uint64_t>> sparse, sparse_over_files;
 };
 
 struct Case {

@@ -12,14 +12,18 @@
 #include <nlohmann/json.hpp>
 
 #include "common/sys_util.h"
+#include "device/mapped_device.h"
+#include "device/table.h"
 #include "export/nbd/nbd_proto.h"
 #include "export/nbd/nbd_server.h"
 #include "io/file_device.h"
 #include "io/grow_file.h"
 #include "io/memory_device.h"
+#include "io/resolver.h"
 #include "nbd/nbd_raw_client.h"
 #include "overlaybd/lsmt_device.h"
 #include "overlaybd/writer.h"
+#include "update/differ.h"
 
 using namespace udm;
 using namespace udm::test;
@@ -76,6 +80,20 @@ std::vector<std::pair<uint32_t, uint32_t>> descriptors(const Chunk& c) {
   for (size_t i = 4; i + 8 <= c.data.size(); i += 8)
     v.emplace_back(get_be32(c.data.data() + i), get_be32(c.data.data() + i + 4));
   return v;
+}
+
+// nbdinfo --map output as (offset, length, type) triples.
+std::vector<std::tuple<uint64_t, uint64_t, int>> parse_map(const std::string& out) {
+  std::istringstream in(out);
+  std::vector<std::tuple<uint64_t, uint64_t, int>> got;
+  uint64_t off, len;
+  int type;
+  std::string rest;
+  while (in >> off >> len >> type) {
+    std::getline(in, rest);
+    got.emplace_back(off, len, type);
+  }
+  return got;
 }
 
 class NbdBlockStatus : public ::testing::Test {
@@ -325,6 +343,107 @@ TEST_F(NbdBlockStatus, RealClientsSeeTheMap) {
   EXPECT_LT(uint64_t(st.st_size), 4 * kMiB) << "qcow2 of a 64 MiB export with 1.06 MiB of data";
   r = run({"qemu-img", "compare", "-f", "qcow2", "-F", "raw", q, sparse_path_});
   EXPECT_TRUE(r.ok()) << r.describe();
+}
+
+// A fresh snapshot of a sparse origin and an update device over a sparse
+// system file, built from table lines as the daemon builds them, exported
+// and mapped by nbdinfo and qemu-img: the origin's holes come through the
+// snapshot (data one layer down, its own exceptions on top), the update's
+// unchanged blocks are the system file's holes, its ZERO operation a zero
+// extent; a sparse nbdcopy of each equals its full read.
+TEST_F(NbdBlockStatus, SnapshotAndUpdateDevicesShowTheirHoles) {
+  for (auto t : {"nbdinfo", "qemu-img", "nbdcopy"})
+    if (!have_tool(t)) GTEST_SKIP() << t << " missing";
+  constexpr uint64_t kSize = 64 * kMiB, kKiB = 1024;
+  // origin / old image: data at [1M, 2M), holes elsewhere.
+  auto old_data = random_bytes(kMiB, 11);
+  auto sparse_with = [&](const std::string& p) {
+    auto f = FileDevice::open(p, {.writable = true, .create = true, .create_size = kSize});
+    EXPECT_TRUE(f.ok());
+    EXPECT_TRUE((*f)->write(kMiB, old_data).ok());
+    EXPECT_TRUE((*f)->flush().ok());
+  };
+  std::string origin = tmp_.file("origin.img"), cow = tmp_.file("cow.img"), sys = tmp_.file("sys.img");
+  sparse_with(origin);
+  sparse_with(sys);
+  { auto f = FileDevice::open(cow, {.writable = true, .create = true, .create_size = kSize}); ASSERT_TRUE(f.ok()); }
+  // new image: the block at 1M+4K zeroed, one at 40M written.
+  std::vector<uint8_t> old_img(kSize, 0);
+  std::copy(old_data.begin(), old_data.end(), old_img.begin() + kMiB);
+  auto new_img = old_img;
+  std::fill(new_img.begin() + kMiB + 4096, new_img.begin() + kMiB + 8192, 0);
+  auto w = random_bytes(4096, 12);
+  std::copy(w.begin(), w.end(), new_img.begin() + 40 * kMiB);
+  write_file(tmp_.file("old.img"), old_img);
+  write_file(tmp_.file("new.img"), new_img);
+  update::DiffV1Options o;
+  o.progress = false;
+  o.level = 3;
+  auto st = update::make_diff_v1(tmp_.file("old.img"), tmp_.file("new.img"), tmp_.file("diff.img"), o);
+  ASSERT_TRUE(st.ok()) << st.status().to_string();
+
+  Resolver res;
+  std::vector<MappedDevicePtr> devs;
+  auto make = [&](const std::string& name, const std::string& line) {
+    auto spec = parse_table(line);
+    ASSERT_TRUE(spec.ok()) << spec.status().to_string();
+    auto t = Table::build(*spec, res, TargetRegistry::builtin(), name);
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    devs.push_back(std::make_shared<MappedDevice>(name, *t));
+    provider_.add(name, devs.back());
+  };
+  const uint64_t sectors = kSize / 512;
+  ASSERT_NO_FATAL_FAILURE(make("origin", fmt::format("0 {} snapshot-origin {}", sectors, origin)));
+  ASSERT_NO_FATAL_FAILURE(make("snap", fmt::format("0 {} snapshot {} {} P 8", sectors, origin, cow)));
+  ASSERT_NO_FATAL_FAILURE(make("upd", fmt::format("0 {} update {} {} 1 no_bg_update", sectors, sys, tmp_.file("diff.img"))));
+  // The snapshot gets an exception of its own at 8M.
+  ASSERT_TRUE(devs[1]->write(8 * kMiB, random_bytes(64 * kKiB, 13)).ok());
+
+  auto r = run({"nbdinfo", "--map", uri("snap")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  using M = std::vector<std::tuple<uint64_t, uint64_t, int>>;
+  EXPECT_EQ(parse_map(r.out), (M{{0, kMiB, 3}, {kMiB, kMiB, 0}, {2 * kMiB, 6 * kMiB, 3}, {8 * kMiB, 64 * kKiB, 0},
+                                 {8 * kMiB + 64 * kKiB, 56 * kMiB - 64 * kKiB, 3}}))
+      << r.out;
+  r = run({"nbdinfo", "--map=qemu:allocation-depth", uri("snap")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(parse_map(r.out), (M{{0, kMiB, 0}, {kMiB, kMiB, 2}, {2 * kMiB, 6 * kMiB, 0}, {8 * kMiB, 64 * kKiB, 1},
+                                 {8 * kMiB + 64 * kKiB, 56 * kMiB - 64 * kKiB, 0}}))
+      << r.out;
+  r = run({"nbdinfo", "--map", uri("origin")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(parse_map(r.out), (M{{0, kMiB, 3}, {kMiB, kMiB, 0}, {2 * kMiB, 62 * kMiB, 3}})) << r.out;
+  r = run({"nbdinfo", "--map", uri("upd")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(parse_map(r.out), (M{{0, kMiB, 3}, {kMiB, 4096, 0}, {kMiB + 4096, 4096, 2}, {kMiB + 8192, kMiB - 8192, 0},
+                                 {2 * kMiB, 38 * kMiB, 3}, {40 * kMiB, 4096, 0}, {40 * kMiB + 4096, 24 * kMiB - 4096, 3}}))
+      << r.out;
+  // qemu-img map of the update device: the ZERO block is a zero extent.
+  r = run({"qemu-img", "map", "--output=json", "-f", "raw", qemu("upd")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  auto j = nlohmann::json::parse(r.out);
+  std::vector<std::tuple<uint64_t, uint64_t, bool, bool>> got;
+  for (auto& e : j) got.emplace_back(e["start"], e["length"], e["data"], e["zero"]);
+  std::vector<std::tuple<uint64_t, uint64_t, bool, bool>> want = {
+      {0, kMiB, false, true},           {kMiB, 4096, true, false},
+      {kMiB + 4096, 4096, true, true},  {kMiB + 8192, kMiB - 8192, true, false},
+      {2 * kMiB, 38 * kMiB, false, true}, {40 * kMiB, 4096, true, false},
+      {40 * kMiB + 4096, 24 * kMiB - 4096, false, true}};
+  EXPECT_EQ(got, want) << r.out;
+  // Sparse copies: equal bytes, holes kept.
+  for (auto [name, idx, data] : {std::tuple{"snap", 1, kMiB + 64 * kKiB}, std::tuple{"upd", 2, kMiB + 4096}}) {
+    std::string out = tmp_.file(std::string(name) + ".copy");
+    r = run({"nbdcopy", uri(name), out});
+    ASSERT_TRUE(r.ok()) << r.describe();
+    std::vector<uint8_t> want_bytes(kSize);
+    ASSERT_TRUE(devs[idx]->read(0, want_bytes).ok());
+    EXPECT_EQ(read_file(out), want_bytes) << name;
+    struct stat sb;
+    ASSERT_EQ(::stat(out.c_str(), &sb), 0);
+    EXPECT_LE(uint64_t(sb.st_blocks) * 512, data + 256 * 1024) << name << ": the copy is not sparse";
+  }
+  EXPECT_EQ(read_file(tmp_.file("upd.copy")), new_img);
+  for (auto n : {"upd", "snap", "origin"}) provider_.remove(n);
 }
 
 // A client that enters with NBD_OPT_EXPORT_NAME never sees the 32 MiB

@@ -13,6 +13,7 @@
 #include "nbd/nbd_raw_client.h"
 #include "export/nbd/nbd_proto.h"
 #include "export/nbd/nbd_server.h"
+#include "io/fault_device.h"
 #include "io/file_device.h"
 
 using namespace udm;
@@ -188,6 +189,54 @@ TEST_F(NbdE2E, ConcurrentConnectionsWriteTheirOwnRanges) {
   auto r = run({"nbdinfo", "--size", "nbd://" + server_->tcp_bound_address() + "/disk"});
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.out, std::to_string(kSize) + "\n");
+}
+
+// CAN_MULTI_CONN's promise (docs/nbd.md): a flush on one connection makes
+// durable the writes completed on every connection. The export is a device
+// with a volatile write cache (FaultDevice: durable_image() is what survives
+// a power cut now): connection A writes, B flushes, C reads back; a write
+// A completes after the flush stays volatile (so the check can fail).
+TEST_F(NbdE2E, MultiConnFlushOnOneConnectionCoversAnothersWrites) {
+  constexpr uint64_t kVolSize = 1 << 20;
+  auto vol = std::make_shared<FaultDevice>(random_bytes(kVolSize, 21));
+  provider_.add("volatile", vol);
+  auto r = run({"nbdinfo", "--json", uri("volatile")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("\"can_multi_conn\": true"), std::string::npos) << r.out;
+  int a = go(sock_, "volatile"), b = go(sock_, "volatile"), c = go(sock_, "volatile");
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_GE(c, 0);
+  auto reply_ok = [](int fd, uint64_t cookie) {
+    auto rep = recv_n(fd, 16);
+    return rep.size() == 16 && get_be32(rep.data() + 4) == 0 && get_be64(rep.data() + 8) == cookie;
+  };
+  auto write = [&](int fd, uint64_t off, const std::vector<uint8_t>& data, uint64_t cookie) {
+    auto req = request(kCmdWrite, off, static_cast<uint32_t>(data.size()), cookie);
+    req.insert(req.end(), data.begin(), data.end());
+    ASSERT_TRUE(send_all(fd, req));
+    ASSERT_TRUE(reply_ok(fd, cookie));
+  };
+  const auto first = random_bytes(65536, 22), later = random_bytes(65536, 23);
+  ASSERT_NO_FATAL_FAILURE(write(a, 128 * 1024, first, 1));
+  auto before = vol->durable_image();
+  EXPECT_NE(std::vector<uint8_t>(before.begin() + 128 * 1024, before.begin() + 192 * 1024), first)
+      << "the write was durable before any flush: this device cannot tell";
+  ASSERT_TRUE(send_all(b, request(kCmdFlush, 0, 0, 2)));
+  ASSERT_TRUE(reply_ok(b, 2));
+  ASSERT_NO_FATAL_FAILURE(write(a, 512 * 1024, later, 3));
+  auto durable = vol->durable_image();
+  EXPECT_EQ(std::vector<uint8_t>(durable.begin() + 128 * 1024, durable.begin() + 192 * 1024), first)
+      << "B's flush did not cover A's completed write";
+  EXPECT_NE(std::vector<uint8_t>(durable.begin() + 512 * 1024, durable.begin() + 576 * 1024), later);
+  // C sees both writes.
+  ASSERT_TRUE(send_all(c, request(kCmdRead, 128 * 1024, 65536, 4)));
+  ASSERT_TRUE(reply_ok(c, 4));
+  EXPECT_EQ(recv_n(c, 65536), first);
+  ASSERT_TRUE(send_all(c, request(kCmdRead, 512 * 1024, 65536, 5)));
+  ASSERT_TRUE(reply_ok(c, 5));
+  EXPECT_EQ(recv_n(c, 65536), later);
+  for (int fd : {a, b, c}) close(fd);
 }
 
 TEST_F(NbdE2E, HostileClientsNeverTakeTheServerDown) {
