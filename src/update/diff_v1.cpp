@@ -28,13 +28,14 @@ struct CCtx {
 }  // namespace
 
 std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag,
-                               bool magicless) {
+                               bool magicless, int window_log) {
   thread_local CCtx cc;
   ZSTD_CCtx_reset(cc.c, ZSTD_reset_session_and_parameters);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_compressionLevel, level);
   if (magicless) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_format, ZSTD_f_zstd1_magicless);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_checksumFlag, 0);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_contentSizeFlag, size_flag ? 1 : 0);
+  if (window_log) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_windowLog, window_log);
   if (pn) ZSTD_CCtx_refPrefix(cc.c, prefix, pn);
   std::vector<uint8_t> out(ZSTD_compressBound(n));
   size_t r = ZSTD_compress2(cc.c, out.data(), out.size(), src, n);
