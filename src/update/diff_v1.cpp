@@ -101,7 +101,21 @@ Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t>
   index_old(in, ix);
   match_exact(in, ix, plan, st);
   choose_ops(in, ix, plan);
-  UDM_TRY(order_ops(in, ix, plan, st));
+  if (o.chunk_refs) {
+    // REPLACE first keeps their chunks' references intact, but leaves no
+    // REPLACE block to park a SAVE in: if that cost conversions to REPLACE
+    // (cycles where no zero block was free), the order with REPLACE held
+    // back for parking is taken when it converts fewer.
+    Plan held = plan;
+    DiffV1Stats hst = st;
+    UDM_TRY(order_ops(in, ix, plan, st, true));
+    if (st.converted > 0) {
+      UDM_TRY(order_ops(in, ix, held, hst, false));
+      if (hst.converted < st.converted) plan = std::move(held), st = hst;
+    }
+  } else {
+    UDM_TRY(order_ops(in, ix, plan, st, false));
+  }
   UDM_ASSIGN_OR_RETURN(Encoded e, encode(in, ix, plan, st));
   UDM_TRY(check_loads(e));
   return e;

@@ -154,7 +154,9 @@ uint64_t xor_source(const Input& in, Similar& s, const uint8_t* nb);
 // Reference blocks for a DELTA of g (at most kV1MaxRefs; may be empty).
 std::vector<uint64_t> delta_refs(const Input& in, Similar& s, const GOp& g);
 void choose_ops(const Input& in, const OldIndex& ix, Plan& plan);                   // diff_v1_choose.cpp
-Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st); // diff_v1_order.cpp
+// replace_first: REPLACE operations nobody must read first go first (their
+// chunk references stay intact) instead of being held back for parking.
+Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st, bool replace_first);  // diff_v1_order.cpp
 Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st);  // diff_v1_encode.cpp
 Status check_loads(const Encoded& e);                                              // diff_v1_write.cpp
 Result<uint64_t> write_encoded(const Encoded& e, GrowFile& out);                    // bytes written

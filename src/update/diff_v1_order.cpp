@@ -14,7 +14,7 @@
 
 namespace udm::update::v1gen {
 
-Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st) {
+Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st, bool replace_first) {
   const DiffV1Options& o = in.o;
   const uint8_t* OLD = in.OLD;
   const uint8_t* NEW = in.NEW;
@@ -53,7 +53,7 @@ Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& s
   std::vector<uint8_t> emitted(n, 0);
   // Lowest destination first; with chunk references REPLACE operations
   // before the rest (their chunk's references are then still intact).
-  const bool early = o.chunk_refs;
+  const bool early = replace_first;
   auto later = [&](uint32_t a, uint32_t b) {
     if (early) {
       const bool ra = ops[a].type == OpType::Replace, rb = ops[b].type == OpType::Replace;
