@@ -100,6 +100,10 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   return b;
 }
 
+uint64_t v1_header_max_meta_raw(const V1Header& h) {
+  return v1_max_meta_raw(h.op_count, h.chunk_refs ? v1_max_chunk_refs(h.block_bits) : 0);
+}
+
 Status v1_validate_header(const V1Header& h) {
   if (h.block_bits < kV1MinBlockBits || h.block_bits > kV1MaxBlockBits)
     return Corrupt(fmt::format("v1 header block_bits: {} (must be {}..{})", h.block_bits, kV1MinBlockBits, kV1MaxBlockBits));
@@ -121,7 +125,7 @@ Status v1_validate_header(const V1Header& h) {
     return Corrupt(fmt::format("v1 header meta_offset: {} (must be {} after the header and stash)", h.meta_offset,
                                kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits)));
   if (h.meta_size == 0 || h.meta_size > kV1MaxMetaSize) return Corrupt(fmt::format("v1 header meta_size: {}", h.meta_size));
-  const uint64_t max_raw = v1_max_meta_raw(h.op_count, h.chunk_refs ? v1_max_chunk_refs(h.block_bits) : 0);
+  const uint64_t max_raw = v1_header_max_meta_raw(h);
   if (h.meta_raw_size == 0 || h.meta_raw_size > max_raw)
     return Corrupt(fmt::format("v1 header meta_raw_size: {} is implausible for {} operations (at most {})", h.meta_raw_size,
                                h.op_count, max_raw));

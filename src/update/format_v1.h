@@ -112,6 +112,10 @@ constexpr uint64_t v1_max_meta_raw(uint64_t op_count, uint64_t max_chunk_refs = 
                                      : kV1MaxMetaRaw);
 }
 
+struct V1Header;
+// The bound for one header (its op_count and flags).
+uint64_t v1_header_max_meta_raw(const V1Header& h);
+
 enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4, Xor = 5 };
 
 struct V1Header {
