@@ -10,8 +10,16 @@ rest of the file), some deleted, some renamed, some added (other real files)
 
 The file contents are real, the changes are synthetic (no package archive is
 needed, and the same seed gives the same pair on any Debian 12 machine with
-the same /usr). Usage: make_ext4_pair.py OLD NEW [MiB] [seed]"""
+the same /usr). Usage: make_ext4_pair.py OLD NEW [MiB] [seed]
+
+With FS=erofs the two trees are imaged with `mkfs.erofs -zlz4hc` (LZ4
+compressed, 4 KiB blocks), with FS=squashfs with `mksquashfs` (gzip, 4 KiB
+padding): compressed read-only images of the same two versions, where an
+edit recompresses whole clusters and everything after a changed file moves.
+MiB is then the budget the tree is chosen for (the image is smaller)."""
 import os, random, shutil, subprocess, sys, tempfile
+
+fs_kind = os.environ.get("FS", "ext4")
 
 old_img, new_img = sys.argv[1], sys.argv[2]
 mib = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
@@ -53,7 +61,20 @@ try:
             f.write(f"option.{i} = value{rng.randrange(100000)}\n")
     mk = ["mkfs.ext4", "-q", "-F", "-U", "11111111-2222-4333-8444-555555555555",
           "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d"]
-    subprocess.run(mk + [tree, old_img, f"{mib}M"], check=True)
+    def image(out):
+        if fs_kind == "erofs":
+            subprocess.run(["mkfs.erofs", "-zlz4hc", "-T0", "-U", "11111111-2222-4333-8444-555555555555",
+                            "--all-root", "--quiet", out, tree], check=True)
+        elif fs_kind == "squashfs":
+            subprocess.run(["mksquashfs", tree, out, "-noappend", "-no-progress", "-quiet", "-all-root",
+                            "-mkfs-time", "0", "-all-time", "0"], check=True, stdout=subprocess.DEVNULL)
+        else:
+            subprocess.run(mk + [tree, out, f"{mib}M"], check=True)
+        sz = os.path.getsize(out)
+        if sz % 4096:  # whole 4 KiB blocks (update-diff's block size)
+            with open(out, "ab") as f:
+                f.write(bytes(4096 - sz % 4096))
+    image(old_img)
 
     names = sorted(os.path.relpath(os.path.join(d, f), tree) for d, _, fs in os.walk(tree) for f in fs)
     rng.shuffle(names)
@@ -93,8 +114,8 @@ try:
     for _ in range(200):
         lines[rng.randrange(len(lines))] = f"option.edited = value{rng.randrange(100000)}\n"
     open(conf, "w").write("".join(lines))
-    subprocess.run(mk + [tree, new_img, f"{mib}M"], check=True)
-    print(f"{old_img}, {new_img}: {mib} MiB ext4, {len(chosen)} files ({total >> 20} MiB) from /usr; "
+    image(new_img)
+    print(f"{old_img}, {new_img}: {mib} MiB {fs_kind}, {len(chosen)} files ({total >> 20} MiB) from /usr; "
           f"{len(upgraded)} rewritten, {len(deleted)} deleted, {len(renamed)} renamed, {added >> 20} MiB added")
 finally:
     shutil.rmtree(work, ignore_errors=True)

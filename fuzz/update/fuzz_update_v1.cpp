@@ -2,7 +2,7 @@
 // which its device wrapper must agree with, then every operation computed
 // against a fixed old image: any file is either refused with a message or
 // yields an index whose payload lies inside the file and whose order never
-// reads a block after it was overwritten.
+// reads a block after it was overwritten (REPLACE chunk references included).
 #include <cstdint>
 #include <cstdlib>
 #include <algorithm>
@@ -49,6 +49,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& f : idx->frames)
     for (uint64_t r : f.refs)
       if (r >= idx->old_blocks()) std::abort();
+  // REPLACE chunk references (flag CHUNK_REFS): inside the old image,
+  // increasing, bounded, and never overwritten (or parked over) before a
+  // block of their chunk is applied.
+  if (!idx->h.chunk_refs)
+    for (const auto& c : idx->chunks)
+      if (!c.refs.empty()) std::abort();
+  for (const auto& c : idx->chunks) {
+    if (c.refs.size() > v1_max_chunk_refs(idx->h.block_bits)) std::abort();
+    for (size_t k = 0; k < c.refs.size(); k++)
+      if (c.refs[k] >= idx->old_blocks() || (k && c.refs[k] <= c.refs[k - 1])) std::abort();
+  }
+  for (size_t i = 0; i < idx->ops.size(); i++) {
+    if (idx->ops[i].type != OpType::Replace) continue;
+    for (uint64_t r : idx->chunks[idx->ops[i].index / idx->h.chunk_blocks].refs) {
+      int64_t w = idx->find(r), sv = idx->save_of(r);
+      if ((w >= 0 && w <= static_cast<int64_t>(i)) || (sv >= 0 && sv <= static_cast<int64_t>(i))) std::abort();
+    }
+  }
   const uint64_t bs = idx->block_size();
   const uint64_t dev_bytes = std::max(idx->old_bytes(), idx->new_bytes());
   if (dev_bytes > (64u << 20)) return 0;  // keep the old image small

@@ -24,7 +24,7 @@ Result<std::vector<uint8_t>> v1_compute_all(BlockDevice& diff, BlockDevice& old,
     auto it = payload.find({kind, k});
     if (it != payload.end()) return &it->second;
     std::vector<uint8_t> buf(uint64_t{kind == 2 ? idx.frames[k].blocks : idx.h.chunk_blocks} * bs);
-    Status st = kind == 2 ? v1_read_delta(diff, old, idx, k, buf) : v1_read_chunk(diff, idx, k, buf, kind == 1);
+    Status st = kind == 2 ? v1_read_delta(diff, old, idx, k, buf) : v1_read_chunk(diff, idx, k, buf, kind == 1, &old);
     if (!st.ok()) return st;
     return &payload.emplace(std::make_pair(kind, k), std::move(buf)).first->second;
   };

@@ -57,6 +57,51 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       h.ckpt_state == 2 ? fmt::format(" (started; a logged batch up to operation {} to finish)", h.ckpt_batch_end)
       : h.ckpt_state   ? std::string(" (started)")
                        : std::string());
+  // Where the bytes go: payload per operation kind, and what the operations
+  // read of the old image, by kind of reference.
+  uint64_t cref_blocks = 0, cref_chunks = 0, cref_bytes = 0;
+  for (const auto& c : idx->chunks)
+    if (!c.refs.empty()) cref_blocks += c.refs.size(), cref_chunks++, cref_bytes += c.length;
+  const double total = static_cast<double>(idx->file_size);
+  auto row = [&](const char* what, uint64_t bytes, uint64_t blocks) {
+    return fmt::format("  {:<22} {:>12} {:>6.1f}% {:>9} {:>10}\n", what, bytes, 100.0 * bytes / total, blocks,
+                       blocks ? fmt::format("{:.1f}", static_cast<double>(bytes) / blocks) : std::string("-"));
+  };
+  std::string out = fmt::format("where the bytes go:  {:>12} {:>7} {:>9} {:>10}\n", "bytes", "share", "blocks", "per block");
+  out += row("header", kV1HeaderSize, 0);
+  out += row("stash", h.stash_blocks ? idx->block_size() : 0, 0);
+  out += row("metadata (all ops)", h.meta_size, idx->ops.size());
+  out += row("REPLACE, alone", chunk_bytes - cref_bytes, 0);
+  out += row("REPLACE, old refs", cref_bytes, 0);
+  out += row("REPLACE (all)", chunk_bytes, n[2]);
+  out += row("XOR", xchunk_bytes, n[5]);
+  out += row("DELTA", frame_bytes, n[3]);
+  out += row("ZERO, COPY, SAVE", 0, n[0] + n[1] + n[4]);
+  out += fmt::format("  REPLACE chunks with old references: {} of {}, {} reference blocks\n", cref_chunks,
+                     idx->chunks.size(), cref_blocks);
+  // Reference kinds: the block's own place, an old block the update never
+  // overwrites, one overwritten later in the copy-back, a parked block.
+  enum { kOwn, kKept, kLater, kParked };
+  uint64_t rk[4][4] = {};  // [COPY/SAVE, XOR, DELTA, REPLACE chunk][kind]
+  auto kind = [&](uint64_t dest, uint64_t b, bool copy) {
+    if (b == dest) return kOwn;
+    if (copy && idx->save_of(b) >= 0) return kParked;
+    return idx->find(b) < 0 ? kKept : kLater;
+  };
+  for (const auto& op : idx->ops) {
+    if (op.type == OpType::Copy || op.type == OpType::Save) rk[0][kind(op.dest, op.src, op.type == OpType::Copy)]++;
+    if (op.type == OpType::Xor) rk[1][kind(op.dest, v1_xor_blocks(*idx, op).first, false)]++;
+    if (op.type == OpType::Delta && op.member == 0)
+      for (uint64_t r : idx->frames[op.index].refs) rk[2][kind(op.dest, r, false)]++;
+  }
+  for (const auto& c : idx->chunks)
+    for (uint64_t r : c.refs) rk[3][kind(UINT64_MAX, r, false)]++;
+  out += fmt::format("references:          {:>10} {:>10} {:>10} {:>10}\n", "own place", "unchanged", "rewritten", "parked");
+  const char* names[4] = {"COPY/SAVE sources", "XOR sources", "DELTA frame refs", "REPLACE chunk refs"};
+  for (int k = 0; k < 4; k++)
+    out += fmt::format("  {:<18} {:>10} {:>10} {:>10} {:>10}\n", names[k], rk[k][kOwn], rk[k][kKept], rk[k][kLater],
+                       rk[k][kParked]);
+  std::cout << out;
 }
 
 void cmd_apply_v1(BlockDevice& diff, const std::string& old_path, const std::string& diff_path) {

@@ -28,13 +28,14 @@ struct CCtx {
 }  // namespace
 
 std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag,
-                               bool magicless) {
+                               bool magicless, int window_log) {
   thread_local CCtx cc;
   ZSTD_CCtx_reset(cc.c, ZSTD_reset_session_and_parameters);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_compressionLevel, level);
   if (magicless) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_format, ZSTD_f_zstd1_magicless);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_checksumFlag, 0);
   ZSTD_CCtx_setParameter(cc.c, ZSTD_c_contentSizeFlag, size_flag ? 1 : 0);
+  if (window_log) ZSTD_CCtx_setParameter(cc.c, ZSTD_c_windowLog, window_log);
   if (pn) ZSTD_CCtx_refPrefix(cc.c, prefix, pn);
   std::vector<uint8_t> out(ZSTD_compressBound(n));
   size_t r = ZSTD_compress2(cc.c, out.data(), out.size(), src, n);
@@ -100,7 +101,21 @@ Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t>
   index_old(in, ix);
   match_exact(in, ix, plan, st);
   choose_ops(in, ix, plan);
-  UDM_TRY(order_ops(in, ix, plan, st));
+  if (o.chunk_refs) {
+    // REPLACE first keeps their chunks' references intact, but leaves no
+    // REPLACE block to park a SAVE in: if that cost conversions to REPLACE
+    // (cycles where no zero block was free), the order with REPLACE held
+    // back for parking is taken when it converts fewer.
+    Plan held = plan;
+    DiffV1Stats hst = st;
+    UDM_TRY(order_ops(in, ix, plan, st, true));
+    if (st.converted > 0) {
+      UDM_TRY(order_ops(in, ix, held, hst, false));
+      if (hst.converted < st.converted) plan = std::move(held), st = hst;
+    }
+  } else {
+    UDM_TRY(order_ops(in, ix, plan, st, false));
+  }
   UDM_ASSIGN_OR_RETURN(Encoded e, encode(in, ix, plan, st));
   UDM_TRY(check_loads(e));
   return e;

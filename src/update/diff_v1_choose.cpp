@@ -52,7 +52,17 @@ void choose_ops(const Input& in, const OldIndex& ix, Plan& plan) {
       }
     }
     std::vector<uint64_t> refs = delta_refs(in, sim, g);
-    if (refs.empty()) return prog.add(1);
+    // Whatever it becomes, a REPLACE block's chunk may use these (and the
+    // XOR source) as references (encode picks those still intact).
+    auto keep_crefs = [&] {
+      if (g.type != OpType::Replace || !o.chunk_refs) return;
+      g.crefs = refs;
+      if (best != UINT64_MAX) {
+        for (uint64_t b : {best / bs, (best + bs - 1) / bs})
+          if (b < in.old_blocks && std::find(g.crefs.begin(), g.crefs.end(), b) == g.crefs.end()) g.crefs.push_back(b);
+      }
+    };
+    if (refs.empty()) return keep_crefs(), prog.add(1);
     std::vector<uint8_t> prefix(refs.size() * bs);
     for (size_t k = 0; k < refs.size(); k++) std::memcpy(prefix.data() + k * bs, OLD + refs[k] * bs, bs);
     auto fr = zcompress(nb, bs, prefix.data(), prefix.size(), level, false, true);
@@ -76,6 +86,7 @@ void choose_ops(const Input& in, const OldIndex& ix, Plan& plan) {
       g.frame = std::move(fr);
       g.src = 0;
     }
+    keep_crefs();
     prog.add(1);
   });
   prog.finish();

@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include <cstring>
+#include <memory>
 
 #include "update/diff_v1_internal.h"
 #include "util/progress.h"
@@ -150,6 +151,75 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   const size_t nchunks = (rep_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
   const size_t nxchunks = (xor_blocks.size() + o.chunk_blocks - 1) / o.chunk_blocks;
   std::vector<std::vector<uint8_t>> chunks(nchunks + nxchunks);
+  // A REPLACE chunk's references: old blocks still intact when its last
+  // member is applied (nothing writes or parks over them at or before that
+  // position; the loader checks the same). Which of them pay is asked of
+  // zstd itself: the chunk is compressed (level 9) with all of them as the
+  // prefix — up to 120 MiB, those nearest the chunk's destinations first on
+  // larger images, the blocks its members resemble always — and each block
+  // weighs the bytes matched in it. The heaviest v1_max_chunk_refs are kept,
+  // in increasing order (encoded as gaps, read in runs).
+  std::vector<std::vector<uint64_t>> crefs(nchunks);
+  if (o.chunk_refs) {
+    std::vector<uint64_t> pos_of(ops.size(), 0);
+    for (size_t p = 0; p < order.size(); p++) pos_of[order[p]] = p;
+    const uint64_t cap = v1_max_chunk_refs(static_cast<uint32_t>(__builtin_ctz(o.block_size)));
+    const uint64_t max_pool = (120ull << 20) / bs;
+    Progress prog("update-diff: chunk references", nchunks, false);
+    parallel_for(nchunks, threads, [&](size_t c) {
+      size_t first = c * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, rep_blocks.size() - first);
+      uint64_t last = 0;
+      for (size_t i = 0; i < cnt; i++) last = std::max(last, pos_of[rep_blocks[first + i]]);
+      auto intact = [&](uint64_t r) {
+        return r < old_blocks && over_at[r] > last && std::memcmp(OLD + r * bs, in.zero.data(), bs) != 0;
+      };
+      std::vector<uint64_t> pool;
+      for (size_t i = 0; i < cnt; i++)
+        for (uint64_t r : ops[rep_blocks[first + i]].crefs)
+          if (intact(r)) pool.push_back(r);
+      // Then outwards from the middle of the chunk's destinations.
+      const uint64_t mid = std::min<uint64_t>(ops[rep_blocks[first + cnt / 2]].dest, old_blocks - 1);
+      for (uint64_t d = 0; pool.size() < max_pool && (d <= mid || mid + d < old_blocks); d++) {
+        if (d <= mid && intact(mid - d)) pool.push_back(mid - d);
+        if (d && mid + d < old_blocks && intact(mid + d) && pool.size() < max_pool) pool.push_back(mid + d);
+      }
+      std::sort(pool.begin(), pool.end());
+      pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
+      if (pool.empty()) return prog.add(1);
+      std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
+      for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, OLD + pool[k] * bs, bs);
+      for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
+      std::unordered_map<uint64_t, uint64_t> weight;
+      std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> zc(ZSTD_createCCtx(), ZSTD_freeCCtx);
+      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_compressionLevel, 9);
+      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_windowLog, static_cast<int>(kV1ChunkWindowLog));
+      ZSTD_CCtx_refPrefix(zc.get(), pre.data(), pre.size());
+      // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
+      std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
+      size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
+      if (ZSTD_isError(ns)) return prog.add(1);
+      int64_t pos = 0;
+      const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
+      for (size_t q = 0; q < ns; q++) {
+        pos += seqs[q].litLength;
+        const int64_t ml = seqs[q].matchLength;
+        if (ml && static_cast<int64_t>(seqs[q].offset) > pos) {
+          // The match starts in the prefix: every prefix block it touches.
+          int64_t at = pn + pos - static_cast<int64_t>(seqs[q].offset);
+          for (int64_t b = std::max<int64_t>(at, 0); b < std::min(at + ml, pn); b = (b / sbs + 1) * sbs)
+            weight[pool[static_cast<size_t>(b / sbs)]] += static_cast<uint64_t>(ml);
+        }
+        pos += ml;
+      }
+      std::vector<std::pair<uint64_t, uint64_t>> w(weight.begin(), weight.end());
+      std::sort(w.begin(), w.end(), [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+      if (w.size() > cap) w.resize(cap);
+      for (auto& [r, n] : w) crefs[c].push_back(r);
+      std::sort(crefs[c].begin(), crefs[c].end());
+      prog.add(1);
+    });
+    prog.finish();
+  }
   {
     Progress prog("update-diff: compressing", nchunks + nxchunks, false);
     parallel_for(nchunks + nxchunks, threads, [&](size_t c) {
@@ -164,6 +234,15 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         if (x) v1_xor_into(blk, OLD + g.src);
       }
       chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
+      if (!x && !crefs[c].empty()) {
+        std::vector<uint8_t> prefix(crefs[c].size() * bs);
+        for (size_t k = 0; k < crefs[c].size(); k++) std::memcpy(prefix.data() + k * bs, OLD + crefs[c][k] * bs, bs);
+        auto with = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, true, false,
+                              static_cast<int>(kV1ChunkWindowLog));
+        // Kept if it pays for its list (about 2 bytes a block).
+        if (!with.empty() && with.size() + 2 * crefs[c].size() < chunks[c].size()) chunks[c] = std::move(with);
+        else crefs[c].clear();
+      }
       prog.add(1);
     });
     prog.finish();
@@ -175,7 +254,9 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   }
   st.xchunks = nxchunks;
   const uint8_t block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
-  auto meta = encode_v1_meta(vops, chunk_lengths, frames, xchunk_lengths, block_bits);
+  const bool any_crefs = std::any_of(crefs.begin(), crefs.end(), [](auto& v) { return !v.empty(); });
+  for (auto& v : crefs) st.chunk_ref_blocks += v.size();
+  auto meta = encode_v1_meta(vops, chunk_lengths, frames, xchunk_lengths, block_bits, any_crefs ? &crefs : nullptr);
   std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
   size_t cm = ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 19);
   if (ZSTD_isError(cm)) return IoError("update-diff: zstd failed on the metadata");
@@ -186,6 +267,7 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   h.chunk_blocks = o.chunk_blocks;
   h.image_blocks = blocks;
   h.old_blocks = old_blocks;
+  h.chunk_refs = any_crefs;
   h.op_count = vops.size();
   h.stash_blocks = stash ? 1 : 0;
   h.meta_offset = kV1HeaderSize + (stash ? bs : 0);

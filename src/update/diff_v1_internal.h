@@ -53,8 +53,9 @@ void parallel_for(size_t n, unsigned threads, F f) {
 // zstd (one context per thread) with `prefix` as the reference; size_flag
 // records the content size, magicless drops the frame magic (DELTA frames).
 // Empty on failure.
+// window_log 0: zstd's choice for the level and sizes.
 std::vector<uint8_t> zcompress(const uint8_t* src, size_t n, const uint8_t* prefix, size_t pn, int level, bool size_flag,
-                               bool magicless = false);
+                               bool magicless = false, int window_log = 0);
 
 // Content-defined anchors: a gear hash over the last 64 bytes; positions
 // where its top 6 bits are zero (about 1 in 64) are anchors, keyed by the
@@ -85,6 +86,7 @@ struct GOp {
   OpType type = OpType::Replace;
   uint64_t src = 0;
   std::vector<uint64_t> refs;  // DELTA
+  std::vector<uint64_t> crefs; // REPLACE: old blocks that resemble it (candidates for its chunk's references)
   std::vector<uint8_t> frame;  // DELTA
   uint32_t alt_cost = 0;       // DELTA, XOR: estimated payload bytes
   uint32_t rep_cost = 0;       // standalone compressed size (0 = not computed)
@@ -152,7 +154,9 @@ uint64_t xor_source(const Input& in, Similar& s, const uint8_t* nb);
 // Reference blocks for a DELTA of g (at most kV1MaxRefs; may be empty).
 std::vector<uint64_t> delta_refs(const Input& in, Similar& s, const GOp& g);
 void choose_ops(const Input& in, const OldIndex& ix, Plan& plan);                   // diff_v1_choose.cpp
-Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st); // diff_v1_order.cpp
+// replace_first: REPLACE operations nobody must read first go first (their
+// chunk references stay intact) instead of being held back for parking.
+Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st, bool replace_first);  // diff_v1_order.cpp
 Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st);  // diff_v1_encode.cpp
 Status check_loads(const Encoded& e);                                              // diff_v1_write.cpp
 Result<uint64_t> write_encoded(const Encoded& e, GrowFile& out);                    // bytes written

@@ -14,7 +14,7 @@
 
 namespace udm::update::v1gen {
 
-Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st) {
+Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& st, bool replace_first) {
   const DiffV1Options& o = in.o;
   const uint8_t* OLD = in.OLD;
   const uint8_t* NEW = in.NEW;
@@ -51,13 +51,31 @@ Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& s
   for (uint32_t k = 0; k < n; k++) add_reads(k);
   order.reserve(n);
   std::vector<uint8_t> emitted(n, 0);
-  std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<>> ready;
+  // Lowest destination first; with chunk references REPLACE operations
+  // before the rest (their chunk's references are then still intact).
+  const bool early = replace_first;
+  auto later = [&](uint32_t a, uint32_t b) {
+    if (early) {
+      const bool ra = ops[a].type == OpType::Replace, rb = ops[b].type == OpType::Replace;
+      if (ra != rb) return rb;
+    }
+    return a > b;
+  };
+  std::priority_queue<uint32_t, std::vector<uint32_t>, decltype(later)> ready(later);
   // REPLACE/ZERO operations whose old block nobody reads are held back to
   // the end: they can host a block saved to break a COPY cycle (SAVE).
   std::vector<uint8_t> withheld(n, 0);
   std::vector<uint32_t> pool;
+  // REPLACE operations that nobody has to read first and whose chunk may
+  // use old blocks as references go first, in destination order: their
+  // references are then still intact when their chunk is decoded.
   for (uint32_t k = 0; k < n; k++) {
-    if (indeg[k]) continue;
+    if (!early || indeg[k] || ops[k].type != OpType::Replace) continue;
+    emitted[k] = 1;
+    order.push_back(k);
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    if (indeg[k] || emitted[k]) continue;
     if (ops[k].type == OpType::Replace || ops[k].type == OpType::Zero) {
       withheld[k] = 1;
       pool.push_back(k);
@@ -125,6 +143,12 @@ Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& s
     for (uint32_t w : succ[k])
       if (!emitted[w] && --indeg[w] == 0) ready.push(w);
     succ[k].clear();
+    // What it read may still serve its chunk as references if intact there.
+    if (o.chunk_refs) {
+      if (g.type == OpType::Delta) g.crefs = g.refs;
+      if (g.type == OpType::Copy && g.src < old_blocks) g.crefs = {g.src};
+      if (g.type == OpType::Xor) g.crefs = {g.src / bs, (g.src + bs - 1) / bs};
+    }
     ops[k].type = OpType::Replace;
     ops[k].src = 0;
     ops[k].refs.clear();

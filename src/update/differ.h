@@ -59,6 +59,7 @@ struct DiffV1Options {
   uint32_t anchor_blocks = 6;  // old blocks sharing content anchors used as references
   uint32_t delta_group = 16;   // DELTA blocks compressed together in one frame (1..32)
   bool zero_parking = true;    // SAVE may park a block in zero free space (restored by a ZERO operation)
+  bool chunk_refs = true;      // REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS)
 };
 
 struct DiffV1Stats {
@@ -73,6 +74,7 @@ struct DiffV1Stats {
   uint64_t barriers = 0;   // checkpoints the copy-back needs for the order (at least)
   uint64_t stash_ops = 0;  // DELTA/XOR operations that read their own block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
+  uint64_t chunk_ref_blocks = 0;  // reference blocks listed by REPLACE chunks (all chunks)
   double seconds = 0;
 };
 

@@ -76,7 +76,7 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   b[8] = kVersion1;
   b[9] = h.block_bits;
   const bool own_old = h.old_blocks != 0 && h.old_blocks != h.image_blocks;
-  put_le16(&b[10], own_old ? kV1FlagOldBlocks : 0);
+  put_le16(&b[10], static_cast<uint16_t>((own_old ? kV1FlagOldBlocks : 0) | (h.chunk_refs ? kV1FlagChunkRefs : 0)));
   put_le32(&b[12], h.chunk_blocks);
   std::memcpy(&b[16], h.compression.data(), std::min<size_t>(h.compression.size(), 15));
   put_le64(&b[32], h.image_blocks);
@@ -100,6 +100,10 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   return b;
 }
 
+uint64_t v1_header_max_meta_raw(const V1Header& h) {
+  return v1_max_meta_raw(h.op_count, h.chunk_refs ? v1_max_chunk_refs(h.block_bits) : 0);
+}
+
 Status v1_validate_header(const V1Header& h) {
   if (h.block_bits < kV1MinBlockBits || h.block_bits > kV1MaxBlockBits)
     return Corrupt(fmt::format("v1 header block_bits: {} (must be {}..{})", h.block_bits, kV1MinBlockBits, kV1MaxBlockBits));
@@ -121,9 +125,10 @@ Status v1_validate_header(const V1Header& h) {
     return Corrupt(fmt::format("v1 header meta_offset: {} (must be {} after the header and stash)", h.meta_offset,
                                kV1HeaderSize + (uint64_t{h.stash_blocks} << h.block_bits)));
   if (h.meta_size == 0 || h.meta_size > kV1MaxMetaSize) return Corrupt(fmt::format("v1 header meta_size: {}", h.meta_size));
-  if (h.meta_raw_size == 0 || h.meta_raw_size > v1_max_meta_raw(h.op_count))
+  const uint64_t max_raw = v1_header_max_meta_raw(h);
+  if (h.meta_raw_size == 0 || h.meta_raw_size > max_raw)
     return Corrupt(fmt::format("v1 header meta_raw_size: {} is implausible for {} operations (at most {})", h.meta_raw_size,
-                               h.op_count, v1_max_meta_raw(h.op_count)));
+                               h.op_count, max_raw));
   if (h.data_offset != h.meta_offset + h.meta_size)
     return Corrupt(fmt::format("v1 header data_offset: {} (must follow the metadata at {})", h.data_offset,
                                h.meta_offset + h.meta_size));
@@ -141,8 +146,10 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   V1Header h;
   h.block_bits = b[9];
   const uint16_t flags = le16(&b[10]);
-  if (flags & ~kV1FlagOldBlocks)
-    return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, is defined)", flags));
+  if (flags & ~kV1KnownFlags)
+    return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, and bit 1, REPLACE chunk "
+                               "references, are defined)", flags));
+  h.chunk_refs = (flags & kV1FlagChunkRefs) != 0;
   h.chunk_blocks = le32(&b[12]);
   h.image_blocks = le64(&b[32]);
   h.op_count = le64(&b[40]);
@@ -207,10 +214,21 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
 
 std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
                                     const std::vector<V1Frame>& frames, const std::vector<uint64_t>& xchunk_lengths,
-                                    uint8_t block_bits) {
+                                    uint8_t block_bits, const std::vector<std::vector<uint64_t>>* chunk_refs) {
   std::vector<uint8_t> o;
   put_varint(o, chunk_lengths.size());
-  for (uint64_t l : chunk_lengths) put_varint(o, l);
+  for (size_t c = 0; c < chunk_lengths.size(); c++) {
+    put_varint(o, chunk_lengths[c]);
+    if (!chunk_refs) continue;
+    // Reference count, then the (increasing) blocks as gaps.
+    const auto& refs = (*chunk_refs)[c];
+    put_varint(o, refs.size());
+    uint64_t prev = 0;
+    for (size_t k = 0; k < refs.size(); k++) {
+      put_varint(o, k ? refs[k] - prev - 1 : refs[k]);
+      prev = refs[k];
+    }
+  }
   put_varint(o, xchunk_lengths.size());
   for (uint64_t l : xchunk_lengths) put_varint(o, l);
   put_varint(o, frames.size());
@@ -289,6 +307,7 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
   Reader r{meta.data(), meta.data() + meta.size()};
   const uint64_t bs = idx.block_size();
   const uint64_t chunk_bytes = uint64_t{h.chunk_blocks} * bs;
+  const uint64_t old_blocks = idx.old_blocks();
   uint64_t n_chunks = r.varint();
   if (!r.ok || n_chunks > h.op_count) return Corrupt(fmt::format("v1 metadata: chunk count {} is bad", n_chunks));
   uint64_t off = h.data_offset, end = h.data_offset + h.data_size;
@@ -297,7 +316,24 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
     uint64_t l = r.varint();
     if (!r.ok || l == 0 || l > chunk_limit || l > end - off)
       return Corrupt(fmt::format("v1 metadata: chunk {} length {} is bad or runs past the data", i, l));
-    idx.chunks.push_back(V1Frame{off, l, {}});
+    V1Frame c{off, l, {}};
+    if (h.chunk_refs) {
+      const uint64_t nref = r.varint();
+      if (!r.ok || nref > v1_max_chunk_refs(h.block_bits) || nref > old_blocks)
+        return Corrupt(fmt::format("v1 metadata: chunk {} has {} reference blocks (at most {} and the old image's {})", i,
+                                   nref, v1_max_chunk_refs(h.block_bits), old_blocks));
+      uint64_t prev = 0;
+      for (uint64_t k = 0; k < nref; k++) {
+        const uint64_t gap = r.varint();
+        const uint64_t ref = k ? prev + 1 + gap : gap;
+        if (!r.ok || gap >= old_blocks || ref >= old_blocks || (k && ref <= prev))
+          return Corrupt(fmt::format("v1 metadata: chunk {} reference {} is outside the old image ({} blocks)", i, k,
+                                     old_blocks));
+        c.refs.push_back(ref);
+        prev = ref;
+      }
+    }
+    idx.chunks.push_back(std::move(c));
     off += l;
   }
   uint64_t n_xchunks = r.varint();
@@ -318,7 +354,6 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
   std::vector<uint32_t> xor_ops;
   // Old content is read only from the old image's blocks; destinations lie in
   // the new image. A COPY may also read a parking block (checked below).
-  const uint64_t old_blocks = idx.old_blocks();
   const uint64_t old_bytes = old_blocks * bs;
   const uint64_t dev_blocks = std::max(old_blocks, h.image_blocks);
   uint32_t frame_left = 0;  // members of the current DELTA frame still to come
@@ -479,6 +514,22 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
       if (b1 != b0) UDM_TRY(check_read(i, b1, true));
     }
   }
+  if (h.chunk_refs) {
+    // Every block of a REPLACE chunk reads the chunk's references, so they
+    // must stay intact (never overwritten, never parked over) until the
+    // chunk's last block in the apply order is written: checked for that
+    // last block, which also becomes their last reader.
+    std::vector<int64_t> last_member(idx.chunks.size(), -1);
+    for (uint32_t i : replace_ops) {
+      int64_t& lm = last_member[idx.ops[i].index / h.chunk_blocks];
+      lm = std::max<int64_t>(lm, i);
+    }
+    for (size_t c = 0; c < idx.chunks.size(); c++)
+      for (uint64_t ref : idx.chunks[c].refs) {
+        Status s = check_read(static_cast<uint64_t>(last_member[c]), ref, false);
+        if (!s.ok()) return Corrupt(fmt::format("v1 REPLACE chunk {}: {}", c, s.message()));
+      }
+  }
   if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
   return Status::Ok();
 }
@@ -502,11 +553,17 @@ uint64_t v1_chunk_blocks(const V1Index& idx, size_t ci, bool xor_chunk) {
 }
 
 Status decode_v1_chunk(const V1Index& idx, size_t ci, bool xor_chunk, std::span<const uint8_t> src,
-                       std::span<uint8_t> out) {
+                       std::span<uint8_t> out, std::span<const uint8_t> prefix) {
   const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
   uint64_t want = v1_chunk_blocks(idx, ci, xor_chunk) * idx.block_size();
   if (out.size() < want) return Invalid("v1 chunk: output buffer too small");
-  size_t n = ZSTD_decompress(out.data(), want, src.data(), src.size());
+  if (prefix.size() != c.refs.size() * idx.block_size())
+    return Invalid(fmt::format("v1 chunk {}: {} prefix bytes for {} reference blocks", ci, prefix.size(), c.refs.size()));
+  thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters);
+  ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, kV1ChunkWindowLog);
+  if (!prefix.empty()) ZSTD_DCtx_refPrefix(dctx.get(), prefix.data(), prefix.size());
+  size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), want, src.data(), src.size());
   if (ZSTD_isError(n)) return Corrupt(fmt::format("v1 chunk {} at {}: zstd: {}", ci, c.offset, ZSTD_getErrorName(n)));
   if (n != want) return Corrupt(fmt::format("v1 chunk {} at {}: decompresses to {} bytes, want {}", ci, c.offset, n, want));
   return Status::Ok();
@@ -583,6 +640,13 @@ V1ScratchPlanner::V1ScratchPlanner(const V1Index& idx) : idx_(idx) {
       auto [b0, b1] = v1_xor_blocks(idx, op);
       r.emplace_back(b0, i);
       r.emplace_back(b1, i);
+    }
+    // A REPLACE chunk's reference blocks (flag CHUNK_REFS) are read by every
+    // operation of the chunk (whichever decodes it first).
+    if (op.type == OpType::Replace && idx.h.chunk_blocks) {
+      const size_t ci = op.index / idx.h.chunk_blocks;
+      if (ci < idx.chunks.size())
+        for (uint64_t ref : idx.chunks[ci].refs) r.emplace_back(ref, i);
     }
   }
   auto reduce = [](std::vector<std::pair<uint64_t, uint32_t>>& v, bool keep_min) {

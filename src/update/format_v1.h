@@ -54,6 +54,11 @@ constexpr uint32_t kV1CkptTag = 0x43504455;  // "UDPC"
 // large as the new one (image_blocks).
 constexpr uint16_t kV1FlagOldBlocks = 1;
 constexpr size_t kV1OldBlocksOffset = 160;
+// Header flag bit 1: every REPLACE chunk carries a list of old reference
+// blocks (after its length in the metadata), decoded as its zstd prefix.
+// Without it (every diff written before) REPLACE chunks stand alone.
+constexpr uint16_t kV1FlagChunkRefs = 2;
+constexpr uint16_t kV1KnownFlags = kV1FlagOldBlocks | kV1FlagChunkRefs;
 
 // ---- Limits of format v1 ---------------------------------------------------
 // The ONE place for them: the loader (load_v1, v1_validate_header) refuses
@@ -66,6 +71,12 @@ constexpr uint64_t kV1MaxChunkBytes = 64ull << 20;  // chunk_blocks x block size
 constexpr uint64_t kV1MaxImageBlocks = (1ull << 40) - 1;  // old and new image
 constexpr uint32_t kV1MaxRefs = 64;   // reference blocks of one DELTA frame
 constexpr uint32_t kV1MaxGroup = 32;  // DELTA blocks per frame
+// Reference blocks of one REPLACE chunk (flag CHUNK_REFS): at most 8 MiB of
+// old data (2048 blocks of 4 KiB), strictly increasing. With the chunk's
+// 64 MiB at most this stays inside the decoder's 2^27-byte window.
+constexpr uint64_t kV1MaxChunkRefBytes = 8ull << 20;
+constexpr uint32_t kV1ChunkWindowLog = 27;
+constexpr uint64_t v1_max_chunk_refs(uint32_t block_bits) { return kV1MaxChunkRefBytes >> block_bits; }
 constexpr uint32_t kV1MaxStashBlocks = 1;
 // Operations in one logged copy-back batch (checkpoint state 2).
 constexpr uint64_t kV1MaxBatchOps = 4096;
@@ -93,12 +104,19 @@ constexpr uint64_t v1_max_frame_bytes(uint64_t raw) {
 // source or a DELTA frame header (length, blocks, nref) with kV1MaxRefs
 // references.
 constexpr uint64_t kV1MetaPerOp = kV1VarintMax + 1 + kV1VarintMax + 3 * kV1VarintMax + kV1MaxRefs * kV1VarintMax;
-constexpr uint64_t v1_max_meta_raw(uint64_t op_count) {
+// With chunk references (max_chunk_refs > 0) every operation may also carry
+// one chunk's reference list (a count and that many varints).
+constexpr uint64_t v1_max_meta_raw(uint64_t op_count, uint64_t max_chunk_refs = 0) {
+  const uint64_t per_op = kV1MetaPerOp + (max_chunk_refs ? (1 + max_chunk_refs) * kV1VarintMax : 0);
   return op_count > kV1MaxOps ? kV1MaxMetaRaw
-                              : (3 * kV1VarintMax + op_count * kV1MetaPerOp < kV1MaxMetaRaw
-                                     ? 3 * kV1VarintMax + op_count * kV1MetaPerOp
+                              : (op_count < (kV1MaxMetaRaw - 3 * kV1VarintMax) / per_op
+                                     ? 3 * kV1VarintMax + op_count * per_op
                                      : kV1MaxMetaRaw);
 }
+
+struct V1Header;
+// The bound for one header (its op_count and flags).
+uint64_t v1_header_max_meta_raw(const V1Header& h);
 
 enum class OpType : uint8_t { Zero = 0, Copy = 1, Replace = 2, Delta = 3, Save = 4, Xor = 5 };
 
@@ -108,6 +126,7 @@ struct V1Header {
   std::string compression = "zstd";
   uint64_t image_blocks = 0;  // NEW image (and update device) size in blocks
   uint64_t old_blocks = 0;    // OLD image size in blocks; 0 or image_blocks: the same size (flag clear)
+  bool chunk_refs = false;    // flag CHUNK_REFS: REPLACE chunks list reference blocks
   uint64_t op_count = 0;
   uint64_t meta_offset = kV1HeaderSize;
   uint64_t meta_size = 0;
@@ -150,7 +169,7 @@ struct V1Index {
   std::vector<V1Op> ops;                       // apply order
   std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, final op index) sorted by dest (no SAVE)
   std::vector<std::pair<uint64_t, uint32_t>> saves;    // (block, SAVE op index) sorted
-  std::vector<V1Frame> chunks;                 // REPLACE chunks (refs empty)
+  std::vector<V1Frame> chunks;                 // REPLACE chunks (refs: with flag CHUNK_REFS, old blocks, increasing)
   std::vector<V1Frame> xchunks;                // XOR payload chunks
   std::vector<V1Frame> frames;                 // DELTA frames
   // For op i: the highest op index that reads OLD block ops[i].dest (-1 if none).
@@ -178,7 +197,7 @@ Status v1_validate_header(const V1Header& h);
 // offsets are derived from their lengths.
 std::vector<uint8_t> encode_v1_meta(const std::vector<V1Op>& ops, const std::vector<uint64_t>& chunk_lengths,
                                     const std::vector<V1Frame>& frames, const std::vector<uint64_t>& xchunk_lengths,
-                                    uint8_t block_bits);
+                                    uint8_t block_bits, const std::vector<std::vector<uint64_t>>* chunk_refs = nullptr);
 // out ^= pay (out.size() bytes).
 void v1_xor_into(std::span<uint8_t> out, const uint8_t* pay);
 
@@ -198,9 +217,11 @@ Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const ui
 
 // Blocks in REPLACE chunk ci (or XOR chunk ci with xor_chunk).
 uint64_t v1_chunk_blocks(const V1Index& idx, size_t ci, bool xor_chunk);
-// Stored chunk ci (its length bytes) decoded into out (>= its blocks).
+// Stored chunk ci (its length bytes) decoded into out (>= its blocks);
+// `prefix`: a REPLACE chunk's reference blocks (chunks[ci].refs, in list
+// order, back to back), empty if it has none.
 Status decode_v1_chunk(const V1Index& idx, size_t ci, bool xor_chunk, std::span<const uint8_t> stored,
-                       std::span<uint8_t> out);
+                       std::span<uint8_t> out, std::span<const uint8_t> prefix = {});
 // Stored DELTA frame fi decoded with `prefix` (its reference blocks of the
 // old image, in list order, back to back) into out (>= frames[fi].blocks blocks).
 Status decode_v1_delta(const V1Index& idx, size_t fi, std::span<const uint8_t> prefix, std::span<const uint8_t> stored,

@@ -21,11 +21,21 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   return idx;
 }
 
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk) {
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk,
+                     BlockDevice* old) {
   const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
-  std::vector<uint8_t> src(c.length);
+  const uint64_t bs = idx.block_size();
+  std::vector<uint8_t> src(c.length), prefix(c.refs.size() * bs);
+  if (!c.refs.empty() && !old) return Invalid(fmt::format("v1 chunk {}: its reference blocks need the old image", ci));
+  // Runs of consecutive reference blocks in one read each.
+  for (size_t k = 0; k < c.refs.size();) {
+    size_t e = k + 1;
+    while (e < c.refs.size() && c.refs[e] == c.refs[e - 1] + 1) e++;
+    UDM_TRY(old->read(c.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, (e - k) * bs)));
+    k = e;
+  }
   UDM_TRY(diff.read(c.offset, src));
-  return decode_v1_chunk(idx, ci, xor_chunk, src, out);
+  return decode_v1_chunk(idx, ci, xor_chunk, src, out, prefix);
 }
 
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
@@ -67,7 +77,7 @@ Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_
       const bool x = op.type == OpType::Xor;
       std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
       size_t ci = op.index / idx.h.chunk_blocks;
-      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x));
+      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x, &old));
       const uint8_t* pay = chunk.data() + (op.index % idx.h.chunk_blocks) * bs;
       if (!x) {
         std::memcpy(out.data(), pay, bs);

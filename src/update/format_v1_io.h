@@ -15,7 +15,10 @@ namespace udm::update {
 Result<V1Index> load_v1(BlockDevice& diff);
 
 // Decoded REPLACE chunk i (or XOR chunk i with xor=true) into out (>= chunk_blocks blocks).
-Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false);
+// A REPLACE chunk with reference blocks (flag CHUNK_REFS) reads them from
+// `old` (the intact old blocks; required then).
+Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false,
+                     BlockDevice* old = nullptr);
 // Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
 // `old` (the intact old blocks).
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);

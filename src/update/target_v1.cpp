@@ -177,7 +177,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
                                 idx_.block_size());
       Status s = key >= kXorKey ? v1_read_chunk(*diff_, idx_, key - kXorKey, data, true)
                  : frame        ? v1_read_delta(*diff_, *sys_, idx_, key - kFrameKey, data)
-                                : v1_read_chunk(*diff_, idx_, key, data);
+                                : v1_read_chunk(*diff_, idx_, key, data, false, sys_.get());
       if (!s.ok()) return s;
       return data;
     });

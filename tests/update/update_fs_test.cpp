@@ -224,3 +224,42 @@ void run_pair(const std::string& kind) {
 
 TEST(UpdateFs, ErofsLz4PairAlmostEveryBlockChanges) { run_pair("erofs"); }
 TEST(UpdateFs, SquashfsPairAlmostEveryBlockChanges) { run_pair("squashfs"); }
+
+// update-info says where the bytes go, per operation kind and per kind of
+// reference, and its numbers add up to the file.
+TEST(UpdateFs, V1InfoShowsWhereTheBytesGo) {
+  TempDir t;
+  auto [o, n] = make_v1_ref_pair(300, 4096, 2);
+  write_file(t.file("o"), o);
+  write_file(t.file("n"), n);
+  DiffV1Options opt;
+  opt.chunk_blocks = 8;
+  opt.level = 3;
+  opt.progress = false;
+  ASSERT_TRUE(make_diff_v1(t.file("o"), t.file("n"), t.file("d"), opt).ok());
+  struct {
+    std::vector<uint8_t> diff;
+  } b{read_file(t.file("d"))};
+  auto r = run({udm_bin(), "update-info", t.file("d")});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  auto idx = load_v1_bytes(b.diff);
+  ASSERT_TRUE(idx.ok());
+  uint64_t with = 0, alone = 0, xb = 0, fb = 0;
+  for (const auto& c : idx->chunks) (c.refs.empty() ? alone : with) += c.length;
+  for (const auto& c : idx->xchunks) xb += c.length;
+  for (const auto& f : idx->frames) fb += f.length;
+  ASSERT_GT(with, 0u);
+  auto field = [&](const std::string& row) -> uint64_t {
+    auto at = r.out.find("  " + row + " ");
+    if (at == std::string::npos) return UINT64_MAX;
+    return std::stoull(r.out.substr(at + 2 + row.size()));
+  };
+  EXPECT_EQ(field("REPLACE, old refs"), with) << r.out;
+  EXPECT_EQ(field("REPLACE, alone"), alone) << r.out;
+  EXPECT_EQ(field("XOR"), xb) << r.out;
+  EXPECT_EQ(field("DELTA"), fb) << r.out;
+  EXPECT_EQ(field("metadata (all ops)"), idx->h.meta_size) << r.out;
+  EXPECT_EQ(kV1HeaderSize + (idx->h.stash_blocks ? 4096u : 0u) + idx->h.meta_size + with + alone + xb + fb, b.diff.size());
+  EXPECT_NE(r.out.find("REPLACE chunk refs"), std::string::npos) << r.out;
+  EXPECT_EQ(field("REPLACE chunk refs"), 0u) << "a chunk's references are never its own blocks: " << r.out;
+}

@@ -330,3 +330,23 @@ TEST(UpdateSweep, V1NewSmallerPowerCutAfterEveryWrite) {
   opt.sys_extra_blocks = 6;
   sweep(p.old_img, p.new_img, tmp.file("d"), st, opt);
 }
+
+// REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS):
+// the references must hold their old content until the chunk's last block
+// is applied, across every cut; collages, shifted runs and compressed
+// content next to moves, cycles, edits and zero blocks.
+TEST(UpdateSweep, V1ChunkRefsPowerCutAfterEveryWrite) {
+  for (uint64_t seed : {1u, 2u}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    TempDir tmp;
+    auto [o, n] = make_v1_ref_pair(160, 4096, seed);
+    auto st = make_v1(tmp, o, n);
+    ASSERT_GT(st.chunk_ref_blocks, 0u);
+    ASSERT_GT(st.replace, st.chunks);
+    std::cerr << "chunk-refs seed " << seed << ": REPLACE " << st.replace << " in " << st.chunks << " chunks with "
+              << st.chunk_ref_blocks << " reference blocks, COPY " << st.copy << " SAVE " << st.save_ops << " XOR "
+              << st.xor_ops << " DELTA " << st.delta << "\n";
+    sweep(o, n, tmp.file("d"), st);
+    if (HasFatalFailure()) return;
+  }
+}

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <zstd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -178,6 +180,47 @@ namespace udm::test {
 // on top, blocks edited in place (a few bytes), shifted by inserted bytes,
 // replaced by novel, repeated or zero content. NEW may be larger (tail of
 // copies and novel blocks) or smaller (truncated) than OLD.
+// make_v1_pair plus blocks no single old place explains: "collages" of
+// 96-byte pieces taken from many random old blocks (anchors rarely vote
+// twice for one block, so they stay REPLACE and only their chunk's old
+// references make them small), some of them over blocks that others copy
+// or read; a shifted run; and compressed content (zstd frames of old text
+// with a few edits), so REPLACE chunks with old references appear next to
+// every other operation.
+inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_v1_ref_pair(uint64_t blocks, uint32_t bs,
+                                                                               uint64_t seed) {
+  auto [old_img, new_img] = make_v1_pair(blocks, bs, seed);
+  std::mt19937_64 rng(seed * 131 + 7);
+  auto r = [&](uint64_t n) { return rng() % n; };
+  for (int i = 0; i < 12; i++) {
+    uint64_t d = r(blocks);
+    for (uint32_t at = 0; at + 96 <= bs; at += 96) {
+      uint64_t from = r(blocks) * bs + r(bs - 96);
+      std::copy(old_img.begin() + static_cast<ptrdiff_t>(from), old_img.begin() + static_cast<ptrdiff_t>(from + 96),
+                new_img.begin() + static_cast<ptrdiff_t>(d * bs + at));
+    }
+  }
+  {  // a run shifted by 100 bytes
+    uint64_t from = r(blocks - 8), to = r(blocks - 8);
+    std::copy(old_img.begin() + static_cast<ptrdiff_t>(from * bs + 100),
+              old_img.begin() + static_cast<ptrdiff_t>((from + 6) * bs + 100),
+              new_img.begin() + static_cast<ptrdiff_t>(to * bs));
+  }
+  for (int i = 0; i < 3; i++) {  // compressed content
+    std::vector<uint8_t> text(6 * bs);
+    uint64_t from = r(blocks - 8);
+    std::copy(old_img.begin() + static_cast<ptrdiff_t>(from * bs),
+              old_img.begin() + static_cast<ptrdiff_t>((from + 6) * bs), text.begin());
+    for (int k = 0; k < 5; k++) text[r(text.size())] ^= 0x20;
+    std::vector<uint8_t> z(ZSTD_compressBound(text.size()));
+    z.resize(ZSTD_compress(z.data(), z.size(), text.data(), text.size(), 1));
+    uint64_t to = r(blocks - 8);
+    std::copy(z.begin(), z.begin() + static_cast<ptrdiff_t>(std::min<size_t>(z.size(), 6 * bs)),
+              new_img.begin() + static_cast<ptrdiff_t>(to * bs));
+  }
+  return {old_img, new_img};
+}
+
 struct ChurnPair {
   std::vector<uint8_t> old_img, new_img;
   uint64_t changed = 0;  // new blocks whose content differs from old's at the same place (or past old's end)

@@ -395,8 +395,10 @@ TEST(UpdateV1, HeaderLimitsAreTheSharedOnes) {
   EXPECT_NE(s.message().find("op_count"), std::string::npos) << s.message();
   // meta_raw_size: bounded per operation, the bound derived from the limits.
   h = *hdr;
-  h.meta_raw_size = v1_max_meta_raw(h.op_count);
+  h.meta_raw_size = v1_header_max_meta_raw(h);
   EXPECT_TRUE(v1_validate_header(h).ok());
+  EXPECT_EQ(v1_header_max_meta_raw(h),
+            v1_max_meta_raw(h.op_count, h.chunk_refs ? v1_max_chunk_refs(h.block_bits) : 0));
   h.meta_raw_size++;
   EXPECT_NE(v1_validate_header(h).message().find("meta_raw_size"), std::string::npos);
   // Chunk size and block size limits are the generator's option checks too.
@@ -496,7 +498,7 @@ TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
   ASSERT_TRUE(hdr.ok());
   EXPECT_EQ(hdr->image_blocks, 80u);
   EXPECT_EQ(hdr->old_blocks, 60u);
-  EXPECT_EQ(le16(&b.diff[10]), kV1FlagOldBlocks);
+  EXPECT_EQ(le16(&b.diff[10]) & ~kV1FlagChunkRefs, kV1FlagOldBlocks);
   EXPECT_EQ(le64(&b.diff[kV1OldBlocksOffset]), 60u);
   // old_blocks is covered by the header CRC.
   for (size_t i = kV1OldBlocksOffset; i < kV1OldBlocksOffset + 8; i++) {
@@ -528,7 +530,7 @@ TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find("old_blocks"), std::string::npos) << r.status().message();
     d = b.diff;
-    put_le16(&d[10], 3);
+    put_le16(&d[10], static_cast<uint16_t>(le16(&d[10]) | 4));
     c = crc32(crc32(0, d.data(), 156), d.data() + kV1OldBlocksOffset, 8);
     put_le32(&d[156], static_cast<uint32_t>(c));
     r = load_v1_bytes(d);
@@ -581,7 +583,8 @@ TEST(UpdateV1, DifferentSizesRoundTrip) {
       SCOPED_TRACE(fmt::format("old {} new {} seed {}", ob, nb, seed));
       auto p = make_churn_pair(ob, nb, 4096, seed + ob);
       auto b = build_v1(p.old_img, p.new_img, 4096);
-      EXPECT_EQ(le16(&b.diff[10]), ob == nb ? 0 : kV1FlagOldBlocks);
+      EXPECT_EQ(le16(&b.diff[10]) & kV1FlagOldBlocks, ob == nb ? 0 : kV1FlagOldBlocks);
+      EXPECT_EQ(le16(&b.diff[10]) & ~kV1KnownFlags, 0);
       if (ob == nb) {
         for (size_t i = 160; i < 256; i++) ASSERT_EQ(b.diff[i], 0) << i;
       }
@@ -641,3 +644,184 @@ TEST(UpdateV1, LoaderChecksOldImageBounds) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("SAVE source"), std::string::npos) << r.status().message();
 }
+
+// ---- REPLACE chunks with old references (flag CHUNK_REFS, issue 18) -------
+
+namespace {
+// The diff again with the metadata re-encoded from idx and `refs` as the
+// REPLACE chunks' reference lists (the payload unchanged; header fields that
+// depend on the metadata's size fixed, the CRC recomputed).
+std::vector<uint8_t> with_chunk_refs(const std::vector<uint8_t>& diff, const V1Index& idx,
+                                     const std::vector<std::vector<uint64_t>>& refs) {
+  std::vector<uint64_t> cl, xl;
+  for (const auto& c : idx.chunks) cl.push_back(c.length);
+  for (const auto& c : idx.xchunks) xl.push_back(c.length);
+  auto meta = encode_v1_meta(idx.ops, cl, idx.frames, xl, idx.h.block_bits, &refs);
+  std::vector<uint8_t> cm(ZSTD_compressBound(meta.size()));
+  cm.resize(ZSTD_compress(cm.data(), cm.size(), meta.data(), meta.size(), 3));
+  V1Header h = idx.h;
+  h.chunk_refs = true;
+  h.meta_size = cm.size();
+  h.meta_raw_size = meta.size();
+  h.data_offset = h.meta_offset + h.meta_size;
+  auto hb = encode_v1_header(h);
+  std::vector<uint8_t> out(hb.begin(), hb.end());
+  out.insert(out.end(), diff.begin() + kV1HeaderSize, diff.begin() + static_cast<ptrdiff_t>(idx.h.meta_offset));
+  out.insert(out.end(), cm.begin(), cm.end());
+  out.insert(out.end(), diff.begin() + static_cast<ptrdiff_t>(idx.h.data_offset), diff.end());
+  return out;
+}
+
+V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8) {
+  auto [o, n] = make_v1_ref_pair(300, 4096, seed);
+  TempDir t;
+  V1Built b;
+  b.old_img = o;
+  b.new_img = n;
+  write_file(t.file("old"), o);
+  write_file(t.file("new"), n);
+  DiffV1Options opt;
+  opt.chunk_blocks = chunk_blocks;
+  opt.level = 3;
+  opt.progress = false;
+  opt.chunk_refs = chunk_refs;
+  auto st = make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), opt);
+  EXPECT_TRUE(st.ok()) << st.status().to_string();
+  if (st.ok()) b.stats = *st;
+  b.diff = read_file(t.file("diff"));
+  return b;
+}
+}  // namespace
+
+// Round trips through the target (served, copied back while read, offline
+// apply) with chunk references, on several random pairs; the same pairs
+// without them give the old layout (flag clear) and a larger diff.
+TEST(UpdateV1, ChunkRefsRoundTripsProperty) {
+  uint64_t with_total = 0, without_total = 0;
+  for (uint64_t seed = 1; seed <= 5; seed++) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    auto b = build_ref(seed, true);
+    auto idx = load_v1_bytes(b.diff);
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    ASSERT_TRUE(idx->h.chunk_refs);
+    EXPECT_GT(b.stats.chunk_ref_blocks, 0u);
+    uint64_t listed = 0;
+    for (const auto& c : idx->chunks) listed += c.refs.size();
+    EXPECT_EQ(listed, b.stats.chunk_ref_blocks);
+    EXPECT_GT(b.stats.copy, 0u);
+    EXPECT_GT(b.stats.xor_ops + b.stats.delta, 0u);
+    check_v1(b, 4096);
+    auto a = build_ref(seed, false);
+    auto ai = load_v1_bytes(a.diff);
+    ASSERT_TRUE(ai.ok()) << ai.status().to_string();
+    EXPECT_FALSE(ai->h.chunk_refs);
+    EXPECT_EQ(le16(a.diff.data() + 10) & kV1FlagChunkRefs, 0);
+    for (const auto& c : ai->chunks) EXPECT_TRUE(c.refs.empty());
+    check_v1(a, 4096);
+    with_total += b.diff.size();
+    without_total += a.diff.size();
+  }
+  std::cerr << "chunk refs: " << with_total << " bytes with, " << without_total << " without\n";
+  EXPECT_LT(with_total, without_total);
+}
+
+// The loader's checks of chunk reference lists: range, order, and that they
+// stay intact until the chunk's last block is applied; a flag without lists
+// and lists without the flag are refused too.
+TEST(UpdateV1, ChunkRefsCorruptRefused) {
+  auto b = build_ref(3, true);
+  auto idx = load_v1_bytes(b.diff);
+  ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+  ASSERT_TRUE(idx->h.chunk_refs);
+  std::vector<std::vector<uint64_t>> refs;
+  for (const auto& c : idx->chunks) refs.push_back(c.refs);
+  // Re-encoding what it has loads, and computes the same blocks.
+  {
+    auto d = with_chunk_refs(b.diff, *idx, refs);
+    auto again = load_v1_bytes(d);
+    ASSERT_TRUE(again.ok()) << again.status().to_string();
+    EXPECT_EQ(again->last_reader, idx->last_reader);
+  }
+  auto refused = [&](std::vector<std::vector<uint64_t>> r, const char* want) {
+    auto d = with_chunk_refs(b.diff, *idx, r);
+    auto l = load_v1_bytes(d);
+    ASSERT_FALSE(l.ok()) << want;
+    EXPECT_NE(l.status().message().find(want), std::string::npos) << l.status().message();
+  };
+  const uint64_t old_blocks = idx->old_blocks();
+  {
+    auto r = refs;
+    r[0] = {old_blocks};
+    refused(r, "outside the old image");
+  }
+  {
+    auto r = refs;
+    r[0] = {5, 5};
+    refused(r, "reference 1");
+  }
+  {
+    auto r = refs;
+    r[0] = {9, 4};
+    refused(r, "reference 1");
+  }
+  {
+    auto r = refs;
+    r[0].assign(v1_max_chunk_refs(idx->h.block_bits) + 1, 0);
+    for (size_t k = 0; k < r[0].size(); k++) r[0][k] = k;
+    refused(r, "reference blocks");
+  }
+  {
+    // A block the copy-back overwrites before the chunk's last block: the
+    // block written by the first operation in the apply order that is not a
+    // SAVE (if it is read by that chunk's last member, it must come later).
+    std::vector<int64_t> last(idx->chunks.size(), -1);
+    for (size_t i = 0; i < idx->ops.size(); i++)
+      if (idx->ops[i].type == OpType::Replace) {
+        auto& l = last[idx->ops[i].index / idx->h.chunk_blocks];
+        l = std::max<int64_t>(l, static_cast<int64_t>(i));
+      }
+    size_t c = 0;
+    for (size_t k = 1; k < last.size(); k++)
+      if (last[k] > last[c]) c = k;
+    uint64_t victim = UINT64_MAX;
+    for (int64_t i = 0; i < last[c]; i++)
+      if (idx->ops[static_cast<size_t>(i)].type != OpType::Save && idx->ops[static_cast<size_t>(i)].dest < old_blocks) {
+        victim = idx->ops[static_cast<size_t>(i)].dest;
+        break;
+      }
+    ASSERT_NE(victim, UINT64_MAX);
+    auto r = refs;
+    r[c] = {victim};
+    refused(r, "after operation");
+  }
+  // The flag cleared over metadata that has the lists: refused.
+  {
+    V1Header h = idx->h;
+    h.chunk_refs = false;
+    auto d = b.diff;
+    auto e = encode_v1_header(h);
+    std::memcpy(d.data(), e.data(), 256);
+    EXPECT_FALSE(load_v1_bytes(d).ok());
+  }
+  // A wrong reference that passes the order checks: decoding fails or
+  // yields other bytes; never a crash, and every error is reported.
+  {
+    auto r = refs;
+    for (auto& v : r)
+      if (!v.empty()) v.erase(v.begin());
+    auto d = with_chunk_refs(b.diff, *idx, r);
+    auto l = load_v1_bytes(d);
+    ASSERT_TRUE(l.ok()) << l.status().to_string();
+    MemoryDevice dd(d, true), od(b.old_img, true);
+    std::vector<uint8_t> blk(4096);
+    bool differs = false;
+    for (size_t i = 0; i < l->ops.size(); i++) {
+      if (l->ops[i].type != OpType::Replace) continue;
+      Status s = v1_compute(dd, od, *l, i, blk);
+      if (!s.ok() || !std::equal(blk.begin(), blk.end(), b.new_img.begin() + static_cast<ptrdiff_t>(l->ops[i].dest * 4096)))
+        differs = true;
+    }
+    EXPECT_TRUE(differs);
+  }
+}
+
