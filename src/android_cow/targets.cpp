@@ -134,16 +134,14 @@ class MergeTarget : public ReadOnlyTarget {
     failed_ = false;
     Status st;
     while (!stop_ && img_->merged() < img_->total()) {
-      // Wait while paused (or while a throttle's debt lasts), then size the
-      // batch by the policy in force now and have it admitted: sized before
-      // a long pause, a 4 MiB batch would be charged to a throttle set
-      // during the pause and hold the merge back for seconds.
+      // Wait while paused or while the throttle's debt lasts; then a batch
+      // sized by the policy in force now (up to 4 MiB, about a tenth of a
+      // second's worth while throttled), charged to the throttle by what it
+      // wrote (a batch is often far smaller than its allowance: ops that
+      // depend on each other end it).
       if (!job_.admit(0, stop_)) break;
-      // Batches of up to 4 MiB, smaller while a throttle holds the merge back.
-      uint64_t bytes = job_.batch_bytes(bs, kMaxBatch);
-      if (!job_.admit(bytes, stop_)) break;
-      // The policy may have changed while admit waited (a throttle).
-      bytes = std::min(bytes, job_.batch_bytes(bs, kMaxBatch));
+      const uint64_t bytes = job_.batch_bytes(bs, kMaxBatch);
+      const uint64_t before = img_->merged();
       auto r = img_->merge_step(*base_, *cow_, static_cast<uint32_t>(std::max<uint64_t>(1, bytes / bs)));
       report();
       if (!r.ok()) {
@@ -152,6 +150,7 @@ class MergeTarget : public ReadOnlyTarget {
         failed_ = true;
         break;
       }
+      if (!job_.admit(bytes_before_[*r] - bytes_before_[before], stop_)) break;
     }
     job_.finished(st);
   }
