@@ -14,6 +14,18 @@ namespace {
 constexpr uint64_t kStashMagic = 0x6873617473776f63ull;  // "cowstash"
 constexpr uint32_t kStashHead = 32;
 constexpr uint32_t kScratchMeta = 8192;  // snapuserd's BufferState + ScratchMetadata region
+
+void xor_into(uint8_t* out, const uint8_t* x, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t a, b;
+    std::memcpy(&a, out + i, 8);
+    std::memcpy(&b, x + i, 8);
+    a ^= b;
+    std::memcpy(out + i, &a, 8);
+  }
+  for (; i < n; i++) out[i] ^= x[i];
+}
 }  // namespace
 
 Result<std::shared_ptr<CowImage>> CowImage::open(DevicePtr cow, uint64_t base_bytes, uint64_t view_bytes,
@@ -90,7 +102,7 @@ Status CowImage::compute_block(BlockDevice& base, const Op& op, uint64_t blk, ui
         std::memcpy(out, stash, bs);
       else
         UDM_TRY(base.read_exact(op.source, out, bs));
-      for (uint32_t i = 0; i < bs; i++) out[i] ^= (*u)[i];
+      xor_into(out, u->data(), bs);
       return Status::Ok();
     }
   }
@@ -98,40 +110,96 @@ Status CowImage::compute_block(BlockDevice& base, const Op& op, uint64_t blk, ui
 }
 
 Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
-  const uint32_t bs = block_size();
   std::shared_lock lk(merge_mu_);
-  const uint64_t merged = this->merged();
+  return read_at(base, off, buf, merged());
+}
+
+// The view with the ops before merge position `merged` applied to the base.
+// Runs are served with one base read each: blocks the base holds, COPY ops
+// whose sources follow each other, XOR ops whose source bytes do (then each
+// payload XORed in); a REPLACE unit is looked up once for all its blocks in
+// the request; ZERO runs are one memset.
+Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged) {
+  const uint32_t bs = block_size();
+  auto live_op = [&](uint64_t b) -> int32_t {  // the op computing block b, or -1: read the base
+    int32_t o = map_[b];
+    return o < 0 || (order_ok_ && pos_of_op_[o] < merged) ? -1 : o;
+  };
+  auto stash_of = [&](int32_t o) -> const uint8_t* {
+    return !stash_.empty() && order_ok_ && pos_of_op_[o] == stash_pos_ ? stash_.data() : nullptr;
+  };
   std::vector<uint8_t> tmp;
+  const uint64_t end = off + buf.size();
+  const uint64_t last_blk = (end - 1) / bs;
   size_t done = 0;
   while (done < buf.size()) {
     const uint64_t pos = off + done;
     const uint64_t blk = pos / bs;
-    auto from_base = [&](uint64_t b) {
-      int32_t o = map_[b];
-      return o < 0 || (order_ok_ && pos_of_op_[o] < merged);
-    };
-    if (from_base(blk)) {
+    const int32_t oi = live_op(blk);
+    if (oi < 0) {
       // A run of blocks the base holds: one read.
       uint64_t end_blk = blk + 1;
-      const uint64_t last_blk = (off + buf.size() - 1) / bs;
-      while (end_blk <= last_blk && from_base(end_blk)) end_blk++;
-      const uint64_t end = std::min<uint64_t>(end_blk * bs, off + buf.size());
-      UDM_TRY(base.read(pos, buf.subspan(done, static_cast<size_t>(end - pos))));
-      done += static_cast<size_t>(end - pos);
+      while (end_blk <= last_blk && live_op(end_blk) < 0) end_blk++;
+      const uint64_t e = std::min<uint64_t>(end_blk * bs, end);
+      UDM_TRY(base.read(pos, buf.subspan(done, static_cast<size_t>(e - pos))));
+      done += static_cast<size_t>(e - pos);
       continue;
     }
-    const Op& op = f_.ops[map_[blk]];
+    const Op& op = f_.ops[oi];
     const uint64_t in = pos - blk * bs;
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(bs - in, buf.size() - done));
-    const uint8_t* stash = !stash_.empty() && order_ok_ && pos_of_op_[map_[blk]] == stash_pos_ ? stash_.data() : nullptr;
-    if (in == 0 && n == bs) {
-      UDM_TRY(compute_block(base, op, blk, buf.data() + done, stash));
-    } else {
-      tmp.resize(bs);
-      UDM_TRY(compute_block(base, op, blk, tmp.data(), stash));
-      std::memcpy(buf.data() + done, tmp.data() + in, n);
+    const uint8_t* stash = stash_of(oi);
+    // Whole blocks of the request from here on.
+    const uint64_t full = in == 0 ? (end - pos) / bs : 0;
+    if (full == 0 || stash) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(bs - in, end - pos));
+      if (in == 0 && n == bs) {
+        UDM_TRY(compute_block(base, op, blk, buf.data() + done, stash));
+      } else {
+        tmp.resize(bs);
+        UDM_TRY(compute_block(base, op, blk, tmp.data(), stash));
+        std::memcpy(buf.data() + done, tmp.data() + in, n);
+      }
+      done += n;
+      continue;
     }
-    done += n;
+    uint8_t* out = buf.data() + done;
+    uint64_t n = 1;  // blocks served from here
+    switch (op.type) {
+      case kZero:
+        while (n < full && live_op(blk + n) >= 0 && f_.ops[map_[blk + n]].type == kZero) n++;
+        std::memset(out, 0, static_cast<size_t>(n * bs));
+        break;
+      case kCopy:
+        while (n < full) {
+          const int32_t o = live_op(blk + n);
+          if (o < 0 || f_.ops[o].type != kCopy || f_.ops[o].source != op.source + n) break;
+          n++;
+        }
+        UDM_TRY(base.read_exact(op.source * bs, out, static_cast<size_t>(n * bs)));
+        break;
+      case kReplace: {
+        UDM_ASSIGN_OR_RETURN(auto u, payload(static_cast<uint32_t>(oi)));
+        n = std::min<uint64_t>(full, op.new_block + op.blocks() - blk);
+        std::memcpy(out, u->data() + (blk - op.new_block) * bs, static_cast<size_t>(n * bs));
+        break;
+      }
+      case kXor: {
+        while (n < full) {
+          const int32_t o = live_op(blk + n);
+          if (o < 0 || f_.ops[o].type != kXor || f_.ops[o].source != op.source + n * bs || stash_of(o)) break;
+          n++;
+        }
+        UDM_TRY(base.read_exact(op.source, out, static_cast<size_t>(n * bs)));
+        for (uint64_t k = 0; k < n; k++) {
+          UDM_ASSIGN_OR_RETURN(auto u, payload(static_cast<uint32_t>(map_[blk + k])));
+          xor_into(out + k * bs, u->data(), bs);
+        }
+        break;
+      }
+      default:
+        return Corrupt("internal: bad op type");
+    }
+    done += static_cast<size_t>(n * bs);
   }
   return Status::Ok();
 }
@@ -229,24 +297,45 @@ Result<uint64_t> CowImage::merge_step(BlockDevice& base, BlockDevice& cow_rw, ui
     stash_pos_ = start;
     stash_ = *stash;
   }
-  // Compute every block of the batch, then write them.
-  std::vector<uint8_t> out(static_cast<size_t>(blocks * bs));
+  // The batch's blocks in ascending order, in runs of adjacent blocks (no op
+  // of a batch reads a block another of its ops writes, so the order within
+  // a batch does not matter): each run is computed as the view computes it
+  // as of `start` (one base read per run of COPY sources, one payload per
+  // REPLACE unit) and written with one request.
+  struct Run {
+    uint64_t blk, n;
+    bool zero;
+  };
+  std::vector<std::pair<uint64_t, uint32_t>> targets;  // (new_block, op)
+  targets.reserve(static_cast<size_t>(end - start));
+  for (uint64_t j = start; j < end; j++) targets.emplace_back(f_.ops[order_[j]].new_block, order_[j]);
+  std::sort(targets.begin(), targets.end());
+  std::vector<Run> runs;
+  for (auto [nb, oi] : targets) {
+    const Op& op = f_.ops[oi];
+    if (!runs.empty() && runs.back().blk + runs.back().n == nb) {
+      runs.back().n += op.blocks();
+      runs.back().zero = runs.back().zero && op.type == kZero;
+    } else {
+      runs.push_back({nb, op.blocks(), op.type == kZero});
+    }
+  }
+  merge_buf_.resize(static_cast<size_t>(blocks * bs));
   size_t o = 0;
-  for (uint64_t j = start; j < end; j++) {
-    const Op& op = f_.ops[order_[j]];
-    for (uint64_t b = op.new_block; b < op.new_block + op.blocks(); b++, o += bs)
-      UDM_TRY(compute_block(base, op, b, out.data() + o, stash ? stash->data() : nullptr));
+  for (const Run& r : runs) {
+    const size_t n = static_cast<size_t>(r.n * bs);
+    if (!r.zero) UDM_TRY(read_at(base, r.blk * bs, std::span<uint8_t>(merge_buf_.data() + o, n), start));
+    o += n;
   }
   {
     std::unique_lock lk(merge_mu_);
     o = 0;
-    for (uint64_t j = start; j < end; j++) {
-      const Op& op = f_.ops[order_[j]];
-      const size_t n = static_cast<size_t>(op.blocks() * bs);
-      if (op.type == kZero)
-        UDM_TRY(base.write_zeroes(op.new_block * bs, n));
+    for (const Run& r : runs) {
+      const size_t n = static_cast<size_t>(r.n * bs);
+      if (r.zero)
+        UDM_TRY(base.write_zeroes(r.blk * bs, n));
       else
-        UDM_TRY(base.write(op.new_block * bs, std::span<const uint8_t>(out.data() + o, n)));
+        UDM_TRY(base.write(r.blk * bs, std::span<const uint8_t>(merge_buf_.data() + o, n)));
       o += n;
     }
     // Reads of these blocks now go to the base; their durability follows.

@@ -60,6 +60,8 @@ class CowImage {
  private:
   CowImage() = default;
   Status compute_block(BlockDevice& base, const Op& op, uint64_t blk, uint8_t* out, const uint8_t* stash);
+  // read() as of merge position `merged` (the caller holds merge_mu_ or is the merge).
+  Status read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged);
   bool self_reading(const Op& op) const;
   Status stash_write(BlockDevice& cow_rw, uint64_t pos, const std::vector<uint8_t>& data);
   Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);
@@ -85,6 +87,7 @@ class CowImage {
   std::vector<uint8_t> stash_;
   std::vector<uint32_t> stamp_w_, stamp_r_;  // batch building: per block, last batch id that wrote/read it
   uint32_t batch_id_ = 0;
+  std::vector<uint8_t> merge_buf_;  // a batch's new blocks
 };
 
 }  // namespace udm::acow
