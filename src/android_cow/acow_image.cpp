@@ -83,6 +83,14 @@ Result<BlockCache::Block> CowImage::payload(uint32_t i) {
   return cache_->get(owner_, i, [&]() { return read_payload(*cow_, f_, f_.ops[i]); });
 }
 
+// For the merge: the cached payload if a reader decoded it, else decoded
+// without caching it (once merged, the op's blocks are read from the base).
+Result<BlockCache::Block> CowImage::payload_once(uint32_t i) {
+  if (auto b = cache_->peek(owner_, i)) return b;
+  UDM_ASSIGN_OR_RETURN(auto v, read_payload(*cow_, f_, f_.ops[i]));
+  return BlockCache::Block(std::make_shared<const std::vector<uint8_t>>(std::move(v)));
+}
+
 Status CowImage::compute_block(BlockDevice& base, const Op& op, uint64_t blk, uint8_t* out, const uint8_t* stash) {
   const uint32_t bs = block_size();
   switch (op.type) {
@@ -111,7 +119,7 @@ Status CowImage::compute_block(BlockDevice& base, const Op& op, uint64_t blk, ui
 
 Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
   std::shared_lock lk(merge_mu_);
-  return read_at(base, off, buf, merged());
+  return read_at(base, off, buf, merged(), false);
 }
 
 // The view with the ops before merge position `merged` applied to the base.
@@ -119,8 +127,9 @@ Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
 // whose sources follow each other, XOR ops whose source bytes do (then each
 // payload XORed in); a REPLACE unit is looked up once for all its blocks in
 // the request; ZERO runs are one memset.
-Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged) {
+Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged, bool merging) {
   const uint32_t bs = block_size();
+  auto get_payload = [&](int32_t o) { return merging ? payload_once(static_cast<uint32_t>(o)) : payload(static_cast<uint32_t>(o)); };
   auto live_op = [&](uint64_t b) -> int32_t {  // the op computing block b, or -1: read the base
     int32_t o = map_[b];
     return o < 0 || (order_ok_ && pos_of_op_[o] < merged) ? -1 : o;
@@ -178,7 +187,7 @@ Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf
         UDM_TRY(base.read_exact(op.source * bs, out, static_cast<size_t>(n * bs)));
         break;
       case kReplace: {
-        UDM_ASSIGN_OR_RETURN(auto u, payload(static_cast<uint32_t>(oi)));
+        UDM_ASSIGN_OR_RETURN(auto u, get_payload(oi));
         n = std::min<uint64_t>(full, op.new_block + op.blocks() - blk);
         std::memcpy(out, u->data() + (blk - op.new_block) * bs, static_cast<size_t>(n * bs));
         break;
@@ -191,7 +200,7 @@ Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf
         }
         UDM_TRY(base.read_exact(op.source, out, static_cast<size_t>(n * bs)));
         for (uint64_t k = 0; k < n; k++) {
-          UDM_ASSIGN_OR_RETURN(auto u, payload(static_cast<uint32_t>(map_[blk + k])));
+          UDM_ASSIGN_OR_RETURN(auto u, get_payload(map_[blk + k]));
           xor_into(out + k * bs, u->data(), bs);
         }
         break;
@@ -324,7 +333,7 @@ Result<uint64_t> CowImage::merge_step(BlockDevice& base, BlockDevice& cow_rw, ui
   size_t o = 0;
   for (const Run& r : runs) {
     const size_t n = static_cast<size_t>(r.n * bs);
-    if (!r.zero) UDM_TRY(read_at(base, r.blk * bs, std::span<uint8_t>(merge_buf_.data() + o, n), start));
+    if (!r.zero) UDM_TRY(read_at(base, r.blk * bs, std::span<uint8_t>(merge_buf_.data() + o, n), start, true));
     o += n;
   }
   {

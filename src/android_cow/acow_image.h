@@ -61,7 +61,9 @@ class CowImage {
   CowImage() = default;
   Status compute_block(BlockDevice& base, const Op& op, uint64_t blk, uint8_t* out, const uint8_t* stash);
   // read() as of merge position `merged` (the caller holds merge_mu_ or is the merge).
-  Status read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged);
+  // `merging`: payloads not cached yet are decoded without caching them.
+  Status read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged, bool merging);
+  Result<BlockCache::Block> payload_once(uint32_t op_index);
   bool self_reading(const Op& op) const;
   Status stash_write(BlockDevice& cow_rw, uint64_t pos, const std::vector<uint8_t>& data);
   Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);
