@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <deque>
 #include <unordered_map>
 
 #include <zstd.h>
@@ -172,33 +171,43 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
       int32_t w = writer_of[r];
       if (w >= 0 && static_cast<size_t>(w) != i) indeg[w]++;
     }
+  // Kahn's algorithm in waves: every op of a wave is ready when the wave
+  // starts, so no op of a wave writes a block another one of it reads (that
+  // writer would still wait for its reader); each wave is emitted in block
+  // order. A merge takes a wave as one batch (one flush) with runs of
+  // adjacent blocks, where a FIFO order would interleave dependent ops and
+  // cut the batches short.
   std::vector<bool> done(ordered.size(), false), dropped(ordered.size(), false);
-  std::deque<uint32_t> ready;
+  std::vector<uint32_t> wave, next;
   for (uint32_t i = 0; i < ordered.size(); i++)
-    if (!indeg[i]) ready.push_back(i);
+    if (!indeg[i]) wave.push_back(i);
   std::vector<uint32_t> order;
   size_t scan = 0;
-  auto release = [&](uint32_t i) {
+  auto release = [&](uint32_t i, std::vector<uint32_t>& into) {
     for (uint64_t r : reads(ordered[i])) {
       int32_t w = writer_of[r];
-      if (w >= 0 && static_cast<uint32_t>(w) != i && !done[w] && !dropped[w] && --indeg[w] == 0) ready.push_back(w);
+      if (w >= 0 && static_cast<uint32_t>(w) != i && !done[w] && !dropped[w] && --indeg[w] == 0) into.push_back(w);
     }
   };
   while (order.size() + st.cycles_broken < ordered.size()) {
-    if (ready.empty()) {
+    if (wave.empty()) {
       while (done[scan] || dropped[scan]) scan++;
       dropped[scan] = true;  // break a cycle: this block becomes a REPLACE
       kind[ordered[scan].new_block] = kReplace;
       st.cycles_broken++;
-      release(scan);
+      release(scan, wave);
       continue;
     }
-    uint32_t i = ready.front();
-    ready.pop_front();
-    if (done[i] || dropped[i]) continue;
-    done[i] = true;
-    order.push_back(i);
-    release(i);
+    std::sort(wave.begin(), wave.end(),
+              [&](uint32_t a, uint32_t b) { return ordered[a].new_block < ordered[b].new_block; });
+    next.clear();
+    for (uint32_t i : wave) {
+      if (done[i] || dropped[i]) continue;
+      done[i] = true;
+      order.push_back(i);
+    }
+    for (uint32_t i : wave) release(i, next);
+    wave.swap(next);
   }
 
   // 4. The ops in COW order: ordered ops in merge order, then REPLACE (units)
