@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
@@ -65,8 +66,10 @@ class CowImage {
   Status read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged, bool merging);
   Result<BlockCache::Block> payload_once(uint32_t op_index);
   bool self_reading(const Op& op) const;
-  Status stash_write(BlockDevice& cow_rw, uint64_t pos, const std::vector<uint8_t>& data);
-  Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);
+  uint64_t stash_capacity() const;  // self-reading ops one stash record holds
+  Status stash_store(BlockDevice& cow_rw, uint64_t start, uint64_t end, const std::map<uint64_t, std::vector<uint8_t>>& st);
+  Status stash_load(uint64_t start);  // the record of the batch at `start`, if valid
+  Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);  // older udm's single record
 
   DevicePtr cow_;
   CowFile f_;
@@ -82,11 +85,12 @@ class CowImage {
   mutable std::shared_mutex merge_mu_;
   std::shared_ptr<BlockCache> cache_;
   uint64_t owner_ = 0;
-  // The stash of the self-reading op at merge position stash_pos_ (valid
-  // when stash_ is non-empty): the view computes that op from it, since a
-  // cut may have left its block written but not yet recorded as merged.
-  uint64_t stash_pos_ = 0;
-  std::vector<uint8_t> stash_;
+  // The stash of the batch [stash_start_, stash_end_): merge position ->
+  // old bytes its self-reading op reads. The view computes those ops from
+  // it, since a cut may have left their blocks written but not yet
+  // recorded as merged.
+  uint64_t stash_start_ = 0, stash_end_ = 0;
+  std::map<uint64_t, std::vector<uint8_t>> stash_;
   std::vector<uint32_t> stamp_w_, stamp_r_;  // batch building: per block, last batch id that wrote/read it
   uint32_t batch_id_ = 0;
   std::vector<uint8_t> merge_buf_;  // a batch's new blocks

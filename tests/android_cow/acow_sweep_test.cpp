@@ -129,6 +129,24 @@ TEST(AndroidCowSweep, WriterOutputWithSelfXorEveryCut) {
     auto cow = make_cow(old_img, nw, o, &st);
     ASSERT_TRUE(cow.ok()) << cow.status().to_string();
     ASSERT_GE(st.self_xor, 8u);
+    {
+      // One stash record holds a batch's self-reading ops (each used to be
+      // merged alone): the eight similar blocks are in the writer's first
+      // wave with the shift's last COPY, and merge as one batch.
+      auto base = std::make_shared<MemoryDevice>(old_img);
+      auto cd = std::make_shared<MemoryDevice>(*cow);
+      auto img = CowImage::open(cd, base->size(), base->size(), std::nullopt, true);
+      ASSERT_TRUE(img.ok());
+      uint64_t steps = 0, first = 0;
+      while ((*img)->merged() < (*img)->total()) {
+        ASSERT_TRUE((*img)->merge_step(*base, *cd).ok());
+        steps++;
+        if (steps == 1) first = (*img)->merged();
+      }
+      EXPECT_GE(first, st.self_xor + 1) << "the first batch did not take every self-reading op of its wave";
+      EXPECT_GT(steps, 1u);
+      EXPECT_TRUE(base->contents() == nw);
+    }
     Sweep s{old_img, *cow, nw, std::nullopt, 4};
     sweep(s, "writer v" + std::to_string(v));
   }
