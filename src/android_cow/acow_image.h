@@ -14,8 +14,9 @@
 // merged ops in the COW header's num_merge_ops (as snapuserd does) and flush
 // the COW. A restart resumes at num_merge_ops. Ops that read their own block
 // (an XOR whose source overlaps its target) are not idempotent: udm stashes
-// the old bytes in the COW's scratch area first, or refuses to merge a COW
-// without one (docs/android-cow.md).
+// the old bytes of every such op of a batch in one record in the COW's
+// scratch area first (a record found after a cut fixes the batch to redo),
+// or refuses to merge a COW without one (docs/android-cow.md).
 #pragma once
 
 #include <atomic>
