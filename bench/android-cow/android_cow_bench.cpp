@@ -5,7 +5,8 @@
 //  * the merge (android-cow-apply's loop: batches, flushes, progress record)
 //    vs `cp` + `sync` of as many bytes as the merge writes (goal >= 0.5x);
 //  * sizes: udm's v3 COW (zstd, 64 KiB units) vs udm's v1 diff vs
-//    `zstd -19 --long=27 --patch-from=OLD NEW`.
+//    `zstd -19 --long=27 --patch-from=OLD NEW`; the COW's parts (scratch
+//    area, XOR and REPLACE payloads), and the same COW at zstd level 19.
 // Usage: android_cow_bench OLD NEW [DIR=/dev/shm] [reps=3]
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -32,6 +33,10 @@ static uint64_t fsize(const std::string& p) {
   struct stat s;
   return ::stat(p.c_str(), &s) == 0 ? static_cast<uint64_t>(s.st_size) : 0;
 }
+static uint64_t fallocated(const std::string& p) {
+  struct stat s;
+  return ::stat(p.c_str(), &s) == 0 ? static_cast<uint64_t>(s.st_blocks) * 512 : 0;
+}
 static void die(const std::string& m) {
   fmt::print(stderr, "android_cow_bench: {}\n", m);
   std::exit(1);
@@ -54,12 +59,20 @@ int main(int argc, char** argv) {
   auto st = acow::make_cow_file(old_path, new_path, cow_path, o);
   if (!st.ok()) die(st.status().to_string());
   const double t_write = secs(t0);
+  // The same at zstd level 19 (Android's reader decodes any level).
+  acow::WriterOptions o19 = o;
+  o19.zstd_level = 19;
+  t0 = clk::now();
+  auto st19 = acow::make_cow_file(old_path, new_path, cow_path + ".19", o19);
+  if (!st19.ok()) die(st19.status().to_string());
+  const double t_write19 = secs(t0);
   update::DiffV1Options v1;
   v1.progress = false;
   auto v1s = update::make_diff_v1(old_path, new_path, v1_path, v1);
   if (!v1s.ok()) die(v1s.status().to_string());
   sh(fmt::format("zstd -q -f -19 --long=27 --patch-from={} {} -o {} 2>/dev/null", old_path, new_path, zp));
   const uint64_t img = fsize(new_path), cow_b = fsize(cow_path), v1_b = fsize(v1_path), zp_b = fsize(zp);
+  const uint64_t cow_alloc = fallocated(cow_path);
 
   // Reads.
   sh(fmt::format("cp {} {}", old_path, base_path));
@@ -101,7 +114,7 @@ int main(int argc, char** argv) {
 
   // Merge vs cp + sync of the bytes it writes.
   std::vector<double> tm, tc;
-  uint64_t merged_bytes = 0;
+  uint64_t merged_bytes = 0, batches = 0;
   for (const auto& op : cimg.file().ops) merged_bytes += op.blocks() * cimg.block_size();
   sh(fmt::format("cp {0} {0}.c", cow_path));  // pristine: the merge records its progress in the COW
   for (int i = 0; i < reps; i++) {
@@ -111,8 +124,11 @@ int main(int argc, char** argv) {
     auto m = acow::CowImage::open(*c, img, img, std::nullopt, true);
     if (!b.ok() || !c.ok() || !m.ok()) die("merge open");
     auto t = clk::now();
-    while ((*m)->merged() < (*m)->total())
+    batches = 0;
+    while ((*m)->merged() < (*m)->total()) {
       if (!(*m)->merge_step(**b, **c).ok()) die("merge");
+      batches++;
+    }
     tm.push_back(secs(t));
     sh(fmt::format("head -c {} {} > {}.src; rm -f {}.dst", merged_bytes, new_path, dir + "/acb", dir + "/acb"));
     t = clk::now();
@@ -124,7 +140,7 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> x(img), y(img);
     if (!(*b)->read(0, x).ok() || !(*nw)->read(0, y).ok() || x != y) die("the merged base is not NEW");
   }
-  sh(fmt::format("rm -f {0}.cow {0}.cow.c {0}.base {0}.v1 {0}.zpatch {0}.src {0}.dst", dir + "/acb"));
+  sh(fmt::format("rm -f {0}.cow {0}.cow.19 {0}.cow.c {0}.base {0}.v1 {0}.zpatch {0}.src {0}.dst", dir + "/acb"));
 
   fmt::print("image {} MiB; COW v3 zstd 64k written in {:.2f} s: COPY {} XOR {} REPLACE {} ops ({} blocks) ZERO {}\n",
              img >> 20, t_write, st->copy, st->xor_ops, st->replace_ops, st->replace_blocks, st->zero);
@@ -132,9 +148,17 @@ int main(int argc, char** argv) {
              median(sv), seq_cold, median(sf), median(sv) / median(sf));
   fmt::print("random 4 KiB reads:     view {:.0f}/s, NEW file {:.0f}/s: ratio {:.2f}x\n", median(rv), median(rf),
              median(rv) / median(rf));
-  fmt::print("merge of {} MiB: {:.3f} s vs cp+sync of the same bytes {:.3f} s: speed ratio {:.2f}x (goal >= 0.5x)\n",
-             merged_bytes >> 20, median(tm), median(tc), median(tc) / median(tm));
+  fmt::print("merge of {} MiB in {} batches: {:.3f} s vs cp+sync of the same bytes {:.3f} s: speed ratio {:.2f}x (goal >= 0.5x)\n",
+             merged_bytes >> 20, batches, median(tm), median(tc), median(tc) / median(tm));
   fmt::print("sizes: v3 COW {} bytes, udm v1 diff {} bytes, zstd --patch-from {} bytes: COW/v1 {:.2f}, COW/zstd {:.2f}\n", cow_b,
              v1_b, zp_b, double(cow_b) / double(v1_b), double(cow_b) / double(zp_b));
+  fmt::print("v3 COW parts: scratch area {} (zeros), XOR payloads {}, REPLACE payloads {}, the rest (header, sequence, ops) {}\n",
+             st->scratch, st->xor_payload, st->replace_payload,
+             cow_b - st->scratch - st->xor_payload - st->replace_payload);
+  fmt::print("on disk {} bytes allocated (the scratch area is a hole); without the scratch area's zeros: {} bytes: /v1 {:.2f}, /zstd {:.2f}\n", cow_alloc, cow_b - st->scratch,
+             double(cow_b - st->scratch) / double(v1_b), double(cow_b - st->scratch) / double(zp_b));
+  fmt::print("zstd level 19 (written in {:.2f} s): {} bytes, without scratch {}: /v1 {:.2f}, /zstd {:.2f}\n", t_write19,
+             st19->cow_bytes, st19->cow_bytes - st19->scratch, double(st19->cow_bytes - st19->scratch) / double(v1_b),
+             double(st19->cow_bytes - st19->scratch) / double(zp_b));
   return 0;
 }

@@ -50,7 +50,7 @@ Status decompress(Comp c, std::span<const uint8_t> in, std::span<uint8_t> out) {
   return Corrupt("unknown compression " + name);
 }
 
-Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in) {
+Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in, int zstd_level) {
   std::vector<uint8_t> out;
   switch (c) {
     case Comp::None:
@@ -81,7 +81,7 @@ Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in) {
     }
     case Comp::Zstd: {
       out.resize(ZSTD_compressBound(in.size()));
-      size_t n = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), 3);
+      size_t n = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), zstd_level > 0 ? zstd_level : 3);
       if (ZSTD_isError(n)) return IoError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
       out.resize(n);
       return out;

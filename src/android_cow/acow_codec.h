@@ -13,7 +13,8 @@ namespace udm::acow {
 
 // Decodes `in` into exactly out.size() bytes; anything else is an error.
 Status decompress(Comp c, std::span<const uint8_t> in, std::span<uint8_t> out);
-// Compresses with Android's default levels (gz 9, brotli 11, zstd 3).
-Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in);
+// Compresses with Android's default levels (gz 9, brotli 11, zstd 3), or
+// zstd at `zstd_level` (> 0; any level decodes with Android's reader).
+Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in, int zstd_level = 0);
 
 }  // namespace udm::acow

@@ -14,11 +14,13 @@
 // merged ops in the COW header's num_merge_ops (as snapuserd does) and flush
 // the COW. A restart resumes at num_merge_ops. Ops that read their own block
 // (an XOR whose source overlaps its target) are not idempotent: udm stashes
-// the old bytes in the COW's scratch area first, or refuses to merge a COW
-// without one (docs/android-cow.md).
+// the old bytes of every such op of a batch in one record in the COW's
+// scratch area first (a record found after a cut fixes the batch to redo),
+// or refuses to merge a COW without one (docs/android-cow.md).
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
@@ -60,9 +62,15 @@ class CowImage {
  private:
   CowImage() = default;
   Status compute_block(BlockDevice& base, const Op& op, uint64_t blk, uint8_t* out, const uint8_t* stash);
+  // read() as of merge position `merged` (the caller holds merge_mu_ or is the merge).
+  // `merging`: payloads not cached yet are decoded without caching them.
+  Status read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged, bool merging);
+  Result<BlockCache::Block> payload_once(uint32_t op_index);
   bool self_reading(const Op& op) const;
-  Status stash_write(BlockDevice& cow_rw, uint64_t pos, const std::vector<uint8_t>& data);
-  Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);
+  uint64_t stash_capacity() const;  // self-reading ops one stash record holds
+  Status stash_store(BlockDevice& cow_rw, uint64_t start, uint64_t end, const std::map<uint64_t, std::vector<uint8_t>>& st);
+  Status stash_load(uint64_t start);  // the record of the batch at `start`, if valid
+  Result<std::optional<std::vector<uint8_t>>> stash_read(uint64_t pos);  // older udm's single record
 
   DevicePtr cow_;
   CowFile f_;
@@ -78,13 +86,15 @@ class CowImage {
   mutable std::shared_mutex merge_mu_;
   std::shared_ptr<BlockCache> cache_;
   uint64_t owner_ = 0;
-  // The stash of the self-reading op at merge position stash_pos_ (valid
-  // when stash_ is non-empty): the view computes that op from it, since a
-  // cut may have left its block written but not yet recorded as merged.
-  uint64_t stash_pos_ = 0;
-  std::vector<uint8_t> stash_;
+  // The stash of the batch [stash_start_, stash_end_): merge position ->
+  // old bytes its self-reading op reads. The view computes those ops from
+  // it, since a cut may have left their blocks written but not yet
+  // recorded as merged.
+  uint64_t stash_start_ = 0, stash_end_ = 0;
+  std::map<uint64_t, std::vector<uint8_t>> stash_;
   std::vector<uint32_t> stamp_w_, stamp_r_;  // batch building: per block, last batch id that wrote/read it
   uint32_t batch_id_ = 0;
+  std::vector<uint8_t> merge_buf_;  // a batch's new blocks
 };
 
 }  // namespace udm::acow

@@ -23,11 +23,13 @@ struct WriterOptions {
   uint32_t unit = 4096;         // v3: largest compression unit (block_size << 0..6)
   uint32_t cluster_ops = 1024;  // v2: ops per cluster (>= 2)
   bool xor_ops = true;
+  int zstd_level = 0;           // 0: Android's default (3)
 };
 
 struct WriterStats {
   uint64_t blocks = 0, changed = 0, copy = 0, xor_ops = 0, replace_ops = 0, replace_blocks = 0, zero = 0;
   uint64_t cycles_broken = 0, self_xor = 0, sequence = 0, cow_bytes = 0;
+  uint64_t xor_payload = 0, replace_payload = 0, scratch = 0;  // bytes in the file
 };
 
 // The COW's bytes. Both images must be the same size, a multiple of the block

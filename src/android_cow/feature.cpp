@@ -6,8 +6,8 @@
 
 namespace udm {
 void register_feature_android_cow(Features& f) {
-  f.targets.add("android-cow", acow::make_view_target, "android-cow <base_dev> <cow_dev> [<#opt_args> label=N]");
+  f.targets.add("android-cow", acow::make_view_target, "android-cow <base_dev> <cow_dev> [<#opt_args> [label=N]]");
   f.targets.add("android-cow-merge", acow::make_merge_target,
-                "android-cow-merge <base_dev> <cow_dev> [<#opt_args> label=N]");
+                "android-cow-merge <base_dev> <cow_dev> [<#opt_args> [label=N] [paused] [throttle=<MiB/s>|auto|off]]");
 }
 }  // namespace udm

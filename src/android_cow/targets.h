@@ -2,9 +2,11 @@
 //
 //   android-cow <base_dev> <cow_dev> [<#opt_args> [label=N]]
 //     read-only view of the new image; status "<ops> <replace> <copy> <xor> <zero>"
-//   android-cow-merge <base_dev> <cow_dev> [<#opt_args> [label=N]]
+//   android-cow-merge <base_dev> <cow_dev> [<#opt_args> [label=N] [paused] [throttle=<MiB/s>|auto|off]]
 //     the same view while a background thread merges the COW into the base
-//     in Android's merge order (crash-safe, resumable); status "<merged> <total>"
+//     in Android's merge order (crash-safe, resumable); status "<merged> <total>";
+//     the merge is a background job (device/background_job.h): messages
+//     pause, resume, throttle <MiB/s>|auto|off
 #pragma once
 
 #include "device/target.h"

@@ -1,14 +1,17 @@
 // End to end with build/udm: an ext4 pair written as an Android COW by
 // `udm update-diff --format android-cow-v3`, served by android-cow-merge in
 // the daemon through the FUSE export and a loop device (every file compared
-// while the merge runs), the base equal to the new image afterwards; and the
-// tools on the shared vectors.
+// while the merge runs), the base equal to the new image afterwards; the
+// merge's background-job controls through the daemon (messages, table
+// options, `udm info --json`, `udm wait`); and the tools on the shared
+// vectors.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/sys_util.h"
@@ -103,6 +106,121 @@ TEST(AndroidCowE2E, Ext4ThroughFuseWhileMerging) {
   ASSERT_TRUE(d->udm({"remove", "sys"}).ok());
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(sha256_file(t.file("base.img")), sha256_file(t.file("new.img"))) << st;
+}
+
+// "0 <len> android-cow-merge <merged> <total>[ failed]" -> {merged, total}.
+std::pair<uint64_t, uint64_t> merge_counts(const std::string& line) {
+  std::istringstream in(line);
+  std::string start, len, type;
+  uint64_t merged = 0, total = 0;
+  in >> start >> len >> type >> merged >> total;
+  return {merged, total};
+}
+
+nlohmann::json merge_job(TestDaemon& d, const std::string& name) {
+  auto r = d.udm({"info", name, "--json"});
+  EXPECT_TRUE(r.ok()) << r.describe();
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["jobs"].size(), 1u) << r.out;
+  return j["jobs"].empty() ? nlohmann::json::object() : j["jobs"][0];
+}
+
+// The issue-16 controls of the merge as a user drives them: a table with
+// `paused throttle=auto` stays put across suspend/resume and a daemon
+// restart (udm wait times out: 2), refusals name the argument, the JSON
+// job agrees with the status line, and after resume `udm wait` returns 0
+// with the base equal to the new image; a merge over a failing base makes
+// `udm wait` say 1.
+TEST(AndroidCowE2E, MergeJobControlsInfoAndWait) {
+  if (!have_tool("sh")) GTEST_SKIP();
+  TempDir t;
+  const uint64_t blocks = 1024;
+  auto old_img = random_bytes(blocks * 4096, 61);
+  auto new_img = old_img;
+  auto novel = random_bytes(blocks * 4096, 62);
+  for (uint64_t b = 0; b < blocks; b += 2) std::memcpy(&new_img[b * 4096], &novel[b * 4096], 4096);  // REPLACE
+  for (uint64_t b = 1; b < 200; b += 2) std::memcpy(&new_img[b * 4096], &old_img[(b + 400) * 4096], 4096);  // COPY
+  write_file(t.file("old.img"), old_img);
+  write_file(t.file("base.img"), old_img);
+  write_file(t.file("new.img"), new_img);
+  ASSERT_EQ(ok(run({udm_bin(), "update-diff", t.file("old.img"), t.file("new.img"), "-o", t.file("new.cow"), "--format",
+                    "android-cow-v3", "-a", "lz4"})),
+            "");
+  const std::string sect = std::to_string(blocks * 8);
+  auto table = [&](const std::string& base, const std::string& opts) {
+    return "0 " + sect + " android-cow-merge " + base + " " + t.file("new.cow") + (opts.empty() ? "" : " " + opts);
+  };
+  auto d = TestDaemon::start(false, false);
+  ASSERT_TRUE(d);
+  auto c = d->udm({"create", "sys", "--table", table(t.file("base.img"), "2 paused throttle=auto")});
+  ASSERT_TRUE(c.ok()) << c.describe();
+  auto j = merge_job(*d, "sys");
+  EXPECT_EQ(j["kind"], "android-cow-merge");
+  EXPECT_EQ(j["unit"], "operations");
+  EXPECT_EQ(j["state"], "paused");
+  EXPECT_EQ(j["paused"], true);
+  EXPECT_EQ(j["throttle"], "auto");
+  EXPECT_EQ(j["done"], 0u);
+  EXPECT_EQ(j["done_bytes"], 0u);
+  EXPECT_TRUE(j["eta_seconds"].is_null()) << j;
+  EXPECT_TRUE(j["bytes_per_second"].is_number()) << j;
+  auto [m0, total] = merge_counts(d->udm({"status", "sys"}).out);
+  EXPECT_EQ(m0, 0u);
+  EXPECT_EQ(j["total"].get<uint64_t>(), total);
+  EXPECT_GT(total, 500u);
+  EXPECT_GE(j["total_bytes"].get<uint64_t>(), total * 4096);  // a v3 REPLACE op may write several blocks
+  auto w = d->udm({"wait", "sys", "--timeout", "0.3"});
+  EXPECT_EQ(w.exit_code, 2) << w.describe();
+  ASSERT_TRUE(d->udm({"suspend", "sys"}).ok());
+  ASSERT_TRUE(d->udm({"resume", "sys"}).ok());
+  EXPECT_EQ(d->udm({"wait", "sys", "--timeout", "0.2"}).exit_code, 2);
+  EXPECT_EQ(merge_counts(d->udm({"status", "sys"}).out).first, 0u);
+  EXPECT_EQ(sha256_file(t.file("base.img")), sha256_file(t.file("old.img")));
+  auto bad = d->udm({"message", "sys", "0", "throttle", "fast"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("android-cow-merge: throttle: 'fast' is not a rate"), std::string::npos) << bad.err;
+  bad = d->udm({"create", "bad", "--table", table(t.file("old.img"), "1 throttle=0")});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("android-cow-merge: throttle: 0 MiB/s is out of range"), std::string::npos) << bad.err;
+
+  // A daemon restart with the same table: still paused.
+  ASSERT_EQ(d->stop(), 0);
+  d = TestDaemon::start(false, false);
+  ASSERT_TRUE(d->udm({"create", "sys", "--table", table(t.file("base.img"), "2 paused throttle=auto")}).ok());
+  EXPECT_EQ(d->udm({"wait", "sys", "--timeout", "0.2"}).exit_code, 2);
+  EXPECT_EQ(merge_job(*d, "sys")["state"], "paused");
+  ASSERT_TRUE(d->udm({"message", "sys", "0", "throttle", "off"}).ok());
+  ASSERT_TRUE(d->udm({"message", "sys", "0", "resume"}).ok());
+  w = d->udm({"wait", "sys", "--timeout", "120"});
+  ASSERT_EQ(w.exit_code, 0) << w.describe();
+  j = merge_job(*d, "sys");
+  EXPECT_EQ(j["state"], "done");
+  EXPECT_EQ(j["done"], j["total"]);
+  EXPECT_EQ(j["done_bytes"], j["total_bytes"]);
+  EXPECT_EQ(j["eta_seconds"], 0.0);
+  EXPECT_EQ(j["throttle"], "off");
+  auto [m1, t1] = merge_counts(d->udm({"status", "sys"}).out);
+  EXPECT_EQ(m1, t1);
+  EXPECT_EQ(j["done"].get<uint64_t>(), m1);
+  ASSERT_TRUE(d->udm({"remove", "sys"}).ok());
+  EXPECT_EQ(sha256_file(t.file("base.img")), sha256_file(t.file("new.img")));
+
+  // A base that fails every I/O (an error device): the job fails, wait
+  // says 1. (The merged COW records its end: a fresh one.)
+  ASSERT_TRUE(d->udm({"create", "ro", "--table", "0 " + sect + " error"}).ok());
+  ASSERT_EQ(ok(run({udm_bin(), "update-diff", t.file("old.img"), t.file("new.img"), "-o", t.file("new.cow"), "--format",
+                    "android-cow-v3", "-a", "lz4"})),
+            "");
+  c = d->udm({"create", "broken", "--table", table("ro", "")});
+  ASSERT_TRUE(c.ok()) << c.describe();
+  w = d->udm({"wait", "broken", "--timeout", "120"});
+  EXPECT_EQ(w.exit_code, 1) << w.describe();
+  j = merge_job(*d, "broken");
+  EXPECT_EQ(j["state"], "failed");
+  EXPECT_TRUE(j["error"].is_string()) << j;
+  EXPECT_NE(d->udm({"status", "broken"}).out.find(" failed"), std::string::npos);
+  ASSERT_TRUE(d->udm({"remove", "broken"}).ok());
+  EXPECT_EQ(d->stop(), 0);
 }
 
 TEST(AndroidCowCli, ApplyAndInfoOnSharedVectors) {

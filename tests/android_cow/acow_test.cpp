@@ -1,6 +1,7 @@
 // The android_cow feature against Android's own vectors (view, merge order,
 // merge target, resumable merge), bad input, and the writer's round trips.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <random>
@@ -417,6 +418,41 @@ TEST(AndroidCowWriter, SmallPairEveryVersionAndCompression) {
   EXPECT_GT(st.zero, 0u);
   EXPECT_GT(st.replace_ops, 0u);
   EXPECT_EQ(st.cycles_broken, 1u);  // the swap
+}
+
+// The file form: the same bytes as make_cow, the scratch area a hole; a
+// higher zstd level reads back the same (decoded results compared).
+TEST(AndroidCowWriter, FileHasTheScratchAreaAsAHoleAndZstdLevelsRoundTrip) {
+  auto [old_img, nw] = small_pair();
+  udm::test::TempDir t;
+  udm::test::write_file(t.file("old"), old_img);
+  udm::test::write_file(t.file("new"), nw);
+  for (int v : {2, 3}) {
+    WriterOptions o;
+    o.version = v;
+    WriterStats mem_st;
+    auto cow = make_cow(old_img, nw, o, &mem_st);
+    ASSERT_TRUE(cow.ok());
+    ASSERT_EQ(mem_st.scratch, 2u << 20) << "small_pair has self-reading XOR: a scratch area";
+    auto st = make_cow_file(t.file("old"), t.file("new"), t.file("cow"), o);
+    ASSERT_TRUE(st.ok()) << st.status().to_string();
+    EXPECT_TRUE(udm::test::read_file(t.file("cow")) == *cow) << "v" << v;
+    struct stat sb;
+    ASSERT_EQ(::stat(t.file("cow").c_str(), &sb), 0);
+    EXPECT_EQ(static_cast<uint64_t>(sb.st_size), cow->size());
+    EXPECT_LE(static_cast<uint64_t>(sb.st_blocks) * 512, cow->size() - (1u << 20))
+        << "v" << v << ": the 2 MiB scratch area was written out, not left a hole";
+  }
+  WriterOptions o;
+  o.unit = 65536;
+  o.zstd_level = 19;
+  round_trip(old_img, nw, o, "v3 zstd level 19");
+  WriterStats s3, s19;
+  o.zstd_level = 0;
+  ASSERT_TRUE(make_cow(old_img, nw, o, &s3).ok());
+  o.zstd_level = 19;
+  ASSERT_TRUE(make_cow(old_img, nw, o, &s19).ok());
+  EXPECT_LE(s19.replace_payload + s19.xor_payload, s3.replace_payload + s3.xor_payload);
 }
 
 TEST(AndroidCowWriter, RefusesBadOptions) {
