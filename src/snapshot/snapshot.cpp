@@ -741,11 +741,14 @@ Status MergeTarget::run_merge(const std::function<void(uint64_t)>& progress) {
   }
   const uint64_t cb = core_->chunk_bytes();
   while (!stop_) {
-    // Batches of up to 4 MiB, smaller while a throttle holds the merge back.
-    uint64_t bytes = job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20));
+    // Wait out a pause (and a throttle's debt) first, then size the batch by
+    // the policy in force now - up to 4 MiB, about a tenth of a second's
+    // worth while throttled - and have it admitted: sized before a long
+    // pause, a 4 MiB batch would be charged to a throttle set during the
+    // pause and hold the merge back for seconds.
+    if (!job_.admit(0, stop_)) break;
+    const uint64_t bytes = job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20));
     if (!job_.admit(bytes, stop_)) break;
-    // The policy may have changed while admit waited (a pause, a throttle).
-    bytes = std::min(bytes, job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20)));
     bool finished = false;
     Status st = merge_one_batch(std::max<uint64_t>(1, bytes / cb), &finished);
     report_progress();
