@@ -1,5 +1,7 @@
 #include "android_cow/acow_image.h"
 
+#include "device/allocation.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -132,6 +134,38 @@ Status CowImage::read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf) {
 // whose sources follow each other, XOR ops whose source bytes do (then each
 // payload XORed in); a REPLACE unit is looked up once for all its blocks in
 // the request; ZERO runs are one memset.
+Status CowImage::allocation(BlockDevice& base, uint64_t off, uint64_t len, AllocMap& out) const {
+  const uint32_t bs = block_size();
+  const uint64_t end = off + std::min<uint64_t>(len, uint64_t{1} << 30);
+  // A block merged now stays merged, and an unmapped one is never written by
+  // the merge: their base maps hold. An op that merges after this look was
+  // answered "data" (always true) or "zero" (true before and after).
+  const uint64_t merged = merged_.load(std::memory_order_acquire);
+  auto live_op = [&](uint64_t b) -> int32_t {
+    int32_t o = map_[b];
+    return o < 0 || (order_ok_ && pos_of_op_[o] < merged) ? -1 : o;
+  };
+  uint64_t pos = off;
+  while (pos < end && out.size() < kMaxAllocRuns) {
+    const uint64_t blk = pos / bs;
+    const int32_t oi = live_op(blk);
+    if (oi < 0) {
+      uint64_t eb = blk + 1;
+      while (eb * bs < end && live_op(eb) < 0) eb++;
+      const uint64_t e = std::min<uint64_t>(eb * bs, end);
+      uint64_t covered = 0;
+      UDM_TRY(append_allocation(base, pos, e - pos, out, 0, covered));
+      pos += covered;
+      if (pos < e) break;  // the map is full
+      continue;
+    }
+    const uint64_t n = std::min<uint64_t>(end - pos, bs - pos % bs);
+    add_alloc_run(out, n, f_.ops[oi].type == kZero ? AllocKind::kZero : AllocKind::kData);
+    pos += n;
+  }
+  return Status::Ok();
+}
+
 Status CowImage::read_at(BlockDevice& base, uint64_t off, std::span<uint8_t> buf, uint64_t merged, bool merging) {
   const uint32_t bs = block_size();
   auto get_payload = [&](int32_t o) { return merging ? payload_once(static_cast<uint32_t>(o)) : payload(static_cast<uint32_t>(o)); };

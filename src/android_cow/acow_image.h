@@ -47,6 +47,12 @@ class CowImage {
   // now (partly merged up to merged()).
   Status read(BlockDevice& base, uint64_t off, std::span<uint8_t> buf);
 
+  // What reads of [off, off + len) return, without reading
+  // (BlockDevice::allocation): a block the base serves (no op, or its op
+  // merged) is the base's map; an unmerged ZERO op's block is zero; any
+  // other op's block is data. At most 1 GiB per call.
+  Status allocation(BlockDevice& base, uint64_t off, uint64_t len, AllocMap& out) const;
+
   // Merge progress, in ops of the merge order.
   uint64_t merged() const { return merged_.load(std::memory_order_acquire); }
   uint64_t total() const { return order_.size(); }

@@ -59,6 +59,9 @@ class ViewTarget : public ReadOnlyTarget {
 
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return img_->read(*base_, off, buf); }
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    return img_->allocation(*base_, off, len, out);
+  }
 
  private:
   DevicePtr base_;
@@ -114,6 +117,9 @@ class MergeTarget : public ReadOnlyTarget {
     return img_->read(*base_, off, buf);
   }
   Status do_flush() override { return base_->flush(); }
+  Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
+    return img_->allocation(*base_, off, len, out);
+  }
 
  private:
   void report() {

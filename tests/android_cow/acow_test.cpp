@@ -112,6 +112,41 @@ TEST_P(Vectors, ViewReadsAndroidsView) {
   EXPECT_FALSE((*t)->write(0, std::vector<uint8_t>(4096)).ok());
 }
 
+// allocation(): the runs cover the device in order, every zero run reads as
+// zeroes, and ZERO operations show as zero (blocks the base serves carry
+// the base's map: a memory device says data).
+TEST_P(Vectors, AllocationMapIsTruthfulAndShowsZeroOps) {
+  const auto& v = vec(GetParam());
+  MapResolver r;
+  r.devs["base"] = std::make_shared<MemoryDevice>(base_image(), true);
+  r.devs["cow"] = std::make_shared<MemoryDevice>(cow_bytes(GetParam()), true);
+  auto t = make_target(r, false, base_image().size(), label_of(v));
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  const uint64_t size = (*t)->size();
+  std::vector<uint8_t> all(size);
+  ASSERT_TRUE((*t)->read(0, all).ok());
+  AllocMap m;
+  ASSERT_TRUE((*t)->allocation(0, size, m).ok());
+  uint64_t pos = 0, zero_bytes = 0;
+  for (const auto& run : m) {
+    ASSERT_GT(run.length, 0u);
+    ASSERT_LE(pos + run.length, size);
+    if (run.kind != AllocKind::kData) {
+      zero_bytes += run.length;
+      for (uint64_t i = pos; i < pos + run.length; i++) ASSERT_EQ(all[i], 0) << "a zero run reads data at byte " << i;
+    }
+    pos += run.length;
+  }
+  EXPECT_EQ(pos, size) << "the map does not cover the device";
+  const auto& c = v["reader_op_counts"];
+  const uint64_t zero_ops = c.contains("kZeroOp") ? c["kZeroOp"].get<uint64_t>() : 0;
+  if (zero_ops) {
+    EXPECT_GE(zero_bytes, zero_ops * 4096) << "ZERO operations not reported zero";
+  } else {
+    EXPECT_EQ(zero_bytes, 0u);
+  }
+}
+
 TEST_P(Vectors, MergeOrderIsAndroids) {
   const auto& v = vec(GetParam());
   if (v["merge"].is_null() || v["merge"]["merge_order_len"].is_null()) GTEST_SKIP() << "Android prepares no merge order for this vector";
