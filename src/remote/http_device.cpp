@@ -160,6 +160,11 @@ std::string HttpDevice::stats_json() const {
                    {"retries", stats_.retries.load()},
                    {"errors", stats_.errors.load()},
                    {"cache_hits", stats_.cache_hits.load()},
+                   {"http_version", [&] {
+                      HttpReply r;
+                      r.http_version = stats_.http_version.load();
+                      return r.version_name();
+                    }()},
                    {"persistent", obj_ != nullptr},
                    {"verified", obj_ && obj_->verified()},
                    {"state", stats_.waiting.load() > 0 ? "waiting" : "ok"}};
@@ -244,6 +249,11 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
     if (!r.transport_ok() && !(r.overflow && r.status != 206)) {
       if (r.overflow) {
         st = IoError(what + ": reply body longer than the range asked for");
+      } else if (r.tls_verify_failed()) {
+        // Not retried, never bypassed: the certificate is the server's identity.
+        st = IoError(fmt::format("{}: TLS certificate not accepted: {} ({}){}", url_, r.curl_error, r.curl_code,
+                                 cfg_.ca_file.empty() ? " (a private CA: --remote-ca FILE)"
+                                                      : " (CA bundle --remote-ca " + cfg_.ca_file + ")"));
       } else {
         retry = true;
         st = IoError(what + ": " + r.describe());
@@ -263,6 +273,7 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
           etag_ = r.headers.count("etag") ? r.headers["etag"] : "";
           last_modified_ = r.headers.count("last-modified") ? r.headers["last-modified"] : "";
           stats_.bytes_fetched += 1;
+          stats_.http_version = r.http_version;
           stats_.waiting -= attempt > cfg_.retries ? 1 : 0;
           return std::move(r.body);
         }
@@ -282,6 +293,7 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
       st = check_range_reply(r.status, r.headers, r.body.size(), RangeExpect{off, len, size_, etag_}, url_);
       if (st.ok()) {
         stats_.bytes_fetched += len;
+        stats_.http_version = r.http_version;
         if (attempt > cfg_.retries) stats_.waiting--;
         return std::move(r.body);
       }

@@ -35,6 +35,7 @@ namespace udm::remote {
 struct SourceStats {
   std::atomic<uint64_t> bytes_fetched{0}, requests{0}, retries{0}, errors{0}, cache_hits{0};
   std::atomic<int> waiting{0};  // fetches waiting for the server (on_error=queue)
+  std::atomic<long> http_version{0};  // CURL_HTTP_VERSION_* of the last accepted reply
 };
 
 // oci://HOST[:PORT]/REPO@sha256:HEX
