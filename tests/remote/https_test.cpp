@@ -94,6 +94,15 @@ TEST(RemoteHttps, UntrustedCertificateIsRefusedNamingTheUrl) {
   m = d.status().message();
   EXPECT_NE(m.find(url), std::string::npos) << m;
   EXPECT_NE(m.find(other->ca_pem()), std::string::npos) << m;
+  // A --remote-ca file that is not there: refused at once, naming it (never "no CA, so no check").
+  c.ca_file = f.cache.file("no-such-ca.pem");
+  remote::set_config(c);
+  d = remote::open_remote(url, false);
+  ASSERT_FALSE(d.ok()) << "a missing --remote-ca file was ignored";
+  m = d.status().message();
+  EXPECT_NE(m.find(url), std::string::npos) << m;
+  EXPECT_NE(m.find("no-such-ca.pem"), std::string::npos) << m;
+  EXPECT_EQ(m.find("gave up after"), std::string::npos) << "retried: " << m;
   // No request reached nginx: the handshake failed before any HTTP was sent.
   EXPECT_TRUE(f.ngx->log().empty());
   // The right CA: the same URL opens and reads correctly (nothing was cached by the refusals).
