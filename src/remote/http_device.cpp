@@ -135,6 +135,10 @@ Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, co
 
 HttpDevice::~HttpDevice() {
   stop_prefetch();
+  if (obj_) {
+    std::lock_guard lk(pin_mu_);
+    for (auto [first, count] : pins_) obj_->unpin(first, count);
+  }
   if (mem_owner_) BlockCache::shared()->drop_owner(mem_owner_);
 }
 
@@ -151,6 +155,25 @@ uint64_t HttpDevice::bytes_cached() const {
   return std::min<uint64_t>(obj_->present_count() * bs_, size_);
 }
 
+void HttpDevice::keep_cached(uint64_t offset, uint64_t length) {
+  if (!obj_ || length == 0 || offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  uint64_t first = offset / bs_, last = (offset + length - 1) / bs_;
+  std::lock_guard lk(pin_mu_);
+  for (auto [f, c] : pins_)
+    if (f == first && c == last - first + 1) return;  // the same range again (a reader reopened)
+  obj_->pin(first, last - first + 1);
+  pins_.push_back({first, last - first + 1});
+}
+
+uint64_t HttpDevice::bytes_pinned() const {
+  if (!obj_) return 0;
+  uint64_t n = 0;
+  for (uint64_t b = 0; b < nblocks_; b++)
+    if (obj_->pinned(b)) n += std::min<uint64_t>(bs_, size_ - b * bs_);
+  return n;
+}
+
 std::string HttpDevice::stats_json() const {
   nlohmann::json j{{"url", spec_},
                    {"size", size_},
@@ -160,6 +183,7 @@ std::string HttpDevice::stats_json() const {
                    {"retries", stats_.retries.load()},
                    {"errors", stats_.errors.load()},
                    {"cache_hits", stats_.cache_hits.load()},
+                   {"bytes_pinned", bytes_pinned()},
                    {"http_version", [&] {
                       HttpReply r;
                       r.http_version = stats_.http_version.load();
