@@ -84,6 +84,12 @@ class BlockDevice {
   // be described either way. length 0: no runs.
   Status allocation(uint64_t offset, uint64_t length, AllocMap& out);
 
+  // A format reader's hint: [offset, offset+length) is metadata it reads at
+  // every open (a ZFile's header, trailer and jump table, an LSMT index). A
+  // device that caches with eviction (remote sources) keeps those bytes out
+  // of eviction while it lives; others ignore it. Advisory: no error.
+  virtual void keep_cached(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+
   // Convenience wrappers.
   Status read_exact(uint64_t offset, void* buf, size_t len) {
     return read(offset, std::span<uint8_t>(static_cast<uint8_t*>(buf), len));

@@ -53,6 +53,8 @@ Result<LsmtLayer> open_lsmt_layer(DevicePtr file, std::string name) {
   if (fsize < 2 * kLsmtHeaderSize)
     return Corrupt(fmt::format("lsmt {}: file too small ({} bytes)", name, fsize));
   std::vector<uint8_t> hb(kLsmtHeaderSize);
+  // What every open reads stays cached on a remote file (pinned): header, trailer, index.
+  file->keep_cached(0, kLsmtHeaderSize);
   UDM_TRY(file->read(0, hb));
   UDM_ASSIGN_OR_RETURN(L.header, parse_lsmt_header(hb, "header"));
   if (!L.header.has(kLfIsHeader)) return Corrupt("lsmt header: field flags lacks is_header");
@@ -61,6 +63,7 @@ Result<LsmtLayer> open_lsmt_layer(DevicePtr file, std::string name) {
   if (L.header.has(kLfSparseRw)) return NotSupported("lsmt header: sparse RW layers are not supported");
   uint64_t toff = fsize - kLsmtHeaderSize;
   if (fsize % 512) return Corrupt(fmt::format("lsmt: file size {} not a multiple of 512", fsize));
+  file->keep_cached(toff, kLsmtHeaderSize);
   UDM_TRY(file->read(toff, hb));
   UDM_ASSIGN_OR_RETURN(L.trailer, parse_lsmt_header(hb, "trailer"));
   const LsmtHeader& t = L.trailer;
@@ -72,7 +75,10 @@ Result<LsmtLayer> open_lsmt_layer(DevicePtr file, std::string name) {
   if (t.index_size > kLsmtMaxRoEntries || t.index_size * 16 > toff - t.index_offset)
     return Corrupt(fmt::format("lsmt trailer: field index_size {} too large", t.index_size));
   std::vector<uint8_t> idx(t.index_size * 16);
-  if (!idx.empty()) UDM_TRY(file->read(t.index_offset, idx));
+  if (!idx.empty()) {
+    file->keep_cached(t.index_offset, idx.size());
+    UDM_TRY(file->read(t.index_offset, idx));
+  }
   UDM_ASSIGN_OR_RETURN(L.entries, parse_ro_index(idx, t.index_offset));
   L.padding_entries = t.index_size - L.entries.size();
   for (auto& e : L.entries)

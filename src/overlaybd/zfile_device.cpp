@@ -33,17 +33,23 @@ Result<std::shared_ptr<ZFileDevice>> ZFileDevice::open(DevicePtr blob, std::shar
   uint64_t fsize = blob->size();
   if (fsize < 2 * kZFileHeaderSize) return Corrupt(fmt::format("zfile: file too small ({} bytes)", fsize));
   std::vector<uint8_t> hb(kZFileHeaderSize), tb(kZFileHeaderSize);
+  // What every open reads stays cached on a remote blob (pinned): header, trailer, jump table.
+  blob->keep_cached(0, kZFileHeaderSize);
   UDM_TRY(blob->read(0, hb));
   UDM_ASSIGN_OR_RETURN(ZFileHeader h, parse_zfile_header(hb, "header"));
   std::optional<ZFileHeader> trailer;
   if (!h.has(kZfHeaderOverwrite)) {
+    blob->keep_cached(fsize - kZFileHeaderSize, kZFileHeaderSize);
     UDM_TRY(blob->read(fsize - kZFileHeaderSize, tb));
     UDM_ASSIGN_OR_RETURN(ZFileHeader t, parse_zfile_header(tb, "trailer"));
     trailer = t;
   }
   UDM_ASSIGN_OR_RETURN(ZFileHeader fin, zfile_final_fields(h, trailer ? &*trailer : nullptr, fsize));
   std::vector<uint8_t> index(fin.index_size * 4);
-  if (!index.empty()) UDM_TRY(blob->read(fin.index_offset, index));
+  if (!index.empty()) {
+    blob->keep_cached(fin.index_offset, index.size());
+    UDM_TRY(blob->read(fin.index_offset, index));
+  }
   UDM_ASSIGN_OR_RETURN(ZFileLayout layout, zfile_build_layout(fin, index, fsize));
   std::shared_ptr<ZFileDevice> d(new ZFileDevice());
   d->blob_ = std::move(blob);

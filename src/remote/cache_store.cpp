@@ -152,6 +152,38 @@ Status CacheObject::evict(const std::vector<uint64_t>& blocks) {
   return Status::Ok();
 }
 
+void CacheObject::pin(uint64_t first, uint64_t count) {
+  std::lock_guard lk(store_->mu_);
+  for (uint64_t b = first; b < first + count && b < nblocks_; b++) {
+    auto& p = store_->pinned_[{this, b}];
+    if (p.count++ > 0) continue;
+    auto w = store_->where_.find({this, b});
+    if (w != store_->where_.end()) {  // cached: leaves the LRU, stays counted
+      store_->lru_.erase(w->second);
+      store_->where_.erase(w);
+      p.cached = true;
+    }
+  }
+}
+
+void CacheObject::unpin(uint64_t first, uint64_t count) {
+  std::lock_guard lk(store_->mu_);
+  for (uint64_t b = first; b < first + count && b < nblocks_; b++) {
+    auto it = store_->pinned_.find({this, b});
+    if (it == store_->pinned_.end() || --it->second.count > 0) continue;
+    if (it->second.cached) {  // back into the LRU as recently used
+      store_->lru_.push_front({this, b});
+      store_->where_[{this, b}] = store_->lru_.begin();
+    }
+    store_->pinned_.erase(it);
+  }
+}
+
+bool CacheObject::pinned(uint64_t b) const {
+  std::lock_guard lk(store_->mu_);
+  return store_->pinned_.count({const_cast<CacheObject*>(this), b}) > 0;
+}
+
 Status CacheObject::verify_sha256(const std::string& hex, const std::string& what) {
   std::shared_lock io(io_mu_);
   if (present_count() != nblocks_) return Status::Ok();
@@ -327,6 +359,14 @@ Result<std::shared_ptr<CacheObject>> CacheStore::load(const std::string& name, c
           ++w;
         }
       }
+      for (auto p = pinned_.begin(); p != pinned_.end();) {
+        if (p->first.first == old) {
+          if (p->second.cached) used_ -= old->bs_;
+          p = pinned_.erase(p);
+        } else {
+          ++p;
+        }
+      }
     }
     for (uint64_t b = 0; b < o->nblocks_; b++) {
       if (!((o->bits_[b / 8] >> (b % 8)) & 1)) continue;
@@ -374,6 +414,11 @@ void CacheStore::added(CacheObject* o, uint64_t first, uint64_t count) {
   {
     std::lock_guard lk(mu_);
     for (uint64_t b = first; b < first + count; b++) {
+      if (auto p = pinned_.find({o, b}); p != pinned_.end()) {  // never in the LRU
+        if (!p->second.cached) used_ += o->bs_;
+        p->second.cached = true;
+        continue;
+      }
       auto it = where_.find({o, b});
       if (it != where_.end()) {
         lru_.splice(lru_.begin(), lru_, it->second);

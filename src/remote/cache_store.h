@@ -48,6 +48,13 @@ class CacheObject {
   // sha256; on success records "verified", on mismatch drops every block.
   Status verify_sha256(const std::string& hex, const std::string& what);
   const std::string& key() const { return key_; }
+  // Pinned blocks are never evicted (format metadata, BlockDevice::keep_cached);
+  // pins are counted (several devices may pin one block) and held in memory
+  // only: a reader pins again at each open. A pinned block still counts
+  // against the cap. Blocks may be pinned before they are cached.
+  void pin(uint64_t first_block, uint64_t count);
+  void unpin(uint64_t first_block, uint64_t count);
+  bool pinned(uint64_t b) const;
 
  private:
   friend class CacheStore;
@@ -97,8 +104,13 @@ class CacheStore {
     CacheObject* obj;
     uint64_t block;
   };
-  std::list<Entry> lru_;  // front = most recent
+  std::list<Entry> lru_;  // front = most recent; pinned blocks are not in it
   std::map<std::pair<CacheObject*, uint64_t>, std::list<Entry>::iterator> where_;
+  struct Pin {
+    uint32_t count = 0;   // pins held
+    bool cached = false;  // present and counted in used_ (out of the LRU)
+  };
+  std::map<std::pair<CacheObject*, uint64_t>, Pin> pinned_;
   std::map<std::string, std::shared_ptr<CacheObject>> objects_;  // by file name
 };
 

@@ -222,6 +222,29 @@ std::string HttpReply::describe() const {
   return fmt::format("HTTP {}", status);
 }
 
+bool HttpReply::tls_verify_failed() const {
+  switch (curl_code) {
+    case CURLE_PEER_FAILED_VERIFICATION:  // untrusted issuer, name mismatch, expired (60; was CURLE_SSL_CACERT)
+    case CURLE_SSL_CACERT_BADFILE:        // the --remote-ca file cannot be read or parsed (77)
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string HttpReply::version_name() const {
+  switch (http_version) {
+    case CURL_HTTP_VERSION_1_0: return "1.0";
+    case CURL_HTTP_VERSION_1_1: return "1.1";
+    case CURL_HTTP_VERSION_2_0: return "2";
+    case CURL_HTTP_VERSION_3: return "3";
+    default: return "";
+  }
+}
+
 std::string resolve_url(const std::string& base, const std::string& location) {
   CURLU* u = curl_url();
   std::string out;

@@ -42,6 +42,11 @@ struct HttpReply {
   long http_version = 0;    // CURL_HTTP_VERSION_* of the final response
   std::string effective_url;
   bool transport_ok() const { return curl_code == 0; }
+  // The server's certificate (or the CA file given) was refused: retrying
+  // cannot help, and going on without verification is never done.
+  bool tls_verify_failed() const;
+  // "2", "1.1", "1.0", "3" or "" (none)
+  std::string version_name() const;
   // "HTTP 503" or "curl: Connection refused (7)"
   std::string describe() const;
 };

@@ -135,6 +135,10 @@ Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, co
 
 HttpDevice::~HttpDevice() {
   stop_prefetch();
+  if (obj_) {
+    std::lock_guard lk(pin_mu_);
+    for (auto [first, count] : pins_) obj_->unpin(first, count);
+  }
   if (mem_owner_) BlockCache::shared()->drop_owner(mem_owner_);
 }
 
@@ -151,6 +155,25 @@ uint64_t HttpDevice::bytes_cached() const {
   return std::min<uint64_t>(obj_->present_count() * bs_, size_);
 }
 
+void HttpDevice::keep_cached(uint64_t offset, uint64_t length) {
+  if (!obj_ || length == 0 || offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  uint64_t first = offset / bs_, last = (offset + length - 1) / bs_;
+  std::lock_guard lk(pin_mu_);
+  for (auto [f, c] : pins_)
+    if (f == first && c == last - first + 1) return;  // the same range again (a reader reopened)
+  obj_->pin(first, last - first + 1);
+  pins_.push_back({first, last - first + 1});
+}
+
+uint64_t HttpDevice::bytes_pinned() const {
+  if (!obj_) return 0;
+  uint64_t n = 0;
+  for (uint64_t b = 0; b < nblocks_; b++)
+    if (obj_->pinned(b)) n += std::min<uint64_t>(bs_, size_ - b * bs_);
+  return n;
+}
+
 std::string HttpDevice::stats_json() const {
   nlohmann::json j{{"url", spec_},
                    {"size", size_},
@@ -160,6 +183,12 @@ std::string HttpDevice::stats_json() const {
                    {"retries", stats_.retries.load()},
                    {"errors", stats_.errors.load()},
                    {"cache_hits", stats_.cache_hits.load()},
+                   {"bytes_pinned", bytes_pinned()},
+                   {"http_version", [&] {
+                      HttpReply r;
+                      r.http_version = stats_.http_version.load();
+                      return r.version_name();
+                    }()},
                    {"persistent", obj_ != nullptr},
                    {"verified", obj_ && obj_->verified()},
                    {"state", stats_.waiting.load() > 0 ? "waiting" : "ok"}};
@@ -244,6 +273,11 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
     if (!r.transport_ok() && !(r.overflow && r.status != 206)) {
       if (r.overflow) {
         st = IoError(what + ": reply body longer than the range asked for");
+      } else if (r.tls_verify_failed()) {
+        // Not retried, never bypassed: the certificate is the server's identity.
+        st = IoError(fmt::format("{}: TLS certificate not accepted: {} ({}){}", url_, r.curl_error, r.curl_code,
+                                 cfg_.ca_file.empty() ? " (a private CA: --remote-ca FILE)"
+                                                      : " (CA bundle --remote-ca " + cfg_.ca_file + ")"));
       } else {
         retry = true;
         st = IoError(what + ": " + r.describe());
@@ -263,6 +297,7 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
           etag_ = r.headers.count("etag") ? r.headers["etag"] : "";
           last_modified_ = r.headers.count("last-modified") ? r.headers["last-modified"] : "";
           stats_.bytes_fetched += 1;
+          stats_.http_version = r.http_version;
           stats_.waiting -= attempt > cfg_.retries ? 1 : 0;
           return std::move(r.body);
         }
@@ -282,6 +317,7 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
       st = check_range_reply(r.status, r.headers, r.body.size(), RangeExpect{off, len, size_, etag_}, url_);
       if (st.ok()) {
         stats_.bytes_fetched += len;
+        stats_.http_version = r.http_version;
         if (attempt > cfg_.retries) stats_.waiting--;
         return std::move(r.body);
       }

@@ -35,6 +35,7 @@ namespace udm::remote {
 struct SourceStats {
   std::atomic<uint64_t> bytes_fetched{0}, requests{0}, retries{0}, errors{0}, cache_hits{0};
   std::atomic<int> waiting{0};  // fetches waiting for the server (on_error=queue)
+  std::atomic<long> http_version{0};  // CURL_HTTP_VERSION_* of the last accepted reply
 };
 
 // oci://HOST[:PORT]/REPO@sha256:HEX
@@ -59,6 +60,12 @@ class HttpDevice : public BlockDevice {
   const std::string& spec() const { return spec_; }
   const SourceStats& stats() const { return stats_; }
   uint64_t bytes_cached() const;
+  // Pins the blocks of [offset, offset+length) in the persistent cache while
+  // this device lives (format metadata; nothing without a persistent cache).
+  void keep_cached(uint64_t offset, uint64_t length) override;
+  uint64_t bytes_pinned() const;
+  bool block_pinned(uint64_t b) const { return obj_ && obj_->pinned(b); }
+  bool block_cached(uint64_t b) const { return obj_ && obj_->present(b); }
   bool persistent() const { return obj_ != nullptr; }
   // {"url":..., "bytes_fetched":..., ...}
   std::string stats_json() const;
@@ -116,6 +123,9 @@ class HttpDevice : public BlockDevice {
   std::mutex ra_mu_;
   uint64_t ra_next_ = UINT64_MAX;
   uint64_t ra_blocks_ = 0;
+
+  mutable std::mutex pin_mu_;  // leaf; pins_ (released by the destructor)
+  std::vector<std::pair<uint64_t, uint64_t>> pins_;  // first block, count
 
   std::mutex fl_mu_;
   std::map<uint64_t, std::shared_ptr<Flight>> flights_;

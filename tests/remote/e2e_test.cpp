@@ -105,6 +105,61 @@ TEST(RemoteE2E, Ext4OnZfileOverHttpThroughFuse) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// The daemon's --remote-ca: a device over https:// (nginx with TLS + HTTP/2 and
+// a throwaway CA) read whole through the FUSE export and compared; `udm info
+// --json` says HTTP/2. A daemon without --remote-ca refuses the same table,
+// naming the URL and the certificate.
+TEST(RemoteE2E, HttpsWithRemoteCaThroughTheDaemon) {
+  TempDir www, cache;
+  public_dir(www);
+  const uint64_t kSize = 2ull << 20;
+  auto data = random_bytes(kSize, 77);
+  write_file(www.file("disk.img"), data);
+  ::chmod(www.file("disk.img").c_str(), 0644);
+  std::string err;
+  auto ca = TestCa::make(&err);
+  if (!ca) GTEST_SKIP() << err;
+  auto ngx = Nginx::start(www.path(), &err, ca.get());
+  if (!ngx) GTEST_SKIP() << err;
+  std::string url = ngx->url("disk.img");
+  std::string table = "0 " + std::to_string(kSize / 512) + " linear " + url + " 0";
+  {
+    std::unique_ptr<TestDaemon> d;
+    try {
+      d = TestDaemon::start(true, false, {"--cache-dir", cache.path(), "--remote-ca", ca->ca_pem()});
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "daemon with FUSE export not available: " << e.what();
+    }
+    auto c = d->udm({"create", "tls", "--readonly", "--table", table});
+    ASSERT_TRUE(c.ok()) << c.describe();
+    ASSERT_TRUE(wait_for_file(d->fuse_path("tls")));
+    auto got = read_file(d->fuse_path("tls"));
+    expect_same(got, data, "https device through FUSE");
+    auto info = d->udm({"info", "tls", "--json"});
+    ASSERT_TRUE(info.ok()) << info.describe();
+    auto j = nlohmann::json::parse(info.out);
+    ASSERT_TRUE(j.contains("sources")) << info.out;
+    auto& s = j["sources"][0];
+    EXPECT_EQ(s["url"], url);
+    EXPECT_EQ(s["http_version"], "2") << info.out;
+    EXPECT_EQ(s["errors"], 0) << info.out;
+    auto log = ngx->log();
+    ASSERT_FALSE(log.empty());
+    for (auto& h : log) EXPECT_EQ(h.protocol, "HTTP/2.0") << h.range;
+    ASSERT_TRUE(d->udm({"remove", "tls"}).ok());
+    EXPECT_EQ(d->stop(), 0);
+  }
+  ngx->clear_log();
+  TempDir cache2;  // nothing cached: the daemon must ask the server
+  auto d = TestDaemon::start(false, false, {"--cache-dir", cache2.path()});
+  auto c = d->udm({"create", "tls2", "--readonly", "--table", table});
+  EXPECT_FALSE(c.ok()) << "an https server signed by an unknown CA was accepted";
+  EXPECT_NE(c.err.find(url), std::string::npos) << c.describe();
+  EXPECT_NE(c.err.find("TLS certificate not accepted"), std::string::npos) << c.describe();
+  EXPECT_TRUE(ngx->log().empty());
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // udm push of a ZFile layer → udm pull → --create → mount: every file, on
 // registry 2.8.2 anonymous and with token auth (credentials from a docker
 // config.json; the second push is chunked).

@@ -85,7 +85,36 @@ static std::string slurp(const std::string& p) {
   return ss.str();
 }
 
-std::unique_ptr<Nginx> Nginx::start(const std::string& root, std::string* error) {
+std::unique_ptr<TestCa> TestCa::make(std::string* error) {
+  if (!have_tool("openssl")) {
+    *error = "openssl not installed";
+    return nullptr;
+  }
+  std::unique_ptr<TestCa> ca(new TestCa());
+  ::chmod(ca->dir.path().c_str(), 0755);  // nginx workers read the key and certificate
+  std::string d = ca->dir.path();
+  std::ofstream(d + "/server.ext") << "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                                      "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
+  std::vector<std::vector<std::string>> steps = {
+      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/ca.key", "-out", d + "/ca.pem",
+       "-days", "2", "-subj", "/CN=udm test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+       "-addext", "keyUsage=critical,keyCertSign,cRLSign"},
+      {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/server.key", "-out", d + "/server.csr",
+       "-subj", "/CN=127.0.0.1"},
+      {"openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
+       "-CAcreateserial", "-out", d + "/server.pem", "-days", "2", "-extfile", d + "/server.ext"}};
+  for (auto& s : steps) {
+    auto r = run(s);
+    if (!r.ok()) {
+      *error = "openssl " + s[1] + ": " + r.describe();
+      return nullptr;
+    }
+  }
+  ::chmod((d + "/server.key").c_str(), 0644);
+  return ca;
+}
+
+std::unique_ptr<Nginx> Nginx::start(const std::string& root, std::string* error, const TestCa* tls) {
   if (!have_tool("nginx") && ::access("/usr/sbin/nginx", X_OK) != 0) {
     *error = "nginx not installed (scripts/setup installs nginx-light)";
     return nullptr;
@@ -95,16 +124,19 @@ std::unique_ptr<Nginx> Nginx::start(const std::string& root, std::string* error)
   ::chmod(d.c_str(), 0755);
   ::mkdir((d + "/tmp").c_str(), 0755);
   n->port = free_port();
+  n->tls = tls != nullptr;
+  std::string listen = "127.0.0.1:" + std::to_string(n->port);
+  if (tls) listen += " ssl http2; ssl_certificate " + tls->cert_pem() + "; ssl_certificate_key " + tls->key_pem();
   std::ofstream(d + "/nginx.conf") << "worker_processes 1; pid " << d << "/nginx.pid; error_log " << d
                                    << "/error.log warn;\n"
                                       "events { worker_connections 256; }\nhttp {\n"
-                                      "  log_format rng '$request_method $uri \"$http_range\" $status $body_bytes_sent';\n"
+                                      "  log_format rng '$request_method $uri \"$http_range\" $status $body_bytes_sent $server_protocol';\n"
                                       "  access_log "
                                    << d << "/access.log rng;\n  client_body_temp_path " << d
                                    << "/tmp/body; proxy_temp_path " << d << "/tmp/proxy; fastcgi_temp_path " << d
                                    << "/tmp/fcgi; uwsgi_temp_path " << d << "/tmp/uwsgi; scgi_temp_path " << d
-                                   << "/tmp/scgi;\n  keepalive_requests 100000;\n  server { listen 127.0.0.1:"
-                                   << n->port << "; root " << root << "; }\n}\n";
+                                   << "/tmp/scgi;\n  keepalive_requests 100000;\n  server { listen "
+                                   << listen << "; root " << root << "; }\n}\n";
   std::string bin = have_tool("nginx") ? "nginx" : "/usr/sbin/nginx";
   n->proc_ = std::make_unique<Proc>(std::vector<std::string>{bin, "-c", d + "/nginx.conf", "-p", d, "-e",
                                                              d + "/error.log", "-g", "daemon off;"},
@@ -117,7 +149,7 @@ std::unique_ptr<Nginx> Nginx::start(const std::string& root, std::string* error)
 }
 
 std::string Nginx::url(const std::string& name) const {
-  return "http://127.0.0.1:" + std::to_string(port) + "/" + name;
+  return std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(port) + "/" + name;
 }
 
 std::vector<Nginx::Hit> Nginx::log() const {
@@ -139,7 +171,7 @@ std::vector<Nginx::Hit> Nginx::log() const {
     size_t q1 = line.find('"'), q2 = line.find('"', q1 + 1);
     h.range = line.substr(q1 + 1, q2 - q1 - 1);
     std::istringstream rest(line.substr(q2 + 1));
-    rest >> h.status >> h.bytes;
+    rest >> h.status >> h.bytes >> h.protocol;
     out.push_back(h);
   }
   return out;

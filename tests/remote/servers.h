@@ -27,19 +27,35 @@ class Proc {
   int pid_ = -1;
 };
 
+// A throwaway certificate authority and a server certificate it signed for
+// 127.0.0.1 (subjectAltName IP:127.0.0.1, DNS:localhost), made with the
+// openssl CLI in a temp dir: ca.pem (what a client trusts), server.pem and
+// server.key (what the server presents).
+struct TestCa {
+  TempDir dir;
+  std::string ca_pem() const { return dir.file("ca.pem"); }
+  std::string cert_pem() const { return dir.file("server.pem"); }
+  std::string key_pem() const { return dir.file("server.key"); }
+  // Null (and error set) if openssl is missing or fails.
+  static std::unique_ptr<TestCa> make(std::string* error);
+};
+
 class Nginx {
  public:
   // Serves root (must be world-readable) on a free port; "" if nginx is missing (see error).
-  static std::unique_ptr<Nginx> start(const std::string& root, std::string* error);
+  // With tls: https with HTTP/2 (`listen ... ssl http2`) using tls's server certificate.
+  static std::unique_ptr<Nginx> start(const std::string& root, std::string* error, const TestCa* tls = nullptr);
   std::string url(const std::string& name) const;
   struct Hit {
     std::string method, uri, range;
     int status = 0;
     uint64_t bytes = 0;
+    std::string protocol;  // $server_protocol: "HTTP/1.1", "HTTP/2.0"
   };
   std::vector<Hit> log() const;  // access log so far
   void clear_log() const;
   int port = 0;
+  bool tls = false;
 
  private:
   TempDir dir_;
