@@ -190,6 +190,8 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
                      uint64_t total_ops, uint32_t bs, const SweepOpts& opt, SweepResult* res) {
   SweepResult r;
   const auto diff = read_file(diff_path);
+  ASSERT_TRUE(diff.size() >= 8 && std::memcmp(diff.data(), "update", 6) == 0)
+      << diff_path << ": " << diff.size() << " bytes, not an update diff";
   const uint64_t sys_len = std::max(old_img.size(), new_img.size()) + opt.sys_extra_blocks * bs;
   // The system device: the old image, then bytes no image has.
   std::vector<uint8_t> sys0 = old_img;
