@@ -825,3 +825,39 @@ TEST(UpdateV1, ChunkRefsCorruptRefused) {
   }
 }
 
+
+// Checkpoint state 2 (a logged copy-back batch): the loader takes its bounds
+// and CRC, and refuses bounds that are empty, backwards or past op_count,
+// naming the batch (the kV1MaxBatchOps limit needs a larger diff than this).
+TEST(UpdateV1, LoggedBatchRecordBoundsChecked) {
+  TempDir tmp;
+  auto [old_img, new_img] = make_v1_pair(96, 4096, 5);
+  write_file(tmp.file("o"), old_img);
+  write_file(tmp.file("n"), new_img);
+  DiffV1Options o;
+  o.progress = false;
+  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
+  ASSERT_TRUE(st.ok()) << st.status().to_string();
+  const auto diff = read_file(tmp.file("d"));
+  auto idx = load_v1_bytes(diff);
+  ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+  const uint64_t n = idx->ops.size();
+  ASSERT_GE(n, 4u);
+  auto with = [&](uint64_t done, uint64_t end) {
+    std::vector<uint8_t> d = diff;
+    put_v1_batch_checkpoint(std::span<uint8_t>(d).first(512), done, end, 0x1234abcd);
+    return decode_v1_header(std::span<const uint8_t>(d).first(kV1HeaderSize));
+  };
+  auto good = with(1, 3);
+  ASSERT_TRUE(good.ok()) << good.status().to_string();
+  EXPECT_EQ(good->ckpt_state, 2u);
+  EXPECT_EQ(good->ckpt_done, 1u);
+  EXPECT_EQ(good->ckpt_batch_end, 3u);
+  EXPECT_EQ(good->ckpt_batch_crc, 0x1234abcdu);
+  EXPECT_EQ(good->ckpt_stash_op, 0u);
+  for (auto [d, e] : {std::pair<uint64_t, uint64_t>{2, 2}, {3, 1}, {0, n + 1}}) {
+    auto bad = with(d, e);
+    ASSERT_FALSE(bad.ok()) << d << ".." << e;
+    EXPECT_NE(bad.status().message().find("logged batch"), std::string::npos) << bad.status().to_string();
+  }
+}
