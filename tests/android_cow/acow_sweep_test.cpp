@@ -215,10 +215,16 @@ TEST(AndroidCowSweep, MergeTargetThrottledAndPausedMidwayEveryCut) {
         paused_once = true;
         EXPECT_TRUE(tg.message({"pause"}).ok());
         for (int k = 0; k < 1000 && job(tg).state != "paused"; k++) std::this_thread::sleep_for(std::chrono::microseconds(100));
-        // A batch under way when the pause came may still land.
-        std::this_thread::sleep_for(std::chrono::milliseconds(3));
-        const uint64_t at = job(tg).done;
-        std::this_thread::sleep_for(std::chrono::milliseconds(3));
+        // A batch under way when the pause came may still land (slowly under
+        // the sanitizers): wait until progress stands still, then it must stay.
+        uint64_t at = job(tg).done;
+        for (int k = 0; k < 200; k++) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          const uint64_t now = job(tg).done;
+          if (now == at) break;
+          at = now;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
         EXPECT_EQ(job(tg).done, at) << "merged while paused";
         if (!disk->dead()) {  // (the batch under way may have hit the cut)
           EXPECT_TRUE(tg.read(0, view).ok());
