@@ -17,15 +17,6 @@ using namespace udm::test;
 
 namespace {
 
-bool wait_for_file(const std::string& p) {
-  for (int i = 0; i < 200; i++) {
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0) return true;
-    usleep(25000);
-  }
-  return false;
-}
-
 std::string ok(const CmdResult& r) { return r.ok() ? std::string() : r.describe(); }
 
 std::map<std::string, std::string> sums_of(const std::string& mnt, const std::vector<std::string>& names) {

@@ -327,4 +327,13 @@ std::string TestDaemon::qemu_nbd_spec(const std::string& name) const {
   return "nbd:unix:" + nbd_unix + ":exportname=" + name;
 }
 
+bool wait_for_file(const std::string& path, double seconds) {
+  for (int i = 0; i < static_cast<int>(seconds * 40); i++) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) return true;
+    usleep(25000);
+  }
+  return false;
+}
+
 }  // namespace udm::test

@@ -21,6 +21,9 @@ CmdResult run(const std::vector<std::string>& argv, const std::string& stdin_dat
 // Run through /bin/sh -c.
 CmdResult sh(const std::string& script);
 bool have_tool(const std::string& name);  // on PATH
+// Polls until `path` exists (a FUSE export's device file appears shortly
+// after create); false after `seconds`.
+bool wait_for_file(const std::string& path, double seconds = 5);
 bool is_root();
 
 // A temporary directory, removed (recursively) on destruction.

@@ -14,15 +14,6 @@
 namespace udm::test {
 namespace {
 
-bool wait_for_file(const std::string& p) {
-  for (int i = 0; i < 200; i++) {
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0) return true;
-    usleep(25000);
-  }
-  return false;
-}
-
 TEST(OverlaybdE2E, Ext4OnLsmtStackThroughFuse) {
   if (!is_root() || !have_tool("mkfs.ext4") || !have_tool("losetup")) GTEST_SKIP() << "needs root, mkfs.ext4, losetup";
   TempDir t;

@@ -18,15 +18,6 @@
 namespace udm::test {
 namespace {
 
-bool wait_for_file(const std::string& p) {
-  for (int i = 0; i < 200; i++) {
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0) return true;
-    usleep(25000);
-  }
-  return false;
-}
-
 nlohmann::json prefetch_job(const TestDaemon& d, const std::string& name, nlohmann::json* info_out = nullptr) {
   auto r = d.udm({"info", name, "--json"});
   EXPECT_TRUE(r.ok()) << r.describe();

@@ -19,15 +19,6 @@ using namespace udm::test;
 
 namespace {
 
-bool wait_for_file(const std::string& p) {
-  for (int i = 0; i < 400; i++) {
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0) return true;
-    usleep(25000);
-  }
-  return false;
-}
-
 // "0 131072 snapshot-merge 40/131072 16" -> {40, 16}; {0, 0} if not parsable.
 std::pair<uint64_t, uint64_t> merge_progress(const std::string& status_line) {
   std::istringstream in(status_line);
@@ -103,7 +94,7 @@ TEST(SnapshotE2E, Ext4SnapshotModifyAndMergeBackThroughFuse) {
   };
   const std::string linear = "0 " + sect + " linear " + base + " 0";
   ASSERT_EQ(udm({"create", "vol", "--table", linear}), "");
-  ASSERT_TRUE(wait_for_file(d->fuse_path("vol")));
+  ASSERT_TRUE(wait_for_file(d->fuse_path("vol"), 10));
   std::string mnt = t.file("mnt");
   ASSERT_EQ(::mkdir(mnt.c_str(), 0755), 0);
 
@@ -136,7 +127,7 @@ TEST(SnapshotE2E, Ext4SnapshotModifyAndMergeBackThroughFuse) {
   ASSERT_EQ(udm({"resume", "vol"}), "");
   EXPECT_EQ(d->udm({"table", "vol"}).out, "0 " + sect + " snapshot-origin vol-real\n");
   EXPECT_EQ(d->udm({"status", "snap"}).out, "0 " + sect + " snapshot 16/" + sect + " 16\n");
-  ASSERT_TRUE(wait_for_file(d->fuse_path("snap")));
+  ASSERT_TRUE(wait_for_file(d->fuse_path("snap"), 10));
   auto inspect = run({udm_bin(), "inspect", cow});
   EXPECT_NE(inspect.out.find("exceptions:          0"), std::string::npos) << inspect.describe();
 
@@ -311,7 +302,7 @@ TEST(SnapshotE2E, PunchHoleAndZeroRangeThroughFuse) {
   ASSERT_EQ(udm({"create", "vol-real", "--table", "0 " + sect + " linear " + base + " 0"}), "");
   ASSERT_EQ(udm({"create", "vol", "--table", "0 " + sect + " snapshot-origin vol-real"}), "");
   ASSERT_EQ(udm({"create", "snap", "--table", "0 " + sect + " snapshot vol-real " + cow + " P 8"}), "");
-  ASSERT_TRUE(wait_for_file(d->fuse_path("vol")) && wait_for_file(d->fuse_path("snap")));
+  ASSERT_TRUE(wait_for_file(d->fuse_path("vol"), 10) && wait_for_file(d->fuse_path("snap"), 10));
   const std::string vol = d->fuse_path("vol"), snap = d->fuse_path("snap");
   std::vector<uint8_t> vol_model = orig, snap_model = orig;
   auto zero = [](std::vector<uint8_t>& m, uint64_t off, uint64_t len) { memset(m.data() + off, 0, len); };

@@ -16,15 +16,6 @@ using namespace udm::test;
 
 namespace {
 
-bool wait_for_file(const std::string& p) {
-  for (int i = 0; i < 200; i++) {
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0) return true;
-    usleep(25000);
-  }
-  return false;
-}
-
 std::string ok(const CmdResult& r) { return r.ok() ? std::string() : r.describe(); }
 
 TEST(VerityE2E, SignedExt4ImageMountedThroughFuse) {
