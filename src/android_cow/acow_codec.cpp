@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 
 namespace udm::acow {
@@ -41,7 +42,11 @@ Status decompress(Comp c, std::span<const uint8_t> in, std::span<uint8_t> out) {
       return Status::Ok();
     }
     case Comp::Zstd: {
-      size_t n = ZSTD_decompress(out.data(), out.size(), in.data(), in.size());
+      // One context per thread: ZSTD_decompress() allocates (and, at its
+      // size, maps and unmaps) a fresh one per call.
+      thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+      if (!dctx) return IoError("zstd: out of memory for a decompression context");
+      size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), out.size(), in.data(), in.size());
       if (ZSTD_isError(n) || n != out.size())
         return Corrupt("zstd payload does not decode to " + std::to_string(out.size()) + " bytes");
       return Status::Ok();
