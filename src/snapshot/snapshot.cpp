@@ -742,12 +742,13 @@ Status MergeTarget::run_merge(const std::function<void(uint64_t)>& progress) {
   const uint64_t cb = core_->chunk_bytes();
   while (!stop_) {
     // Wait out a pause (and a throttle's debt) first, then size the batch by
-    // the policy in force now - up to 4 MiB, about a tenth of a second's
-    // worth while throttled - and have it admitted: sized before a long
-    // pause, a 4 MiB batch would be charged to a throttle set during the
-    // pause and hold the merge back for seconds.
+    // the policy in force now - up to 16 MiB unthrottled (three flushes per
+    // batch: on a disk they, not the copying, bound the merge), 256 KiB under
+    // `throttle auto`, about a tenth of a second's worth under a rate - and
+    // have it admitted: sized before a long pause, a big batch would be
+    // charged to a throttle set during the pause and hold the merge back.
     if (!job_.admit(0, stop_)) break;
-    const uint64_t bytes = job_.batch_bytes(cb, std::max<uint64_t>(cb, 4u << 20));
+    const uint64_t bytes = job_.batch_bytes(cb, std::max<uint64_t>(cb, max_batch_bytes_));
     if (!job_.admit(bytes, stop_)) break;
     bool finished = false;
     Status st = merge_one_batch(std::max<uint64_t>(1, bytes / cb), &finished);

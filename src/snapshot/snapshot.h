@@ -237,6 +237,10 @@ class MergeTarget : public Target {
   // Blocks until the background merge ends; its result.
   Status wait();
   bool done() const { return done_.load(); }
+  // The largest batch (one origin flush, one COW flush, the areas written):
+  // 16 MiB unless lowered (tests cut merges at batch boundaries). Set before
+  // resume() / run_merge().
+  void set_max_batch_bytes(uint64_t b) { max_batch_bytes_ = b; }
   uint64_t remaining() const { return core_->store().exception_count(); }
 
   // The merge's view for a snapshot-origin over the same origin; the caller
@@ -294,6 +298,7 @@ class MergeTarget : public Target {
   std::atomic<bool> done_{false}, failed_{false}, stop_{false};
   BackgroundJob job_;
   uint64_t job_total_ = 0;  // exceptions to merge when this table went live
+  uint64_t max_batch_bytes_ = 16u << 20;
   std::thread thread_;
 };
 

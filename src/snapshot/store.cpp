@@ -280,39 +280,47 @@ std::vector<CowRecord> ExceptionStore::merge_batch(size_t max) {
     merging_ = true;
     merge_area_ = records_.size() / E;
   }
-  size_t count = records_.size();
-  uint64_t in_area = count - merge_area_ * E;
-  if (in_area == 0) {
-    if (merge_area_ == 0) return {};
-    merge_area_--;
-    in_area = E;
-  }
-  size_t n = std::min<size_t>(std::max<size_t>(max, 1), in_area);
+  // The newest records, across areas: commit_merge rewrites every area the
+  // batch empties or shortens with one flush for all of them.
+  size_t n = std::min<size_t>(std::max<size_t>(max, 1), records_.size());
   return std::vector<CowRecord>(records_.end() - n, records_.end());
 }
 
 Status ExceptionStore::commit_merge(size_t n) {
   std::vector<CowRecord> dropped;
-  std::vector<uint8_t> area;
+  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> areas;  // (area, its new bytes), highest area first
   uint64_t k;
   {
     std::lock_guard lk(mu_);
     const uint64_t E = geo_.per_area;
-    k = merge_area_;
-    size_t count = records_.size();
-    n = std::min(n, count - k * E);
+    const size_t count = records_.size();
+    n = std::min(n, count);
+    if (n == 0) return Status::Ok();
     dropped.assign(records_.end() - n, records_.end());
     records_.resize(count - n);
-    size_t b = k * E;
-    area = encode_area(std::span<const CowRecord>(records_.data() + b, records_.size() - b),
-                       geo_.chunk_bytes);
-    next_free_ = geo_.area_chunk(k) + (records_.size() - b) + 1;
+    // Areas holding the dropped records: (count-n)/E .. (count-1)/E. The
+    // lowest keeps the records before the batch; the others become empty.
+    k = (count - n) / E;
+    const uint64_t top = (count - 1) / E;
+    for (uint64_t a = top + 1; a-- > k;) {
+      const size_t b = static_cast<size_t>(a * E);
+      const size_t e = std::min(records_.size(), static_cast<size_t>((a + 1) * E));
+      areas.emplace_back(a, encode_area(std::span<const CowRecord>(records_.data() + std::min(b, e), e > b ? e - b : 0),
+                                        geo_.chunk_bytes));
+    }
+    next_free_ = geo_.area_chunk(k) + (records_.size() - k * E) + 1;
+    merge_area_ = k;
   }
-  // PREFLUSH + FUA on the area, as the kernel does. The origin copies were
-  // flushed by the caller (a different device).
+  // PREFLUSH, the areas (newest first), then one flush for all: the origin
+  // copies were flushed by the caller (a different device). Any subset of
+  // the area writes reaching the disk is a valid store - the loader stops at
+  // the first area that is not full, and an area that still lists merged
+  // records only has them merged again (the origin already holds their data).
   UDM_TRY(cow_->flush());
-  UDM_TRY(cow_->write(geo_.area_chunk(k) * geo_.chunk_bytes, area, true)
-              .context("writing COW metadata area during merge"));
+  for (size_t i = 0; i < areas.size(); i++)
+    UDM_TRY(cow_->write(geo_.area_chunk(areas[i].first) * geo_.chunk_bytes, areas[i].second,
+                        i + 1 == areas.size())
+                .context("writing COW metadata area during merge"));
   {
     std::lock_guard lk(mu_);
     clean_area_ = k;  // written whole: zero after its remaining records

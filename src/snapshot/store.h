@@ -131,16 +131,16 @@ class ExceptionStore {
   Status invalidate();
 
   // Merge support (persistent only). Like the kernel, merging works
-  // backwards from the newest record and only within the current metadata
-  // area (stepping to the previous, full area when it is empty). merge_batch
-  // returns up to `max` of the newest records of that area, newest last; the
-  // kernel takes only a run of consecutive chunks, udm takes any records (the
-  // copies are idempotent either way) so scattered exceptions do not cost one
-  // flushed metadata write each. Empty when nothing is left.
+  // backwards from the newest record. merge_batch returns up to `max` of the
+  // newest records, newest last; the kernel takes only a run of consecutive
+  // chunks within the current metadata area, udm takes any records across
+  // areas (the copies are idempotent either way) so scattered exceptions do
+  // not cost one flushed metadata write each, nor one per area. Empty when
+  // nothing is left.
   std::vector<CowRecord> merge_batch(size_t max);
-  // Drops the newest n records: zeroes them in their area and writes the
-  // area (cow flush + FUA). The caller must have made the origin copies
-  // durable first.
+  // Drops the newest n records: rewrites every area holding them (cow flush,
+  // the areas newest first, the last written FUA). The caller must have made
+  // the origin copies durable first.
   Status commit_merge(size_t n);
 
   // "<allocated>/<total> <metadata>" in sectors, as dm-snapshot prints it.

@@ -78,9 +78,11 @@ TEST(SnapshotKernelImages, MergeInterruptedAndResumed) {
   {
     auto m = open_offline_merge(v.origin, v.cow, 0);
     ASSERT_TRUE(m.ok());
-    // Stop after the first batch, as a crash between batches would.
+    // Stop after the first batch (16 chunks), as a crash between
+    // batches would.
     int batches = 0;
     MergeTarget* mp = m->get();
+    mp->set_max_batch_bytes(16 * 4096);
     Status st = mp->run_merge([&](uint64_t) {
       if (++batches == 1) mp->presuspend();
     });

@@ -340,6 +340,7 @@ TEST(SnapshotZero, MergeBeforeDuringAndAfter) {
   EXPECT_EQ(diff(read_all(**m), view), -1);
   EXPECT_EQ(diff(read_all(**s2), base), -1);
   // During: one batch (area 1's 44 records) merged, then more zeroes.
+  mt->set_max_batch_bytes(44 * kCB);
   int batches = 0;
   ASSERT_TRUE(mt->run_merge([&](uint64_t) {
                   if (++batches == 1) mt->presuspend();
