@@ -22,7 +22,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <optional>
+#include <thread>
 
 #include "common/sys_util.h"
 #include "io/fault_device.h"
@@ -413,4 +416,120 @@ TEST(SnapshotMergeSweep, BatchesAcrossAreasPowerCutAfterEveryWrite) {
   printf("merge across areas: %llu writes, %llu runs, %llu with the origin partly merged\n",
          (unsigned long long)total, (unsigned long long)runs, (unsigned long long)partial);
   EXPECT_GT(partial, total / 2);
+}
+
+// The merge as the daemon runs it: the background thread, `throttle=auto`
+// from the table, foreground reads while it runs, a pause half-way (nothing
+// merged while paused, the view unchanged) and a resume; a cut after every
+// write, unflushed writes dropped or surviving at random. After each cut the
+// store loads, the view is the snapshot-time origin, and a restarted merge
+// restores the origin.
+TEST(SnapshotMergeSweep, ThrottledAndPausedMidwayEveryCut) {
+  constexpr uint64_t kC = 512, kChunks = 160, kLen = kChunks * kC;
+  const std::vector<uint8_t> base = udm::test::random_bytes(kLen, 6);
+  std::vector<uint8_t> oimg0, cimg0;
+  {
+    auto od = std::make_shared<FaultDevice>(base);
+    auto cd = std::make_shared<FaultDevice>(std::vector<uint8_t>(256 * kC, 0));
+    MapResolver r;
+    r.devs["o"] = od;
+    r.devs["c"] = cd;
+    auto o = snapshot::test::make("snapshot-origin", {"o"}, kLen, &r);
+    auto s = snapshot::test::make("snapshot", {"o", "c", "P", "1"}, kLen, &r);
+    ASSERT_TRUE(o.ok() && s.ok());
+    (*o)->resume();
+    (*s)->resume();
+    for (uint64_t i = 0; i < 100; i++)
+      ASSERT_TRUE((*o)->write((i * 37) % kChunks * kC, std::vector<uint8_t>(kC, static_cast<uint8_t>(i + 1))).ok());
+    ASSERT_TRUE((*o)->flush().ok());
+    s->reset();
+    o->reset();
+    oimg0 = od->durable_image();
+    cimg0 = cd->durable_image();
+  }
+  uint64_t pauses = 0, reads = 0, cuts = 0;
+  auto run = [&](std::optional<uint64_t> cut, bool survive, std::vector<uint8_t>& o_out, std::vector<uint8_t>& c_out) {
+    auto disk = std::make_shared<FaultDisk>();
+    auto od = std::make_shared<FaultDevice>(disk, oimg0);
+    auto cd = std::make_shared<FaultDevice>(disk, cimg0);
+    if (survive) disk->set_unflushed_survival(0.5, cut.value_or(0) + 1);
+    MapResolver r;
+    r.devs["o"] = od;
+    r.devs["c"] = cd;
+    auto m = snapshot::test::make("snapshot-merge", {"o", "c", "P", "1", "1", "throttle=auto"}, kLen, &r);
+    EXPECT_TRUE(m.ok()) << m.status().to_string();
+    if (!m.ok()) return uint64_t{0};
+    auto* mt = static_cast<MergeTarget*>(m->get());
+    mt->set_max_batch_bytes(10 * kC);  // ten batches
+    const uint64_t total = mt->jobs().at(0).total;
+    EXPECT_EQ(total, 100u);
+    if (cut) disk->cut_after_writes(*cut);
+    mt->resume();
+    bool paused_once = false;
+    std::vector<uint8_t> view(kLen);
+    auto job = [&] { return mt->jobs().at(0); };
+    for (int i = 0; i < 200000; i++) {
+      JobInfo j = job();
+      if (j.state == "done" || j.state == "failed") break;
+      if (!paused_once && j.done >= total / 2) {
+        paused_once = true;
+        EXPECT_TRUE(mt->message({"pause"}).ok());
+        for (int k = 0; k < 1000 && job().state != "paused"; k++) std::this_thread::sleep_for(std::chrono::microseconds(100));
+        uint64_t at = job().done;  // a batch under way may land: wait until it stands still
+        for (int k = 0; k < 200; k++) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          if (job().done == at) break;
+          at = job().done;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        EXPECT_EQ(job().done, at) << "merged while paused";
+        if (!disk->dead()) {
+          EXPECT_TRUE(mt->read(0, view).ok());
+          EXPECT_TRUE(view == base) << "the view while paused is not the snapshot";
+        }
+        EXPECT_TRUE(mt->message({"resume"}).ok());
+        pauses++;
+      } else if (!disk->dead() && j.done < total / 2) {
+        if (mt->read(0, view).ok()) {  // foreground reads: throttle=auto trickles
+          EXPECT_TRUE(view == base) << "the view during the merge is not the snapshot";
+          reads++;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+    mt->presuspend();
+    if (cut && disk->dead()) cuts++;
+    o_out = od->durable_image();
+    c_out = cd->durable_image();
+    return disk->write_ops();
+  };
+  std::vector<uint8_t> oimg, cimg;
+  const uint64_t writes = run(std::nullopt, false, oimg, cimg);
+  ASSERT_EQ(oimg, base) << "the uncut merge did not restore the origin";
+  ASSERT_GT(writes, 20u);
+  for (uint64_t n = 0; n < writes; n++) {
+    for (bool survive : {false, true}) {
+      SCOPED_TRACE("cut after write " + std::to_string(n) + (survive ? ", unflushed writes may survive" : ""));
+      run(n, survive, oimg, cimg);
+      MapResolver r;
+      auto o2 = std::make_shared<MemoryDevice>(oimg);
+      r.devs["o"] = o2;
+      r.devs["c"] = std::make_shared<MemoryDevice>(cimg);
+      auto m = snapshot::test::make("snapshot-merge", {"o", "c", "P", "1"}, kLen, &r);
+      ASSERT_TRUE(m.ok()) << m.status().to_string();
+      std::vector<uint8_t> view(kLen);
+      ASSERT_TRUE((*m)->read(0, view).ok());
+      ASSERT_TRUE(view == base) << "the view after the cut is not the snapshot";
+      auto* mt = static_cast<MergeTarget*>(m->get());
+      ASSERT_TRUE(mt->run_merge().ok());
+      ASSERT_TRUE(o2->contents() == base) << "the restarted merge did not restore the origin";
+    }
+  }
+  printf("throttled merge sweep: %llu writes, %llu cuts hit, %llu pauses, %llu foreground reads\n",
+         (unsigned long long)writes, (unsigned long long)cuts, (unsigned long long)pauses, (unsigned long long)reads);
+  EXPECT_EQ(cuts, 2 * writes);
+  EXPECT_GT(pauses, writes / 2);  // runs cut before half-way never pause
+  EXPECT_GT(reads, 0u);
 }
