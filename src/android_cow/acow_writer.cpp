@@ -14,6 +14,7 @@
 #include <zstd.h>
 
 #include "android_cow/acow_codec.h"
+#include "io/mapped_file.h"
 #include "update/diff_v1_internal.h"
 #include "util/endian.h"
 
@@ -361,38 +362,13 @@ Result<std::vector<uint8_t>> make_cow(std::span<const uint8_t> old_img, std::spa
   return out;
 }
 
-namespace {
-struct Mapped {
-  const uint8_t* p = nullptr;
-  size_t n = 0;
-  int fd = -1;
-  ~Mapped() {
-    if (p && n) ::munmap(const_cast<uint8_t*>(p), n);
-    if (fd >= 0) ::close(fd);
-  }
-};
-Status map_file(const std::string& path, Mapped& m) {
-  m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (m.fd < 0) return ErrnoStatus("open " + path);
-  struct stat s;
-  if (::fstat(m.fd, &s) != 0) return ErrnoStatus("stat " + path);
-  m.n = static_cast<size_t>(s.st_size);
-  if (m.n) {
-    void* p = ::mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, m.fd, 0);
-    if (p == MAP_FAILED) return ErrnoStatus("mmap " + path);
-    m.p = static_cast<const uint8_t*>(p);
-  }
-  return Status::Ok();
-}
-}  // namespace
-
 Result<WriterStats> make_cow_file(const std::string& old_path, const std::string& new_path, const std::string& out_path,
                                   const WriterOptions& opts) {
-  Mapped a, b;
-  UDM_TRY(map_file(old_path, a));
-  UDM_TRY(map_file(new_path, b));
+  MappedFile a, b;  // holes of sparse images map as zero pages
+  UDM_TRY(a.open(old_path));
+  UDM_TRY(b.open(new_path));
   WriterStats st;
-  UDM_ASSIGN_OR_RETURN(auto bytes, make_cow({a.p, a.n}, {b.p, b.n}, opts, &st));
+  UDM_ASSIGN_OR_RETURN(auto bytes, make_cow(a.bytes(), b.bytes(), opts, &st));
   const std::string tmp = out_path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("create " + tmp);

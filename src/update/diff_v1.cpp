@@ -12,6 +12,7 @@
 
 #include <chrono>
 
+#include "io/mapped_file.h"
 #include "update/diff_output.h"
 #include "update/diff_v1_internal.h"
 #include "util/progress.h"
@@ -121,38 +122,6 @@ Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t>
   return e;
 }
 
-// An image mapped read-only (see make_diff_v1 below for why not read()).
-struct Mapped {
-  const uint8_t* p = nullptr;
-  size_t n = 0;
-  ~Mapped() {
-    if (p && n) ::munmap(const_cast<uint8_t*>(p), n);
-  }
-  std::span<const uint8_t> bytes() const { return {p, n}; }
-};
-
-Status map_file(const std::string& path, Mapped& m) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("open " + path);
-  struct stat st{};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    return ErrnoStatus("stat " + path);
-  }
-  m.n = static_cast<size_t>(st.st_size);
-  if (m.n) {
-    void* p = ::mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      ::close(fd);
-      return ErrnoStatus("mmap " + path);
-    }
-    ::madvise(p, m.n, MADV_WILLNEED);
-    m.p = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-  return Status::Ok();
-}
-
 }  // namespace
 }  // namespace v1gen
 
@@ -172,9 +141,10 @@ Result<DiffV1Stats> make_diff_v1(const std::string& old_path, const std::string&
   UDM_TRY(v1gen::check_options(o));
   // The generator reads both images all over (hashes, byte compares at any
   // offset, references): they are mapped, and the page cache holds them.
-  v1gen::Mapped oldm, newm;
-  UDM_TRY(v1gen::map_file(old_path, oldm));
-  UDM_TRY(v1gen::map_file(new_path, newm));
+  // (io/mapped_file.h: holes of sparse images are mapped as zero pages.)
+  MappedFile oldm, newm;
+  UDM_TRY(oldm.open(old_path));
+  UDM_TRY(newm.open(new_path));
   DiffV1Stats st;
   UDM_ASSIGN_OR_RETURN(v1gen::Encoded e, v1gen::build(oldm.bytes(), newm.bytes(), old_path, new_path, o, st));
   // Only now, with a diff the loader accepts, is the output touched.
