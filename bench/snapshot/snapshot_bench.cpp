@@ -213,6 +213,8 @@ int main(int argc, char** argv) {
 
   std::vector<double> plain, first, again, merge, cp, cpa;
   std::vector<double> plain_cpu, first_cpu, again_cpu, merge_cpu;  // µs per write, ms per MiB
+  std::vector<double> first_wb, again_wb, first_wb_cpu, again_wb_cpu;  // snapshot-origin with writeback
+  std::string status_wb;
   uint64_t exceptions = 0, merged_bytes = 0;
   std::string status;
   bool ok = true, verified = true;
@@ -222,6 +224,34 @@ int main(int argc, char** argv) {
     // put the origin back to its pattern (untimed).
     plain.push_back(run_writes(**od, offs, threads, 0x5a, &ok, &plain_cpu));
     if (!fill(**od, kOriginSalt)) ok = false;
+    // A new snapshot with a writeback origin: first writes held and
+    // drained in group commits (the flush at the end included), then
+    // merged back untimed.
+    {
+      std::vector<uint8_t> zero(cb, 0);
+      if (!(*cd)->write(0, zero).ok() || !(*cd)->flush().ok()) ok = false;
+      TargetParams p;
+      p.type = "snapshot-origin";
+      p.args = {o, "1", "writeback"};
+      p.length = size;
+      p.resolver = &pr;
+      auto ot = make_origin_target(p);
+      p.type = "snapshot";
+      p.args = {o, c, "P", std::to_string(cs)};
+      auto st = make_snapshot_target(p);
+      if (!ot.ok() || !st.ok()) return fprintf(stderr, "target: %s\n", ot.status().to_string().c_str()), 1;
+      (*ot)->resume();
+      (*st)->resume();
+      first_wb.push_back(run_writes(**ot, offs, threads, 0x5d, &ok, &first_wb_cpu));
+      again_wb.push_back(run_writes(**ot, offs, threads, 0x5e, &ok, &again_wb_cpu));
+      status_wb = (*ot)->status();
+      st->reset();
+      ot->reset();
+      auto m = open_offline_merge(o, c, 0);
+      if (!m.ok() || !(*m)->run_merge().ok()) return fprintf(stderr, "merge after the writeback round failed\n"), 1;
+      m->reset();
+      verified = verified && check(**od, kOriginSalt);
+    }
     // A new snapshot: zero the COW header chunk.
     std::vector<uint8_t> zero(cb, 0);
     if (!(*cd)->write(0, zero).ok() || !(*cd)->flush().ok()) ok = false;
@@ -290,6 +320,11 @@ int main(int argc, char** argv) {
          median(first_cpu));
   printf("rewrites        %10.0f writes/s  ratio %.2f (goal >= 0.9)  cpu %.2f us/write\n", A, A / P,
          median(again_cpu));
+  printf("first writes, writeback origin %10.0f writes/s  ratio %.2f (goal >= 0.5)  cpu %.2f us/write\n",
+         median(first_wb), median(first_wb) / P, median(first_wb_cpu));
+  printf("rewrites, writeback origin     %10.0f writes/s  ratio %.2f  cpu %.2f us/write\n", median(again_wb),
+         median(again_wb) / P, median(again_wb_cpu));
+  printf("writeback origin status after its rewrites: %s\n", status_wb.c_str());
   printf("merge           %10.1f MiB/s (%llu MiB)%s  cpu %.2f ms/MiB\n", M,
          (unsigned long long)(merged_bytes >> 20),
          verified ? ", origin verified after every merge" : ", ORIGIN WRONG AFTER MERGE", median(merge_cpu));

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <chrono>
 #include <map>
 
 #include "device/target_args.h"
@@ -79,6 +80,29 @@ void OriginEntry::save_range(uint64_t offset, uint64_t len, const SnapshotCore* 
   }
 }
 
+void OriginEntry::save_ranges(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  if (ranges.empty()) return;
+  std::vector<uint64_t> chunks;
+  for (auto& s : snaps_) {
+    if (!s->store().valid()) continue;
+    const uint64_t cb = s->chunk_bytes();
+    chunks.clear();
+    for (auto [off, len] : ranges) {
+      const uint64_t end = std::min(off + len, s->origin_size());
+      if (off >= end) continue;
+      for (uint64_t c = off / cb; c <= (end - 1) / cb; c++)
+        if ((chunks.empty() || chunks.back() < c) && !s->store().has_exception(c)) chunks.push_back(c);
+    }
+    if (!chunks.empty()) s->save_chunk_list(chunks);
+  }
+}
+
+bool OriginEntry::all_saved(uint64_t offset, uint64_t len) const {
+  for (auto& s : snaps_)
+    if (!s->all_saved(offset, len)) return false;
+  return true;
+}
+
 Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t len,
                                   const SnapshotCore* except) {
   if (len == 0) return Status::Ok();
@@ -109,6 +133,7 @@ Status OriginEntry::trim_unneeded(BlockDevice& origin, uint64_t offset, uint64_t
 
 std::shared_ptr<SnapshotCore> OriginEntry::attach(std::shared_ptr<SnapshotCore> core) {
   std::unique_lock io(io_mu);  // no origin write is between its saves and its write
+  drain_writeback();           // held writes came before the new snapshot
   std::lock_guard lk(list_mu_);
   for (auto& s : snaps_)
     if (s->cow_key() == core->cow_key()) return s;
@@ -118,6 +143,7 @@ std::shared_ptr<SnapshotCore> OriginEntry::attach(std::shared_ptr<SnapshotCore> 
 
 std::shared_ptr<SnapshotCore> OriginEntry::take(const std::string& cow_key) {
   std::unique_lock io(io_mu);
+  drain_writeback();  // the leaving snapshot saves what held writes overwrite
   std::lock_guard lk(list_mu_);
   for (auto it = snaps_.begin(); it != snaps_.end(); ++it) {
     if ((*it)->cow_key() == cow_key) {
@@ -131,6 +157,7 @@ std::shared_ptr<SnapshotCore> OriginEntry::take(const std::string& cow_key) {
 
 void OriginEntry::detach(SnapshotCore* core) {
   std::unique_lock io(io_mu);
+  drain_writeback();
   std::lock_guard lk(list_mu_);
   snaps_.erase(std::remove_if(snaps_.begin(), snaps_.end(),
                               [&](auto& s) { return s.get() == core; }),
@@ -140,6 +167,190 @@ void OriginEntry::detach(SnapshotCore* core) {
 size_t OriginEntry::count() const {
   std::lock_guard lk(list_mu_);
   return snaps_.size();
+}
+
+// ---------------------------------------------------------------- write-back
+
+// The held writes of a snapshot-origin with `writeback` (see snapshot.h).
+class OriginWriteback {
+ public:
+  static constexpr uint64_t kUnit = 4096;
+  static constexpr uint64_t kCap = 64u << 20;  // held bytes that make a writer drain
+
+  OriginWriteback(BlockDevice& origin, OriginEntry& entry, uint64_t length)
+      : origin_(origin), entry_(entry), length_(length) {
+    timer_ = std::thread([this] { timer(); });
+  }
+  ~OriginWriteback() { stop_timer(); }
+  void stop_timer() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (timer_.joinable()) timer_.join();
+  }
+
+  bool overlaps(uint64_t off, uint64_t len) const {
+    std::lock_guard lk(mu_);
+    if (units_.empty()) return false;
+    auto it = units_.lower_bound(off / kUnit);
+    return it != units_.end() && it->first * kUnit < off + len;
+  }
+
+  // Holds [off, off+buf.size()); caller holds io_mu shared.
+  Status write(uint64_t off, std::span<const uint8_t> buf) {
+    bool over;
+    {
+      std::lock_guard lk(mu_);
+      if (!sticky_.ok()) return sticky_;
+      const uint64_t end = off + buf.size();
+      for (uint64_t u = off / kUnit; u * kUnit < end; u++) {
+        const uint64_t ub = u * kUnit, ulen = std::min(kUnit, length_ - ub);
+        const uint64_t lo = std::max(off, ub), hi = std::min(end, ub + ulen);
+        auto it = units_.find(u);
+        if (it == units_.end()) {
+          Unit n;
+          n.data.resize(ulen);
+          if (lo > ub || hi < ub + ulen)  // a partial unit: the rest is the origin's
+            UDM_TRY(origin_.read(ub, n.data).context("snapshot-origin writeback: reading around a partial write"));
+          it = units_.emplace(u, std::move(n)).first;
+          held_ += ulen;
+        }
+        std::memcpy(it->second.data.data() + (lo - ub), buf.data() + (lo - off), hi - lo);
+        it->second.seq = ++seq_;
+      }
+      writes_++;
+      over = held_ >= kCap;
+    }
+    if (over) return drain();
+    return Status::Ok();
+  }
+
+  // The origin's bytes with the held ones over them; caller holds io_mu shared.
+  Status read(uint64_t off, std::span<uint8_t> buf) {
+    std::shared_lock v(view_mu_);
+    UDM_TRY(origin_.read(off, buf));
+    std::lock_guard lk(mu_);
+    const uint64_t end = off + buf.size();
+    for (auto it = units_.lower_bound(off / kUnit); it != units_.end() && it->first * kUnit < end; ++it) {
+      const uint64_t ub = it->first * kUnit;
+      const uint64_t lo = std::max(off, ub), hi = std::min<uint64_t>(end, ub + it->second.data.size());
+      if (lo < hi) std::memcpy(buf.data() + (lo - off), it->second.data.data() + (lo - ub), hi - lo);
+    }
+    return Status::Ok();
+  }
+
+  // Every snapshot saves the chunks of the held writes (group commits over
+  // all of them), then the held units go to the origin, in runs. Caller
+  // holds io_mu (shared or exclusive): the snapshot list is stable.
+  Status drain() {
+    std::lock_guard d(drain_mu_);
+    struct Taken {
+      uint64_t unit, seq;
+      std::vector<uint8_t> data;
+    };
+    std::vector<Taken> taken;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    {
+      std::lock_guard lk(mu_);
+      if (units_.empty()) return sticky_;
+      taken.reserve(units_.size());
+      for (auto& [u, un] : units_) {
+        taken.push_back({u, un.seq, un.data});
+        if (!ranges.empty() && ranges.back().first + ranges.back().second == u * kUnit)
+          ranges.back().second += un.data.size();
+        else
+          ranges.emplace_back(u * kUnit, un.data.size());
+      }
+    }
+    // The origin still holds the old bytes of every held unit: the
+    // snapshots copy them out and commit before anything is written.
+    entry_.save_ranges(ranges);
+    Status st;
+    {
+      std::unique_lock v(view_mu_);  // readers see the origin and the buffer change together
+      std::vector<uint8_t> run;
+      for (size_t i = 0; i < taken.size() && st.ok();) {
+        size_t j = i + 1;
+        while (j < taken.size() && taken[j].unit == taken[j - 1].unit + 1) j++;
+        const uint64_t off = taken[i].unit * kUnit;
+        if (j == i + 1) {
+          st = origin_.write(off, taken[i].data);
+        } else {
+          run.clear();
+          for (size_t k = i; k < j; k++) run.insert(run.end(), taken[k].data.begin(), taken[k].data.end());
+          st = origin_.write(off, run);
+        }
+        i = j;
+      }
+      std::lock_guard lk(mu_);
+      if (st.ok()) {
+        for (auto& t : taken) {
+          auto it = units_.find(t.unit);
+          if (it != units_.end() && it->second.seq == t.seq) {  // not rewritten meanwhile
+            held_ -= it->second.data.size();
+            units_.erase(it);
+          }
+        }
+        drains_++;
+        drained_units_ += taken.size();
+      } else {
+        sticky_ = st.context("snapshot-origin writeback: writing held data to the origin");
+        st = sticky_;
+      }
+    }
+    return st;
+  }
+
+  std::string status() const {
+    std::lock_guard lk(mu_);
+    return fmt::format("writeback held={} writes={} drains={} drained={}", held_, writes_, drains_,
+                       drained_units_ * kUnit);
+  }
+
+ private:
+  struct Unit {
+    std::vector<uint8_t> data;
+    uint64_t seq = 0;
+  };
+  // Drains a buffer that no flush drained for a second.
+  void timer() {
+    std::unique_lock lk(mu_);
+    while (!stop_) {
+      const uint64_t seen = drains_;
+      cv_.wait_for(lk, std::chrono::seconds(1), [&] { return stop_; });
+      if (stop_ || units_.empty() || drains_ != seen) continue;
+      lk.unlock();
+      {
+        std::shared_lock io(entry_.io_mu);
+        if (entry_.writeback == this) {
+          Status st = drain();
+          if (!st.ok()) log::warn("{}", st.to_string());
+        }
+      }
+      lk.lock();
+    }
+  }
+
+  BlockDevice& origin_;
+  OriginEntry& entry_;
+  const uint64_t length_;
+  mutable std::mutex mu_;  // units_, held_, seq_, sticky_, counters, stop_
+  std::map<uint64_t, Unit> units_;  // by unit index
+  uint64_t held_ = 0, seq_ = 0, writes_ = 0, drains_ = 0, drained_units_ = 0;
+  Status sticky_;
+  std::shared_mutex view_mu_;
+  std::mutex drain_mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread timer_;
+};
+
+void OriginEntry::drain_writeback() {
+  if (!writeback) return;
+  Status st = writeback->drain();
+  if (!st.ok()) log::warn("{}", st.to_string());
 }
 
 // ---------------------------------------------------------------- core
@@ -176,6 +387,15 @@ class SnapshotCore::ChunkLocks {
       for (uint64_t c = first; c <= last; c++) s_.push_back(uint32_t(c % kStripes));
       std::sort(s_.begin(), s_.end());
     }
+    if (s_.empty()) {
+      lock(one_);
+      return;
+    }
+    for (uint32_t i : s_) lock(i);
+  }
+  // Stripes given sorted ascending, without repeats.
+  ChunkLocks(SnapshotCore& core, std::vector<uint32_t> stripes, bool exclusive)
+      : m_(core.locks_.get()), excl_(exclusive), s_(std::move(stripes)) {
     if (s_.empty()) {
       lock(one_);
       return;
@@ -279,6 +499,64 @@ void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
     c0 = c1 + 1;
     while (c0 <= last && store_->has_exception(c0)) c0++;
   }
+}
+
+void SnapshotCore::save_chunk_list(const std::vector<uint64_t>& chunks) {
+  if (chunks.empty() || !store_->valid()) return;
+  const uint64_t cb = chunk_bytes(), n_chunks = (origin_->size() + cb - 1) / cb;
+  const size_t batch = static_cast<size_t>(batch_chunks());
+  Scratch<uint8_t> buf_scratch;
+  auto& buf = *buf_scratch;
+  Scratch<ExceptionStore::CommitItem> items_scratch;
+  auto& items = *items_scratch;
+  std::vector<uint32_t> stripes;
+  for (size_t i = 0; i < chunks.size();) {
+    const size_t j = std::min(chunks.size(), i + batch);
+    stripes.clear();
+    for (size_t k = i; k < j; k++) stripes.push_back(uint32_t(chunks[k] % kStripes));
+    std::sort(stripes.begin(), stripes.end());
+    stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+    ChunkLocks lk(*this, stripes, true);
+    if (!store_->valid()) return;
+    // As save_chunks: the old chunks read (one read per run of consecutive
+    // ones), then one group commit writes them and the records.
+    if (buf.size() < (j - i) * cb) buf.resize((j - i) * cb);
+    items.clear();
+    Status st;
+    auto wanted = [&](size_t k) { return chunks[k] < n_chunks && !store_->lookup(chunks[k]); };
+    for (size_t k = i; k < j && st.ok();) {
+      if (!wanted(k)) {
+        k++;
+        continue;
+      }
+      size_t e = k + 1;
+      while (e < j && chunks[e] == chunks[e - 1] + 1 && wanted(e)) e++;
+      const uint64_t off = chunks[k] * cb;
+      const uint64_t len = std::min<uint64_t>((e - k) * cb, origin_->size() - off);
+      st = origin_->read(off, std::span<uint8_t>(buf.data() + (k - i) * cb, len)).context("snapshot: reading origin chunks");
+      for (size_t q = k; q < e && st.ok(); q++) {
+        auto nc = store_->allocate();
+        if (!nc.ok()) {
+          st = nc.status();
+          break;
+        }
+        items.push_back({{chunks[q], *nc}, std::span<const uint8_t>(buf.data() + (q - i) * cb, chunk_len(chunks[q]))});
+      }
+      k = e;
+    }
+    if (st.ok() && !items.empty()) st = store_->commit(items);
+    if (!st.ok()) return invalidate(st);
+    i = j;
+  }
+}
+
+bool SnapshotCore::all_saved(uint64_t offset, uint64_t len) const {
+  if (!store_->valid()) return true;
+  const uint64_t cb = chunk_bytes(), end = std::min(offset + len, origin_->size());
+  if (offset >= end) return true;
+  for (uint64_t c = offset / cb; c <= (end - 1) / cb; c++)
+    if (!store_->has_exception(c)) return false;
+  return true;
 }
 
 Status SnapshotCore::read_view(uint64_t offset, std::span<uint8_t> buf, BlockDevice& origin,
@@ -538,25 +816,61 @@ static DeviceCaps origin_caps(const BlockDevice& origin) {
   return c;
 }
 
+OriginTarget::OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length, bool writeback)
+    : ForwardingTarget(std::move(origin), 0, length), entry_(std::move(entry)) {
+  if (writeback) wb_ = std::make_unique<OriginWriteback>(*lower(), *entry_, length);
+}
+
+OriginTarget::~OriginTarget() {
+  if (!wb_) return;
+  wb_->stop_timer();
+  std::unique_lock io(entry_->io_mu);
+  Status st = wb_->drain();
+  if (!st.ok()) log::warn("{}", st.to_string());
+  if (entry_->writeback == wb_.get()) entry_->writeback = nullptr;
+}
+
+void OriginTarget::resume() {
+  if (!wb_) return;
+  std::unique_lock io(entry_->io_mu);
+  if (entry_->writeback == wb_.get()) return;
+  // Another snapshot-origin's buffer (a table being replaced) goes to the
+  // origin first; from now on this one's writes are the held ones.
+  entry_->drain_writeback();
+  entry_->writeback = wb_.get();
+}
+
+std::string OriginTarget::status() const { return wb_ ? wb_->status() : std::string(); }
+
 DeviceCaps OriginTarget::caps() const { return origin_caps(*lower()); }
 
 Status OriginTarget::do_read(uint64_t offset, std::span<uint8_t> buf) {
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_read(offset, buf);
+  if (wb_) return wb_->read(offset, buf);
   return lower()->read(offset, buf);
 }
 
 Status OriginTarget::do_allocation(uint64_t offset, uint64_t len, AllocMap& out) {
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_allocation(offset, len, out);
+  if (wb_ && wb_->overlaps(offset, len)) UDM_TRY(wb_->drain());  // held units are data the origin's map does not know yet
   return forward_allocation(offset, len, out);
 }
 
 Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) {
   // Every snapshot has the old chunks durable in its COW before the origin
-  // write is issued (save_chunks returns after the commit).
+  // write is issued (save_chunks returns after the commit); with writeback,
+  // a write needing that is held until the buffer drains (see snapshot.h).
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write(offset, buf, fua);
+  if (wb_ && entry_->writeback == wb_.get()) {
+    if (fua) {
+      UDM_TRY(wb_->drain());
+    } else if (wb_->overlaps(offset, buf.size()) || !entry_->all_saved(offset, buf.size())) {
+      return wb_->write(offset, buf);
+    }
+  }
   entry_->save_range(offset, buf.size());
   return lower()->write(offset, buf, fua);
 }
@@ -567,6 +881,7 @@ Status OriginTarget::do_write_zeroes(uint64_t offset, uint64_t len, bool fua, bo
   // file with may_unmap, BLKZEROOUT on a block device...).
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write_zeroes(offset, len, fua, may_unmap);
+  if (wb_) UDM_TRY(wb_->drain());
   entry_->save_range(offset, len);
   return lower()->write_zeroes(offset, len, fua, may_unmap);
 }
@@ -577,7 +892,16 @@ Status OriginTarget::do_trim(uint64_t offset, uint64_t len) {
   // discard must not cost copies into the COWs), the rest is passed down.
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_trim(offset, len);
+  if (wb_) UDM_TRY(wb_->drain());
   return entry_->trim_unneeded(*lower(), offset, len);
+}
+
+Status OriginTarget::do_flush() {
+  if (wb_) {
+    std::shared_lock io(entry_->io_mu);
+    UDM_TRY(wb_->drain());
+  }
+  return lower()->flush();
 }
 
 SnapshotTarget::SnapshotTarget(std::shared_ptr<SnapshotCore> core,
@@ -711,6 +1035,7 @@ void MergeTarget::resume() {
     job_.set_total(job_total_, job_total_ * core_->chunk_bytes());
     job_.set_done(0, 0);
     std::unique_lock io(entry_->io_mu);
+    entry_->drain_writeback();  // the origin holds every acknowledged write before the merge starts
     if (!entry_->merge) {
       entry_->merge = this;
       registered_ = true;
@@ -997,6 +1322,9 @@ Status check_block_sizes(const CommonArgs& a, const ExceptionStore& s, const std
 Result<TargetPtr> make_origin_target(const TargetParams& p) {
   TargetArgs a("snapshot-origin", p.args);
   UDM_ASSIGN_OR_RETURN(std::string spec, a.next("<origin>"));
+  UDM_ASSIGN_OR_RETURN(OptArgs opts, a.opt_group());
+  UDM_ASSIGN_OR_RETURN(bool writeback, opts.flag("writeback"));
+  UDM_TRY(opts.done());
   UDM_TRY(a.done());
   if (!p.resolver) return Invalid("snapshot-origin: no device resolver");
   UDM_ASSIGN_OR_RETURN(std::string key, p.resolver->identity(spec));
@@ -1004,7 +1332,7 @@ Result<TargetPtr> make_origin_target(const TargetParams& p) {
   if (p.length > origin->size())
     return Invalid(fmt::format("snapshot-origin: segment length {} bytes exceeds the origin ({} bytes)",
                                p.length, origin->size()));
-  return TargetPtr(std::make_shared<OriginTarget>(origin, origin_entry(key), p.length));
+  return TargetPtr(std::make_shared<OriginTarget>(origin, origin_entry(key), p.length, writeback));
 }
 
 Result<TargetPtr> make_snapshot_target(const TargetParams& p) {

@@ -62,6 +62,12 @@ class SnapshotCore {
   // origin write).
   void save_chunks(uint64_t first, uint64_t last);
   void save_before_origin_write(uint64_t chunk) { save_chunks(chunk, chunk); }
+  // The same for scattered chunks (ascending, no repeats): one group commit
+  // per batch_chunks() of them, wherever they are.
+  void save_chunk_list(const std::vector<uint64_t>& chunks);
+  // Whether every chunk of [offset, offset+len) has an exception (or the
+  // snapshot is invalid: it saves nothing any more).
+  bool all_saved(uint64_t offset, uint64_t len) const;
   // The snapshot's view.
   Status read(uint64_t offset, std::span<uint8_t> buf) { return read_view(offset, buf, *origin_, true); }
   // The view through `origin` (the merge reads through its own, writable,
@@ -128,6 +134,7 @@ class SnapshotCore {
 };
 
 class MergeTarget;
+class OriginWriteback;
 
 // The snapshots of one origin.
 class OriginEntry {
@@ -135,6 +142,12 @@ class OriginEntry {
   // Every listed snapshot (but `except`) saves the chunks of [offset,
   // offset+len). The caller holds io_mu shared.
   void save_range(uint64_t offset, uint64_t len, const SnapshotCore* except = nullptr);
+  // The same for many ranges (ascending, not overlapping) at once: each
+  // snapshot saves their chunks with save_chunk_list. Caller holds io_mu.
+  void save_ranges(const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  // Whether every listed snapshot has saved every chunk of the range.
+  // Caller holds io_mu.
+  bool all_saved(uint64_t offset, uint64_t len) const;
   // Discards (origin.trim) the parts of [offset, offset+len) that no listed
   // snapshot (but `except`) still reads from the origin: chunks every valid
   // snapshot has saved. The caller holds io_mu shared.
@@ -158,6 +171,14 @@ class OriginEntry {
   // overwritten by the merge). Read and used under io_mu shared; set and
   // cleared under io_mu exclusive.
   MergeTarget* merge = nullptr;
+  // The write-back buffer of a snapshot-origin with `writeback` over this
+  // origin, if any. Drained (its writes saved by every snapshot, then
+  // written to the origin) by drain_writeback() under io_mu exclusive before
+  // the list or `merge` changes: a snapshot attached later must see those
+  // writes, and one leaving (or handed to a merge) must have saved the old
+  // chunks they overwrite. Set and cleared under io_mu exclusive.
+  OriginWriteback* writeback = nullptr;
+  void drain_writeback();  // caller holds io_mu exclusive
 
  private:
   mutable std::mutex list_mu_;
@@ -169,12 +190,28 @@ std::shared_ptr<OriginEntry> origin_entry(const std::string& key);
 // snapshot-origin: the origin passed through (reads, flushes), except that
 // every listed snapshot saves the chunks a write or zero-out is about to
 // change, and that a running snapshot-merge of the origin serves its I/O.
+//
+// With the `writeback` option (udm's; `snapshot-origin <origin> 1 writeback`)
+// a write that some snapshot must save chunks for is not made to wait for
+// their commit: it is held in memory (4 KiB units, read-modify-write from the
+// origin for partial units) and acknowledged; reads see it; a flush, a FUA
+// write, a zero-out, a discard, 64 MiB held, one second without a drain, a
+// suspend or a change of the snapshot list drains the buffer: every
+// snapshot saves the chunks of all held writes in as few group commits as
+// possible (one per 4 MiB of chunks, wherever they are), then the held
+// units are written to the origin. Until then the origin still holds the
+// old bytes, so the snapshots read them, and a crash loses only writes that
+// no flush covered - what the block-device contract allows. A write the
+// snapshots need nothing for (every chunk saved) and that no held unit
+// overlaps goes straight to the origin.
 class OriginTarget : public ForwardingTarget {
  public:
-  OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length)
-      : ForwardingTarget(std::move(origin), 0, length), entry_(std::move(entry)) {}
+  OriginTarget(DevicePtr origin, std::shared_ptr<OriginEntry> entry, uint64_t length, bool writeback = false);
+  ~OriginTarget() override;
   std::string type() const override { return "snapshot-origin"; }
   DeviceCaps caps() const override;
+  std::string status() const override;
+  void resume() override;
 
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
@@ -183,9 +220,11 @@ class OriginTarget : public ForwardingTarget {
   Status do_trim(uint64_t offset, uint64_t len) override;
   // The origin's map, or the running merge's view's.
   Status do_allocation(uint64_t offset, uint64_t len, AllocMap& out) override;
+  Status do_flush() override;
 
  private:
   std::shared_ptr<OriginEntry> entry_;
+  std::unique_ptr<OriginWriteback> wb_;
 };
 
 class SnapshotTarget : public Target {

@@ -225,11 +225,12 @@ Result<Built> bow(Env& e, int state) {
 
 // An origin with one persistent snapshot of it; `which` picks the device
 // under test: "origin" or "snap".
-Result<Built> snapshot(Env& e, const std::string& which, const std::string& mode) {
+Result<Built> snapshot(Env& e, const std::string& which, const std::string& mode, bool writeback = false) {
   auto init = mixed_image(4);
   std::string o = e.backing("origin", init);
   std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
-  UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+  UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}{}", kSectors, o,
+                                                                 writeback ? " 1 writeback" : "")));
   UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} {} 8", kSectors, o, c, mode)));
   Built b = mk(which == "origin" ? od : sd, Kind::kReadWrite);
   b.sparse_over_files = {kZeroRegion};  // a fresh snapshot: the origin's holes
@@ -475,6 +476,7 @@ const std::vector<Case>& contract_cases() {
       {"bow_state1", [](Env& e) { return bow(e, 1); }},
       {"bow_state2", [](Env& e) { return bow(e, 2); }},
       {"snapshot_origin", [](Env& e) { return snapshot(e, "origin", "P"); }},
+      {"snapshot_origin_writeback", [](Env& e) { return snapshot(e, "origin", "P", true); }},
       {"snapshot_P", [](Env& e) { return snapshot(e, "snap", "P"); }},
       {"snapshot_N", [](Env& e) { return snapshot(e, "snap", "N"); }},
       {"snapshot_origin_stacked", snapshot_stacked},
@@ -510,11 +512,12 @@ const std::vector<DurableCase>& durable_cases() {
       return d;
     };
   };
-  auto snap_boot = [](bool origin) {
-    return [origin](Env& e, bool) -> Result<MappedDevicePtr> {
+  auto snap_boot = [](bool origin, bool writeback = false) {
+    return [origin, writeback](Env& e, bool) -> Result<MappedDevicePtr> {
       std::string o = e.backing("origin", mixed_image(4));
       std::string c = e.backing("cow", std::vector<uint8_t>(3 * kDevSize, 0));
-      UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}", kSectors, o)));
+      UDM_ASSIGN_OR_RETURN(auto od, e.make("origin-dev", fmt::format("0 {} snapshot-origin {}{}", kSectors, o,
+                                                                     writeback ? " 1 writeback" : "")));
       UDM_ASSIGN_OR_RETURN(auto sd, e.make("snap", fmt::format("0 {} snapshot {} {} P 8", kSectors, o, c)));
       return origin ? od : sd;
     };
@@ -537,6 +540,7 @@ const std::vector<DurableCase>& durable_cases() {
       {"bow_state0", bow_boot(0), {}},
       {"bow_state1", bow_boot(1), {}},
       {"snapshot_origin", snap_boot(true), snap_check(true)},
+      {"snapshot_origin_writeback", snap_boot(true, true), snap_check(true)},
       {"snapshot_P", snap_boot(false), snap_check(false)},
   };
   return cases;

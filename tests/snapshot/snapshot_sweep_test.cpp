@@ -157,13 +157,13 @@ struct Outcome {
 
 int g_iter = 0;
 void workload(Power& power, std::shared_ptr<FaultDevice> od, std::shared_ptr<FaultDevice> cd,
-              Outcome* out) {
+              Outcome* out, bool writeback) {
   MapResolver r;
   std::string on = "o" + std::to_string(g_iter), cn = "c" + std::to_string(g_iter);
   g_iter++;
   r.devs[on] = std::make_shared<Counted>(od, &power);
   r.devs[cn] = std::make_shared<Counted>(cd, &power);
-  auto o = make("snapshot-origin", {on}, &r);
+  auto o = writeback ? make("snapshot-origin", {on, "1", "writeback"}, &r) : make("snapshot-origin", {on}, &r);
   auto s = make("snapshot", {on, cn, "P", "8"}, &r);
   if (!o.ok() || !s.ok()) return;
   (*o)->resume();
@@ -236,6 +236,7 @@ struct SweepMode {
   const char* name;
   double survival;  // 0: every unflushed write dropped
   int seeds;        // runs per cut point
+  bool writeback = false;  // snapshot-origin <origin> 1 writeback
 };
 
 class SnapshotSweep : public ::testing::TestWithParam<SweepMode> {};
@@ -255,7 +256,7 @@ TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
     auto cd = std::make_shared<FaultDevice>(junk_cow());
     p.disks = {od.get(), cd.get()};
     Outcome out;
-    workload(p, od, cd, &out);
+    workload(p, od, cd, &out, mode.writeback);
     ASSERT_TRUE(out.merge_started);
     // Uncut: the merge rolled the origin back to the snapshot's view.
     EXPECT_TRUE(od->current_image() == snap_final);
@@ -277,7 +278,7 @@ TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
       }
       p.disks = {od.get(), cd.get()};
       Outcome out;
-      workload(p, od, cd, &out);
+      workload(p, od, cd, &out, mode.writeback);
       auto oimg = od->durable_image();
       auto cimg = cd->durable_image();
       if (out.merge_started) {
@@ -325,7 +326,9 @@ TEST_P(SnapshotSweep, PowerCutAfterEveryWrite) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, SnapshotSweep,
                          ::testing::Values(SweepMode{"DropAll", 0.0, 1},
-                                           SweepMode{"RandomSurvival", 0.5, 4}),
+                                           SweepMode{"RandomSurvival", 0.5, 4},
+                                           SweepMode{"WritebackDropAll", 0.0, 1, true},
+                                           SweepMode{"WritebackRandomSurvival", 0.5, 4, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The merge's batches span metadata areas (512-byte chunks: 32 records per

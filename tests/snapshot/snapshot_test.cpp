@@ -2,7 +2,9 @@
 // origin/snapshot/merge behaviour in process.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "common/sys_util.h"
 #include "io/memory_device.h"
@@ -172,6 +174,7 @@ TEST(SnapshotBadInput, TableLines) {
   auto fresh_cow = [&] { r.devs["c"] = std::make_shared<MemoryDevice>(1 << 20); };
   for (auto ok : std::vector<std::pair<std::string, std::vector<std::string>>>{
            {"snapshot-origin", {"o"}},
+           {"snapshot-origin", {"o", "1", "writeback"}},
            {"snapshot", {"o", "c", "P", "8"}},
            {"snapshot", {"o", "c", "p", "8"}},
            {"snapshot", {"o", "c", "po", "16"}},
@@ -190,7 +193,10 @@ TEST(SnapshotBadInput, TableLines) {
   };
   for (const Bad& b : std::vector<Bad>{
            {"snapshot-origin", {}, EINVAL, "snapshot-origin: missing <origin>"},
-           {"snapshot-origin", {"o", "x"}, EINVAL, "snapshot-origin: unexpected argument 'x'"},
+           {"snapshot-origin", {"o", "x"}, EINVAL, "snapshot-origin: <#opt_args>: 'x' is not a decimal number"},
+           {"snapshot-origin", {"o", "1", "writeback", "x"}, EINVAL, "says 1 but 2 optional arguments follow"},
+           {"snapshot-origin", {"o", "1", "write_back"}, EINVAL, "write_back"},
+           {"snapshot-origin", {"o", "2", "writeback"}, EINVAL, "snapshot-origin"},
            {"snapshot", {"o", "c", "P"}, EINVAL, "snapshot: missing <chunk_size>"},
            {"snapshot", {"o", "c", "Q", "8"}, EINVAL, "snapshot: <P|PO|N>: store type 'Q' must be P, PO or N"},
            {"snapshot", {"o", "c", "P", "x"}, EINVAL, "snapshot: <chunk_size>: 'x' is not a decimal number"},
@@ -420,4 +426,95 @@ TEST(SnapshotStore, LoadedAreaTailIsRewrittenBeforeItIsAppendedTo) {
   std::vector<uint8_t> got(kOrigin);
   ASSERT_TRUE((*s)->read(0, got).ok());
   EXPECT_TRUE(got == expect);
+}
+
+// ---- snapshot-origin with writeback
+
+namespace {
+std::string status_field(const std::string& status, const std::string& key) {
+  auto p = status.find(key + "=");
+  if (p == std::string::npos) return "";
+  p += key.size() + 1;
+  return status.substr(p, status.find(' ', p) - p);
+}
+}  // namespace
+
+// A write some snapshot must save chunks for is held (the origin device and
+// the snapshot's COW unchanged, reads of the origin see it); a flush saves
+// the old chunks in one group commit and writes the origin; a snapshot
+// attached while writes are held sees them; a snapshot reloaded as a merge
+// rolls them back; partial-sector writes read-modify-write around the held
+// unit; without a flush the buffer drains by itself within seconds.
+TEST(SnapshotWriteback, HeldWritesAreSavedBeforeTheyReachTheOrigin) {
+  const uint64_t kOrigin = 1 << 20;
+  MapResolver r;
+  auto origin = std::make_shared<MemoryDevice>(random_bytes(kOrigin, 11));
+  const auto before = origin->contents();
+  r.devs["origin"] = origin;
+  r.devs["cow1"] = std::make_shared<MemoryDevice>(2 << 20);
+  r.devs["cow2"] = std::make_shared<MemoryDevice>(2 << 20);
+  auto o = make("snapshot-origin", {"origin", "1", "writeback"}, kOrigin, &r);
+  auto s1 = make("snapshot", {"origin", "cow1", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(o.ok() && s1.ok());
+  (*s1)->resume();
+  (*o)->resume();
+  const std::string s1_empty = (*s1)->status();
+  auto expect = before;
+  auto put = [&](uint64_t off, const std::vector<uint8_t>& d) {
+    ASSERT_TRUE((*o)->write(off, d).ok());
+    memcpy(expect.data() + off, d.data(), d.size());
+  };
+  put(4096 * 3, random_bytes(4096, 12));      // one whole unit
+  put(4096 * 10 + 512, random_bytes(1024, 13));  // inside a unit
+  put(4096 * 20 - 100, random_bytes(300, 14));   // across two units
+  EXPECT_EQ(status_field((*o)->status(), "held"), std::to_string(4 * 4096));
+  EXPECT_TRUE(origin->contents() == before) << "a held write reached the origin device";
+  EXPECT_EQ((*s1)->status(), s1_empty) << "exceptions committed before a drain";
+  std::vector<uint8_t> got(kOrigin);
+  ASSERT_TRUE((*o)->read(0, got).ok());
+  EXPECT_TRUE(got == expect) << "reads of the origin do not see the held writes";
+  ASSERT_TRUE((*s1)->read(0, got).ok());
+  EXPECT_TRUE(got == before);
+  // A second snapshot attached now: the held writes came before it.
+  auto s2 = make("snapshot", {"origin", "cow2", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(s2.ok());
+  (*s2)->resume();
+  EXPECT_EQ(status_field((*o)->status(), "held"), "0");
+  EXPECT_TRUE(origin->contents() == expect);
+  ASSERT_TRUE((*s2)->read(0, got).ok());
+  EXPECT_TRUE(got == expect) << "the snapshot attached after held writes does not see them";
+  ASSERT_TRUE((*s1)->read(0, got).ok());
+  EXPECT_TRUE(got == before) << "the first snapshot lost its old chunks";
+  // More writes, then a flush: both snapshots keep their views.
+  const auto at_s2 = expect;
+  put(4096 * 40, random_bytes(8192, 15));
+  put(4096 * 3 + 7, random_bytes(9, 16));  // saved by snapshot 1, not by snapshot 2: held
+  EXPECT_EQ(status_field((*o)->status(), "held"), std::to_string(3 * 4096));
+  ASSERT_TRUE((*o)->flush().ok());
+  EXPECT_EQ(status_field((*o)->status(), "held"), "0");
+  EXPECT_TRUE(origin->contents() == expect);
+  ASSERT_TRUE((*s1)->read(0, got).ok());
+  EXPECT_TRUE(got == before);
+  ASSERT_TRUE((*s2)->read(0, got).ok());
+  EXPECT_TRUE(got == at_s2);
+  put(4096 * 3 + 20, random_bytes(9, 19));  // saved by both now: straight to the origin
+  EXPECT_EQ(status_field((*o)->status(), "held"), "0");
+  EXPECT_TRUE(origin->contents() == expect);
+  // Held again, then no flush: the buffer drains by itself.
+  put(4096 * 60, random_bytes(4096, 17));
+  EXPECT_EQ(status_field((*o)->status(), "held"), "4096");
+  for (int i = 0; i < 100 && status_field((*o)->status(), "held") != "0"; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(status_field((*o)->status(), "held"), "0") << "held writes not drained after 5 s";
+  EXPECT_TRUE(origin->contents() == expect);
+  // Held writes, then snapshot 1 reloaded as a merge: rolled back to its view.
+  put(4096 * 80, random_bytes(4096, 18));
+  s1->reset();
+  auto m = make("snapshot-merge", {"origin", "cow1", "P", "8"}, kOrigin, &r);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  (*m)->resume();
+  ASSERT_TRUE(static_cast<MergeTarget*>(m->get())->wait().ok());
+  ASSERT_TRUE((*o)->read(0, got).ok());
+  EXPECT_TRUE(got == before) << "the merge did not roll back every held write";
+  EXPECT_TRUE(origin->contents() == before);
 }
