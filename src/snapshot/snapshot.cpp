@@ -210,14 +210,16 @@ class OriginWriteback {
         const uint64_t lo = std::max(off, ub), hi = std::min(end, ub + ulen);
         auto it = units_.find(u);
         if (it == units_.end()) {
-          Unit n;
-          n.data.resize(ulen);
+          auto d = std::make_shared<std::vector<uint8_t>>(ulen);
           if (lo > ub || hi < ub + ulen)  // a partial unit: the rest is the origin's
-            UDM_TRY(origin_.read(ub, n.data).context("snapshot-origin writeback: reading around a partial write"));
-          it = units_.emplace(u, std::move(n)).first;
+            UDM_TRY(origin_.read(ub, *d).context("snapshot-origin writeback: reading around a partial write"));
+          it = units_.emplace(u, Unit{std::move(d), 0}).first;
           held_ += ulen;
+        } else if (it->second.data.use_count() > 1) {
+          // A drain is writing this unit's bytes: the rewrite gets its own copy.
+          it->second.data = std::make_shared<std::vector<uint8_t>>(*it->second.data);
         }
-        std::memcpy(it->second.data.data() + (lo - ub), buf.data() + (lo - off), hi - lo);
+        std::memcpy(it->second.data->data() + (lo - ub), buf.data() + (lo - off), hi - lo);
         it->second.seq = ++seq_;
       }
       writes_++;
@@ -235,8 +237,8 @@ class OriginWriteback {
     const uint64_t end = off + buf.size();
     for (auto it = units_.lower_bound(off / kUnit); it != units_.end() && it->first * kUnit < end; ++it) {
       const uint64_t ub = it->first * kUnit;
-      const uint64_t lo = std::max(off, ub), hi = std::min<uint64_t>(end, ub + it->second.data.size());
-      if (lo < hi) std::memcpy(buf.data() + (lo - off), it->second.data.data() + (lo - ub), hi - lo);
+      const uint64_t lo = std::max(off, ub), hi = std::min<uint64_t>(end, ub + it->second.data->size());
+      if (lo < hi) std::memcpy(buf.data() + (lo - off), it->second.data->data() + (lo - ub), hi - lo);
     }
     return Status::Ok();
   }
@@ -248,7 +250,7 @@ class OriginWriteback {
     std::lock_guard d(drain_mu_);
     struct Taken {
       uint64_t unit, seq;
-      std::vector<uint8_t> data;
+      std::shared_ptr<const std::vector<uint8_t>> data;  // shared: a rewrite meanwhile copies
     };
     std::vector<Taken> taken;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
@@ -259,9 +261,9 @@ class OriginWriteback {
       for (auto& [u, un] : units_) {
         taken.push_back({u, un.seq, un.data});
         if (!ranges.empty() && ranges.back().first + ranges.back().second == u * kUnit)
-          ranges.back().second += un.data.size();
+          ranges.back().second += un.data->size();
         else
-          ranges.emplace_back(u * kUnit, un.data.size());
+          ranges.emplace_back(u * kUnit, un.data->size());
       }
     }
     // The origin still holds the old bytes of every held unit: the
@@ -276,10 +278,10 @@ class OriginWriteback {
         while (j < taken.size() && taken[j].unit == taken[j - 1].unit + 1) j++;
         const uint64_t off = taken[i].unit * kUnit;
         if (j == i + 1) {
-          st = origin_.write(off, taken[i].data);
+          st = origin_.write(off, *taken[i].data);
         } else {
           run.clear();
-          for (size_t k = i; k < j; k++) run.insert(run.end(), taken[k].data.begin(), taken[k].data.end());
+          for (size_t k = i; k < j; k++) run.insert(run.end(), taken[k].data->begin(), taken[k].data->end());
           st = origin_.write(off, run);
         }
         i = j;
@@ -289,7 +291,7 @@ class OriginWriteback {
         for (auto& t : taken) {
           auto it = units_.find(t.unit);
           if (it != units_.end() && it->second.seq == t.seq) {  // not rewritten meanwhile
-            held_ -= it->second.data.size();
+            held_ -= it->second.data->size();
             units_.erase(it);
           }
         }
@@ -311,7 +313,7 @@ class OriginWriteback {
 
  private:
   struct Unit {
-    std::vector<uint8_t> data;
+    std::shared_ptr<std::vector<uint8_t>> data;
     uint64_t seq = 0;
   };
   // Drains a buffer that no flush drained for a second.

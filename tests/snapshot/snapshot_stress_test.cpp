@@ -38,7 +38,8 @@ void fill(std::vector<uint8_t>& b, uint64_t tag) {
 
 }  // namespace
 
-TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
+namespace {
+void concurrent_origin_writes_and_snapshot_reads(bool writeback) {
   constexpr uint64_t kBlk = 4096, kBlocks = 1024, kSize = kBlocks * kBlk;  // 4 MiB
   constexpr int kWriters = 4, kReaders = 3, kWritesPerThread = 1500;
   MapResolver r;
@@ -49,13 +50,14 @@ TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
   auto cow2 = std::make_shared<MemoryDevice>(kSize + 64 * kBlk);
   r.devs["cow1"] = cow1;
   r.devs["cow2"] = cow2;
-  auto o = make("snapshot-origin", {"origin"}, kSize, &r);
+  auto o = writeback ? make("snapshot-origin", {"origin", "1", "writeback"}, kSize, &r)
+                     : make("snapshot-origin", {"origin"}, kSize, &r);
   auto s1 = make("snapshot", {"origin", "cow1", "P", "8"}, kSize, &r);
   auto s2 = make("snapshot", {"origin", "cow2", "P", "16"}, kSize, &r);
   ASSERT_TRUE(o.ok() && s1.ok() && s2.ok());
-  (*o)->resume();
   (*s1)->resume();
   (*s2)->resume();
+  (*o)->resume();
 
   // expected[b] = tag of the last write of block b by its owner (0: none).
   std::vector<uint64_t> last(kBlocks, 0);
@@ -72,6 +74,7 @@ TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
         fill(buf, tag);
         if (!(*o)->write(b * kBlk, buf).ok()) write_errors++;
         last[b] = tag;  // only this thread touches last[b]
+        if (writeback && i % 500 == 0 && !(*o)->flush().ok()) write_errors++;  // drains racing writes
       }
       writers_left--;
     });
@@ -96,6 +99,7 @@ TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
     });
   }
   for (auto& t : ts) t.join();
+  ASSERT_TRUE((*o)->flush().ok());  // (writeback: held writes reach the origin)
   EXPECT_EQ(write_errors.load(), 0u);
   EXPECT_EQ(read_errors.load(), 0u);
   EXPECT_EQ(bad_reads.load(), 0u) << "of " << reads.load() << " snapshot reads";
@@ -135,6 +139,15 @@ TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) {
   EXPECT_TRUE(origin->contents() == base) << "merge did not roll the origin back";
   ASSERT_TRUE((*s1)->read(0, all).ok());
   EXPECT_TRUE(all == base);
+}
+}  // namespace
+
+TEST(SnapshotStress, ConcurrentOriginWritesAndSnapshotReads) { concurrent_origin_writes_and_snapshot_reads(false); }
+
+// The same with a writeback origin: writes held, drained by flushes racing
+// other writers, by the 1-second timer and by the handover to the merge.
+TEST(SnapshotStress, ConcurrentWritebackOriginWritesAndSnapshotReads) {
+  concurrent_origin_writes_and_snapshot_reads(true);
 }
 
 namespace {
