@@ -102,6 +102,105 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
   RecordProperty("reads_during_copy_back", reads_during);
 }
 
+// Format v0's copy-back as the daemon runs it under a policy: a rate
+// throttle in the table, reads racing it, a pause once it has started
+// (checked still, the device read while paused, then resumed); a cut after
+// every write, unflushed writes dropped or kept at random; after the reboot
+// the device is the new image and the copy finishes.
+TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
+  TempDir tmp;
+  const uint32_t bs = 4096;
+  auto [old_img, new_img] = make_pair_images(bs * 200, bs, 90, 78);
+  write_file(tmp.file("o"), old_img);
+  write_file(tmp.file("n"), new_img);
+  DiffOptions o;
+  o.progress = false;
+  o.chunk_blocks = 2;
+  auto st = make_diff(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
+  ASSERT_TRUE(st.ok());
+  auto diff = read_file(tmp.file("d"));
+  std::vector<uint8_t> disk0 = old_img;
+  disk0.insert(disk0.end(), diff.begin(), diff.end());
+  const uint64_t total = st->changed_blocks;
+  const std::vector<std::string> policy = {"throttle=8"};  // MiB/s: ~40 ms per run (v1's sweep runs `auto`)
+  const std::string done = std::to_string(total) + " " + std::to_string(total);
+  auto progress = [](Target& t) { return std::stoull(t.status()); };
+  uint64_t full_writes;
+  {
+    Rig g = make_rig(disk0, old_img.size());
+    auto t = make_update(g.r, old_img.size(), true, policy);
+    ASSERT_TRUE(t.ok());
+    (*t)->resume();
+    ASSERT_EQ(wait_copied(**t), done);
+    (*t)->presuspend();
+    full_writes = g.disk->write_ops();
+    ASSERT_GT(full_writes, total);
+  }
+  uint64_t pauses = 0, resumed = 0, points = 0, reads = 0;
+  for (int mode = 0; mode < 2; mode++) {
+    for (uint64_t n = 0; n <= full_writes; n++) {
+      SCOPED_TRACE("mode " + std::to_string(mode) + " cut after write " + std::to_string(n));
+      points++;
+      Rig g = make_rig(disk0, old_img.size());
+      if (mode == 1) g.disk->set_unflushed_survival(0.5, n + 1000);
+      g.disk->cut_after_writes(n);
+      {
+        auto t = make_update(g.r, old_img.size(), true, policy);
+        ASSERT_TRUE(t.ok());
+        std::vector<uint8_t> live(new_img.size());
+        (*t)->resume();
+        bool paused_once = false;
+        int run_reads = 0;
+        for (int i = 0; i < 30000 && !g.disk->dead() && progress(**t) < total; i++) {
+          if (!paused_once && progress(**t) > 0) {
+            paused_once = true;
+            ASSERT_TRUE((*t)->message({"pause"}).ok());
+            uint64_t at = progress(**t);  // the block under way may land: wait until it stands still
+            for (int k = 0; k < 200; k++) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(10));
+              if (progress(**t) == at) break;
+              at = progress(**t);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            ASSERT_EQ(progress(**t), at) << "the copy-back went on while paused";
+            if (!g.disk->dead()) {
+              ASSERT_TRUE((*t)->read(0, live).ok());
+              ASSERT_TRUE(live == new_img) << "device showed something other than new while paused";
+            }
+            ASSERT_TRUE((*t)->message({"resume"}).ok());
+            pauses++;
+          } else if (mode == 0 && run_reads < 8 && (*t)->read(0, live).ok() && !g.disk->dead()) {
+            run_reads++;  // a few reads racing the copy-back
+            ASSERT_TRUE(live == new_img) << "device showed something other than new during the copy-back";
+            reads++;
+          } else {
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+          }
+        }
+        (*t)->presuspend();
+      }
+      if (!g.disk->dead()) g.disk->power_cut();
+      Rig h = make_rig(g.disk->durable_image(), old_img.size());
+      auto t = make_update(h.r, old_img.size(), true, policy);
+      ASSERT_TRUE(t.ok()) << t.status().to_string();
+      if (progress(**t) > 0) resumed++;
+      std::vector<uint8_t> view(new_img.size());
+      ASSERT_TRUE((*t)->read(0, view).ok());
+      ASSERT_TRUE(view == new_img) << "device showed something other than the new image after the cut";
+      (*t)->resume();
+      ASSERT_EQ(wait_copied(**t), done);
+      (*t)->presuspend();
+      auto img = h.disk->current_image();
+      ASSERT_TRUE(std::equal(new_img.begin(), new_img.end(), img.begin())) << "partition != new";
+    }
+  }
+  std::cerr << "v0 throttled+paused sweep: " << points << " cut points over " << full_writes << " writes, " << pauses
+            << " paused mid-way, " << resumed << " resumed from a record, " << reads << " racing reads\n";
+  EXPECT_GT(pauses, points / 4);
+  EXPECT_GT(resumed, 0u);
+  EXPECT_GT(reads, 0u);
+}
+
 // Format v1: the ordered copy-back with COPY chains and cycles, DELTA
 // operations that read their own block (stash), SAVE parking and REPLACE
 // chunks, through the sweep of v1_sweep.h (every write a cut point).
