@@ -198,10 +198,29 @@ class OriginWriteback {
     return it != units_.end() && it->first * kUnit < off + len;
   }
 
+  // A write of the origin (not FUA; caller holds io_mu shared): straight to
+  // the origin when no held unit overlaps it and every snapshot has saved
+  // every chunk of the units it touches, else held.
+  Status write_or_hold(uint64_t off, std::span<const uint8_t> buf) {
+    const uint64_t a = off / kUnit * kUnit, b = std::min(length_, (off + buf.size() + kUnit - 1) / kUnit * kUnit);
+    {
+      // Shared: a hold that reads around a partial write waits for direct
+      // writes in flight (their bytes must be in what it reads), and no
+      // direct write starts while it reads.
+      std::shared_lock dl(direct_mu_);
+      if (!overlaps(a, b - a) && entry_.all_saved(a, b - a)) return origin_.write(off, buf, false);
+    }
+    return write(off, buf);
+  }
+
   // Holds [off, off+buf.size()); caller holds io_mu shared.
   Status write(uint64_t off, std::span<const uint8_t> buf) {
     bool over;
     {
+      // Partial units are read from the origin around the write: direct
+      // writes (write_or_hold) are kept out while that happens.
+      std::unique_lock<std::shared_mutex> dl(direct_mu_, std::defer_lock);
+      if (off % kUnit != 0 || (off + buf.size()) % kUnit != 0) dl.lock();
       std::lock_guard lk(mu_);
       if (!sticky_.ok()) return sticky_;
       const uint64_t end = off + buf.size();
@@ -342,7 +361,8 @@ class OriginWriteback {
   std::map<uint64_t, Unit> units_;  // by unit index
   uint64_t held_ = 0, seq_ = 0, writes_ = 0, drains_ = 0, drained_units_ = 0;
   Status sticky_;
-  std::shared_mutex view_mu_;
+  std::shared_mutex view_mu_;    // reads vs. a drain's origin writes and erasures
+  std::shared_mutex direct_mu_;  // direct writes (shared) vs. reads around partial holds (exclusive)
   std::mutex drain_mu_;
   std::condition_variable cv_;
   bool stop_ = false;
@@ -867,11 +887,8 @@ Status OriginTarget::do_write(uint64_t offset, std::span<const uint8_t> buf, boo
   std::shared_lock io(entry_->io_mu);
   if (entry_->merge) return entry_->merge->view_write(offset, buf, fua);
   if (wb_ && entry_->writeback == wb_.get()) {
-    if (fua) {
-      UDM_TRY(wb_->drain());
-    } else if (wb_->overlaps(offset, buf.size()) || !entry_->all_saved(offset, buf.size())) {
-      return wb_->write(offset, buf);
-    }
+    if (!fua) return wb_->write_or_hold(offset, buf);
+    UDM_TRY(wb_->drain());
   }
   entry_->save_range(offset, buf.size());
   return lower()->write(offset, buf, fua);
