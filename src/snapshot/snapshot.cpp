@@ -141,8 +141,7 @@ std::shared_ptr<SnapshotCore> OriginEntry::attach(std::shared_ptr<SnapshotCore> 
   return core;
 }
 
-std::shared_ptr<SnapshotCore> OriginEntry::take(const std::string& cow_key) {
-  std::unique_lock io(io_mu);
+std::shared_ptr<SnapshotCore> OriginEntry::take_locked(const std::string& cow_key) {
   drain_writeback();  // the leaving snapshot saves what held writes overwrite
   std::lock_guard lk(list_mu_);
   for (auto it = snaps_.begin(); it != snaps_.end(); ++it) {
@@ -1047,18 +1046,24 @@ void MergeTarget::resume() {
   if (!adopted_) {
     // A snapshot over the same COW still listed for this origin hands over
     // its live table (it may have exceptions newer than what we loaded).
-    if (auto live = entry_->take(core_->cow_key())) core_ = std::move(live);
+    // Taken and registered under one exclusive hold of io_mu: an origin
+    // write between the two would reach the origin unsaved by this snapshot
+    // (no longer listed) and unseen by the merge (not yet registered). The
+    // origin's held writes (writeback) are drained first, saved by it too.
+    {
+      std::unique_lock io(entry_->io_mu);
+      if (auto live = entry_->take_locked(core_->cow_key())) core_ = std::move(live);
+      entry_->drain_writeback();
+      if (!entry_->merge) {
+        entry_->merge = this;
+        registered_ = true;
+      }
+    }
     adopted_ = true;
     done_ = core_->store().exception_count() == 0;
     job_total_ = core_->store().exception_count();
     job_.set_total(job_total_, job_total_ * core_->chunk_bytes());
     job_.set_done(0, 0);
-    std::unique_lock io(entry_->io_mu);
-    entry_->drain_writeback();  // the origin holds every acknowledged write before the merge starts
-    if (!entry_->merge) {
-      entry_->merge = this;
-      registered_ = true;
-    }
   }
   if (done_ || failed_ || thread_.joinable()) return;
   stop_ = false;

@@ -156,8 +156,11 @@ class OriginEntry {
   // Lists `core`; a core with the same COW already listed is returned instead
   // (the caller adopts it). Waits for in-flight origin writes.
   std::shared_ptr<SnapshotCore> attach(std::shared_ptr<SnapshotCore> core);
-  // Removes `core` from the list if listed; returns it.
-  std::shared_ptr<SnapshotCore> take(const std::string& cow_key);
+  // Removes the snapshot over `cow_key` from the list if listed; returns it.
+  // The caller holds io_mu exclusively (a merge takes its snapshot and
+  // registers itself as `merge` in one critical section, so no origin write
+  // falls between the two).
+  std::shared_ptr<SnapshotCore> take_locked(const std::string& cow_key);
   void detach(SnapshotCore* core);
   size_t count() const;
   // Held shared by an origin write from its first save until its own write
