@@ -13,7 +13,6 @@
 namespace udm::acow {
 
 Status decompress(Comp c, std::span<const uint8_t> in, std::span<uint8_t> out) {
-  const std::string name = comp_name(c);
   switch (c) {
     case Comp::None:
       if (in.size() != out.size())
@@ -52,7 +51,7 @@ Status decompress(Comp c, std::span<const uint8_t> in, std::span<uint8_t> out) {
       return Status::Ok();
     }
   }
-  return Corrupt("unknown compression " + name);
+  return Corrupt(std::string("unknown compression ") + comp_name(c));
 }
 
 Result<std::vector<uint8_t>> compress(Comp c, std::span<const uint8_t> in, int zstd_level) {

@@ -478,47 +478,17 @@ void SnapshotCore::save_chunks(uint64_t first, uint64_t last) {
   const uint64_t cb = chunk_bytes(), n_chunks = (origin_->size() + cb - 1) / cb;
   if (first >= n_chunks) return;
   last = std::min(last, n_chunks - 1);
-  Scratch<uint8_t> buf_scratch;
-  auto& buf = *buf_scratch;
-  Scratch<char> need_scratch;
-  auto& need = *need_scratch;
-  Scratch<ExceptionStore::CommitItem> items_scratch;
-  auto& items = *items_scratch;
+  // The unsaved chunks, a batch's worth of chunk numbers at a time (a huge
+  // zero-out does not list all of its chunks at once).
+  Scratch<uint64_t> list_scratch;
+  auto& list = *list_scratch;
   const uint64_t batch = batch_chunks();
-  for (uint64_t c0 = first; c0 <= last;) {
-    const uint64_t c1 = std::min(last, c0 + batch - 1);
-    {
-      ChunkLocks lk(*this, c0, c1, true);
-      if (!store_->valid()) return;
-      need.assign(c1 - c0 + 1, 0);
-      bool any = false;
-      for (uint64_t c = c0; c <= c1; c++)
-        if (!store_->lookup(c)) {
-          need[c - c0] = 1;
-          any = true;
-        }
-      if (any) {
-        // Order: the old chunks are read (one read per run), then the commit
-        // writes them to the COW (cached, in runs of consecutive COW chunks),
-        // flushes and writes the area(s) (FUA) -> return; the caller writes
-        // the origin only after.
-        Status st = read_origin_chunks(c0, need, buf);
-        items.clear();
-        for (uint64_t c = c0; c <= c1 && st.ok(); c++) {
-          if (!need[c - c0]) continue;
-          auto nc = store_->allocate();
-          if (!nc.ok()) {
-            st = nc.status();
-            break;
-          }
-          items.push_back({{c, *nc}, std::span<const uint8_t>(buf.data() + (c - c0) * cb, chunk_len(c))});
-        }
-        if (st.ok()) st = store_->commit(items);
-        if (!st.ok()) return invalidate(st);
-      }
-    }
-    c0 = c1 + 1;
-    while (c0 <= last && store_->has_exception(c0)) c0++;
+  for (uint64_t c0 = first; c0 <= last; c0 += batch) {
+    list.clear();
+    for (uint64_t c = c0; c <= std::min(last, c0 + batch - 1); c++)
+      if (!store_->has_exception(c)) list.push_back(c);
+    save_chunk_list(list);
+    if (!store_->valid()) return;
   }
 }
 
@@ -539,8 +509,10 @@ void SnapshotCore::save_chunk_list(const std::vector<uint64_t>& chunks) {
     stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
     ChunkLocks lk(*this, stripes, true);
     if (!store_->valid()) return;
-    // As save_chunks: the old chunks read (one read per run of consecutive
-    // ones), then one group commit writes them and the records.
+    // Order: the old chunks are read (one read per run of consecutive
+    // ones), then the commit writes them to the COW (cached, in runs of
+    // consecutive COW chunks), flushes and writes the area(s) (FUA) ->
+    // return; the caller writes the origin only after.
     if (buf.size() < (j - i) * cb) buf.resize((j - i) * cb);
     items.clear();
     Status st;

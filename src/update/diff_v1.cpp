@@ -2,11 +2,7 @@
 // (XOR at an offset, zstd with similar old blocks as a prefix), a
 // conflict-free order. make_diff_v1 runs the phases of diff_v1_internal.h,
 // each in its own file, over the two images in memory.
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #define ZSTD_STATIC_LINKING_ONLY  // ZSTD_c_format (magicless delta frames)
 #include <zstd.h>
 
