@@ -337,34 +337,68 @@ INSTANTIATE_TEST_SUITE_P(Modes, SnapshotSweep,
 // unflushed write dropped or surviving at random: on reboot the store loads,
 // the view is the origin as it was at snapshot time, and a restarted merge
 // leaves the origin equal to it with no record left.
-TEST(SnapshotMergeSweep, BatchesAcrossAreasPowerCutAfterEveryWrite) {
-  constexpr uint64_t kC = 512, kChunks = 160, kLen = kChunks * kC;
-  const std::vector<uint8_t> base = udm::test::random_bytes(kLen, 5);
-  std::vector<uint8_t> oimg0, cimg0;
-  {
-    auto od = std::make_shared<FaultDevice>(base);
-    auto cd = std::make_shared<FaultDevice>(std::vector<uint8_t>(256 * kC, 0));
-    MapResolver r;
-    r.devs["o"] = od;
-    r.devs["c"] = cd;
-    auto o = snapshot::test::make("snapshot-origin", {"o"}, kLen, &r);
-    auto s = snapshot::test::make("snapshot", {"o", "c", "P", "1"}, kLen, &r);
-    ASSERT_TRUE(o.ok() && s.ok());
-    (*o)->resume();
-    (*s)->resume();
-    for (uint64_t i = 0; i < 100; i++) {  // 100 distinct chunks, scattered
-      const uint64_t c = (i * 37) % kChunks;
-      ASSERT_TRUE((*o)->write(c * kC, std::vector<uint8_t>(kC, static_cast<uint8_t>(i + 1))).ok());
-    }
-    ASSERT_TRUE((*o)->flush().ok());
-    ASSERT_TRUE((*s)->flush().ok());
-    EXPECT_EQ((*s)->status().substr(0, 4), "105/");  // the header, 4 areas, 100 data chunks
-    s->reset();
-    o->reset();
-    oimg0 = od->durable_image();
-    cimg0 = cd->durable_image();
+namespace {
+
+// The merge sweeps' starting point: an origin of random bytes with one
+// persistent snapshot of 512-byte chunks (32 records per metadata area)
+// holding 100 exceptions scattered over four areas, everything flushed.
+constexpr uint64_t kMC = 512, kMChunks = 160, kMLen = kMChunks * kMC;
+struct MergeStart {
+  std::vector<uint8_t> base;  // the origin at snapshot time (the merge's goal)
+  std::vector<uint8_t> origin, cow;  // the durable images before the merge
+};
+void make_merge_start(uint64_t seed, MergeStart* out) {
+  out->base = udm::test::random_bytes(kMLen, seed);
+  auto od = std::make_shared<FaultDevice>(out->base);
+  auto cd = std::make_shared<FaultDevice>(std::vector<uint8_t>(256 * kMC, 0));
+  MapResolver r;
+  r.devs["o"] = od;
+  r.devs["c"] = cd;
+  auto o = snapshot::test::make("snapshot-origin", {"o"}, kMLen, &r);
+  auto s = snapshot::test::make("snapshot", {"o", "c", "P", "1"}, kMLen, &r);
+  ASSERT_TRUE(o.ok() && s.ok());
+  (*o)->resume();
+  (*s)->resume();
+  for (uint64_t i = 0; i < 100; i++) {  // 100 distinct chunks, scattered
+    const uint64_t c = (i * 37) % kMChunks;
+    ASSERT_TRUE((*o)->write(c * kMC, std::vector<uint8_t>(kMC, static_cast<uint8_t>(i + 1))).ok());
   }
-  ASSERT_NE(oimg0, base);
+  ASSERT_TRUE((*o)->flush().ok());
+  ASSERT_TRUE((*s)->flush().ok());
+  EXPECT_EQ((*s)->status().substr(0, 4), "105/");  // the header, 4 areas, 100 data chunks
+  s->reset();
+  o->reset();
+  out->origin = od->durable_image();
+  out->cow = cd->durable_image();
+  ASSERT_NE(out->origin, out->base);
+}
+
+// A reboot on durable images after a cut during the merge: the store loads,
+// the view is the origin at snapshot time, and a restarted merge leaves the
+// origin equal to it with no record left.
+void reboot_and_merge(const MergeStart& st, const std::vector<uint8_t>& oimg, const std::vector<uint8_t>& cimg) {
+  MapResolver r;
+  auto o2 = std::make_shared<MemoryDevice>(oimg);
+  r.devs["o"] = o2;
+  r.devs["c"] = std::make_shared<MemoryDevice>(cimg);
+  auto m = snapshot::test::make("snapshot-merge", {"o", "c", "P", "1"}, kMLen, &r);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  std::vector<uint8_t> view(kMLen);
+  ASSERT_TRUE((*m)->read(0, view).ok());
+  ASSERT_TRUE(view == st.base) << "the view after the cut is not the origin at snapshot time";
+  auto* mt = static_cast<MergeTarget*>(m->get());
+  ASSERT_TRUE(mt->run_merge().ok());
+  ASSERT_TRUE(o2->contents() == st.base) << "the restarted merge did not restore the origin";
+  EXPECT_EQ(mt->remaining(), 0u);
+}
+
+}  // namespace
+
+TEST(SnapshotMergeSweep, BatchesAcrossAreasPowerCutAfterEveryWrite) {
+  constexpr uint64_t kC = kMC, kLen = kMLen;
+  MergeStart st;
+  ASSERT_NO_FATAL_FAILURE(make_merge_start(5, &st));
+  const std::vector<uint8_t>&base = st.base, &oimg0 = st.origin, &cimg0 = st.cow;
   auto run = [&](uint64_t limit, double survival, uint64_t seed, std::vector<uint8_t>* oimg,
                  std::vector<uint8_t>* cimg) {
     Power p;
@@ -401,19 +435,7 @@ TEST(SnapshotMergeSweep, BatchesAcrossAreasPowerCutAfterEveryWrite) {
       run(n, k == 0 ? 0.0 : 0.5, n * 10 + k, &oimg, &cimg);
       runs++;
       if (oimg != oimg0 && oimg != base) partial++;
-      MapResolver r;
-      auto o2 = std::make_shared<MemoryDevice>(oimg);
-      r.devs["o"] = o2;
-      r.devs["c"] = std::make_shared<MemoryDevice>(cimg);
-      auto m = snapshot::test::make("snapshot-merge", {"o", "c", "P", "1"}, kLen, &r);
-      ASSERT_TRUE(m.ok()) << m.status().to_string();
-      std::vector<uint8_t> view(kLen);
-      ASSERT_TRUE((*m)->read(0, view).ok());
-      ASSERT_TRUE(view == base) << "the view is not the origin at snapshot time";
-      auto* mt = static_cast<MergeTarget*>(m->get());
-      ASSERT_TRUE(mt->run_merge().ok());
-      ASSERT_TRUE(o2->contents() == base) << "the restarted merge did not restore the origin";
-      EXPECT_EQ(mt->remaining(), 0u);
+      ASSERT_NO_FATAL_FAILURE(reboot_and_merge(st, oimg, cimg));
     }
   }
   printf("merge across areas: %llu writes, %llu runs, %llu with the origin partly merged\n",
@@ -428,28 +450,10 @@ TEST(SnapshotMergeSweep, BatchesAcrossAreasPowerCutAfterEveryWrite) {
 // store loads, the view is the snapshot-time origin, and a restarted merge
 // restores the origin.
 TEST(SnapshotMergeSweep, ThrottledAndPausedMidwayEveryCut) {
-  constexpr uint64_t kC = 512, kChunks = 160, kLen = kChunks * kC;
-  const std::vector<uint8_t> base = udm::test::random_bytes(kLen, 6);
-  std::vector<uint8_t> oimg0, cimg0;
-  {
-    auto od = std::make_shared<FaultDevice>(base);
-    auto cd = std::make_shared<FaultDevice>(std::vector<uint8_t>(256 * kC, 0));
-    MapResolver r;
-    r.devs["o"] = od;
-    r.devs["c"] = cd;
-    auto o = snapshot::test::make("snapshot-origin", {"o"}, kLen, &r);
-    auto s = snapshot::test::make("snapshot", {"o", "c", "P", "1"}, kLen, &r);
-    ASSERT_TRUE(o.ok() && s.ok());
-    (*o)->resume();
-    (*s)->resume();
-    for (uint64_t i = 0; i < 100; i++)
-      ASSERT_TRUE((*o)->write((i * 37) % kChunks * kC, std::vector<uint8_t>(kC, static_cast<uint8_t>(i + 1))).ok());
-    ASSERT_TRUE((*o)->flush().ok());
-    s->reset();
-    o->reset();
-    oimg0 = od->durable_image();
-    cimg0 = cd->durable_image();
-  }
+  constexpr uint64_t kC = kMC, kLen = kMLen;
+  MergeStart st;
+  ASSERT_NO_FATAL_FAILURE(make_merge_start(6, &st));
+  const std::vector<uint8_t>&base = st.base, &oimg0 = st.origin, &cimg0 = st.cow;
   uint64_t pauses = 0, reads = 0, cuts = 0;
   auto run = [&](std::optional<uint64_t> cut, bool survive, std::vector<uint8_t>& o_out, std::vector<uint8_t>& c_out) {
     auto disk = std::make_shared<FaultDisk>();
@@ -516,18 +520,7 @@ TEST(SnapshotMergeSweep, ThrottledAndPausedMidwayEveryCut) {
     for (bool survive : {false, true}) {
       SCOPED_TRACE("cut after write " + std::to_string(n) + (survive ? ", unflushed writes may survive" : ""));
       run(n, survive, oimg, cimg);
-      MapResolver r;
-      auto o2 = std::make_shared<MemoryDevice>(oimg);
-      r.devs["o"] = o2;
-      r.devs["c"] = std::make_shared<MemoryDevice>(cimg);
-      auto m = snapshot::test::make("snapshot-merge", {"o", "c", "P", "1"}, kLen, &r);
-      ASSERT_TRUE(m.ok()) << m.status().to_string();
-      std::vector<uint8_t> view(kLen);
-      ASSERT_TRUE((*m)->read(0, view).ok());
-      ASSERT_TRUE(view == base) << "the view after the cut is not the snapshot";
-      auto* mt = static_cast<MergeTarget*>(m->get());
-      ASSERT_TRUE(mt->run_merge().ok());
-      ASSERT_TRUE(o2->contents() == base) << "the restarted merge did not restore the origin";
+      ASSERT_NO_FATAL_FAILURE(reboot_and_merge(st, oimg, cimg));
     }
   }
   printf("throttled merge sweep: %llu writes, %llu cuts hit, %llu pauses, %llu foreground reads\n",

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <iostream>
+#include <tuple>
 
 #include "io/fault_device.h"
 #include "io/memory_device.h"
@@ -17,34 +18,78 @@ using namespace udm;
 using namespace udm::test;
 using namespace udm::update;
 
-TEST(UpdateSweep, PowerCutAfterEveryWrite) {
-  TempDir tmp;
+namespace {
+
+// A format v0 diff over a made pair; the rigs start from disk0 (the old
+// image, then the diff).
+struct V0Case {
+  std::vector<uint8_t> old_img, new_img, disk0;
+  uint64_t total = 0;  // changed blocks: the status when the copy-back is done is "total total"
+  std::string done() const { return std::to_string(total) + " " + std::to_string(total); }
+};
+void make_v0_case(TempDir& tmp, uint64_t blocks, uint64_t changed, uint64_t seed, V0Case* c) {
   const uint32_t bs = 4096;
-  auto [old_img, new_img] = make_pair_images(bs * 600, bs, 260, 77);
-  write_file(tmp.file("o"), old_img);
-  write_file(tmp.file("n"), new_img);
+  std::tie(c->old_img, c->new_img) = make_pair_images(bs * blocks, bs, changed, seed);
+  write_file(tmp.file("o"), c->old_img);
+  write_file(tmp.file("n"), c->new_img);
   DiffOptions o;
   o.progress = false;
   o.chunk_blocks = 2;  // many chunks: several progress records along the way
   auto st = make_diff(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
   ASSERT_TRUE(st.ok());
   auto diff = read_file(tmp.file("d"));
-  std::vector<uint8_t> disk0 = old_img;
-  disk0.insert(disk0.end(), diff.begin(), diff.end());
-  const uint64_t total = st->changed_blocks;
+  c->disk0 = c->old_img;
+  c->disk0.insert(c->disk0.end(), diff.begin(), diff.end());
+  c->total = st->changed_blocks;
+}
 
-  // Count the writes of a full uninterrupted copy-back.
+// The writes of a full uninterrupted copy-back.
+void count_full_writes(const V0Case& c, const std::vector<std::string>& opts, uint64_t* writes) {
+  Rig g = make_rig(c.disk0, c.old_img.size());
+  auto t = make_update(g.r, c.old_img.size(), true, opts);
+  ASSERT_TRUE(t.ok());
+  (*t)->resume();
+  ASSERT_EQ(wait_copied(**t), c.done());
+  (*t)->presuspend();
+  *writes = g.disk->write_ops();
+  ASSERT_GT(*writes, c.total);
+}
+
+// Reboot on what reached the platter: the device reads as the new image,
+// the copy resumes from its durable record without redoing recorded work,
+// and the partition ends equal to the new image. *start: where it resumed.
+void reboot_and_finish(const V0Case& c, const std::vector<uint8_t>& durable, const std::vector<std::string>& opts,
+                       uint64_t* start) {
+  Rig h = make_rig(durable, c.old_img.size());
+  auto t = make_update(h.r, c.old_img.size(), true, opts);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  *start = copied(**t);
+  std::vector<uint8_t> view(c.new_img.size());
+  ASSERT_TRUE((*t)->read(0, view).ok());
+  ASSERT_TRUE(view == c.new_img) << "device showed something other than the new image";
+  const uint64_t before = h.disk->write_ops();
+  (*t)->resume();
+  ASSERT_EQ(wait_copied(**t), c.done());
+  (*t)->presuspend();
+  // Work recorded as done is not redone.
+  EXPECT_LE(h.disk->write_ops() - before, (c.total - *start) + 64);
+  auto img = h.disk->current_image();
+  ASSERT_TRUE(std::equal(c.new_img.begin(), c.new_img.end(), img.begin())) << "partition != new";
+  ASSERT_TRUE((*t)->read(0, view).ok());
+  ASSERT_TRUE(view == c.new_img);
+}
+
+}  // namespace
+
+TEST(UpdateSweep, PowerCutAfterEveryWrite) {
+  TempDir tmp;
+  V0Case c;
+  ASSERT_NO_FATAL_FAILURE(make_v0_case(tmp, 600, 260, 77, &c));
+  const auto& [old_img, new_img] = std::tie(c.old_img, c.new_img);
+  const auto& disk0 = c.disk0;
+  const uint64_t total = c.total;
   uint64_t full_writes;
-  {
-    Rig g = make_rig(disk0, old_img.size());
-    auto t = make_update(g.r, old_img.size());
-    ASSERT_TRUE(t.ok());
-    (*t)->resume();
-    ASSERT_EQ(wait_copied(**t), std::to_string(total) + " " + std::to_string(total));
-    (*t)->presuspend();
-    full_writes = g.disk->write_ops();
-    ASSERT_GT(full_writes, total);
-  }
+  ASSERT_NO_FATAL_FAILURE(count_full_writes(c, {}, &full_writes));
   int resumed_from_record = 0, reads_during = 0, reads_before = 0;
   for (int mode = 0; mode < 2; mode++) {
     for (uint64_t n = 0; n <= full_writes; n++) {
@@ -74,25 +119,9 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
         (*t)->presuspend();
       }
       if (!g.disk->dead()) g.disk->power_cut();
-      // Reboot on what reached the platter.
-      Rig h = make_rig(g.disk->durable_image(), old_img.size());
-      auto t = make_update(h.r, old_img.size());
-      ASSERT_TRUE(t.ok()) << t.status().to_string();
-      uint64_t start = copied(**t);
+      uint64_t start;
+      ASSERT_NO_FATAL_FAILURE(reboot_and_finish(c, g.disk->durable_image(), {}, &start));
       if (start > 0) resumed_from_record++;
-      std::vector<uint8_t> view(new_img.size());
-      ASSERT_TRUE((*t)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img) << "device showed something other than the new image";
-      uint64_t before = h.disk->write_ops();
-      (*t)->resume();
-      ASSERT_EQ(wait_copied(**t), std::to_string(total) + " " + std::to_string(total));
-      (*t)->presuspend();
-      // Work recorded as done is not redone.
-      EXPECT_LE(h.disk->write_ops() - before, (total - start) + 64);
-      auto img = h.disk->current_image();
-      ASSERT_TRUE(std::equal(new_img.begin(), new_img.end(), img.begin())) << "partition != new";
-      ASSERT_TRUE((*t)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img);
     }
   }
   EXPECT_GT(resumed_from_record, 0) << "no cut ever resumed from a durable record";
@@ -109,33 +138,14 @@ TEST(UpdateSweep, PowerCutAfterEveryWrite) {
 // the device is the new image and the copy finishes.
 TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
   TempDir tmp;
-  const uint32_t bs = 4096;
-  auto [old_img, new_img] = make_pair_images(bs * 200, bs, 90, 78);
-  write_file(tmp.file("o"), old_img);
-  write_file(tmp.file("n"), new_img);
-  DiffOptions o;
-  o.progress = false;
-  o.chunk_blocks = 2;
-  auto st = make_diff(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
-  ASSERT_TRUE(st.ok());
-  auto diff = read_file(tmp.file("d"));
-  std::vector<uint8_t> disk0 = old_img;
-  disk0.insert(disk0.end(), diff.begin(), diff.end());
-  const uint64_t total = st->changed_blocks;
+  V0Case c;
+  ASSERT_NO_FATAL_FAILURE(make_v0_case(tmp, 200, 90, 78, &c));
+  const auto& [old_img, new_img] = std::tie(c.old_img, c.new_img);
+  const auto& disk0 = c.disk0;
+  const uint64_t total = c.total;
   const std::vector<std::string> policy = {"throttle=8"};  // MiB/s: ~40 ms per run (v1's sweep runs `auto`)
-  const std::string done = std::to_string(total) + " " + std::to_string(total);
-  auto progress = [](Target& t) { return std::stoull(t.status()); };
   uint64_t full_writes;
-  {
-    Rig g = make_rig(disk0, old_img.size());
-    auto t = make_update(g.r, old_img.size(), true, policy);
-    ASSERT_TRUE(t.ok());
-    (*t)->resume();
-    ASSERT_EQ(wait_copied(**t), done);
-    (*t)->presuspend();
-    full_writes = g.disk->write_ops();
-    ASSERT_GT(full_writes, total);
-  }
+  ASSERT_NO_FATAL_FAILURE(count_full_writes(c, policy, &full_writes));
   uint64_t pauses = 0, resumed = 0, points = 0, reads = 0;
   for (int mode = 0; mode < 2; mode++) {
     for (uint64_t n = 0; n <= full_writes; n++) {
@@ -151,18 +161,18 @@ TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
         (*t)->resume();
         bool paused_once = false;
         int run_reads = 0;
-        for (int i = 0; i < 30000 && !g.disk->dead() && progress(**t) < total; i++) {
-          if (!paused_once && progress(**t) > 0) {
+        for (int i = 0; i < 30000 && !g.disk->dead() && copied(**t) < total; i++) {
+          if (!paused_once && copied(**t) > 0) {
             paused_once = true;
             ASSERT_TRUE((*t)->message({"pause"}).ok());
-            uint64_t at = progress(**t);  // the block under way may land: wait until it stands still
+            uint64_t at = copied(**t);  // the block under way may land: wait until it stands still
             for (int k = 0; k < 200; k++) {
               std::this_thread::sleep_for(std::chrono::milliseconds(10));
-              if (progress(**t) == at) break;
-              at = progress(**t);
+              if (copied(**t) == at) break;
+              at = copied(**t);
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            ASSERT_EQ(progress(**t), at) << "the copy-back went on while paused";
+            ASSERT_EQ(copied(**t), at) << "the copy-back went on while paused";
             if (!g.disk->dead()) {
               ASSERT_TRUE((*t)->read(0, live).ok());
               ASSERT_TRUE(live == new_img) << "device showed something other than new while paused";
@@ -180,18 +190,9 @@ TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
         (*t)->presuspend();
       }
       if (!g.disk->dead()) g.disk->power_cut();
-      Rig h = make_rig(g.disk->durable_image(), old_img.size());
-      auto t = make_update(h.r, old_img.size(), true, policy);
-      ASSERT_TRUE(t.ok()) << t.status().to_string();
-      if (progress(**t) > 0) resumed++;
-      std::vector<uint8_t> view(new_img.size());
-      ASSERT_TRUE((*t)->read(0, view).ok());
-      ASSERT_TRUE(view == new_img) << "device showed something other than the new image after the cut";
-      (*t)->resume();
-      ASSERT_EQ(wait_copied(**t), done);
-      (*t)->presuspend();
-      auto img = h.disk->current_image();
-      ASSERT_TRUE(std::equal(new_img.begin(), new_img.end(), img.begin())) << "partition != new";
+      uint64_t start;
+      ASSERT_NO_FATAL_FAILURE(reboot_and_finish(c, g.disk->durable_image(), policy, &start));
+      if (start > 0) resumed++;
     }
   }
   std::cerr << "v0 throttled+paused sweep: " << points << " cut points over " << full_writes << " writes, " << pauses
