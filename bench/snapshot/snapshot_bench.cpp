@@ -219,6 +219,28 @@ int main(int argc, char** argv) {
   std::string status;
   bool ok = true, verified = true;
   Resolver pr;
+  // A new snapshot (the COW's header chunk zeroed, the rest stays allocated)
+  // and its origin target, both resumed; nulls after printing why not.
+  auto new_snapshot = [&](bool writeback) -> std::pair<TargetPtr, TargetPtr> {
+    std::vector<uint8_t> zero(cb, 0);
+    if (!(*cd)->write(0, zero).ok() || !(*cd)->flush().ok()) ok = false;
+    TargetParams p;
+    p.type = "snapshot-origin";
+    p.args = writeback ? std::vector<std::string>{o, "1", "writeback"} : std::vector<std::string>{o};
+    p.length = size;
+    p.resolver = &pr;
+    auto ot = make_origin_target(p);
+    p.type = "snapshot";
+    p.args = {o, c, "P", std::to_string(cs)};
+    auto st = make_snapshot_target(p);
+    if (!ot.ok() || !st.ok()) {
+      fprintf(stderr, "target: %s\n", (ot.ok() ? st.status() : ot.status()).to_string().c_str());
+      return {};
+    }
+    (*ot)->resume();
+    (*st)->resume();
+    return {*ot, *st};
+  };
   for (int rep = 0; rep < reps && ok; rep++) {
     // Baseline: the same writes to the plain (allocated) origin file; then
     // put the origin back to its pattern (untimed).
@@ -228,53 +250,25 @@ int main(int argc, char** argv) {
     // drained in group commits (the flush at the end included), then
     // merged back untimed.
     {
-      std::vector<uint8_t> zero(cb, 0);
-      if (!(*cd)->write(0, zero).ok() || !(*cd)->flush().ok()) ok = false;
-      TargetParams p;
-      p.type = "snapshot-origin";
-      p.args = {o, "1", "writeback"};
-      p.length = size;
-      p.resolver = &pr;
-      auto ot = make_origin_target(p);
-      p.type = "snapshot";
-      p.args = {o, c, "P", std::to_string(cs)};
-      auto st = make_snapshot_target(p);
-      if (!ot.ok() || !st.ok()) return fprintf(stderr, "target: %s\n", ot.status().to_string().c_str()), 1;
-      (*ot)->resume();
-      (*st)->resume();
-      first_wb.push_back(run_writes(**ot, offs, threads, 0x5d, &ok, &first_wb_cpu));
-      again_wb.push_back(run_writes(**ot, offs, threads, 0x5e, &ok, &again_wb_cpu));
-      status_wb = (*ot)->status();
-      st->reset();
-      ot->reset();
+      auto [ot, st] = new_snapshot(true);
+      if (!ot || !st) return 1;
+      first_wb.push_back(run_writes(*ot, offs, threads, 0x5d, &ok, &first_wb_cpu));
+      again_wb.push_back(run_writes(*ot, offs, threads, 0x5e, &ok, &again_wb_cpu));
+      status_wb = ot->status();
+      st.reset();
+      ot.reset();
       auto m = open_offline_merge(o, c, 0);
       if (!m.ok() || !(*m)->run_merge().ok()) return fprintf(stderr, "merge after the writeback round failed\n"), 1;
       m->reset();
       verified = verified && check(**od, kOriginSalt);
     }
-    // A new snapshot: zero the COW header chunk.
-    std::vector<uint8_t> zero(cb, 0);
-    if (!(*cd)->write(0, zero).ok() || !(*cd)->flush().ok()) ok = false;
-    TargetParams p;
-    p.type = "snapshot-origin";
-    p.args = {o};
-    p.length = size;
-    p.resolver = &pr;
-    auto ot = make_origin_target(p);
-    p.type = "snapshot";
-    p.args = {o, c, "P", std::to_string(cs)};
-    auto st = make_snapshot_target(p);
-    if (!ot.ok() || !st.ok()) {
-      fprintf(stderr, "target: %s\n", st.status().to_string().c_str());
-      return 1;
-    }
-    (*ot)->resume();
-    (*st)->resume();
-    first.push_back(run_writes(**ot, offs, threads, 0x5b, &ok, &first_cpu));
-    again.push_back(run_writes(**ot, offs, threads, 0x5c, &ok, &again_cpu));
-    status = (*st)->status();
-    st->reset();
-    ot->reset();
+    auto [ot, st] = new_snapshot(false);
+    if (!ot || !st) return 1;
+    first.push_back(run_writes(*ot, offs, threads, 0x5b, &ok, &first_cpu));
+    again.push_back(run_writes(*ot, offs, threads, 0x5c, &ok, &again_cpu));
+    status = st->status();
+    st.reset();
+    ot.reset();
     // Merge back (the origin must read as its pattern again).
     auto m = open_offline_merge(o, c, 0);
     if (!m.ok()) return fprintf(stderr, "merge: %s\n", m.status().to_string().c_str()), 1;
