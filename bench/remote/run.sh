@@ -35,6 +35,7 @@ chmod 644 "$W/www/disk.img"
 # The boot set: files in find order until ~5 % of the image.
 set_budget=$((SIZE_MB * 1024 * 1024 / 20)); : > "$W/set"
 (cd "$W/tree" && find . -type f | while read -r f; do s=$(stat -c %s "$f"); set_budget=$((set_budget - s)); [ $set_budget -gt 0 ] || break; echo "$f"; done || true) > "$W/set"
+[ -s "$W/set" ] || { echo "bench/remote: no file fits a boot set of 5 % of ${SIZE_MB} MiB; use a larger image" >&2; exit 1; }
 set_bytes=$(cd "$W/tree" && xargs -a "$W/set" -d '\n' stat -c %s | paste -sd+ | bc)
 cat > "$W/nginx.conf" <<NG
 worker_processes 1; pid $W/nginx.pid; error_log $W/error.log warn;
@@ -49,55 +50,51 @@ sleep 0.5
 URL=http://127.0.0.1:8091/disk.img
 t0=$(date +%s.%N); curl -s -o /dev/null "$URL"; t1=$(date +%s.%N)
 full=$(echo "$t1 - $t0" | bc)
+report() {  # label t0 t_first_byte t_set_read: one line, bytes and requests from nginx's log
+  local bytes reqs
+  bytes=$(awk '{s+=$5} END {print s+0}' "$W/access.log"); reqs=$(wc -l < "$W/access.log")
+  printf '%-12s ttfb %.3f s  mount+read set %.3f s  fetched %d B (%.2fx the set) in %d requests  (%.3fx the full download time)\n' \
+    "$1" "$(echo "$3 - $2" | bc)" "$(echo "$4 - $2" | bc)" "$bytes" "$(echo "$bytes / $set_bytes" | bc -l)" "$reqs" \
+    "$(echo "($4 - $2) / $full" | bc -l)"
+}
+read_set() {  # FILE: its first 4 KiB (S1 = then), loop-mount it, read the boot set (S2 = then)
+  dd if="$1" of=/dev/null bs=4096 count=1 status=none
+  S1=$(date +%s.%N)
+  LOOP=$(losetup -f --show -r "$1")
+  mount -o ro,noload "$LOOP" "$W/mnt"
+  (cd "$W/mnt" && xargs -a "$W/set" -d '\n' cat > /dev/null)
+  S2=$(date +%s.%N)
+  umount "$W/mnt"; losetup -d "$LOOP"; LOOP=
+}
 run() {  # $1 = label
   : > "$W/access.log"
   "$UDM" daemon --socket "$W/ctl" --fuse "$W/dev" --cache-dir "$W/cache" --log-level warn & DPID=$!
   for i in $(seq 100); do [ -S "$W/ctl" ] && break; sleep 0.05; done
-  local s0 s1 s2
+  local s0
   s0=$(date +%s.%N)
   "$UDM" create disk --readonly --table "0 $((SIZE_MB * 2048)) linear $URL 0" --socket "$W/ctl"
   for i in $(seq 100); do [ -e "$W/dev/disk" ] && break; sleep 0.05; done
-  dd if="$W/dev/disk" of=/dev/null bs=4096 count=1 status=none
-  s1=$(date +%s.%N)
-  LOOP=$(losetup -f --show -r "$W/dev/disk")
-  mount -o ro,noload "$LOOP" "$W/mnt"
-  (cd "$W/mnt" && xargs -a "$W/set" -d '\n' cat > /dev/null)
-  s2=$(date +%s.%N)
-  umount "$W/mnt"; losetup -d "$LOOP"; LOOP=
+  read_set "$W/dev/disk"
   "$UDM" remove disk --socket "$W/ctl"; kill $DPID; wait $DPID || true; DPID=
   sleep 0.2
-  local bytes reqs
-  bytes=$(awk '{s+=$5} END {print s+0}' "$W/access.log"); reqs=$(wc -l < "$W/access.log")
-  printf '%-12s ttfb %.3f s  mount+read set %.3f s  fetched %d B (%.2fx the set) in %d requests  (%.3fx the full download time)\n' \
-    "$1" "$(echo "$s1 - $s0" | bc)" "$(echo "$s2 - $s0" | bc)" "$bytes" "$(echo "$bytes / $set_bytes" | bc -l)" "$reqs" \
-    "$(echo "($s2 - $s0) / $full" | bc -l)"
+  report "$1" "$s0" "$S1" "$S2"
 }
 # The same workload through nbdkit's curl plugin and cache filter, as a
 # file through nbdfuse, then the loop device. nbdkit's cache is a temporary
 # file: a restart starts cold again.
 run_nbdkit() {  # $1 = label
   : > "$W/access.log"
-  local s0 s1 s2
+  local s0
   s0=$(date +%s.%N)
   TMPDIR="$W/nbdcache" nbdkit -f -U "$W/nbdkit.sock" --filter=cache curl url="$URL" cache-on-read=true 2>"$W/nbdkit.log" & NBK=$!
   for i in $(seq 100); do [ -S "$W/nbdkit.sock" ] && break; sleep 0.05; done
   nbdfuse -r "$W/nbdmnt/disk" --unix "$W/nbdkit.sock" & NFU=$!
   for i in $(seq 100); do [ -e "$W/nbdmnt/disk" ] && break; sleep 0.05; done
-  dd if="$W/nbdmnt/disk" of=/dev/null bs=4096 count=1 status=none
-  s1=$(date +%s.%N)
-  LOOP=$(losetup -f --show -r "$W/nbdmnt/disk")
-  mount -o ro,noload "$LOOP" "$W/mnt"
-  (cd "$W/mnt" && xargs -a "$W/set" -d '\n' cat > /dev/null)
-  s2=$(date +%s.%N)
-  umount "$W/mnt"; losetup -d "$LOOP"; LOOP=
+  read_set "$W/nbdmnt/disk"
   fusermount3 -u "$W/nbdmnt"; wait $NFU || true; NFU=
   kill $NBK; wait $NBK || true; NBK=; rm -f "$W/nbdkit.sock"
   sleep 0.2
-  local bytes reqs
-  bytes=$(awk '{s+=$5} END {print s+0}' "$W/access.log"); reqs=$(wc -l < "$W/access.log")
-  printf '%-12s ttfb %.3f s  mount+read set %.3f s  fetched %d B (%.2fx the set) in %d requests  (%.3fx the full download time)\n' \
-    "$1" "$(echo "$s1 - $s0" | bc)" "$(echo "$s2 - $s0" | bc)" "$bytes" "$(echo "$bytes / $set_bytes" | bc -l)" "$reqs" \
-    "$(echo "($s2 - $s0) / $full" | bc -l)"
+  report "$1" "$s0" "$S1" "$S2"
 }
 echo "image ${SIZE_MB} MiB, boot set $(wc -l < "$W/set") files, $set_bytes B; link 100 Mbit/s (tbf)"
 printf 'curl full download: %.3f s\n' "$full"
