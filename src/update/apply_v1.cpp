@@ -63,6 +63,11 @@ Status v1_write_all(BlockDevice& sys, const V1Index& idx, std::span<const uint8_
     UDM_TRY(sys.write(idx.ops[i].dest * bs, blocks.subspan(i * bs, bs)));
     if (progress) progress(1);
   }
+  UDM_TRY(sys.flush());
+  if (!idx.verity) return Status::Ok();
+  // The verity area last: the operations may read its old blocks.
+  UDM_ASSIGN_OR_RETURN(auto region, v1_regenerate_verity(idx, sys));
+  UDM_TRY(sys.write(idx.region_first * bs, region));
   return sys.flush();
 }
 

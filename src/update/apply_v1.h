@@ -16,7 +16,9 @@ namespace udm::update {
 // block per operation, back to back.
 Result<std::vector<uint8_t>> v1_compute_all(BlockDevice& diff, BlockDevice& old, const V1Index& idx);
 // Writes those blocks to their destinations (`sys` must hold the new image's
-// size), then flushes. `progress` is called once per block.
+// size), then flushes; with flag VERITY_TREE then regenerates the verity
+// area from the data now on `sys` (its root checked), writes it, flushes.
+// `progress` is called once per operation's block.
 Status v1_write_all(BlockDevice& sys, const V1Index& idx, std::span<const uint8_t> blocks,
                     const std::function<void(uint64_t)>& progress = {});
 

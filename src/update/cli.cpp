@@ -17,6 +17,7 @@
 #include "update/format_io.h"
 #include "update/format_v0_io.h"
 #include "update/format_v1_io.h"
+#include "device/target_args.h"
 #include "util/progress.h"
 
 namespace udm {
@@ -48,7 +49,8 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       "metadata:          {} bytes ({} raw)\n"
       "stash:             {}\n"
       "diff size:         {} bytes\n"
-      "copy-back record:  {} of {} operations{}\n",
+      "copy-back record:  {} of {} operations{}\n"
+      "verity tree:       {}\n",
       idx->block_size(), h.block_bits, h.compression, h.image_blocks, idx->new_bytes(), idx->old_blocks(), idx->old_bytes(),
       idx->old_blocks() == h.image_blocks ? "" : " (different size)", hex(h.old_sha256),
       hex(h.new_sha256), idx->ops.size(), n[0], n[1], n[2], n[5], n[3], refs, n[4], idx->chunks.size(), h.chunk_blocks,
@@ -56,7 +58,15 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
       idx->recorded_done(), idx->ops.size(),
       h.ckpt_state == 2 ? fmt::format(" (started; a logged batch up to operation {} to finish)", h.ckpt_batch_end)
       : h.ckpt_state   ? std::string(" (started)")
-                       : std::string());
+                       : std::string(),
+      idx->verity ? fmt::format("regenerated on the device: {}superblock at byte {}, {} blocks (hash format {}, {}, "
+                                "data blocks {} of {} bytes, hash blocks of {}, salt {}), root {}",
+                                idx->verity->superblock ? "" : "no ", idx->verity->hash_offset, idx->region_blocks(),
+                                idx->verity->sb.hash_type, idx->verity->sb.algorithm, idx->verity->sb.data_blocks,
+                                idx->verity->sb.data_block_size, idx->verity->sb.hash_block_size,
+                                idx->verity->sb.salt.empty() ? std::string("-") : hex(idx->verity->sb.salt),
+                                hex(idx->verity->root))
+                  : std::string("none (any hash area is carried as data)"));
   // Where the bytes go: payload per operation kind, and what the operations
   // read of the old image, by kind of reference.
   uint64_t cref_blocks = 0, cref_chunks = 0, cref_bytes = 0;
@@ -253,6 +263,8 @@ void register_feature_update_cli(CLI::App& app) {
     auto no_delta = std::make_shared<bool>(false);
     auto group = std::make_shared<uint32_t>(DiffV1Options{}.delta_group);
     auto cow_unit = std::make_shared<std::string>();
+    auto verity_at = std::make_shared<std::string>();
+    auto verity_root = std::make_shared<std::string>();
     sub->add_option("--format", *fmt_name,
                     "v1 (default: moves, similar blocks, ordered in-place copy-back), v0 (seed), or android-cow-v2|android-cow-v3 "
                     "(Android's Virtual A/B COW, docs/android-cow.md)");
@@ -260,6 +272,10 @@ void register_feature_update_cli(CLI::App& app) {
     sub->add_flag("--no-delta", *no_delta, "v1: no DELTA (similar block) operations");
     sub->add_option("--delta-group", *group, "v1: DELTA blocks that may share one frame (1..32, default 16)")
         ->check(CLI::Range(1u, kV1MaxGroup));
+    sub->add_option("--verity-regenerate", *verity_at,
+                    "v1: NEW carries a dm-verity superblock and tree at this byte offset (veritysetup --hash-offset); "
+                    "the diff leaves them out and the device regenerates them from the new data, checked against the root");
+    sub->add_option("--verity-root", *verity_root, "v1, with --verity-regenerate: the root hash (hex) the tree must have");
     auto paths = std::make_shared<std::array<std::string, 3>>();
     sub->add_option("old", (*paths)[0], "old image")->required()->check(CLI::ExistingFile);
     sub->add_option("new", (*paths)[1], "new image")->required()->check(CLI::ExistingFile);
@@ -270,7 +286,10 @@ void register_feature_update_cli(CLI::App& app) {
     auto* chunk_opt = sub->add_option("--chunk-blocks", o->chunk_blocks, "blocks compressed together (default v0 16, v1 256)");
     sub->add_option("--threads", o->threads, "compression threads (default 2)");
     auto* a_opt = sub->get_option("--algorithm");
-    sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt, cow_unit, a_opt] {
+    sub->callback([o, paths, fmt_name, no_delta, group, chunk_opt, cow_unit, a_opt, verity_at, verity_root] {
+      if ((!verity_at->empty() || !verity_root->empty()) && *fmt_name != "v1")
+        return cli::fail("--verity-regenerate and --verity-root are format v1 options");
+      if (!verity_root->empty() && verity_at->empty()) return cli::fail("--verity-root needs --verity-regenerate");
       if (auto ext = external_diff_formats().find(*fmt_name); ext != external_diff_formats().end()) {
         ExternalDiffArgs ea{(*paths)[0], (*paths)[1], (*paths)[2], a_opt->count() ? o->algorithm : "", *cow_unit};
         if (Status s = ext->second(ea); !s.ok()) return cli::fail(s);
@@ -286,14 +305,25 @@ void register_feature_update_cli(CLI::App& app) {
         v.threads = o->threads;
         v.delta = !*no_delta;
         v.delta_group = *group;
+        if (!verity_at->empty()) {
+          auto off = parse_size(*verity_at, "--verity-regenerate");
+          if (!off.ok()) return cli::fail(off.status());
+          v.verity_hash_offset = *off;
+        }
+        if (!verity_root->empty()) {
+          auto root = verity::from_hex(*verity_root, "--verity-root");
+          if (!root.ok()) return cli::fail(root.status());
+          v.verity_root = *root;
+        }
         auto st = make_diff_v1((*paths)[0], (*paths)[1], (*paths)[2], v);
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
             "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), XOR {} ({} chunks), DELTA {} ({} frames, {} read "
-            "their own block); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s\n",
+            "their own block); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s{}\n",
             (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->xor_ops, st->xchunks, st->delta,
             st->delta_frames, st->stash_ops, st->saves, st->zero_parks, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
-            st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds);
+            st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds,
+            st->verity_blocks ? fmt::format("; verity area of {} blocks left to the device", st->verity_blocks) : std::string());
         return;
       }
       if (*fmt_name != "v0") return cli::fail("--format " + *fmt_name + ": want v0 or v1");

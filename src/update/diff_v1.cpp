@@ -67,6 +67,69 @@ Status check_options(const DiffV1Options& o) {
   return Status::Ok();
 }
 
+// Flag VERITY_TREE: NEW's hash area at o.verity_hash_offset (a veritysetup
+// superblock and its tree) is what the device would regenerate from NEW's
+// data, byte for byte, or the diff is refused; its blocks become in's
+// generated range (no operations). Returns the record.
+Result<std::vector<uint8_t>> plan_verity(std::span<const uint8_t> new_img, const std::string& new_name,
+                                         const DiffV1Options& o, Input& in) {
+  const uint64_t off = o.verity_hash_offset, bs = in.bs;
+  auto where = [&](const std::string& what) {
+    return fmt::format("--verity-regenerate {}: {} {}", off, new_name, what);
+  };
+  if (off % bs || off >= new_img.size())
+    return Invalid(where(fmt::format("of {} bytes: the hash offset must be a multiple of the block size {} inside the image",
+                                     new_img.size(), bs)));
+  auto sb = verity::decode_superblock(new_img.subspan(off, std::min<uint64_t>(verity::kSuperblockSize, new_img.size() - off)));
+  if (!sb.ok()) return Invalid(where("has no usable verity superblock there (" + sb.status().message() + ")"));
+  V1Verity v;
+  v.hash_offset = off;
+  v.superblock = true;
+  v.sb = *sb;
+  verity::Params& p = v.params;
+  p.hash_type = sb->hash_type;
+  p.algorithm = sb->algorithm;
+  p.data_block_size = sb->data_block_size;
+  p.hash_block_size = sb->hash_block_size;
+  p.data_blocks = sb->data_blocks;
+  p.salt = sb->salt;
+  auto hs = verity::hash_start_for_offset(off, p.hash_block_size, true);
+  if (!hs.ok()) return Invalid(where(hs.status().message()));
+  p.hash_start = *hs;
+  if (p.data_blocks > off / p.data_block_size)
+    return Invalid(where(fmt::format("describes {} data blocks of {} bytes, which overlap the hash area", p.data_blocks,
+                                     p.data_block_size)));
+  auto region_blocks = v1_verity_region_blocks(p, off, true, static_cast<uint32_t>(bs));
+  if (!region_blocks.ok()) return Invalid(where(region_blocks.status().message()));
+  v.region_blocks = *region_blocks;
+  if (off / bs + v.region_blocks > in.blocks)
+    return Invalid(where("is too short for the tree its superblock describes"));
+  auto tree = verity::build_tree_mem(p, new_img.first(p.data_blocks * p.data_block_size), in.threads);
+  if (!tree.ok()) return Invalid(where(tree.status().message()));
+  v.root = tree->root;
+  if (!o.verity_root.empty() && o.verity_root != v.root)
+    return Invalid(where(fmt::format("data gives root hash {}, not the expected {}", hex(v.root), hex(o.verity_root))));
+  // The record through the loader's own checks, then the region it implies
+  // against NEW's bytes.
+  V1Index probe;
+  probe.h.block_bits = static_cast<uint8_t>(__builtin_ctzll(bs));
+  probe.h.image_blocks = in.blocks;
+  probe.h.verity_size = kV1VerityRecordSize;
+  auto rec = encode_v1_verity(v);
+  if (Status s = parse_v1_verity(probe, rec); !s.ok()) return Invalid(where(s.message()));
+  UDM_ASSIGN_OR_RETURN(auto region, v1_verity_region(probe, tree->blocks));
+  const uint8_t* have = new_img.data() + off;
+  for (uint64_t i = 0; i < region.size(); i++)
+    if (have[i] != region[i])
+      return Invalid(where(fmt::format(
+          "differs at byte {} from the hash area udm regenerates from the data (superblock, tree, zeroes to the block's "
+          "end): not a veritysetup tree of this data, or other bytes share its last block",
+          off + i)));
+  in.gen_first = off / bs;
+  in.gen_end = in.gen_first + v.region_blocks;
+  return std::vector<uint8_t>(rec.begin(), rec.end());
+}
+
 // Every phase but the writing: the diff's bytes in memory, checked by the
 // loader. `old_name`/`new_name` name the images in messages.
 Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t> new_img, const std::string& old_name,
@@ -87,8 +150,13 @@ Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t>
   if (span >= (1ull << 31) || span > kV1MaxImageBlocks)
     return Invalid(fmt::format("image of {} blocks: update-diff handles fewer than 2^31 blocks", span));
   if (!o.progress) Progress::force_enable(false);
-  const Input in{o, old_img.data(), new_img.data(), bs, size, old_size, blocks, old_blocks, span,
-                 std::max(1u, o.threads), o.level ? o.level : 19, std::vector<uint8_t>(bs, 0)};
+  Input in{o, old_img.data(), new_img.data(), bs, size, old_size, blocks, old_blocks, span,
+           std::max(1u, o.threads), o.level ? o.level : 19, std::vector<uint8_t>(bs, 0)};
+  std::vector<uint8_t> verity_record;
+  if (o.verity_hash_offset != UINT64_MAX) {
+    UDM_ASSIGN_OR_RETURN(verity_record, plan_verity(new_img, new_name, o, in));
+    st.verity_blocks = in.gen_end - in.gen_first;
+  }
   st.image_bytes = size;
   st.blocks = blocks;
   st.old_blocks = old_blocks;
@@ -114,6 +182,12 @@ Result<Encoded> build(std::span<const uint8_t> old_img, std::span<const uint8_t>
     UDM_TRY(order_ops(in, ix, plan, st, false));
   }
   UDM_ASSIGN_OR_RETURN(Encoded e, encode(in, ix, plan, st));
+  if (!verity_record.empty()) {
+    e.h.verity_offset = e.h.data_offset + e.h.data_size;
+    e.h.verity_size = kV1VerityRecordSize;
+    e.header = encode_v1_header(e.h);
+    e.verity = std::move(verity_record);
+  }
   UDM_TRY(check_loads(e));
   return e;
 }

@@ -46,7 +46,7 @@ void index_old(const Input& in, OldIndex& ix) {
     });
     parallel_for(span, threads, [&](size_t b) {
       if (b < old_blocks) oh[b] = XXH3_64bits(OLD + b * bs, bs);
-      if (b < blocks) changed[b] = b >= old_blocks || std::memcmp(OLD + b * bs, NEW + b * bs, bs) != 0;
+      if (b < blocks) changed[b] = !in.generated(b) && (b >= old_blocks || std::memcmp(OLD + b * bs, NEW + b * bs, bs) != 0);
       if ((b & 255) == 0) prog.add(std::min<uint64_t>(256, span - b));
     });
     sh.join();

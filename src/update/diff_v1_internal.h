@@ -103,6 +103,10 @@ struct Input {
   unsigned threads;
   int level;
   std::vector<uint8_t> zero;  // one block of zeroes
+  // New blocks [gen_first, gen_end) get no operation: the device regenerates
+  // them (a verity hash area, flag VERITY_TREE).
+  uint64_t gen_first = 0, gen_end = 0;
+  bool generated(uint64_t b) const { return b >= gen_first && b < gen_end; }
 };
 
 // Phase "index old".
@@ -132,7 +136,8 @@ struct Encoded {
   std::vector<uint8_t> cmeta;                // compressed metadata
   std::vector<std::vector<uint8_t>> chunks;  // REPLACE chunks, then XOR chunks
   std::vector<std::vector<uint8_t>> frames;  // DELTA frames
-  uint64_t file_size() const { return h.data_offset + h.data_size; }
+  std::vector<uint8_t> verity;               // the VERITY_TREE record (empty without)
+  uint64_t file_size() const { return h.data_offset + h.data_size + verity.size(); }
 };
 
 // The old block that resembles a changed block, found by "match" for

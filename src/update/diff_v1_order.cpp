@@ -98,7 +98,7 @@ Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& s
     }
     // Only blocks both images have (an unchanged block lies in both).
     for (uint64_t b = std::min(blocks, old_blocks); b-- > 0;)
-      if (!changed[b] && !read[b] && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
+      if (!changed[b] && !read[b] && !in.generated(b) && std::memcmp(OLD + b * bs, zero.data(), bs) == 0) spare_zero.push_back(b);
   }
   std::reverse(spare_zero.begin(), spare_zero.end());
   bool released = false;

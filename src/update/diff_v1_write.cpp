@@ -12,7 +12,7 @@ namespace udm::update::v1gen {
 Status check_loads(const Encoded& e) {
   if (Status v = v1_validate_header(e.h); !v.ok())
     return Invalid(fmt::format("update-diff: this update exceeds a limit of format v1 ({}); nothing written", v.message()));
-  auto check = load_v1_head(e.header, e.cmeta, e.file_size());
+  auto check = load_v1_head(e.header, e.cmeta, e.file_size(), e.verity);
   if (!check.ok())
     return IoError(fmt::format("update-diff: internal error: the diff would not load ({}); nothing written",
                                check.status().message()));
@@ -27,6 +27,7 @@ Result<uint64_t> write_encoded(const Encoded& e, GrowFile& f) {
   UDM_TRY(out.append(e.cmeta));
   for (auto& c : e.chunks) UDM_TRY(out.append(c));
   for (auto& fr : e.frames) UDM_TRY(out.append(fr));
+  if (!e.verity.empty()) UDM_TRY(out.append(e.verity));
   UDM_TRY(out.finish(e.header));
   return out.pos();
 }

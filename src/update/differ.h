@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "device/block_device.h"
 #include "io/grow_file.h"
@@ -60,6 +61,11 @@ struct DiffV1Options {
   uint32_t delta_group = 16;   // DELTA blocks compressed together in one frame (1..32)
   bool zero_parking = true;    // SAVE may park a block in zero free space (restored by a ZERO operation)
   bool chunk_refs = true;      // REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS)
+  // NEW carries a dm-verity superblock and tree at this byte offset
+  // (veritysetup --hash-offset): the diff leaves the hash area out and
+  // records how the device regenerates it (flag VERITY_TREE). UINT64_MAX: no.
+  uint64_t verity_hash_offset = UINT64_MAX;
+  std::vector<uint8_t> verity_root;  // if set: the root the regenerated tree must have (the signed one)
 };
 
 struct DiffV1Stats {
@@ -75,6 +81,7 @@ struct DiffV1Stats {
   uint64_t stash_ops = 0;  // DELTA/XOR operations that read their own block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
   uint64_t chunk_ref_blocks = 0;  // reference blocks listed by REPLACE chunks (all chunks)
+  uint64_t verity_blocks = 0;     // blocks of the hash area the device regenerates (flag VERITY_TREE)
   double seconds = 0;
 };
 

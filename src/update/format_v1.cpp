@@ -56,12 +56,17 @@ struct Reader {
 // CRC-32 as zlib computes it (util/crc.h).
 uint32_t crc(const uint8_t* p, size_t n) { return crc32_ieee(0, p, n); }
 // The header CRC covers bytes 0..155 and, with the old-size flag, continues
-// over old_blocks (bytes 160..167).
+// over old_blocks (bytes 160..167), then with the verity flag over the
+// record's place and size (bytes 168..179).
 uint32_t header_crc(const uint8_t* b) {
   uint32_t c = crc32_ieee(0, b, kCrcEnd);
   if (le16(b + 10) & kV1FlagOldBlocks) c = crc32_ieee(c, b + kV1OldBlocksOffset, 8);
+  if (le16(b + 10) & kV1FlagVerity) c = crc32_ieee(c, b + kV1VerityFieldOffset, 12);
   return c;
 }
+constexpr char kVerityMagic[8] = {'u', 'd', 'm', 'v', 'r', 't', 'y', 0};
+constexpr uint32_t kVerityRecordVersion = 1;
+constexpr size_t kVerityRootMax = 64;
 }  // namespace
 
 std::string hex(std::span<const uint8_t> b) {
@@ -76,7 +81,8 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   b[8] = kVersion1;
   b[9] = h.block_bits;
   const bool own_old = h.old_blocks != 0 && h.old_blocks != h.image_blocks;
-  put_le16(&b[10], static_cast<uint16_t>((own_old ? kV1FlagOldBlocks : 0) | (h.chunk_refs ? kV1FlagChunkRefs : 0)));
+  put_le16(&b[10], static_cast<uint16_t>((own_old ? kV1FlagOldBlocks : 0) | (h.chunk_refs ? kV1FlagChunkRefs : 0) |
+                                         (h.verity_size ? kV1FlagVerity : 0)));
   put_le32(&b[12], h.chunk_blocks);
   std::memcpy(&b[16], h.compression.data(), std::min<size_t>(h.compression.size(), 15));
   put_le64(&b[32], h.image_blocks);
@@ -90,6 +96,10 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   std::memcpy(&b[120], h.new_sha256.data(), 32);
   put_le32(&b[152], h.stash_blocks);
   if (own_old) put_le64(&b[kV1OldBlocksOffset], h.old_blocks);
+  if (h.verity_size) {
+    put_le64(&b[kV1VerityFieldOffset], h.verity_offset);
+    put_le32(&b[kV1VerityFieldOffset + 8], h.verity_size);
+  }
   put_le32(&b[kCrcEnd], header_crc(b.data()));
   put_le32(&b[kV1CkptOffset], h.ckpt_state ? kV1CkptTag : 0);
   put_le32(&b[kV1CkptOffset + 4], h.ckpt_state);
@@ -133,6 +143,12 @@ Status v1_validate_header(const V1Header& h) {
     return Corrupt(fmt::format("v1 header data_offset: {} (must follow the metadata at {})", h.data_offset,
                                h.meta_offset + h.meta_size));
   if (h.data_size > kV1MaxDataSize) return Corrupt(fmt::format("v1 header data_size: {}", h.data_size));
+  if (h.verity_size && h.verity_size != kV1VerityRecordSize)
+    return Corrupt(fmt::format("v1 header verity_size: {} (the record is {} bytes)", h.verity_size, kV1VerityRecordSize));
+  if (h.verity_size && h.verity_offset != h.data_offset + h.data_size)
+    return Corrupt(fmt::format("v1 header verity_offset: {} (the record follows the data at {})", h.verity_offset,
+                               h.data_offset + h.data_size));
+  if (!h.verity_size && h.verity_offset) return Corrupt("v1 header verity_offset: set without a verity record");
   return Status::Ok();
 }
 
@@ -147,8 +163,8 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   h.block_bits = b[9];
   const uint16_t flags = le16(&b[10]);
   if (flags & ~kV1KnownFlags)
-    return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, and bit 1, REPLACE chunk "
-                               "references, are defined)", flags));
+    return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, bit 1, REPLACE chunk "
+                               "references, and bit 2, a regenerated verity tree, are defined)", flags));
   h.chunk_refs = (flags & kV1FlagChunkRefs) != 0;
   h.chunk_blocks = le32(&b[12]);
   h.image_blocks = le64(&b[32]);
@@ -174,6 +190,14 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
     reserved_from = kV1OldBlocksOffset + 8;
   } else {
     h.old_blocks = h.image_blocks;
+  }
+  if (flags & kV1FlagVerity) {
+    for (size_t i = reserved_from; i < kV1VerityFieldOffset; i++)
+      if (b[i]) return Corrupt(fmt::format("v1 header reserved byte {}: not zero", i));
+    h.verity_offset = le64(&b[kV1VerityFieldOffset]);
+    h.verity_size = le32(&b[kV1VerityFieldOffset + 8]);
+    if (h.verity_size == 0) return Corrupt("v1 header verity_size: 0 with the verity flag set");
+    reserved_from = kV1VerityFieldOffset + 12;
   }
   for (size_t i = reserved_from; i < kV1CkptOffset; i++)
     if (b[i]) return Corrupt(fmt::format("v1 header reserved byte {}: not zero", i));
@@ -289,7 +313,114 @@ Result<V1Index> parse_v1_header(std::span<const uint8_t> header, uint64_t file_s
   if (h.data_offset > idx.file_size || h.data_size > idx.file_size - h.data_offset)
     return Corrupt(fmt::format("v1 header data_offset/data_size: [{}, +{}) is outside the {}-byte file", h.data_offset,
                                h.data_size, idx.file_size));
+  if (h.verity_size && (h.verity_offset > idx.file_size || h.verity_size > idx.file_size - h.verity_offset))
+    return Corrupt(fmt::format("v1 header verity_offset/verity_size: [{}, +{}) is outside the {}-byte file",
+                               h.verity_offset, h.verity_size, idx.file_size));
   return idx;
+}
+
+Result<uint64_t> v1_verity_region_blocks(const verity::Params& p, uint64_t hash_offset, bool superblock,
+                                         uint32_t block_size) {
+  UDM_ASSIGN_OR_RETURN(verity::Geometry g, verity::compute_geometry(p));
+  const uint64_t end = g.end_block();
+  if (end > UINT64_MAX / p.hash_block_size) return Corrupt("verity tree end overflows");
+  const uint64_t end_bytes = std::max(end * p.hash_block_size, hash_offset + (superblock ? verity::kSuperblockSize : 0));
+  if (end_bytes <= hash_offset) return Corrupt("verity hash area is empty");
+  return (end_bytes - hash_offset + block_size - 1) / block_size;
+}
+
+std::array<uint8_t, kV1VerityRecordSize> encode_v1_verity(const V1Verity& v) {
+  std::array<uint8_t, kV1VerityRecordSize> b{};
+  std::memcpy(b.data(), kVerityMagic, 8);
+  put_le32(&b[8], kVerityRecordVersion);
+  put_le32(&b[12], v.superblock ? 1 : 0);
+  put_le64(&b[16], v.hash_offset);
+  put_le64(&b[24], v.region_blocks);
+  put_le32(&b[32], static_cast<uint32_t>(v.root.size()));
+  auto sb = verity::encode_superblock(v.sb);
+  std::memcpy(&b[64], sb.data(), sb.size());
+  std::memcpy(&b[576], v.root.data(), std::min(v.root.size(), kVerityRootMax));
+  put_le32(&b[kV1VerityRecordSize - 4], crc(b.data(), kV1VerityRecordSize - 4));
+  return b;
+}
+
+Status parse_v1_verity(V1Index& idx, std::span<const uint8_t> b) {
+  const V1Header& h = idx.h;
+  if (!h.verity_size) return Status::Ok();
+  if (b.size() != kV1VerityRecordSize)
+    return Corrupt(fmt::format("v1 verity record: {} bytes, want {}", b.size(), kV1VerityRecordSize));
+  if (std::memcmp(b.data(), kVerityMagic, 8) != 0) return Corrupt("v1 verity record magic: not \"udmvrty\"");
+  if (le32(&b[kV1VerityRecordSize - 4]) != crc(b.data(), kV1VerityRecordSize - 4))
+    return Corrupt("v1 verity record checksum: the CRC-32 at byte 1020 does not match");
+  if (le32(&b[8]) != kVerityRecordVersion) return Corrupt(fmt::format("v1 verity record version: {}", le32(&b[8])));
+  const uint32_t flags = le32(&b[12]);
+  if (flags & ~1u) return Corrupt(fmt::format("v1 verity record flags: {:#x} (only bit 0, superblock, is defined)", flags));
+  V1Verity v;
+  v.superblock = flags & 1;
+  v.hash_offset = le64(&b[16]);
+  v.region_blocks = le64(&b[24]);
+  const uint32_t root_size = le32(&b[32]);
+  for (size_t i = 36; i < 64; i++)
+    if (b[i]) return Corrupt(fmt::format("v1 verity record reserved byte {}: not zero", i));
+  for (size_t i = 640; i < kV1VerityRecordSize - 4; i++)
+    if (b[i]) return Corrupt(fmt::format("v1 verity record reserved byte {}: not zero", i));
+  auto sb = verity::decode_superblock(b.subspan(64, verity::kSuperblockSize));
+  if (!sb.ok()) return Corrupt("v1 verity record superblock: " + sb.status().message());
+  v.sb = *sb;
+  const uint64_t bs = idx.block_size();
+  if (v.hash_offset % bs)
+    return Corrupt(fmt::format("v1 verity record hash_offset: {} is not a multiple of the diff's block size {}",
+                               v.hash_offset, bs));
+  v.params.hash_type = v.sb.hash_type;
+  v.params.algorithm = v.sb.algorithm;
+  v.params.data_block_size = v.sb.data_block_size;
+  v.params.hash_block_size = v.sb.hash_block_size;
+  v.params.data_blocks = v.sb.data_blocks;
+  v.params.salt = v.sb.salt;
+  auto hs = verity::hash_start_for_offset(v.hash_offset, v.sb.hash_block_size, v.superblock);
+  if (!hs.ok()) return Corrupt("v1 verity record hash_offset: " + hs.status().message());
+  v.params.hash_start = *hs;
+  auto g = verity::compute_geometry(v.params);
+  if (!g.ok()) return Corrupt("v1 verity record: " + g.status().message());
+  if (root_size != g->digest_size || root_size > kVerityRootMax)
+    return Corrupt(fmt::format("v1 verity record root_size: {} ({} digests are {} bytes)", root_size, v.params.algorithm,
+                               g->digest_size));
+  for (size_t i = 576 + root_size; i < 640; i++)
+    if (b[i]) return Corrupt(fmt::format("v1 verity record root: byte {} after the digest is not zero", i));
+  v.root.assign(b.begin() + 576, b.begin() + 576 + root_size);
+  UDM_ASSIGN_OR_RETURN(uint64_t want, v1_verity_region_blocks(v.params, v.hash_offset, v.superblock, idx.block_size()));
+  if (v.region_blocks != want)
+    return Corrupt(fmt::format("v1 verity record region_blocks: {} (the hash area at {} with these parameters covers {})",
+                               v.region_blocks, v.hash_offset, want));
+  const uint64_t first = v.hash_offset / bs;
+  if (first > h.image_blocks || v.region_blocks > h.image_blocks - first)
+    return Corrupt(fmt::format("v1 verity record: the hash area (blocks [{}, +{})) runs past the new image ({} blocks)",
+                               first, v.region_blocks, h.image_blocks));
+  if (v.sb.data_blocks > v.hash_offset / v.sb.data_block_size)
+    return Corrupt(fmt::format("v1 verity record: {} data blocks of {} bytes overlap the hash area at byte {}",
+                               v.sb.data_blocks, v.sb.data_block_size, v.hash_offset));
+  idx.region_first = first;
+  idx.region_end = first + v.region_blocks;
+  idx.verity = std::move(v);
+  return Status::Ok();
+}
+
+Result<std::vector<uint8_t>> v1_verity_region(const V1Index& idx, std::span<const uint8_t> tree) {
+  if (!idx.verity) return Invalid("v1 diff has no verity record");
+  const V1Verity& v = *idx.verity;
+  UDM_ASSIGN_OR_RETURN(verity::Geometry g, verity::compute_geometry(v.params));
+  const uint64_t hbs = v.params.hash_block_size;
+  if (tree.size() != g.tree_blocks * hbs)
+    return Invalid(fmt::format("verity tree of {} bytes, want {}", tree.size(), g.tree_blocks * hbs));
+  std::vector<uint8_t> out(idx.region_blocks() * idx.block_size(), 0);
+  if (v.superblock) {
+    auto sb = verity::encode_superblock(v.sb);
+    std::memcpy(out.data(), sb.data(), sb.size());
+  }
+  const uint64_t at = v.params.hash_start * hbs - v.hash_offset;
+  if (at > out.size() || tree.size() > out.size() - at) return Invalid("verity tree does not fit its region");
+  if (!tree.empty()) std::memcpy(out.data() + at, tree.data(), tree.size());
+  return out;
 }
 
 Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
@@ -369,6 +500,9 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
       return Corrupt(fmt::format("v1 operation {}: destination {} is outside the image ({} blocks)", i, dest, h.image_blocks));
     op.dest = static_cast<uint64_t>(dest);
     prev_dest = dest;
+    if (idx.generated(op.dest))
+      return Corrupt(fmt::format("v1 operation {}: writes block {} inside the regenerated verity area [{}, {})", i,
+                                 op.dest, idx.region_first, idx.region_end));
     if (op.type == OpType::Copy || op.type == OpType::Save) {
       int64_t d = wadd(prev_delta, unzz(r.varint()));
       int64_t src = wadd(dest, d);
@@ -460,10 +594,16 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
     // The new image's blocks past the old image's end hold whatever the
     // system device had there: each must get its content from the diff.
     auto first_new = std::lower_bound(idx.by_dest.begin(), idx.by_dest.end(), std::pair<uint64_t, uint32_t>{old_blocks, 0});
+    // (The regenerated verity area is the device's own to write.)
     uint64_t have = static_cast<uint64_t>(idx.by_dest.end() - first_new);
-    if (have != h.image_blocks - old_blocks) {
+    const uint64_t gen = idx.region_end > old_blocks ? idx.region_end - std::max(old_blocks, idx.region_first) : 0;
+    if (have + gen != h.image_blocks - old_blocks) {
       uint64_t b = old_blocks;
-      for (auto it = first_new; it != idx.by_dest.end() && it->first == b; ++it) b++;
+      for (auto it = first_new; b < h.image_blocks; b++) {
+        if (idx.generated(b)) continue;
+        if (it == idx.by_dest.end() || it->first != b) break;
+        ++it;
+      }
       return Corrupt(fmt::format("v1 operations: block {} lies past the old image's end ({} blocks) and has no operation",
                                  b, old_blocks));
     }
@@ -535,14 +675,17 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
 }
 
 
-Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const uint8_t> cmeta, uint64_t file_size) {
+Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const uint8_t> cmeta, uint64_t file_size,
+                             std::span<const uint8_t> verity_record) {
   UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(header, file_size));
+  UDM_TRY(parse_v1_verity(idx, verity_record));
   UDM_TRY(parse_v1_meta(idx, cmeta));
   return idx;
 }
 
 Result<V1Index> load_v1_bytes(std::span<const uint8_t> file) {
   UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(file.first(std::min(file.size(), kV1HeaderSize)), file.size()));
+  if (idx.h.verity_size) UDM_TRY(parse_v1_verity(idx, file.subspan(idx.h.verity_offset, idx.h.verity_size)));
   UDM_TRY(parse_v1_meta(idx, file.subspan(idx.h.meta_offset, idx.h.meta_size)));
   return idx;
 }

@@ -9,6 +9,9 @@
 //                   blocks taken in destination order), then the DELTA frames
 //                   (magicless zstd, 1..32 blocks each, compressed with their
 //                   reference blocks of the OLD image as a prefix)
+//   [verity_offset) only with flag VERITY_TREE: the 1024-byte record of a
+//                   dm-verity tree the device regenerates from the new
+//                   image's data instead of reading it from the diff
 //
 // Operations, one per changed destination block:
 //   ZERO           the block becomes zeroes
@@ -36,12 +39,14 @@
 #pragma once
 
 #include <array>
+#include <optional>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "util/status.h"
+#include "verity/format.h"
 
 namespace udm::update {
 
@@ -58,7 +63,16 @@ constexpr size_t kV1OldBlocksOffset = 160;
 // blocks (after its length in the metadata), decoded as its zstd prefix.
 // Without it (every diff written before) REPLACE chunks stand alone.
 constexpr uint16_t kV1FlagChunkRefs = 2;
-constexpr uint16_t kV1KnownFlags = kV1FlagOldBlocks | kV1FlagChunkRefs;
+// Header flag bit 2: VERITY_TREE. The new image carries a dm-verity hash
+// area (veritysetup's same-device layout: data, then superblock and tree at
+// a hash offset); the diff holds no operation for its blocks but a record
+// (verity_offset u64 at byte 168, verity_size u32 at 176, both covered by
+// the header CRC) from which the device regenerates it, checked against the
+// root the record names.
+constexpr uint16_t kV1FlagVerity = 4;
+constexpr uint16_t kV1KnownFlags = kV1FlagOldBlocks | kV1FlagChunkRefs | kV1FlagVerity;
+constexpr size_t kV1VerityFieldOffset = 168;
+constexpr uint32_t kV1VerityRecordSize = 1024;
 
 // ---- Limits of format v1 ---------------------------------------------------
 // The ONE place for them: the loader (load_v1, v1_validate_header) refuses
@@ -146,6 +160,38 @@ struct V1Header {
   uint64_t ckpt_stash_op = 0;   // done+1 if the stash holds operation `done`'s new block
   uint32_t ckpt_stash_crc = 0;  // CRC-32 of the stashed block
   uint32_t stash_blocks = 0;    // 1: a block-sized stash follows the header
+  // flag VERITY_TREE: the record's place (data_offset + data_size) and size
+  // (kV1VerityRecordSize); both 0 without the flag.
+  uint64_t verity_offset = 0;
+  uint32_t verity_size = 0;
+};
+
+// The record of flag VERITY_TREE (docs/update-format.md "Regenerated verity
+// tree"). Little-endian:
+//   0   magic[8]        "udmvrty\0"
+//   8   version u32     1
+//   12  flags u32       bit 0 = SUPERBLOCK: the hash area starts with
+//                       veritysetup's 512-byte superblock
+//   16  hash_offset u64 byte offset of the hash area in the new image (a
+//                       multiple of the diff's block size)
+//   24  region_blocks u64  diff blocks the device generates from hash_offset
+//                       (the hash area up to the tree's end, rounded up to
+//                       a diff block; bytes after the tree are zero)
+//   32  root_size u32   digest bytes of the root
+//   36..63              zero
+//   64  superblock[512] the tree's parameters in veritysetup's superblock
+//                       encoding (also when the image has none)
+//   576 root[64]        the root digest, zero-padded
+//   640..1019           zero
+//   1020 crc u32        CRC-32 of bytes 0..1019
+struct V1Verity {
+  uint64_t hash_offset = 0;
+  bool superblock = true;
+  verity::Superblock sb;
+  std::vector<uint8_t> root;
+  uint64_t region_blocks = 0;
+  // Derived on parse: the tree's Params (hash_start from hash_offset).
+  verity::Params params;
 };
 
 struct V1Op {
@@ -177,6 +223,11 @@ struct V1Index {
   std::vector<int64_t> last_reader;
   uint64_t n_replace = 0;  // REPLACE operations (blocks in the chunks)
   uint64_t n_xor = 0;      // XOR operations (blocks in the XOR chunks)
+  // Flag VERITY_TREE: the regenerated hash area, blocks [region_first, region_end).
+  std::optional<V1Verity> verity;
+  uint64_t region_first = 0, region_end = 0;
+  bool generated(uint64_t block) const { return block >= region_first && block < region_end; }
+  uint64_t region_blocks() const { return region_end - region_first; }
 
   uint32_t block_size() const { return 1u << h.block_bits; }
   uint64_t old_blocks() const { return h.old_blocks ? h.old_blocks : h.image_blocks; }
@@ -209,11 +260,27 @@ Result<V1Index> parse_v1_header(std::span<const uint8_t> header, uint64_t file_s
 // decompressed, every operation, count, source, frame and the order checked
 // (docs/update-format.md "What a reader checks"). Errors name the field.
 Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> compressed_meta);
+// The VERITY_TREE record (h.verity_size bytes at h.verity_offset), parsed
+// and checked against the header: every field, the superblock as
+// veritysetup checks it, the tree's geometry, the hash area inside the new
+// image and after the data it covers. Sets idx.verity and the region; call
+// before parse_v1_meta (which refuses operations inside the region).
+Status parse_v1_verity(V1Index& idx, std::span<const uint8_t> record);
+std::array<uint8_t, kV1VerityRecordSize> encode_v1_verity(const V1Verity& v);
+// The regenerated region's bytes (region_blocks diff blocks): the
+// superblock if any, zeroes up to the tree, the tree, zeroes to the end.
+// `tree`: the tree blocks in on-disk order (verity::Tree::blocks).
+Result<std::vector<uint8_t>> v1_verity_region(const V1Index& idx, std::span<const uint8_t> tree);
+// The region's size in diff blocks for a hash area at hash_offset with these
+// parameters (what the record must say).
+Result<uint64_t> v1_verity_region_blocks(const verity::Params& p, uint64_t hash_offset, bool superblock,
+                                         uint32_t block_size);
+
 // A whole diff in memory (fuzzers, tests, the generator's check of its own
 // header and metadata: the payload need not be there, only the size).
 Result<V1Index> load_v1_bytes(std::span<const uint8_t> file);
 Result<V1Index> load_v1_head(std::span<const uint8_t> header, std::span<const uint8_t> compressed_meta,
-                             uint64_t file_size);
+                             uint64_t file_size, std::span<const uint8_t> verity_record = {});
 
 // Blocks in REPLACE chunk ci (or XOR chunk ci with xor_chunk).
 uint64_t v1_chunk_blocks(const V1Index& idx, size_t ci, bool xor_chunk);

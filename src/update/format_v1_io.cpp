@@ -15,10 +15,26 @@ Result<V1Index> load_v1(BlockDevice& dev) {
   std::vector<uint8_t> hb(std::min<uint64_t>(size, kV1HeaderSize));
   if (size >= kV1HeaderSize) UDM_TRY(dev.read(0, hb));
   UDM_ASSIGN_OR_RETURN(V1Index idx, parse_v1_header(hb, size));
+  if (idx.h.verity_size) {
+    std::vector<uint8_t> rec(idx.h.verity_size);
+    UDM_TRY(dev.read(idx.h.verity_offset, rec));
+    UDM_TRY(parse_v1_verity(idx, rec));
+  }
   std::vector<uint8_t> cmeta(idx.h.meta_size);
   UDM_TRY(dev.read(idx.h.meta_offset, cmeta));
   UDM_TRY(parse_v1_meta(idx, cmeta));
   return idx;
+}
+
+Result<std::vector<uint8_t>> v1_regenerate_verity(const V1Index& idx, BlockDevice& new_image, unsigned threads) {
+  if (!idx.verity) return Invalid("v1 diff has no verity record");
+  const V1Verity& v = *idx.verity;
+  UDM_ASSIGN_OR_RETURN(verity::Tree t, verity::build_tree(v.params, new_image, threads));
+  if (t.root != v.root)
+    return Corrupt(fmt::format("the verity tree regenerated from the new image's {} data blocks has root {}, the diff's "
+                               "record says {}: the new image is not the one the diff was made from",
+                               v.params.data_blocks, hex(t.root), hex(v.root)));
+  return v1_verity_region(idx, t.blocks);
 }
 
 Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk,

@@ -46,6 +46,13 @@ Status v1_finish_logged_batch(BlockDevice& diff, BlockDevice& sys, V1Index& idx)
 // True (and the block in out) if the checkpoint holds a valid stash for op ckpt_done.
 Result<bool> v1_read_stash(BlockDevice& diff, const V1Index& idx, std::span<uint8_t> out);
 
+// Flag VERITY_TREE: the tree regenerated from the new image's data blocks,
+// read from `new_image` (the update device itself, or the system device
+// once every operation is applied), its root checked against the record's
+// (a mismatch is an error naming both roots); the region's bytes
+// (v1_verity_region). Reads data blocks only, never the region.
+Result<std::vector<uint8_t>> v1_regenerate_verity(const V1Index& idx, BlockDevice& new_image, unsigned threads = 2);
+
 // SHA-256 of the first `bytes` bytes of a device.
 Result<std::array<uint8_t, 32>> sha256_device(BlockDevice& d, uint64_t bytes);
 

@@ -50,8 +50,27 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     started_ = idx_.h.ckpt_state == 1;
     durable_has_stash_ = !stash_.empty();
     stash_op_ = stash_.empty() ? UINT64_MAX : done_.load();
-    job_.set_total(idx_.ops.size(), idx_.ops.size() * idx_.block_size());
+    // A regenerated verity area counts one unit per block, written after
+    // the last operation.
+    const uint64_t units = idx_.ops.size() + idx_.region_blocks();
+    job_.set_total(units, units * idx_.block_size());
     job_.set_done(done_, done_ * idx_.block_size());
+  }
+
+  // Flag VERITY_TREE: regenerate the hash area from the new image's data
+  // as this device reads it, and check its root against the diff's record,
+  // before the device goes live. With every operation applied, whether the
+  // system device already holds it (a copy-back that ended, or a power cut
+  // while the area was written).
+  Status prepare_verity() {
+    if (!idx_.verity) return Status::Ok();
+    UDM_ASSIGN_OR_RETURN(region_, v1_regenerate_verity(idx_, *this));
+    if (done_ >= idx_.ops.size()) {
+      std::vector<uint8_t> have(region_.size());
+      UDM_TRY(sys_->read(idx_.region_first * idx_.block_size(), have));
+      if (have == region_) mark_region_written();
+    }
+    return Status::Ok();
   }
   ~UpdateTargetV1() override {
     stop_copy();
@@ -66,10 +85,12 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     c.physical_block = std::max<uint32_t>(4096, idx_.block_size());
     return c;
   }
-  std::string status() const override { return fmt::format("{} {}", done_.load(), idx_.ops.size()); }
+  std::string status() const override {
+    return fmt::format("{} {}", done_.load() + region_done_.load(), idx_.ops.size() + idx_.region_blocks());
+  }
   void presuspend() override { stop_copy(); }
   void resume() override {
-    if (bg_ && done_ < idx_.ops.size()) start_copy();
+    if (bg_ && (done_ < idx_.ops.size() || region_done_ < idx_.region_blocks())) start_copy();
   }
   Result<std::string> message(const std::vector<std::string>& args) override {
     return copy_back_message(job_, bg_, args, [this](const auto& a) { return ReadOnlyTarget::message(a); });
@@ -84,11 +105,18 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     uint64_t pos = off, end = off + buf.size();
     while (pos < end) {
       uint64_t block = pos / bs, in_block = pos - block * bs;
+      if (idx_.generated(block)) {
+        // The regenerated verity area: from memory (the same bytes the
+        // copy-back writes last).
+        if (region_.empty()) return IoError(fmt::format("update: verity area block {} read before it was regenerated", block));
+        uint64_t run_end = std::min(end, idx_.region_end * bs);
+        std::memcpy(buf.data() + (pos - off), region_.data() + (pos - idx_.region_first * bs), run_end - pos);
+        pos = run_end;
+        continue;
+      }
       int64_t e = idx_.find(block);
       if (e < 0) {
-        auto it = std::upper_bound(idx_.by_dest.begin(), idx_.by_dest.end(), block,
-                                   [](uint64_t b, const std::pair<uint64_t, uint32_t>& en) { return b < en.first; });
-        uint64_t run_end = it == idx_.by_dest.end() ? end : std::min(end, it->first * bs);
+        uint64_t run_end = passthrough_end(block, end);
         UDM_TRY(sys_->read(pos, buf.subspan(pos - off, run_end - pos)));
         pos = run_end;
         continue;
@@ -117,11 +145,15 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     uint64_t pos = off, end = off + std::min<uint64_t>(len, uint64_t{1} << 30);
     while (pos < end && out.size() < kMaxAllocRuns) {
       uint64_t block = pos / bs;
+      if (idx_.generated(block)) {
+        uint64_t run_end = std::min(end, idx_.region_end * bs);
+        add_alloc_run(out, run_end - pos, AllocKind::kData);
+        pos = run_end;
+        continue;
+      }
       int64_t e = idx_.find(block);
       if (e < 0) {
-        auto it = std::upper_bound(idx_.by_dest.begin(), idx_.by_dest.end(), block,
-                                   [](uint64_t b, const std::pair<uint64_t, uint32_t>& en) { return b < en.first; });
-        uint64_t run_end = it == idx_.by_dest.end() ? end : std::min(end, it->first * bs);
+        uint64_t run_end = passthrough_end(block, end);
         uint64_t covered = 0;
         UDM_TRY(append_allocation(*sys_, pos, run_end - pos, out, 0, covered));
         pos += covered;
@@ -137,6 +169,40 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   }
 
  private:
+  // End (bytes, at most `end`) of the run from `block` that passes to the
+  // system device: up to the next operation's block or the verity area.
+  uint64_t passthrough_end(uint64_t block, uint64_t end) const {
+    const uint64_t bs = idx_.block_size();
+    auto it = std::upper_bound(idx_.by_dest.begin(), idx_.by_dest.end(), block,
+                               [](uint64_t b, const std::pair<uint64_t, uint32_t>& en) { return b < en.first; });
+    uint64_t run_end = it == idx_.by_dest.end() ? end : std::min(end, it->first * bs);
+    if (idx_.region_end > block && idx_.region_first > block) run_end = std::min(run_end, idx_.region_first * bs);
+    return run_end;
+  }
+  void mark_region_written() {
+    region_done_ = idx_.region_blocks();
+    job_.set_done(idx_.ops.size() + region_done_, (idx_.ops.size() + region_done_) * idx_.block_size());
+  }
+
+  // The regenerated verity area onto the system device, after the last
+  // operation (the old blocks there may have been read until then), in
+  // admitted pieces; then a flush. A power cut before the flush leaves
+  // the record at "all operations done", and the next load writes it again
+  // (prepare_verity). Returns with the area unwritten if stopped.
+  Status write_region(const std::function<void()>& on_pause) {
+    const uint64_t bs = idx_.block_size(), piece_blocks = std::max<uint64_t>(1, (1u << 20) / bs);
+    const uint64_t n = idx_.ops.size();
+    for (uint64_t b = 0; b < idx_.region_blocks(); b += piece_blocks) {
+      const uint64_t k = std::min(piece_blocks, idx_.region_blocks() - b);
+      if (!job_.admit(k * bs, stop_, on_pause)) return Status::Ok();
+      UDM_TRY(sys_->write((idx_.region_first + b) * bs, std::span<const uint8_t>(region_).subspan(b * bs, k * bs)));
+      job_.set_done(n + b + k, (n + b + k) * bs);
+    }
+    UDM_TRY(sys_->flush());
+    mark_region_written();
+    return Status::Ok();
+  }
+
   // New content of operation i (not yet applied) into out.
   Status compute(size_t i, std::span<uint8_t> out) {
     const uint64_t bs = idx_.block_size();
@@ -323,6 +389,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       if (done_ - durable_ >= kPersistEvery) s = checkpoint(done_);
     }
     if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
+    if (s.ok() && !stop_ && done_ == n && !region_.empty() && region_done_ == 0) s = write_region(on_pause);
     if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
     log::debug("update: copy-back thread ends at operation {} of {}: {} logged batches of {} operations, {} checkpoints",
                done_.load(), n, batches_, batched_ops_, checkpoints_);
@@ -341,6 +408,8 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   std::vector<uint8_t> stash_;
   uint64_t stash_op_ = UINT64_MAX;
   std::atomic<uint64_t> done_{0};
+  std::vector<uint8_t> region_;            // flag VERITY_TREE: the regenerated area (prepare_verity)
+  std::atomic<uint64_t> region_done_{0};   // its blocks durable on the system device (0 or all)
   uint64_t durable_ = 0;
   bool started_ = false;
   bool durable_has_stash_ = false;
@@ -401,7 +470,8 @@ Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
       idx->h.ckpt_state = 0;
       idx->h.ckpt_done = 0;
       idx->h.ckpt_stash_op = 0;
-    } else if (idx->h.ckpt_done >= idx->ops.size()) {
+    } else if (idx->h.ckpt_done >= idx->ops.size() && !idx->verity) {
+      // (With a regenerated verity area the check reads the device, below.)
       UDM_ASSIGN_OR_RETURN(auto nh, sha256_device(*sys, img));
       if (nh != idx->h.new_sha256)
         return Invalid(fmt::format("update: diff {} says its copy-back is done, but the system device (sha256 {}) "
@@ -420,8 +490,22 @@ Result<TargetPtr> make_update_target_v1(UpdateDevices d) {
     UDM_ASSIGN_OR_RETURN(bool has, v1_read_stash(*diff, *idx, stash));
     if (!has) stash.clear();
   }
-  return TargetPtr(std::make_shared<UpdateTargetV1>(std::move(sys), std::move(diff), std::move(idx).value(), bg,
-                                                    std::move(stash), policy));
+  const bool finished = idx->h.ckpt_state == 1 && idx->h.ckpt_done >= idx->ops.size() && idx->verity;
+  const auto new_sha = idx->h.new_sha256;
+  auto t = std::make_shared<UpdateTargetV1>(std::move(sys), std::move(diff), std::move(idx).value(), bg,
+                                            std::move(stash), policy);
+  if (Status st = t->prepare_verity(); !st.ok())
+    return st.context(fmt::format("update: diff {}: nothing written", diff_name));
+  if (finished) {
+    // Every operation applied (the verity area maybe not yet): the device
+    // must read as the new image.
+    UDM_ASSIGN_OR_RETURN(auto nh, sha256_device(*t, img));
+    if (nh != new_sha)
+      return Invalid(fmt::format("update: diff {} says its copy-back is done, but the device reads sha256 {}, not the new "
+                                 "image's; nothing written",
+                                 diff_name, hex(nh)));
+  }
+  return TargetPtr(std::move(t));
 }
 
 }  // namespace udm::update

@@ -346,9 +346,9 @@ class SpanDevice : public BlockDevice {
 };
 }  // namespace
 
-Result<Tree> build_tree_mem(const Params& p, std::span<const uint8_t> data) {
+Result<Tree> build_tree_mem(const Params& p, std::span<const uint8_t> data, unsigned threads) {
   SpanDevice d(data);
-  return build_tree(p, d, 1);
+  return build_tree(p, d, threads);
 }
 
 Result<VerifyResult> verify_tree(const Params& p, BlockDevice& data, BlockDevice& hash,

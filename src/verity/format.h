@@ -134,7 +134,7 @@ Result<Tree> build_tree(const Params& p, BlockDevice& data, unsigned threads = 1
                         const std::function<void(uint64_t)>& progress = {});
 
 // The tree over data already in memory (tests, fuzzers).
-Result<Tree> build_tree_mem(const Params& p, std::span<const uint8_t> data);
+Result<Tree> build_tree_mem(const Params& p, std::span<const uint8_t> data, unsigned threads = 1);
 
 // veritysetup verify: rebuilds level by level from the leaves, compares each
 // stored digest and checks that every spare byte (v1 entry padding, block

@@ -370,9 +370,33 @@ Result<Built> zfile(Env& e) {
   return b;
 }
 
+// A verity area (superblock, then the tree of blocks [0, 240)) written over
+// blocks [240, 244) of a contract-size image, veritysetup's same-device
+// layout; returns its byte offset.
+uint64_t put_verity_area(std::vector<uint8_t>& img, uint8_t salt) {
+  const uint64_t data_blocks = 240, off = data_blocks * 4096;
+  verity::Params p;
+  p.data_blocks = data_blocks;
+  p.salt = {salt, 2, 3, 4};
+  p.hash_start = off / 4096 + 1;
+  auto t = verity::build_tree_mem(p, std::span<const uint8_t>(img).first(off));
+  verity::Superblock sb;
+  sb.algorithm = "sha256";
+  sb.data_block_size = sb.hash_block_size = 4096;
+  sb.data_blocks = data_blocks;
+  sb.salt = p.salt;
+  std::fill(img.begin() + off, img.begin() + off + 4 * 4096, 0);
+  auto enc = verity::encode_superblock(sb);
+  std::copy(enc.begin(), enc.end(), img.begin() + off);
+  std::copy(t->blocks.begin(), t->blocks.end(), img.begin() + off + 4096);
+  return off;
+}
+
 // An update device over the old image and a diff (v0 or v1), copy-back
-// running in the background (bg) or not.
-Result<Built> update(Env& e, int version, bool bg) {
+// running in the background (bg) or not; with `verity`, both images carry
+// a verity area (different salts) that the v1 diff leaves to the device
+// to regenerate (flag VERITY_TREE).
+Result<Built> update(Env& e, int version, bool bg, bool verity = false) {
   auto old_img = mixed_image(9);
   auto new_img = old_img;
   std::mt19937_64 rng(10);
@@ -387,6 +411,11 @@ Result<Built> update(Env& e, int version, bool bg) {
       std::copy(old_img.begin() + from * 4096, old_img.begin() + (from + 1) * 4096, new_img.begin() + b * 4096);
     }
   }
+  uint64_t area = UINT64_MAX;
+  if (verity) {
+    put_verity_area(old_img, 1);
+    area = put_verity_area(new_img, 2);
+  }
   std::string op = e.path("old.img"), np = e.path("new.img"), dp = e.path("diff.img");
   udm::test::write_file(op, old_img);
   udm::test::write_file(np, new_img);
@@ -398,6 +427,7 @@ Result<Built> update(Env& e, int version, bool bg) {
     update::DiffV1Options o;
     o.progress = false;
     o.level = 3;
+    o.verity_hash_offset = area;
     UDM_TRY(update::make_diff_v1(op, np, dp, o).status());
   }
   std::string sys = e.backing("sys", old_img);
@@ -487,6 +517,7 @@ const std::vector<Case>& contract_cases() {
       {"update_v0", [](Env& e) { return update(e, 0, false); }},
       {"update_v1", [](Env& e) { return update(e, 1, false); }},
       {"update_v1_copyback", [](Env& e) { return update(e, 1, true); }},
+      {"update_v1_verity_area", [](Env& e) { return update(e, 1, true, true); }},
       {"verity", [](Env& e) { return verity_case(e, false); }},
       {"verity_ignore_zero_blocks", [](Env& e) { return verity_case(e, true); }},
       {"android_cow_v2", [](Env& e) { return android_cow(e, 2, false); }},

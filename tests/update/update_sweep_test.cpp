@@ -208,7 +208,7 @@ TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
 static SweepResult sweep(const std::vector<uint8_t>& old_img, const std::vector<uint8_t>& new_img,
                          const std::string& diff_path, const DiffV1Stats& st, SweepOpts opt = {}) {
   SweepResult r;
-  v1_sweep(old_img, new_img, diff_path, st.ops, 4096, opt, &r);
+  v1_sweep(old_img, new_img, diff_path, st.ops + st.verity_blocks, 4096, opt, &r);
   std::cerr << "sweep: " << r.points << " cut points over " << r.full_writes << " writes, " << r.live_checks
             << " live checks, " << r.resumed_from_record << " resumed from a record (" << r.batch_recoveries
             << " finishing a logged batch), " << r.reads_during << " racing reads\n";
@@ -263,6 +263,30 @@ TEST(UpdateSweep, V1PowerCutThrottledAndPausedMidway) {
   std::cerr << "throttled+paused sweep: " << r.points << " cut points over " << r.full_writes << " writes, "
             << r.pauses << " paused mid-way, " << r.resumed_from_record << " resumed from a record\n";
   EXPECT_GT(r.pauses, 0u);
+}
+
+// A verity area the device regenerates (flag VERITY_TREE, the images' trees
+// with different random salts): written after the last operation, then
+// flushed; a cut anywhere - before the area, in its write, before its flush
+// - leaves a device that reads as the new image, area included, and a
+// partition that ends as the new image (a restart rewrites the area).
+TEST(UpdateSweep, V1VerityRegeneratedPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  auto [o, n] = make_v1_pair(160, 4096, 23);
+  auto vo = with_verity(o, random_bytes(32, 1));
+  auto vn = with_verity(n, random_bytes(32, 2));
+  write_file(tmp.file("o"), vo.img);
+  write_file(tmp.file("n"), vn.img);
+  DiffV1Options opt;
+  opt.progress = false;
+  opt.level = 3;
+  opt.chunk_blocks = 3;
+  opt.verity_hash_offset = vn.hash_offset;
+  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), opt);
+  ASSERT_TRUE(st.ok()) << st.status().to_string();
+  ASSERT_GT(st->verity_blocks, 0u);
+  ASSERT_GT(st->copy, 0u);
+  sweep(vo.img, vn.img, tmp.file("d"), *st);
 }
 
 // Cycles with nowhere to park inside the update (no REPLACE or ZERO

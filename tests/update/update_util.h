@@ -1,5 +1,7 @@
 #pragma once
 
+#include "verity/format.h"
+
 #include <zstd.h>
 
 #include <algorithm>
@@ -334,6 +336,48 @@ inline std::pair<std::vector<uint8_t>, std::vector<uint8_t>> make_save_heavy_pai
   auto novel = random_bytes((blocks - swapped) * bs, seed + 1000);
   std::copy(novel.begin(), novel.end(), new_img.begin() + static_cast<ptrdiff_t>(swapped * bs));
   return {std::move(old_img), std::move(new_img)};
+}
+
+// veritysetup's same-device layout appended to `img` (whose size is a
+// multiple of dbs): the superblock at hash offset img.size() (rounded up to
+// `bs`), the tree from the next hash block, zeroes to a multiple of bs.
+// Built with udm's verity code, which verity_compat_test checks byte for
+// byte against veritysetup.
+struct VerityImage {
+  std::vector<uint8_t> img;
+  std::vector<uint8_t> root;
+  uint64_t hash_offset = 0;
+};
+inline VerityImage with_verity(std::vector<uint8_t> img, const std::vector<uint8_t>& salt, uint32_t hash_type = 1,
+                        const std::string& alg = "sha256", uint32_t dbs = 4096, uint32_t hbs = 4096, uint32_t bs = 4096) {
+  VerityImage v;
+  verity::Params p;
+  p.hash_type = hash_type;
+  p.algorithm = alg;
+  p.data_block_size = dbs;
+  p.hash_block_size = hbs;
+  p.data_blocks = img.size() / dbs;
+  p.salt = salt;
+  v.hash_offset = (img.size() + bs - 1) / bs * bs;
+  p.hash_start = *verity::hash_start_for_offset(v.hash_offset, hbs, true);
+  auto tree = verity::build_tree_mem(p, img);
+  EXPECT_TRUE(tree.ok()) << tree.status().to_string();
+  verity::Superblock sb;
+  sb.hash_type = hash_type;
+  sb.uuid = verity::random_uuid();
+  sb.algorithm = alg;
+  sb.data_block_size = dbs;
+  sb.hash_block_size = hbs;
+  sb.data_blocks = p.data_blocks;
+  sb.salt = salt;
+  img.resize(p.hash_start * hbs + tree->blocks.size(), 0);
+  auto e = verity::encode_superblock(sb);
+  std::copy(e.begin(), e.end(), img.begin() + static_cast<ptrdiff_t>(v.hash_offset));
+  std::copy(tree->blocks.begin(), tree->blocks.end(), img.begin() + static_cast<ptrdiff_t>(p.hash_start * hbs));
+  img.resize((img.size() + bs - 1) / bs * bs, 0);
+  v.img = std::move(img);
+  v.root = tree->root;
+  return v;
 }
 
 }  // namespace udm::test

@@ -30,7 +30,7 @@ struct V1Built {
 };
 
 V1Built build_v1(std::vector<uint8_t> old_img, std::vector<uint8_t> new_img, uint32_t bs, uint32_t chunk_blocks = 4,
-                 int level = 3, bool delta = true) {
+                 int level = 3, bool delta = true, uint64_t verity_at = UINT64_MAX) {
   TempDir t;
   V1Built b;
   b.old_img = std::move(old_img);
@@ -43,6 +43,7 @@ V1Built build_v1(std::vector<uint8_t> old_img, std::vector<uint8_t> new_img, uin
   o.level = level;
   o.progress = false;
   o.delta = delta;
+  o.verity_hash_offset = verity_at;
   auto st = make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), o);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   if (st.ok()) b.stats = *st;
@@ -122,7 +123,8 @@ void check_v1(const V1Built& b, uint32_t bs) {
     ASSERT_TRUE((*t)->read(0, got).ok());
     ASSERT_TRUE(got == b.new_img) << "view != new during copy-back, pass " << pass;
   }
-  std::string total = std::to_string(b.stats.ops);
+  // (A regenerated verity area counts one unit per block, after the operations.)
+  std::string total = std::to_string(b.stats.ops + b.stats.verity_blocks);
   ASSERT_EQ(wait_copied(**t), total + " " + total);
   (*t)->presuspend();
   auto part = sys->contents();
@@ -530,7 +532,7 @@ TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find("old_blocks"), std::string::npos) << r.status().message();
     d = b.diff;
-    put_le16(&d[10], static_cast<uint16_t>(le16(&d[10]) | 4));
+    put_le16(&d[10], static_cast<uint16_t>(le16(&d[10]) | 8));  // bit 3: not defined
     c = crc32(crc32(0, d.data(), 156), d.data() + kV1OldBlocksOffset, 8);
     put_le32(&d[156], static_cast<uint32_t>(c));
     r = load_v1_bytes(d);
@@ -860,4 +862,190 @@ TEST(UpdateV1, LoggedBatchRecordBoundsChecked) {
     ASSERT_FALSE(bad.ok()) << d << ".." << e;
     EXPECT_NE(bad.status().message().find("logged batch"), std::string::npos) << bad.status().to_string();
   }
+}
+
+// ---- Flag VERITY_TREE: a verity hash area regenerated on the device ----
+
+namespace {
+
+std::vector<uint8_t> salt_of(uint64_t seed, size_t n = 32) { return random_bytes(n, seed); }
+
+}  // namespace
+
+// An update whose images carry their trees, each with its own random salt
+// (veritysetup's default, so every hash block differs): the diff leaves the
+// area out (no operation writes it; it is far smaller than carrying it),
+// the device regenerates it, serves the new image byte for byte before and
+// during the copy-back, writes the area last, and the offline apply does too.
+// Geometries: sha256 4096/4096 format 1; sha1 1024/512 format 0 (the tree
+// ends inside a diff block: zero tail); sha512 4096/4096 on 512-byte diff
+// blocks.
+TEST(UpdateV1Verity, RegeneratedTreeRoundTrips) {
+  struct Case {
+    uint32_t hash_type;
+    const char* alg;
+    uint32_t dbs, hbs, bs;
+  };
+  for (const Case& c : {Case{1, "sha256", 4096, 4096, 4096}, Case{0, "sha1", 1024, 512, 4096},
+                        Case{1, "sha512", 4096, 4096, 512}}) {
+    SCOPED_TRACE(fmt::format("{} format {} data {} hash {} diff blocks {}", c.alg, c.hash_type, c.dbs, c.hbs, c.bs));
+    auto [o, n] = make_v1_pair(300, c.bs, 31);
+    auto vo = with_verity(o, salt_of(1), c.hash_type, c.alg, c.dbs, c.hbs, c.bs);
+    auto vn = with_verity(n, salt_of(2), c.hash_type, c.alg, c.dbs, c.hbs, c.bs);
+    ASSERT_EQ(vo.img.size(), vn.img.size());
+    auto carried = build_v1(vo.img, vn.img, c.bs);
+    auto b = build_v1(vo.img, vn.img, c.bs, 4, 3, true, vn.hash_offset);
+    ASSERT_GT(b.stats.verity_blocks, 0u);
+    auto idx = load_v1_bytes(b.diff);
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    ASSERT_TRUE(idx->verity.has_value());
+    EXPECT_EQ(idx->verity->root, vn.root);
+    EXPECT_EQ(idx->region_first, vn.hash_offset / c.bs);
+    EXPECT_EQ(idx->region_end, vn.img.size() / c.bs);
+    for (const auto& op : idx->ops) ASSERT_FALSE(idx->generated(op.dest)) << "operation writes block " << op.dest;
+    EXPECT_LT(b.diff.size(), carried.diff.size()) << "the tree carried costs more than the 1 KiB record";
+    check_v1(b, c.bs);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// The new image gains a tree the old one had not: the area lies past the old
+// image's end (where the system device holds other bytes) and still needs
+// no operation.
+TEST(UpdateV1Verity, AreaPastTheOldImageEnd) {
+  auto [o, n] = make_v1_pair(200, 4096, 32);
+  auto vn = with_verity(n, salt_of(3));
+  ASSERT_GT(vn.img.size(), o.size());
+  auto b = build_v1(o, vn.img, 4096, 4, 3, true, vn.hash_offset);
+  auto idx = load_v1_bytes(b.diff);
+  ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+  EXPECT_EQ(idx->old_blocks(), 200u);
+  EXPECT_EQ(idx->region_first, 200u);
+  check_v1(b, 4096);
+}
+
+// update-diff refuses what it cannot regenerate exactly, naming the cause,
+// and writes nothing.
+TEST(UpdateV1Verity, GeneratorRefusals) {
+  auto [o, n] = make_v1_pair(64, 4096, 33);
+  auto vo = with_verity(o, salt_of(4));
+  auto vn = with_verity(n, salt_of(5));
+  TempDir t;
+  write_file(t.file("old"), vo.img);
+  auto attempt = [&](const std::vector<uint8_t>& nimg, uint64_t at, std::vector<uint8_t> root = {}) {
+    write_file(t.file("new"), nimg);
+    DiffV1Options opt;
+    opt.progress = false;
+    opt.level = 3;
+    opt.verity_hash_offset = at;
+    opt.verity_root = std::move(root);
+    return make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), opt);
+  };
+  auto expect_refused = [&](const Result<DiffV1Stats>& r, const std::string& want) {
+    ASSERT_FALSE(r.ok()) << want;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+    EXPECT_FALSE(std::filesystem::exists(t.file("diff"))) << "nothing written";
+  };
+  ASSERT_TRUE(attempt(vn.img, vn.hash_offset, vn.root).ok());
+  std::filesystem::remove(t.file("diff"));
+  expect_refused(attempt(vn.img, vn.hash_offset, vo.root), "not the expected");
+  expect_refused(attempt(vn.img, vn.hash_offset - 4096), "no usable verity superblock");
+  expect_refused(attempt(vn.img, vn.hash_offset + 1), "multiple of the block size");
+  expect_refused(attempt(vn.img, vn.img.size()), "inside the image");
+  auto bad = vn.img;
+  bad[vn.hash_offset + 4096 + 100] ^= 1;  // one tree byte
+  expect_refused(attempt(bad, vn.hash_offset), "differs at byte");
+  bad = vn.img;
+  bad.back() ^= 1;  // after the tree, in the area's last diff block: must be zero
+  expect_refused(attempt(bad, vn.hash_offset), "differs at byte");
+  bad = vn.img;
+  bad[100] ^= 1;  // data no longer matches the tree
+  expect_refused(attempt(bad, vn.hash_offset), "differs at byte");
+}
+
+// The record's fields: each bad value is refused by the loader, naming it;
+// the header's verity fields too.
+TEST(UpdateV1Verity, CorruptRecordRefused) {
+  auto [o, n] = make_v1_pair(64, 4096, 34);
+  auto vo = with_verity(o, salt_of(6));
+  auto vn = with_verity(n, salt_of(7));
+  auto b = build_v1(vo.img, vn.img, 4096, 4, 3, true, vn.hash_offset);
+  auto idx = load_v1_bytes(b.diff);
+  ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+  const uint64_t at = idx->h.verity_offset;
+  ASSERT_EQ(at + kV1VerityRecordSize, b.diff.size());
+  // Any flipped byte of the record: refused (CRC).
+  for (size_t i = 0; i < kV1VerityRecordSize; i += 7) {
+    auto d = b.diff;
+    d[at + i] ^= 0x20;
+    EXPECT_FALSE(load_v1_bytes(d).ok()) << "flip at record byte " << i;
+  }
+  // Fields re-encoded with a valid CRC.
+  auto with = [&](auto mutate, const char* want) {
+    V1Verity v = *idx->verity;
+    mutate(v);
+    auto rec = encode_v1_verity(v);
+    auto d = b.diff;
+    std::copy(rec.begin(), rec.end(), d.begin() + static_cast<ptrdiff_t>(at));
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok()) << want;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  };
+  with([](V1Verity& v) { v.hash_offset += 512; }, "hash_offset");
+  with([](V1Verity& v) { v.region_blocks += 1; }, "region_blocks");
+  with([](V1Verity& v) { v.root.pop_back(); }, "root_size");
+  with([](V1Verity& v) { v.sb.data_blocks += 64; }, "overlap");  // more data than lies before the area
+  with([](V1Verity& v) { v.hash_offset -= 8192; }, "overlap");
+  with([](V1Verity& v) { v.sb.algorithm = "nosuchhash"; }, "superblock");
+  with([](V1Verity& v) { v.sb.hash_block_size = 3000; }, "superblock");
+  with([](V1Verity& v) { v.hash_offset = 4096 * 1000; }, "past the new image");
+  // The header's fields (re-encoded with a valid CRC).
+  auto hwith = [&](auto mutate, const char* want) {
+    V1Header h = idx->h;
+    mutate(h);
+    auto e = encode_v1_header(h);
+    auto d = b.diff;
+    std::memcpy(d.data(), e.data(), 256);
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok()) << want;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  };
+  hwith([](V1Header& h) { h.verity_size = 512; }, "verity_size");
+  hwith([](V1Header& h) { h.verity_offset -= 1; }, "verity_offset");
+  // Without the record, the area's blocks past the old image would have no operation.
+  {
+    auto d = b.diff;
+    d.resize(d.size() - 1);
+    auto r = load_v1_bytes(d);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("outside"), std::string::npos) << r.status().message();
+  }
+}
+
+// A record whose root does not match what the data gives (a diff made
+// wrong): the target refuses to load, naming both roots, and writes nothing.
+TEST(UpdateV1Verity, TargetRefusesARootTheDataDoesNotGive) {
+  auto [o, n] = make_v1_pair(64, 4096, 35);
+  auto vo = with_verity(o, salt_of(8));
+  auto vn = with_verity(n, salt_of(9));
+  auto b = build_v1(vo.img, vn.img, 4096, 4, 3, true, vn.hash_offset);
+  auto idx = load_v1_bytes(b.diff);
+  ASSERT_TRUE(idx.ok());
+  V1Verity v = *idx->verity;
+  v.root[0] ^= 1;
+  auto rec = encode_v1_verity(v);
+  auto d = b.diff;
+  std::copy(rec.begin(), rec.end(), d.begin() + static_cast<ptrdiff_t>(idx->h.verity_offset));
+  ASSERT_TRUE(load_v1_bytes(d).ok()) << "a well-formed record";
+  const auto sys0 = system_device(b, 4096);
+  MapResolver r;
+  auto sys = std::make_shared<MemoryDevice>(sys0);
+  r.devs["sys"] = sys;
+  r.devs["diff"] = std::make_shared<MemoryDevice>(d);
+  auto t = make_update(r, vn.img.size());
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("the diff's record says " + hex(v.root)), std::string::npos)
+      << t.status().message();
+  EXPECT_NE(t.status().message().find(hex(vn.root)), std::string::npos) << t.status().message();
+  EXPECT_TRUE(sys->contents() == sys0) << "nothing written";
 }

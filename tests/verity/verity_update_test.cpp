@@ -101,36 +101,54 @@ uint64_t read_every_block(MappedDevice& v, const std::vector<uint8_t>& want, uin
   return bad;
 }
 
-std::string root_of(const CmdResult& r) {
+// A field of veritysetup format's output ("Root hash:", "Salt:").
+std::string field_of(const CmdResult& r, const std::string& name) {
   std::istringstream s(r.out);
   std::string line;
   while (std::getline(s, line))
-    if (line.rfind("Root hash:", 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
+    if (line.rfind(name, 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
   return "";
 }
 
-}  // namespace
-
-TEST(VerityUpdate, StackedOverUpdateVerifiesTheNewImageDuringAndAfterCopyBack) {
+// regenerate = false: both images formatted with a stable salt and UUID, the
+// tree carried by the diff as data. regenerate = true: veritysetup's random
+// salt and UUID per image, `update-diff --verity-regenerate OFFSET
+// --verity-root ROOT`: the diff leaves the tree out and the update device
+// regenerates it (flag VERITY_TREE, docs/update-format.md).
+void stacked_over_update(bool regenerate) {
   if (!run({"sh", "-c", "command -v veritysetup"}).ok()) GTEST_SKIP() << "veritysetup not installed";
   const std::string ota = shared_dir() + "/data/ota-small";
   if (access((ota + "/old.img.zst").c_str(), R_OK) != 0) GTEST_SKIP() << "no " << ota;
   TempDir t;
   const uint64_t img = 64u << 20, blocks = img / 4096;
-  std::map<std::string, std::string> roots;
+  std::map<std::string, std::string> roots, salts;
   for (const char* v : {"old", "new"}) {
     std::string f = t.file(std::string(v) + ".img");
     std::string src = ota + (std::string(v) == "old" ? "/old.img.zst" : "/new-rebuilt.img.zst");
     ASSERT_TRUE(run({"zstd", "-qdf", src, "-o", f}).ok());
-    auto r = run({"veritysetup", "format", "--data-blocks", std::to_string(blocks), "--hash-offset", std::to_string(img),
-                  "--salt", kSalt, "--uuid", kUuid, f, f});
+    std::vector<std::string> cmd = {"veritysetup", "format", "--data-blocks", std::to_string(blocks), "--hash-offset",
+                                    std::to_string(img), f, f};
+    if (!regenerate) cmd.insert(cmd.end() - 2, {"--salt", kSalt, "--uuid", kUuid});
+    auto r = run(cmd);
     ASSERT_TRUE(r.ok()) << r.describe();
-    roots[v] = root_of(r);
+    roots[v] = field_of(r, "Root hash:");
+    salts[v] = field_of(r, "Salt:");
     ASSERT_EQ(roots[v].size(), 64u) << r.out;
+    ASSERT_EQ(salts[v].size(), 64u) << r.out;
   }
   ASSERT_NE(roots["old"], roots["new"]);
-  auto r = run({udm_bin(), "update-diff", t.file("old.img"), t.file("new.img"), "-o", t.file("diff")});
+  if (regenerate) ASSERT_NE(salts["old"], salts["new"]) << "veritysetup's salt is random per format";
+  std::vector<std::string> diff_cmd = {udm_bin(), "update-diff", t.file("old.img"), t.file("new.img"), "-o", t.file("diff")};
+  if (regenerate)
+    diff_cmd.insert(diff_cmd.end(), {"--verity-regenerate", std::to_string(img), "--verity-root", roots["new"]});
+  auto r = run(diff_cmd);
   ASSERT_TRUE(r.ok()) << r.describe();
+  if (regenerate) {
+    EXPECT_NE(r.out.find("verity area of"), std::string::npos) << r.out;
+    auto info = run({udm_bin(), "update-info", t.file("diff")});
+    EXPECT_NE(info.out.find("regenerated on the device"), std::string::npos) << info.describe();
+    EXPECT_NE(info.out.find("root " + roots["new"]), std::string::npos) << info.out;
+  }
   const std::vector<uint8_t> want = read_file(t.file("new.img"));
   ASSERT_GT(want.size(), img);
   ASSERT_TRUE(run({"cp", t.file("old.img"), t.file("sys.img")}).ok());
@@ -164,7 +182,7 @@ TEST(VerityUpdate, StackedOverUpdateVerifiesTheNewImageDuringAndAfterCopyBack) {
 
   // The table veritysetup's layout implies: the superblock at the hash offset, the tree after it.
   auto vspec = parse_table(fmt::format("0 {} verity 1 system system 4096 4096 {} {} sha256 {} {}", img / 512, blocks,
-                                       blocks + 1, roots["new"], kSalt));
+                                       blocks + 1, roots["new"], salts["new"]));
   ASSERT_TRUE(vspec.ok()) << vspec.status().message();
   auto vt = Table::build(*vspec, res, TargetRegistry::builtin(), "vsys");
   ASSERT_TRUE(vt.ok()) << vt.status().message();
@@ -213,3 +231,11 @@ TEST(VerityUpdate, StackedOverUpdateVerifiesTheNewImageDuringAndAfterCopyBack) {
            t.file("sys.img"), t.file("sys.img"), roots["old"]});
   EXPECT_FALSE(r.ok()) << "the old root must not verify the new image";
 }
+
+}  // namespace
+
+TEST(VerityUpdate, StackedOverUpdateVerifiesTheNewImageDuringAndAfterCopyBack) { stacked_over_update(false); }
+
+// The same with the tree regenerated on the device from a diff that does not
+// carry it (the images' random salts would otherwise put the whole tree in it).
+TEST(VerityUpdate, TreeRegeneratedOnTheDeviceVerifiesFromTheFirstRead) { stacked_over_update(true); }
