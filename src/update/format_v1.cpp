@@ -806,23 +806,28 @@ V1ScratchPlanner::V1ScratchPlanner(const V1Index& idx) : idx_(idx) {
   };
   reduce(w, true);
   reduce(r, false);
-  first_writer_ = std::move(w);
-  last_read_ = std::move(r);
+  // Per operation, looked up once: the scan below runs at every barrier.
+  auto lookup = [](const std::vector<std::pair<uint64_t, uint32_t>>& v, uint64_t b) -> int64_t {
+    auto it = std::lower_bound(v.begin(), v.end(), std::make_pair(b, uint32_t{0}));
+    return it != v.end() && it->first == b ? int64_t{it->second} : -1;
+  };
+  first_write_.resize(idx.ops.size());
+  dest_last_read_.resize(idx.ops.size());
+  for (uint32_t i = 0; i < idx.ops.size(); i++) {
+    first_write_[i] = lookup(w, idx.ops[i].dest) == static_cast<int64_t>(i);
+    dest_last_read_[i] = lookup(r, idx.ops[i].dest);
+  }
 }
 
 std::vector<uint64_t> V1ScratchPlanner::scratch(uint64_t d, uint64_t e, uint64_t want, int64_t* last_read,
                                                 uint64_t max_scan) const {
   std::vector<uint64_t> out;
   if (last_read) *last_read = -1;
-  auto lookup = [](const std::vector<std::pair<uint64_t, uint32_t>>& v, uint64_t b) -> int64_t {
-    auto it = std::lower_bound(v.begin(), v.end(), std::make_pair(b, uint32_t{0}));
-    return it != v.end() && it->first == b ? int64_t{it->second} : -1;
-  };
   const uint64_t stop = max_scan >= idx_.ops.size() - std::min<uint64_t>(e, idx_.ops.size()) ? idx_.ops.size() : e + max_scan;
   for (uint64_t j = e; j < stop && out.size() < want; j++) {
     const uint64_t b = idx_.ops[j].dest;
-    if (lookup(first_writer_, b) != static_cast<int64_t>(j)) continue;  // written earlier (or counted already)
-    const int64_t lr = lookup(last_read_, b);
+    if (!first_write_[j]) continue;  // written earlier (or counted already)
+    const int64_t lr = dest_last_read_[j];
     if (lr >= static_cast<int64_t>(d)) continue;  // still read by d or later
     if (last_read) *last_read = std::max(*last_read, lr);
     out.push_back(b);

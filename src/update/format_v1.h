@@ -329,10 +329,10 @@ class V1ScratchPlanner {
 
  private:
   const V1Index& idx_;
-  // (block, the first operation writing it), sorted by block.
-  std::vector<std::pair<uint64_t, uint32_t>> first_writer_;
-  // (block, the last operation reading it in any state), sorted by block.
-  std::vector<std::pair<uint64_t, uint32_t>> last_read_;
+  // Per operation: is it the first to write its block; the last operation
+  // reading that block in any state (-1 if none).
+  std::vector<uint8_t> first_write_;
+  std::vector<int64_t> dest_last_read_;
 };
 
 // Does the header's checkpoint name a stash (the new block of operation done)?

@@ -331,6 +331,28 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     return true;
   }
 
+  // With the durable record at operation i, would the next kSparseRun
+  // operations run without another barrier (an operation reading its own
+  // block, or one whose old block an operation from i on still reads)?
+  static constexpr uint64_t kSparseRun = 256;
+  bool sparse_after(uint64_t i) const {
+    const uint64_t end = std::min<uint64_t>(idx_.ops.size(), i + kSparseRun);
+    if (end - i < kSparseRun && end != idx_.ops.size()) return false;
+    for (uint64_t k = i; k < end; k++) {
+      if (k > i && idx_.last_reader[k] >= static_cast<int64_t>(i)) return false;
+      const V1Op& op = idx_.ops[k];
+      if (op.type == OpType::Delta && k != stash_op_) {
+        const auto& refs = idx_.frames[op.index].refs;
+        if (std::find(refs.begin(), refs.end(), op.dest) != refs.end()) return false;
+      }
+      if (op.type == OpType::Xor && k != stash_op_) {
+        auto [b0, b1] = v1_xor_blocks(idx_, op);
+        if (b0 == op.dest || b1 == op.dest) return false;
+      }
+    }
+    return true;
+  }
+
   void copy_loop() {
     constexpr uint64_t kPersistEvery = 1024;
     const uint64_t bs = idx_.block_size();
@@ -363,6 +385,15 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         auto [b0, b1] = v1_xor_blocks(idx_, op);
         self = b0 == op.dest || b1 == op.dest;
       }
+      if (!self && idx_.last_reader[i] >= static_cast<int64_t>(durable_) && sparse_after(i)) {
+        // A barrier with none other close behind it: one checkpoint here
+        // (two flushes) lets the next run of operations go straight to their
+        // places, cheaper than a logged batch (four flushes and every block
+        // written twice).
+        s = checkpoint(i);
+        if (!s.ok()) break;
+        direct_barriers_++;
+      }
       if (self || idx_.last_reader[i] >= static_cast<int64_t>(durable_)) {
         // A barrier: a batch from here, logged, covers it and the next ones.
         auto r = logged_batch(i, std::max<uint64_t>(1, job_.batch_bytes(bs, batch_max * bs) / bs), on_pause);
@@ -391,8 +422,9 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
     if (s.ok() && !stop_ && done_ == n && !region_.empty() && region_done_ == 0) s = write_region(on_pause);
     if (!s.ok()) log::error("update: background copy stopped: {}", s.to_string());
-    log::debug("update: copy-back thread ends at operation {} of {}: {} logged batches of {} operations, {} checkpoints",
-               done_.load(), n, batches_, batched_ops_, checkpoints_);
+    log::debug("update: copy-back thread ends at operation {} of {}: {} logged batches of {} operations, {} checkpoints "
+               "({} at barriers with no other close behind)",
+               done_.load(), n, batches_, batched_ops_, checkpoints_, direct_barriers_);
     job_.finished(s);
   }
 
@@ -404,6 +436,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   uint64_t no_scratch_until_ = 0;  // the last look for scratch found none: barriers before this take the old path
   uint64_t checkpoints_ = 0;    // checkpoints written (debug log)
   uint64_t batched_ops_ = 0;    // operations applied in logged batches (debug log)
+  uint64_t direct_barriers_ = 0;  // barriers passed with a checkpoint instead of a logged batch (debug log)
   bool bg_;
   std::vector<uint8_t> stash_;
   uint64_t stash_op_ = UINT64_MAX;
