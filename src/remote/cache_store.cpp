@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 
 #include "util/endian.h"
 #include "util/log.h"
@@ -57,6 +59,35 @@ Status sync_fd(int fd, const std::string& what) {
   return Status::Ok();
 }
 
+void sync_dir(const std::string& dir) {
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// The state header: magic, size (8), block size (16), flags (20, bit 0 =
+// verified), key length (24), key (28...). False if it is not a valid one.
+struct Header {
+  std::string key;
+  uint64_t size = 0;
+  uint32_t bs = 0;
+  bool verified = false;
+};
+bool parse_header(const std::vector<uint8_t>& h, Header* out) {
+  if (h.size() < kHeader || std::memcmp(h.data(), kMagic, 8) != 0) return false;
+  uint32_t klen = le32(&h[24]);
+  if (klen > kMaxKey) return false;
+  out->key.assign(reinterpret_cast<const char*>(&h[28]), klen);
+  out->size = le64(&h[8]);
+  out->bs = le32(&h[16]);
+  out->verified = le32(&h[20]) & 1;
+  return out->bs >= 4096 && (out->bs & (out->bs - 1)) == 0 && out->size > 0;
+}
+
+int64_t now_seconds() { return int64_t(::time(nullptr)); }
+
 }  // namespace
 
 std::string sha256_hex(std::span<const uint8_t> data) {
@@ -79,6 +110,14 @@ CacheObject::~CacheObject() {
   if (state_fd_ >= 0) ::close(state_fd_);
 }
 
+std::string CacheObject::id() const { return name_.substr(name_.rfind('/') + 1); }
+
+void CacheObject::touch_file() {
+  int64_t now = now_seconds(), last = last_touch_.load();
+  if (now - last < 60 || !last_touch_.compare_exchange_strong(last, now)) return;
+  ::futimens(state_fd_, nullptr);  // "last use" for `udm cache ls` and the LRU order after a restart
+}
+
 bool CacheObject::present(uint64_t b) const {
   std::lock_guard lk(bits_mu_);
   return b < nblocks_ && (bits_[b / 8] >> (b % 8)) & 1;
@@ -99,6 +138,7 @@ Result<bool> CacheObject::read_if_present(uint64_t b, uint64_t off_in_block, std
   if (!present(b)) return false;
   UDM_TRY(pread_all(data_fd_, out.data(), out.size(), b * bs_ + off_in_block, name_ + ".data"));
   store_->touch(this, b);
+  touch_file();
   return true;
 }
 
@@ -142,6 +182,9 @@ Status CacheObject::evict(const std::vector<uint64_t>& blocks) {
   {
     std::lock_guard lk(bits_mu_);
     for (uint64_t b : blocks) UDM_TRY(set_bits_locked(b, 1, false));
+    // "verified" holds for the bytes that were hashed: blocks fetched again
+    // are hashed again once the object is whole.
+    if (verified_) UDM_TRY(set_verified_locked(false));
   }
   UDM_TRY(sync_fd(state_fd_, name_ + ".state"));  // cleared durably before the data goes
   for (uint64_t b : blocks) {
@@ -150,6 +193,22 @@ Status CacheObject::evict(const std::vector<uint64_t>& blocks) {
       return ErrnoStatus("punch " + name_ + ".data");
   }
   return Status::Ok();
+}
+
+std::vector<uint64_t> CacheObject::present_blocks_over_holes() const {
+  std::shared_lock io(io_mu_);
+  std::vector<uint64_t> out;
+  for (uint64_t b = 0; b < nblocks_; b++) {
+    if (!present(b)) continue;
+    off_t start = off_t(b * bs_), end = off_t(std::min<uint64_t>(size_, (b + 1) * bs_));
+    off_t d = ::lseek(data_fd_, start, SEEK_DATA);
+    off_t h = ::lseek(data_fd_, start, SEEK_HOLE);
+    // SEEK_DATA past the start (or ENXIO: no data after it): a hole at the
+    // start; SEEK_HOLE before the end: a hole inside. Filesystems without
+    // hole reporting answer "data" everywhere.
+    if ((d < 0 && errno == ENXIO) || (d >= 0 && d != start) || (h >= 0 && h < end)) out.push_back(b);
+  }
+  return out;
 }
 
 void CacheObject::pin(uint64_t first, uint64_t count) {
@@ -210,14 +269,19 @@ Status CacheObject::verify_sha256(const std::string& hex, const std::string& wha
   std::lock_guard lk(bits_mu_);
   if (got != hex) {
     UDM_TRY(set_bits_locked(0, nblocks_, false));
+    if (verified_) UDM_TRY(set_verified_locked(false));
     (void)sync_fd(state_fd_, name_ + ".state");
     return Status::Error(EIO, what + ": blob content does not match its digest (sha256:" + got +
                                   "); cached copy dropped");
   }
-  verified_ = true;
-  uint32_t flags = 1;
-  UDM_TRY(pwrite_all(state_fd_, &flags, 4, 20, name_ + ".state"));
+  UDM_TRY(set_verified_locked(true));
   return sync_fd(state_fd_, name_ + ".state");
+}
+
+Status CacheObject::set_verified_locked(bool v) {
+  verified_ = v;
+  uint8_t flags[4] = {uint8_t(v ? 1 : 0), 0, 0, 0};  // little-endian flags word
+  return pwrite_all(state_fd_, flags, 4, 20, name_ + ".state");
 }
 
 // ---------------------------------------------------------------- CacheStore
@@ -245,6 +309,10 @@ Result<std::shared_ptr<CacheStore>> CacheStore::open(const std::string& dir, uin
     log::warn("remote cache {} is used by another process: this one keeps fetched blocks in memory only", dir);
     return std::shared_ptr<CacheStore>();
   }
+  {  // who owns it, for `udm cache` and the operator (the flock is what counts)
+    std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(s->lock_fd_, 0) == 0) (void)pwrite_all(s->lock_fd_, pid.data(), pid.size(), 0, dir + "/lock");
+  }
   // Re-index what an earlier run left (oldest-unknown: at the cold end of the LRU).
   DIR* d = ::opendir(dir.c_str());
   if (!d) return ErrnoStatus("cache dir " + dir);
@@ -255,6 +323,17 @@ Result<std::shared_ptr<CacheStore>> CacheStore::open(const std::string& dir, uin
     if (n.size() > 5 && n.substr(n.size() - 5) == ".data") datas.push_back(n.substr(0, n.size() - 5));
   }
   ::closedir(d);
+  // Most recently used objects first: loaded blocks enter at the cold end in
+  // this order, so the LRU starts from the last run's order of use, by object.
+  std::vector<std::pair<int64_t, std::string>> by_use;
+  for (auto& name : states) {
+    struct stat st {};
+    ::stat((dir + "/" + name + ".state").c_str(), &st);
+    by_use.push_back({-int64_t(st.st_mtim.tv_sec), name});
+  }
+  std::sort(by_use.begin(), by_use.end());
+  states.clear();
+  for (auto& [t, name] : by_use) states.push_back(name);
   for (auto& name : states) {
     auto o = s->load(name, "", 0, 0, false);
     if (!o.ok()) {
@@ -291,18 +370,13 @@ Result<std::shared_ptr<CacheObject>> CacheStore::load(const std::string& name, c
   bool fresh = true;
   if (uint64_t(st.st_size) >= kHeader) {
     UDM_TRY(pread_all(o->state_fd_, h.data(), kHeader, 0, base + ".state"));
-    uint32_t klen = le32(&h[24]);
-    if (std::memcmp(h.data(), kMagic, 8) == 0 && klen <= kMaxKey) {
-      std::string k(reinterpret_cast<char*>(&h[28]), klen);
-      uint64_t sz = le64(&h[8]);
-      uint32_t b = le32(&h[16]);
-      if ((key.empty() || (k == key && sz == size && b == bs)) && b >= 4096 && (b & (b - 1)) == 0 && sz > 0) {
-        o->key_ = k;
-        o->size_ = sz;
-        o->bs_ = b;
-        o->verified_ = le32(&h[20]) & 1;
-        fresh = false;
-      }
+    Header hd;
+    if (parse_header(h, &hd) && (key.empty() || (hd.key == key && hd.size == size && hd.bs == bs))) {
+      o->key_ = hd.key;
+      o->size_ = hd.size;
+      o->bs_ = hd.bs;
+      o->verified_ = hd.verified;
+      fresh = false;
     }
   }
   if (fresh) {
@@ -323,11 +397,7 @@ Result<std::shared_ptr<CacheObject>> CacheStore::load(const std::string& name, c
     UDM_TRY(sync_fd(o->state_fd_, base + ".state"));
     if (::ftruncate(o->data_fd_, 0) != 0 || ::ftruncate(o->data_fd_, off_t(size)) != 0)
       return ErrnoStatus("size " + base + ".data");
-    int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
+    sync_dir(dir_);
     o->key_ = key;
     o->size_ = size;
     o->bs_ = bs;
@@ -384,8 +454,10 @@ Result<std::shared_ptr<CacheObject>> CacheStore::object(const std::string& key, 
   {
     std::lock_guard lk(mu_);
     auto it = objects_.find(name);
-    if (it != objects_.end() && it->second->key_ == key && it->second->size_ == size && it->second->bs_ == bs)
+    if (it != objects_.end() && it->second->key_ == key && it->second->size_ == size && it->second->bs_ == bs) {
+      it->second->touch_file();
       return it->second;
+    }
   }
   return load(name, key, size, bs, true);
 }
@@ -394,8 +466,97 @@ std::shared_ptr<CacheObject> CacheStore::existing(const std::string& key) {
   std::string name = sha256_hex(std::span(reinterpret_cast<const uint8_t*>(key.data()), key.size()));
   std::lock_guard lk(mu_);
   auto it = objects_.find(name);
-  if (it != objects_.end() && it->second->key_ == key) return it->second;
+  if (it != objects_.end() && it->second->key_ == key) {
+    it->second->touch_file();
+    return it->second;
+  }
   return nullptr;
+}
+
+std::vector<std::shared_ptr<CacheObject>> CacheStore::objects() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::shared_ptr<CacheObject>> v;
+  for (auto& [name, o] : objects_) v.push_back(o);
+  return v;
+}
+
+Status CacheStore::drop_blocks(CacheObject* o, const std::vector<uint64_t>& blocks) {
+  if (blocks.empty()) return Status::Ok();
+  {
+    std::lock_guard lk(mu_);
+    for (uint64_t b : blocks) {
+      if (b >= o->nblocks_) return Invalid("cache: block past the object's end");
+      if (pinned_.count({o, b})) return Status::Error(EBUSY, o->key_ + ": block " + std::to_string(b) + " is pinned");
+    }
+    for (uint64_t b : blocks) {
+      auto w = where_.find({o, b});
+      if (w == where_.end()) continue;
+      lru_.erase(w->second);
+      where_.erase(w);
+      used_ -= o->bs_;
+    }
+  }
+  return o->evict(blocks);
+}
+
+Status CacheStore::remove(CacheObject* o) {
+  std::shared_ptr<CacheObject> keep;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [k, p] : pinned_)
+      if (k.first == o) return Status::Error(EBUSY, o->key_ + ": pinned by an open device");
+    for (auto w = where_.begin(); w != where_.end();) {
+      if (w->first.first == o) {
+        lru_.erase(w->second);
+        used_ -= o->bs_;
+        w = where_.erase(w);
+      } else {
+        ++w;
+      }
+    }
+    if (auto it = objects_.find(o->id()); it != objects_.end() && it->second.get() == o) {
+      keep = it->second;
+      objects_.erase(it);
+    }
+  }
+  std::unique_lock io(o->io_mu_);
+  {
+    std::lock_guard lk(o->bits_mu_);
+    if (o->nblocks_) UDM_TRY(o->set_bits_locked(0, o->nblocks_, false));
+  }
+  UDM_TRY(sync_fd(o->state_fd_, o->name_ + ".state"));  // no bit covers the data from here on
+  if (::unlink((o->name_ + ".state").c_str()) != 0 && errno != ENOENT) return ErrnoStatus("unlink " + o->name_ + ".state");
+  if (::unlink((o->name_ + ".data").c_str()) != 0 && errno != ENOENT) return ErrnoStatus("unlink " + o->name_ + ".data");
+  sync_dir(dir_);
+  return Status::Ok();
+}
+
+Result<CacheStateInfo> read_cache_state(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(path);
+  std::vector<uint8_t> h(kHeader);
+  Status st = pread_all(fd, h.data(), kHeader, 0, path);
+  Header hd;
+  if (!st.ok() || !parse_header(h, &hd)) {
+    ::close(fd);
+    return Corrupt(path + ": not a cache state file (bad or short header)");
+  }
+  CacheStateInfo i;
+  i.key = hd.key;
+  i.size = hd.size;
+  i.block_size = hd.bs;
+  i.verified = hd.verified;
+  i.blocks = (hd.size + hd.bs - 1) / hd.bs;
+  std::vector<uint8_t> bits((i.blocks + 7) / 8);
+  st = pread_all(fd, bits.data(), bits.size(), kHeader, path);
+  ::close(fd);
+  if (!st.ok()) return Corrupt(path + ": short bitmap");
+  for (uint64_t b = 0; b < i.blocks; b++) {
+    if (!((bits[b / 8] >> (b % 8)) & 1)) continue;
+    i.present++;
+    i.bytes += std::min<uint64_t>(hd.bs, hd.size - b * hd.bs);
+  }
+  return i;
 }
 
 void CacheStore::touch(CacheObject* o, uint64_t b) {

@@ -8,10 +8,13 @@
 // punched out, so a crash or SIGKILL can lose blocks (refetched later) but a
 // set bit always covers the right bytes. Eviction is LRU by block over every
 // object of the directory, keeping the total under --cache-size.
-// One process owns a directory at a time (flock on DIR/lock); another process
-// gets no store and works from memory.
+// One process owns a directory at a time (flock on DIR/lock, which also holds
+// the owner's PID for `udm cache`); another process gets no store and works
+// from memory. `udm cache ls|verify|evict` (cache_admin.h) read and change a
+// directory through this class too.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <list>
 #include <map>
@@ -48,6 +51,11 @@ class CacheObject {
   // sha256; on success records "verified", on mismatch drops every block.
   Status verify_sha256(const std::string& hex, const std::string& what);
   const std::string& key() const { return key_; }
+  // The file names' stem (sha256 of the key): what `udm cache` calls the object's id.
+  std::string id() const;
+  // Present blocks whose bytes in the data file are (partly) a hole: the
+  // store writes every block it marks, so such a bit lost its data.
+  std::vector<uint64_t> present_blocks_over_holes() const;
   // Pinned blocks are never evicted (format metadata, BlockDevice::keep_cached);
   // pins are counted (several devices may pin one block) and held in memory
   // only: a reader pins again at each open. A pinned block still counts
@@ -60,6 +68,7 @@ class CacheObject {
   friend class CacheStore;
   CacheObject() = default;
   Status set_bits_locked(uint64_t first, uint64_t count, bool value);  // bits_mu_ held
+  Status set_verified_locked(bool v);                                 // bits_mu_ held; the caller syncs
   Status evict(const std::vector<uint64_t>& blocks);
   CacheStore* store_ = nullptr;
   std::string key_, name_;
@@ -71,6 +80,8 @@ class CacheObject {
   std::vector<uint8_t> bits_;
   uint64_t present_ = 0;
   bool verified_ = false;
+  std::atomic<int64_t> last_touch_{0};  // seconds; the state file's mtime is "last use"
+  void touch_file();                    // futimens(state), at most once a minute
 };
 
 class CacheStore {
@@ -89,6 +100,14 @@ class CacheStore {
   void set_cap(uint64_t cap) { std::lock_guard lk(mu_); cap_ = cap; }
   uint64_t used_bytes() const;
   const std::string& dir() const { return dir_; }
+  // Every object of the directory (loaded at open or since), by id.
+  std::vector<std::shared_ptr<CacheObject>> objects() const;
+  // Takes blocks out of the cache: out of the LRU, their bits cleared and
+  // the state synced, then their data punched. Pinned blocks are refused.
+  Status drop_blocks(CacheObject* o, const std::vector<uint64_t>& blocks);
+  // Removes a whole object: bits cleared durably, then both files unlinked
+  // and the directory synced. Refused (EBUSY) while a block is pinned.
+  Status remove(CacheObject* o);
 
  private:
   friend class CacheObject;
@@ -115,5 +134,16 @@ class CacheStore {
 };
 
 std::string sha256_hex(std::span<const uint8_t> data);
+
+// What a KEY.state file says, read without changing anything (for `udm cache
+// ls`, which may run while a daemon owns the directory).
+struct CacheStateInfo {
+  std::string key;
+  uint64_t size = 0, blocks = 0, present = 0;
+  uint64_t bytes = 0;  // of the object in present blocks (the last block may be short)
+  uint32_t block_size = 0;
+  bool verified = false;
+};
+Result<CacheStateInfo> read_cache_state(const std::string& state_path);
 
 }  // namespace udm::remote
