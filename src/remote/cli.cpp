@@ -2,12 +2,14 @@
 //  * options of `udm daemon` that configure remote sources (process-wide,
 //    remote/config.h), added to the daemon's subcommand here so the daemon
 //    does not name the feature; `udm push` and `udm pull` take them too;
-//  * `udm push REF FILE...` and `udm pull REF [--create NAME]` (oci_image.h).
+//  * `udm push REF FILE...` and `udm pull REF [--create NAME]` (oci_image.h);
+//  * `udm cache ls|verify|evict` over a cache directory (cache_admin.h).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <sys/stat.h>
 
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +19,7 @@
 #include "overlaybd/lsmt_format.h"
 #include "overlaybd/zfile_device.h"
 #include "overlaybd/zfile_format.h"
+#include "remote/cache_admin.h"
 #include "remote/config.h"
 #include "remote/oci_image.h"
 #include "remote/remote.h"
@@ -175,6 +178,134 @@ void pull(const std::string& refs, const std::string& create, const std::string&
   fmt::print("{}\n", table);
 }
 
+// ---------------------------------------------------------------- udm cache
+
+std::string human(uint64_t b) {
+  const char* u[] = {"B", "K", "M", "G", "T"};
+  double v = double(b);
+  int i = 0;
+  while (v >= 1024 && i < 4) {
+    v /= 1024;
+    i++;
+  }
+  return i == 0 ? fmt::format("{}B", b) : fmt::format("{:.1f}{}", v, u[i]);
+}
+
+std::string cache_dir_of(const std::string& opt) {
+  return opt.empty() ? remote::config().cache_dir : opt;
+}
+
+void cache_ls(const std::string& dir, bool json_out) {
+  auto r = remote::list_cache(dir);
+  if (!r.ok()) return cli::fail(r.status());
+  const auto& j = *r;
+  if (json_out) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::string owner = j["owner"].is_null()
+                          ? "not in use"
+                          : fmt::format("in use by pid {} ({})", j["owner"]["pid"].get<int>(),
+                                        j["owner"]["command"].get<std::string>());
+  fmt::print("{}: {} object(s), {} cached ({} on disk), {}\n", dir, j["objects"].size(),
+             human(j["total_bytes_cached"].get<uint64_t>()), human(j["total_disk_bytes"].get<uint64_t>()), owner);
+  if (!j["objects"].empty())
+    fmt::print("{:<12}  {:<4}  {:>8}  {:>8}  {:>13}  {:<8}  {:<6}  {:<20}  {}\n", "ID", "KIND", "SIZE", "CACHED", "BLOCKS",
+               "VERIFIED", "PINNED", "LAST USE", "KEY");
+  for (const auto& o : j["objects"]) {
+    std::string pinned = o["pinned_blocks"].is_null() ? "?" : std::to_string(o["pinned_blocks"].get<uint64_t>());
+    fmt::print("{:<12}  {:<4}  {:>8}  {:>8}  {:>13}  {:<8}  {:<6}  {:<20}  {}\n", o["id"].get<std::string>().substr(0, 12),
+               o["kind"].get<std::string>(), human(o["size"].get<uint64_t>()), human(o["bytes_cached"].get<uint64_t>()),
+               fmt::format("{}/{}", o["blocks_cached"].get<uint64_t>(), o["blocks"].get<uint64_t>()),
+               o["verified"].get<bool>() ? "yes" : "no", pinned, o.value("last_use", std::string("-")),
+               o["key"].get<std::string>());
+  }
+  for (const auto& d : j["damaged"])
+    fmt::print("damaged: {}: {} (`udm cache verify` removes it)\n", d["file"].get<std::string>(),
+               d["problem"].get<std::string>());
+  if (!j["owner"].is_null()) fmt::print("pinned blocks are known only to the owning process (\"?\")\n");
+}
+
+void cache_verify(const std::string& dir, const std::vector<std::string>& select, bool json_out) {
+  auto r = remote::verify_cache(dir, select);
+  if (!r.ok()) return cli::fail(r.status());
+  const auto& j = *r;
+  if (json_out) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    for (const auto& o : j["objects"])
+      fmt::print("{:<8} {}: {}\n", o["status"].get<std::string>(),
+                 o["key"].is_null() ? o["id"].get<std::string>() : o["key"].get<std::string>(),
+                 o["detail"].get<std::string>());
+  }
+  int bad = j["bad"].get<int>();
+  if (bad) cli::fail(fmt::format("{}: {} object(s) held bad data or damaged files (dropped; the sources fetch them again)", dir, bad));
+}
+
+void cache_evict(const std::string& dir, const remote::EvictRequest& req, bool json_out) {
+  auto r = remote::evict_cache(dir, req);
+  if (!r.ok()) return cli::fail(r.status(), r.status().code() == EINVAL ? 2 : 1);
+  const auto& j = *r;
+  if (json_out) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  for (const auto& e : j["evicted"])
+    fmt::print("evicted {} {}: {}\n", e["whole"].get<bool>() ? "object" : "blocks of", e["key"].get<std::string>(),
+               human(e["bytes"].get<uint64_t>()));
+  fmt::print("{}: {} cached before, {} now\n", dir, human(j["bytes_cached_before"].get<uint64_t>()),
+             human(j["bytes_cached_after"].get<uint64_t>()));
+}
+
+void register_cache_cli(CLI::App& app) {
+  auto* c = app.add_subcommand("cache", "the persistent cache of remote sources (--cache-dir): list, verify, evict");
+  c->require_subcommand(1);
+  auto add_common = [](CLI::App* s, std::shared_ptr<std::string> dir, std::shared_ptr<bool> js) {
+    s->add_option("--cache-dir", *dir, "cache directory (default /var/cache/udm)")->envname("UDM_CACHE_DIR");
+    s->add_flag("--json", *js, "print JSON");
+  };
+  {
+    auto* s = c->add_subcommand("ls", "list cached objects: key, size, bytes and blocks cached, verified, pinned, last use");
+    auto dir = std::make_shared<std::string>();
+    auto js = std::make_shared<bool>(false);
+    add_common(s, dir, js);
+    s->callback([=] { cache_ls(cache_dir_of(*dir), *js); });
+  }
+  {
+    auto* s = c->add_subcommand(
+        "verify", "check cached objects (OCI blobs against their digest, cached blocks against the data file); drop bad data; exit 1 if any");
+    auto dir = std::make_shared<std::string>();
+    auto js = std::make_shared<bool>(false);
+    auto sel = std::make_shared<std::vector<std::string>>();
+    s->add_option("objects", *sel, "sha256:HEX, oci://...@sha256:HEX, http(s)://URL or an id from `udm cache ls` (default: all)");
+    add_common(s, dir, js);
+    s->callback([=] { cache_verify(cache_dir_of(*dir), *sel, *js); });
+  }
+  {
+    auto* s = c->add_subcommand("evict", "remove objects, all, or least recently used data down to a size");
+    auto dir = std::make_shared<std::string>();
+    auto js = std::make_shared<bool>(false);
+    auto sel = std::make_shared<std::vector<std::string>>();
+    auto all = std::make_shared<bool>(false);
+    auto to = std::make_shared<std::string>();
+    s->add_option("objects", *sel, "sha256:HEX, oci://...@sha256:HEX, http(s)://URL or an id from `udm cache ls`");
+    s->add_flag("--all", *all, "evict every object");
+    s->add_option("--to", *to, "evict least recently used data until at most SIZE bytes are cached (K/M/G/T)");
+    add_common(s, dir, js);
+    s->callback([=] {
+      remote::EvictRequest req;
+      req.select = *sel;
+      req.all = *all;
+      if (!to->empty()) {
+        auto b = remote::parse_byte_size(*to);
+        if (!b.ok()) return cli::fail("--to: " + b.status().message(), 2);
+        req.to_bytes = *b;
+      }
+      cache_evict(cache_dir_of(*dir), req, *js);
+    });
+  }
+}
+
 }  // namespace
 
 void register_feature_remote_cli(CLI::App& app) {
@@ -215,6 +346,7 @@ void register_feature_remote_cli(CLI::App& app) {
       pull(*ref, *create, *socket);
     });
   }
+  register_cache_cli(app);
 }
 
 }  // namespace udm

@@ -1,0 +1,406 @@
+#include "remote/cache_admin.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "remote/cache_store.h"
+
+namespace udm::remote {
+namespace {
+
+using nlohmann::json;
+
+std::string slurp(const std::string& path, size_t max = 4096) {
+  std::ifstream f(path, std::ios::binary);
+  std::string s(max, '\0');
+  f.read(s.data(), long(max));
+  s.resize(size_t(f.gcount()));
+  return s;
+}
+
+CacheOwner owner_of(int pid) {
+  CacheOwner o;
+  o.pid = pid;
+  std::string c = slurp("/proc/" + std::to_string(pid) + "/cmdline", 300);
+  while (!c.empty() && c.back() == '\0') c.pop_back();
+  std::replace(c.begin(), c.end(), '\0', ' ');
+  o.command = c;
+  return o;
+}
+
+std::string iso_time(int64_t t) {
+  std::time_t tt = std::time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool is_hex(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// The parts of a key: "sha256:HEX" (a blob) or "url URL\nVALIDATOR\nsize N".
+struct KeyParts {
+  std::string kind, digest, url, validator;
+};
+KeyParts split_key(const std::string& key) {
+  KeyParts k;
+  if (key.rfind("sha256:", 0) == 0) {
+    k.kind = "blob";
+    k.digest = key;
+  } else if (key.rfind("url ", 0) == 0) {
+    k.kind = "url";
+    std::istringstream in(key.substr(4));
+    std::getline(in, k.url);
+    std::getline(in, k.validator);
+  } else {
+    k.kind = "unknown";
+  }
+  return k;
+}
+
+std::string display_key(const std::string& key) {
+  KeyParts k = split_key(key);
+  if (k.kind == "blob") return k.digest;
+  if (k.kind == "url") return k.url + " (" + k.validator + ")";
+  return key;
+}
+
+// One object as `udm cache ls` shows it; "problem" set if its files are damaged.
+json object_json(const std::string& dir, const std::string& id, bool pins_known) {
+  json o{{"id", id}};
+  std::string base = dir + "/" + id;
+  auto st = read_cache_state(base + ".state");
+  if (!st.ok()) {
+    o["problem"] = st.status().message();
+    return o;
+  }
+  const std::string name = sha256_hex(std::span(reinterpret_cast<const uint8_t*>(st->key.data()), st->key.size()));
+  if (name != id) o["problem"] = "misfiled: the file name is not the sha256 of the key it holds";
+  KeyParts k = split_key(st->key);
+  o["kind"] = k.kind;
+  o["key"] = display_key(st->key);
+  if (k.kind == "blob") o["digest"] = k.digest;
+  if (k.kind == "url") {
+    o["url"] = k.url;
+    o["validator"] = k.validator;
+  }
+  o["size"] = st->size;
+  o["block_size"] = st->block_size;
+  o["blocks"] = st->blocks;
+  o["blocks_cached"] = st->present;
+  o["bytes_cached"] = st->bytes;  // the last block may be short
+  o["verified"] = st->verified;
+  o["pinned_blocks"] = pins_known ? json(0) : json(nullptr);
+  struct stat ss {};
+  if (::stat((base + ".state").c_str(), &ss) == 0) {
+    o["last_use"] = iso_time(ss.st_mtim.tv_sec);
+    o["last_use_unix"] = int64_t(ss.st_mtim.tv_sec);
+  }
+  struct stat ds {};
+  if (::stat((base + ".data").c_str(), &ds) != 0) {
+    o["problem"] = "no data file";
+    o["disk_bytes"] = 0;
+  } else {
+    o["disk_bytes"] = uint64_t(ds.st_blocks) * 512;
+    if (uint64_t(ds.st_size) != st->size && !o.contains("problem"))
+      o["problem"] = "the data file has the wrong size (" + std::to_string(ds.st_size) + ")";
+  }
+  return o;
+}
+
+struct DirScan {
+  std::vector<std::string> states, datas;
+};
+Result<DirScan> scan(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return ErrnoStatus("cache dir " + dir);
+  DirScan s;
+  while (auto* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 6 && n.substr(n.size() - 6) == ".state") s.states.push_back(n.substr(0, n.size() - 6));
+    if (n.size() > 5 && n.substr(n.size() - 5) == ".data") s.datas.push_back(n.substr(0, n.size() - 5));
+  }
+  ::closedir(d);
+  std::sort(s.states.begin(), s.states.end());
+  std::sort(s.datas.begin(), s.datas.end());
+  return s;
+}
+
+Status need_dir(const std::string& dir) {
+  if (dir.empty() || dir == "none") return Invalid("no persistent cache directory (--cache-dir none)");
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus("cache dir " + dir);
+  if (!S_ISDIR(st.st_mode)) return Invalid("cache dir " + dir + ": not a directory");
+  return Status::Ok();
+}
+
+// The directory's store, owned by this process for the call; EBUSY naming the owner otherwise.
+Result<std::shared_ptr<CacheStore>> take(const std::string& dir, const std::string& verb) {
+  UDM_TRY(need_dir(dir));
+  auto s = CacheStore::open(dir, UINT64_MAX);
+  if (!s.ok()) return s.status();
+  if (!*s) {
+    auto o = cache_owner(dir);
+    std::string who = o ? "pid " + std::to_string(o->pid) + (o->command.empty() ? "" : " (" + o->command + ")")
+                        : "another process";
+    return Status::Error(EBUSY, "cache dir " + dir + " is in use by " + who + ": `udm cache " + verb +
+                                    "` changes the cache and needs it to itself; stop that process first "
+                                    "(a running daemon evicts by its own --cache-size; `udm cache ls` works meanwhile)");
+  }
+  return *s;
+}
+
+// The objects a selector names: a key ("sha256:HEX"), an oci:// spec (its
+// digest), a URL (every cached version of it) or an id prefix (>= 8 hex digits).
+Result<std::vector<std::shared_ptr<CacheObject>>> select_objects(const std::vector<std::shared_ptr<CacheObject>>& all,
+                                                                 const std::string& sel) {
+  std::vector<std::shared_ptr<CacheObject>> out;
+  std::string s = sel;
+  if (s.rfind("oci://", 0) == 0) {
+    auto at = s.rfind('@');
+    if (at == std::string::npos) return Invalid(sel + ": an oci:// spec needs @sha256:HEX");
+    s = s.substr(at + 1);
+  }
+  if (s.rfind("sha256:", 0) == 0) {
+    if (s.size() != 71 || !is_hex(s.substr(7))) return Invalid(sel + ": a digest is sha256: and 64 lowercase hex digits");
+    for (auto& o : all)
+      if (o->key() == s) out.push_back(o);
+  } else if (s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0) {
+    for (auto& o : all)
+      if (split_key(o->key()).url == s) out.push_back(o);
+  } else if (s.size() >= 8 && s.size() <= 64 && is_hex(s)) {
+    for (auto& o : all)
+      if (o->id().rfind(s, 0) == 0) out.push_back(o);
+    if (out.size() > 1) return Invalid(sel + ": ambiguous id prefix (" + std::to_string(out.size()) + " objects); give more digits");
+  } else {
+    return Invalid(sel + ": not a cached object's key (sha256:HEX, oci://…@sha256:HEX, http(s)://URL) or id (>= 8 hex digits, see `udm cache ls`)");
+  }
+  if (out.empty()) return Status::Error(ENOENT, sel + ": no such object in the cache");
+  return out;
+}
+
+Result<std::vector<std::shared_ptr<CacheObject>>> select_all(const std::vector<std::shared_ptr<CacheObject>>& all,
+                                                             const std::vector<std::string>& select) {
+  if (select.empty()) return all;
+  std::vector<std::shared_ptr<CacheObject>> out;
+  std::set<CacheObject*> seen;
+  for (auto& s : select) {
+    auto r = select_objects(all, s);
+    if (!r.ok()) return r.status();
+    for (auto& o : *r)
+      if (seen.insert(o.get()).second) out.push_back(o);
+  }
+  return out;
+}
+
+int64_t last_use(const std::string& dir, const std::string& id) {
+  struct stat st {};
+  if (::stat((dir + "/" + id + ".state").c_str(), &st) != 0) return 0;
+  return st.st_mtim.tv_sec;
+}
+
+uint64_t cached_bytes_as_counted(const CacheObject& o) { return o.present_count() * o.block_size(); }
+
+}  // namespace
+
+std::optional<CacheOwner> cache_owner(const std::string& dir) {
+  std::string lock = dir + "/lock";
+  struct stat st {};
+  if (::stat(lock.c_str(), &st) != 0) return std::nullopt;
+  // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+  std::ifstream locks("/proc/locks");
+  if (locks) {
+    std::string line;
+    while (std::getline(locks, line)) {
+      std::istringstream in(line);
+      std::string n, type, adv, mode, pid, dev;
+      in >> n >> type;
+      if (type == "->") in >> type;  // a waiter
+      in >> adv >> mode >> pid >> dev;
+      if (type != "FLOCK") continue;
+      unsigned maj = 0, min = 0;
+      unsigned long long ino = 0;
+      if (sscanf(dev.c_str(), "%x:%x:%llu", &maj, &min, &ino) != 3) continue;
+      if (ino == st.st_ino && maj == major(st.st_dev) && min == minor(st.st_dev)) return owner_of(std::atoi(pid.c_str()));
+    }
+    return std::nullopt;
+  }
+  // No /proc/locks: probe the lock (an instant) and read the PID the owner wrote.
+  int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  if (!held) return std::nullopt;
+  return owner_of(std::atoi(slurp(lock, 32).c_str()));
+}
+
+Result<json> list_cache(const std::string& dir) {
+  UDM_TRY(need_dir(dir));
+  auto sc = scan(dir);
+  if (!sc.ok()) return sc.status();
+  auto owner = cache_owner(dir);
+  json out{{"dir", dir}};
+  out["owner"] = owner ? json{{"pid", owner->pid}, {"command", owner->command}} : json(nullptr);
+  json objects = json::array(), damaged = json::array();
+  uint64_t total = 0, disk = 0;
+  std::set<std::string> with_state(sc->states.begin(), sc->states.end());
+  for (auto& id : sc->states) {
+    json o = object_json(dir, id, !owner || owner->pid == ::getpid());
+    if (o.contains("problem")) {
+      damaged.push_back({{"id", id}, {"file", dir + "/" + id + ".state"}, {"problem", o["problem"]}});
+      continue;
+    }
+    total += o["bytes_cached"].get<uint64_t>();
+    disk += o["disk_bytes"].get<uint64_t>();
+    objects.push_back(std::move(o));
+  }
+  for (auto& id : sc->datas)
+    if (!with_state.count(id))
+      damaged.push_back({{"id", id}, {"file", dir + "/" + id + ".data"}, {"problem", "a data file without a state file"}});
+  std::stable_sort(objects.begin(), objects.end(), [](const json& a, const json& b) {
+    return a.value("last_use_unix", int64_t(0)) > b.value("last_use_unix", int64_t(0));
+  });
+  out["objects"] = std::move(objects);
+  out["damaged"] = std::move(damaged);
+  out["total_bytes_cached"] = total;
+  out["total_disk_bytes"] = disk;
+  return out;
+}
+
+Result<json> verify_cache(const std::string& dir, const std::vector<std::string>& select) {
+  UDM_TRY(need_dir(dir));
+  // What is damaged before the store's open drops it (reported as removed).
+  auto before = list_cache(dir);
+  if (!before.ok()) return before.status();
+  auto store = take(dir, "verify");
+  if (!store.ok()) return store.status();
+  auto sel = select_all((*store)->objects(), select);
+  if (!sel.ok()) return sel.status();
+  json results = json::array();
+  int bad = 0;
+  if (select.empty()) {
+    for (auto& d : (*before)["damaged"]) {
+      // The store's open deletes a state file it cannot read, and a data file without one.
+      results.push_back({{"id", d["id"]}, {"key", nullptr}, {"status", "removed"},
+                         {"detail", d["problem"].get<std::string>() + "; removed " + d["file"].get<std::string>()}});
+      bad++;
+    }
+  }
+  for (auto& o : *sel) {
+    json r{{"id", o->id()}, {"key", display_key(o->key())}, {"blocks_dropped", 0}};
+    std::string what = "cache object " + display_key(o->key());
+    // A set bit whose bytes are a hole lost its data: drop it (a refetch, never wrong bytes).
+    auto holes = o->present_blocks_over_holes();
+    std::string detail;
+    if (!holes.empty()) {
+      Status st = (*store)->drop_blocks(o.get(), holes);
+      if (!st.ok()) return st;
+      r["blocks_dropped"] = holes.size();
+      detail = std::to_string(holes.size()) + " block(s) marked cached had no data in the data file: dropped";
+      bad++;
+      r["status"] = "bad";
+    }
+    KeyParts k = split_key(o->key());
+    if (k.kind == "blob" && o->present_count() == o->blocks()) {
+      Status st = o->verify_sha256(k.digest.substr(7), what);
+      if (!st.ok()) {
+        if (st.code() != EIO) return st;
+        // verify_sha256 cleared the bits durably; take the bytes out too.
+        std::vector<uint64_t> all(o->blocks());
+        for (uint64_t b = 0; b < o->blocks(); b++) all[b] = b;
+        Status ds = (*store)->drop_blocks(o.get(), all);
+        if (!ds.ok()) return ds;
+        r["blocks_dropped"] = o->blocks();
+        detail += (detail.empty() ? "" : "; ") + st.message();
+        if (r.value("status", "") != "bad") bad++;
+        r["status"] = "bad";
+      } else if (!r.contains("status")) {
+        r["status"] = "ok";
+        detail = "every block cached; content matches its digest";
+      }
+    } else if (!r.contains("status")) {
+      r["status"] = o->present_count() == o->blocks() ? "ok" : "partial";
+      std::string held = std::to_string(o->present_count()) + "/" + std::to_string(o->blocks()) + " blocks cached";
+      if (k.kind == "blob")
+        detail = held + "; every cached block has data (the digest is checked once every block is cached)";
+      else
+        detail = held + "; every cached block has data (a URL has no digest to check the bytes against)";
+    }
+    r["detail"] = detail;
+    r["verified"] = o->verified();
+    results.push_back(std::move(r));
+  }
+  return json{{"dir", dir}, {"objects", std::move(results)}, {"bad", bad}};
+}
+
+Result<json> evict_cache(const std::string& dir, const EvictRequest& req) {
+  int modes = (req.all ? 1 : 0) + (req.to_bytes ? 1 : 0) + (req.select.empty() ? 0 : 1);
+  if (modes != 1) return Invalid("evict: give exactly one of: objects (KEY|URL|ID...), --all, --to SIZE");
+  auto store = take(dir, "evict");
+  if (!store.ok()) return store.status();
+  auto all = (*store)->objects();
+  uint64_t before = (*store)->used_bytes();
+  json evicted = json::array();
+  auto remove_whole = [&](const std::shared_ptr<CacheObject>& o) -> Status {
+    uint64_t bytes = cached_bytes_as_counted(*o);
+    std::string id = o->id(), key = display_key(o->key());
+    UDM_TRY((*store)->remove(o.get()));
+    evicted.push_back({{"id", id}, {"key", key}, {"bytes", bytes}, {"whole", true}});
+    return Status::Ok();
+  };
+  if (req.all || !req.select.empty()) {
+    auto sel = select_all(all, req.select);  // every selector checked before anything changes
+    if (!sel.ok()) return sel.status();
+    for (auto& o : *sel) UDM_TRY(remove_whole(o));
+  } else {
+    // Least recently used objects first (the state file's mtime), whole while
+    // that stays above the target; then blocks of the next one, its middle
+    // first (ZFile and LSMT keep headers and indexes at the ends).
+    std::vector<std::pair<int64_t, std::shared_ptr<CacheObject>>> by_use;
+    for (auto& o : all) by_use.push_back({last_use(dir, o->id()), o});
+    std::stable_sort(by_use.begin(), by_use.end(), [](auto& a, auto& b) { return a.first < b.first; });
+    uint64_t target = *req.to_bytes;
+    for (auto& [t, o] : by_use) {
+      uint64_t used = (*store)->used_bytes();
+      if (used <= target) break;
+      uint64_t mine = cached_bytes_as_counted(*o);
+      if (mine == 0) continue;
+      if (used - mine >= target) {
+        UDM_TRY(remove_whole(o));
+        continue;
+      }
+      uint64_t need = (used - target + o->block_size() - 1) / o->block_size();
+      std::vector<uint64_t> order;
+      for (uint64_t b = 1; b + 1 < o->blocks(); b++) order.push_back(b);
+      order.push_back(0);
+      if (o->blocks() > 1) order.push_back(o->blocks() - 1);
+      std::vector<uint64_t> drop;
+      for (uint64_t b : order) {
+        if (drop.size() == need) break;
+        if (o->present(b)) drop.push_back(b);
+      }
+      UDM_TRY((*store)->drop_blocks(o.get(), drop));
+      evicted.push_back({{"id", o->id()}, {"key", display_key(o->key())}, {"bytes", drop.size() * o->block_size()}, {"whole", false}});
+    }
+  }
+  return json{{"dir", dir}, {"evicted", std::move(evicted)}, {"bytes_cached_before", before},
+              {"bytes_cached_after", (*store)->used_bytes()}};
+}
+
+}  // namespace udm::remote
