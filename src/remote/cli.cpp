@@ -30,7 +30,7 @@ namespace {
 
 struct RemoteOpts {
   std::string cache_dir, cache_size, on_error, auth, ca;
-  std::vector<std::string> insecure;
+  std::vector<std::string> insecure, resolve;
   int stall = -1, retries = -1;
 };
 
@@ -47,6 +47,8 @@ void add_remote_options(CLI::App* d, std::shared_ptr<RemoteOpts> o, bool daemon)
   d->add_option("--registry-auth", o->auth, "docker config.json with registry credentials (\"auths\")")
       ->envname("UDM_REGISTRY_AUTH");
   d->add_option("--remote-ca", o->ca, "CA bundle for https:// and registries")->envname("UDM_REMOTE_CA");
+  d->add_option("--remote-resolve", o->resolve,
+                "HOST:PORT:ADDR: connect to ADDR for HOST:PORT, TLS still checks HOST (curl --resolve; repeatable)");
   if (daemon) {
     d->add_option("--remote-stall-timeout", o->stall, "seconds without a byte before a transfer fails (default 30)");
     d->add_option("--remote-retries", o->retries, "retries per request before --remote-on-error applies (default 5)");
@@ -69,6 +71,11 @@ void apply(const RemoteOpts& o) {
   for (auto& h : o.insecure) c.insecure_registries.push_back(h);
   if (!o.auth.empty()) c.registry_auth = o.auth;
   if (!o.ca.empty()) c.ca_file = o.ca;
+  for (auto& r : o.resolve) {
+    Status st = remote::check_resolve(r);
+    if (!st.ok()) throw CLI::ValidationError("--remote-resolve", st.message());
+    c.resolve.push_back(r);
+  }
   if (o.stall > 0) c.stall_seconds = o.stall;
   if (o.retries >= 0) c.retries = o.retries;
   remote::set_config(c);

@@ -1,6 +1,8 @@
 #include "remote/config.h"
 
+#include <cctype>
 #include <cstdlib>
+#include <string>
 #include <mutex>
 
 namespace udm::remote {
@@ -22,15 +24,22 @@ void init_locked() {
   }
   if (const char* v = std::getenv("UDM_REGISTRY_AUTH"); v && *v) g_cfg.registry_auth = v;
   if (const char* v = std::getenv("UDM_REMOTE_CA"); v && *v) g_cfg.ca_file = v;
-  if (const char* v = std::getenv("UDM_INSECURE_REGISTRY"); v && *v) {
+  auto list = [](const char* v, std::vector<std::string>& out) {
     std::string s = v;
     size_t p = 0;
     while (p <= s.size()) {
       size_t c = s.find(',', p);
       if (c == std::string::npos) c = s.size();
-      if (c > p) g_cfg.insecure_registries.push_back(s.substr(p, c - p));
+      if (c > p) out.push_back(s.substr(p, c - p));
       p = c + 1;
     }
+  };
+  if (const char* v = std::getenv("UDM_INSECURE_REGISTRY"); v && *v) list(v, g_cfg.insecure_registries);
+  if (const char* v = std::getenv("UDM_REMOTE_RESOLVE"); v && *v) {
+    std::vector<std::string> r;
+    list(v, r);
+    for (auto& e : r)
+      if (check_resolve(e).ok()) g_cfg.resolve.push_back(e);
   }
 }
 
@@ -67,6 +76,24 @@ Result<uint64_t> parse_byte_size(const std::string& s) {
   else return Invalid("bad size unit in '" + s + "' (K, M, G, T)");
   if (shift && v > (UINT64_MAX >> shift)) return Invalid("size too large: " + s);
   return v << shift;
+}
+
+Status check_resolve(const std::string& s) {
+  auto bad = [&] { return Invalid("--remote-resolve '" + s + "': want HOST:PORT:ADDR (e.g. registry.example:443:10.0.0.5)"); };
+  size_t c1 = s.find(':');
+  if (c1 == std::string::npos || c1 == 0) return bad();
+  size_t c2 = s.find(':', c1 + 1);
+  if (c2 == std::string::npos || c2 == c1 + 1 || c2 + 1 >= s.size()) return bad();
+  std::string port = s.substr(c1 + 1, c2 - c1 - 1);
+  if (port.size() > 5) return bad();
+  for (char ch : port)
+    if (ch < '0' || ch > '9') return bad();
+  if (std::stoul(port) == 0 || std::stoul(port) > 65535) return bad();
+  for (char ch : s.substr(0, c1))
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-') return bad();
+  for (char ch : s.substr(c2 + 1))
+    if (!std::isxdigit(static_cast<unsigned char>(ch)) && ch != '.' && ch != ':' && ch != '[' && ch != ']') return bad();
+  return Status::Ok();
 }
 
 Result<OnError> parse_on_error(const std::string& s) {

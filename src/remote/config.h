@@ -1,6 +1,7 @@
 // Process-wide settings of the remote backing sources (http://, https://,
 // oci://). The daemon's options (--cache-dir, --cache-size, --remote-on-error,
-// --insecure-registry, --registry-auth, --remote-stall-timeout, --remote-retries)
+// --insecure-registry, --registry-auth, --remote-ca, --remote-resolve,
+// --remote-stall-timeout, --remote-retries)
 // set it before any device opens; every option also has an environment
 // variable (UDM_CACHE_DIR, ...) so offline tools (`udm update-info URL`,
 // `udm pull`) use the same cache. See docs/remote.md.
@@ -25,6 +26,7 @@ struct RemoteConfig {
   std::vector<std::string> insecure_registries;  // host[:port] allowed over plain HTTP
   std::string registry_auth;                     // docker config.json ("auths")
   std::string ca_file;                           // extra CA bundle for https (tests, private CAs)
+  std::vector<std::string> resolve;              // HOST:PORT:ADDR, libcurl's CURLOPT_RESOLVE (curl --resolve)
   int retries = 5;                               // per request, before on_error applies
   int stall_seconds = 30;                        // no byte for this long: the transfer failed
   int connect_seconds = 10;
@@ -39,5 +41,7 @@ void set_config(const RemoteConfig& c);
 
 Result<uint64_t> parse_byte_size(const std::string& s);  // "4G", "512M", "1048576"
 Result<OnError> parse_on_error(const std::string& s);
+// Checks one --remote-resolve entry: HOST:PORT:ADDR (ADDR an IPv4 or [IPv6] address).
+Status check_resolve(const std::string& s);
 
 }  // namespace udm::remote

@@ -183,6 +183,9 @@ HttpReply HttpClient::perform(const HttpRequest& req) {
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, long(CURL_HTTP_VERSION_2TLS));
   curl_easy_setopt(e, CURLOPT_USERAGENT, "udm/0.1");
   if (!cfg.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, cfg.ca_file.c_str());
+  curl_slist* resolve = nullptr;  // --remote-resolve: HOST:PORT:ADDR (the name still verified by TLS)
+  for (const auto& r : cfg.resolve) resolve = curl_slist_append(resolve, r.c_str());
+  if (resolve) curl_easy_setopt(e, CURLOPT_RESOLVE, resolve);
   if (!req.basic_user.empty()) {
     curl_easy_setopt(e, CURLOPT_HTTPAUTH, long(CURLAUTH_BASIC));
     curl_easy_setopt(e, CURLOPT_USERNAME, req.basic_user.c_str());
@@ -214,6 +217,7 @@ HttpReply HttpClient::perform(const HttpRequest& req) {
   curl_multi_wakeup(impl_->multi);
   std::unique_lock lk(mu);
   t.cv.wait(lk, [&] { return t.done; });
+  if (resolve) curl_slist_free_all(resolve);
   return std::move(t.reply);
 }
 

@@ -2,8 +2,12 @@
 // by the test (servers.h TestCa): bytes compared with the file, the protocol
 // taken from nginx's access log ($server_protocol) and from libcurl's own
 // report (the source's stats), and an untrusted certificate refused.
+// oci:// over https: Debian's docker-registry with its own TLS config and a
+// certificate for a registry name (registry.udm.test) that --remote-resolve
+// points at 127.0.0.1 (a loopback address itself would be plain HTTP).
 #include <sys/stat.h>
 
+#include "remote/cache_store.h"
 #include "remote_util.h"
 
 namespace udm::test {
@@ -113,6 +117,123 @@ TEST(RemoteHttps, UntrustedCertificateIsRefusedNamingTheUrl) {
   std::vector<uint8_t> b(70000);
   ASSERT_TRUE((*d)->read(500000, b).ok());
   EXPECT_TRUE(std::equal(b.begin(), b.end(), f.data.begin() + 500000));
+}
+
+// A TLS registry holding one blob, reached by name through --remote-resolve.
+struct TlsRegistryFixture {
+  static constexpr const char* kName = "registry.udm.test";
+  TempDir t, cache;
+  std::unique_ptr<TestCa> ca;
+  std::unique_ptr<Registry> reg;
+  std::vector<uint8_t> data;
+  std::string hex, skip;
+  explicit TlsRegistryFixture(size_t size) {
+    ca = TestCa::make(&skip, kName);
+    if (!ca) return;
+    reg = Registry::start(false, 0, &skip, ca.get());
+    if (!reg) return;
+    data = random_bytes(size, 21);
+    write_file(t.file("blob"), data);
+    hex = reg->push_blob("test/img", t.file("blob"));
+  }
+  std::string resolve(const std::string& name = kName) const {
+    return name + ":" + std::to_string(reg->port) + ":127.0.0.1";
+  }
+  std::string spec(const std::string& name = kName) const {
+    return "oci://" + name + ":" + std::to_string(reg->port) + "/test/img@sha256:" + hex;
+  }
+  std::string blob_url(const std::string& name = kName) const {
+    return "https://" + name + ":" + std::to_string(reg->port) + "/v2/test/img/blobs/sha256:" + hex;
+  }
+  int blob_gets() const {
+    int n = 0;
+    std::string log = reg->log(), needle = "\"GET /v2/test/img/blobs/sha256:" + hex;
+    for (size_t p = log.find(needle); p != std::string::npos; p = log.find(needle, p + 1)) n++;
+    return n;
+  }
+};
+
+TEST(RemoteHttps, OciBlobFromTlsRegistryWithTestCa) {
+  TlsRegistryFixture f((2u << 20) + 4321);
+  if (!f.reg) GTEST_SKIP() << f.skip;
+  ASSERT_EQ(f.hex.size(), 64u) << "push over https failed";
+  // The registry speaks TLS only: a plain-HTTP request is not served.
+  auto plain = run({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:" + std::to_string(f.reg->port) + "/v2/"});
+  EXPECT_NE(plain.out, "200") << plain.describe();
+  auto c = set_remote(f.cache.path());
+  c.ca_file = f.ca->ca_pem();
+  c.resolve = {f.resolve()};
+  remote::set_config(c);
+  auto d = remote::open_remote(f.spec(), false);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ((*d)->size(), f.data.size());
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 60; i++) {
+    uint64_t len = 1 + rng() % (i % 3 ? 7000 : 300000), off = rng() % (f.data.size() - len + 1);
+    std::vector<uint8_t> b(len);
+    ASSERT_TRUE((*d)->read(off, b).ok()) << off << "+" << len;
+    ASSERT_TRUE(std::equal(b.begin(), b.end(), f.data.begin() + long(off))) << "bytes differ at " << off << "+" << len;
+  }
+  std::vector<uint8_t> all(f.data.size());
+  ASSERT_TRUE((*d)->read(0, all).ok());
+  expect_same(all, f.data, "whole blob over https");
+  auto h = as_http(*d);
+  std::string js = h->stats_json();
+  EXPECT_NE(js.find("\"verified\":true"), std::string::npos) << js;  // hashed against its digest once whole
+  EXPECT_EQ(h->stats().errors.load(), 0u) << js;
+  EXPECT_EQ(h->stats().bytes_fetched.load(), f.data.size() + 1) << js;  // each byte once + the probe
+  // The bytes came from this registry, which serves TLS only (its access log has the blob GETs).
+  EXPECT_GE(f.blob_gets(), 2) << f.reg->log();
+  // Go's net/http offers h2 over TLS, and libcurl takes it (CURL_HTTP_VERSION_2TLS).
+  EXPECT_NE(js.find("\"http_version\":\"2\""), std::string::npos) << js;
+  EXPECT_NE(f.reg->log().find("HTTP/2.0\" 206"), std::string::npos) << f.reg->log();
+}
+
+TEST(RemoteHttps, OciTlsRegistryWithUntrustedCertificateIsRefused) {
+  TlsRegistryFixture f(1u << 20);
+  if (!f.reg) GTEST_SKIP() << f.skip;
+  ASSERT_EQ(f.hex.size(), 64u) << "push over https failed";
+  int gets_before = f.blob_gets();
+  auto expect_refused = [&](const std::string& spec, const std::string& url, const std::string& names, const char* why) {
+    auto d = remote::open_remote(spec, false);
+    ASSERT_FALSE(d.ok()) << why << ": accepted";
+    std::string m = d.status().message();
+    EXPECT_NE(m.find(url), std::string::npos) << why << ": " << m;
+    EXPECT_NE(m.find("TLS certificate not accepted"), std::string::npos) << why << ": " << m;
+    EXPECT_NE(m.find(names), std::string::npos) << why << ": " << m;
+    EXPECT_EQ(m.find("gave up after"), std::string::npos) << why << ": a certificate error was retried: " << m;
+  };
+  // System CAs only: the test CA is unknown.
+  auto c = set_remote(f.cache.path());
+  c.resolve = {f.resolve()};
+  remote::set_config(c);
+  expect_refused(f.spec(), f.blob_url(), "--remote-ca FILE", "untrusted CA");
+  // Another CA as --remote-ca: refused, naming that file.
+  std::string err;
+  auto other = TestCa::make(&err, TlsRegistryFixture::kName);
+  ASSERT_TRUE(other) << err;
+  c.ca_file = other->ca_pem();
+  remote::set_config(c);
+  expect_refused(f.spec(), f.blob_url(), other->ca_pem(), "a CA that did not sign the certificate");
+  // The right CA but a name the certificate does not carry: host name checked.
+  c.ca_file = f.ca->ca_pem();
+  c.resolve = {f.resolve(), f.resolve("other.udm.test")};
+  remote::set_config(c);
+  expect_refused(f.spec("other.udm.test"), f.blob_url("other.udm.test"), f.ca->ca_pem(), "name mismatch");
+  // No request reached the registry's HTTP layer, and nothing was cached.
+  EXPECT_EQ(f.blob_gets(), gets_before) << f.reg->log();
+  {
+    auto store = remote::CacheStore::open(f.cache.path(), 1ull << 30);
+    ASSERT_TRUE(store.ok() && *store);
+    EXPECT_EQ((*store)->existing("sha256:" + f.hex), nullptr) << "a refused source left a cache object";
+    EXPECT_EQ((*store)->used_bytes(), 0u);
+  }
+  // Trusted and named right: the same blob reads correctly.
+  auto d = remote::open_remote(f.spec(), false);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  std::vector<uint8_t> b(300000);
+  ASSERT_TRUE((*d)->read(123456, b).ok());
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), f.data.begin() + 123456));
 }
 
 }  // namespace

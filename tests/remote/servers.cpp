@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -85,7 +86,7 @@ static std::string slurp(const std::string& p) {
   return ss.str();
 }
 
-std::unique_ptr<TestCa> TestCa::make(std::string* error) {
+std::unique_ptr<TestCa> TestCa::make(std::string* error, const std::string& dns_name) {
   if (!have_tool("openssl")) {
     *error = "openssl not installed";
     return nullptr;
@@ -94,7 +95,8 @@ std::unique_ptr<TestCa> TestCa::make(std::string* error) {
   ::chmod(ca->dir.path().c_str(), 0755);  // nginx workers read the key and certificate
   std::string d = ca->dir.path();
   std::ofstream(d + "/server.ext") << "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-                                      "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
+                                      "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+                                   << (dns_name.empty() ? "" : ",DNS:" + dns_name) << "\n";
   std::vector<std::vector<std::string>> steps = {
       {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/ca.key", "-out", d + "/ca.pem",
        "-days", "2", "-subj", "/CN=udm test CA", "-addext", "basicConstraints=critical,CA:TRUE",
@@ -244,7 +246,7 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
 )PY";
 
-std::unique_ptr<Registry> Registry::start(bool token, int ttl, std::string* error) {
+std::unique_ptr<Registry> Registry::start(bool token, int ttl, std::string* error, const TestCa* tls) {
   if (::access("/usr/bin/docker-registry", X_OK) != 0) {
     *error = "docker-registry not installed (scripts/setup installs it)";
     return nullptr;
@@ -282,8 +284,10 @@ std::unique_ptr<Registry> Registry::start(bool token, int ttl, std::string* erro
   std::ofstream(d + "/config.yml") << "version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\n"
                                       "storage:\n  cache: {blobdescriptor: inmemory}\n  filesystem: {rootdirectory: "
                                    << d << "/data}\n  delete: {enabled: true}\nhttp: {addr: 127.0.0.1:" << r->port
+                                   << (tls ? ", tls: {certificate: " + tls->cert_pem() + ", key: " + tls->key_pem() + "}" : "")
                                    << "}\n"
                                    << auth;
+  if (tls) r->ca_pem = tls->ca_pem();
   r->reg_ = std::make_unique<Proc>(std::vector<std::string>{"/usr/bin/docker-registry", "serve", d + "/config.yml"},
                                    d + "/registry.log");
   if (!wait_port(r->port)) {
@@ -295,7 +299,9 @@ std::unique_ptr<Registry> Registry::start(bool token, int ttl, std::string* erro
 
 std::string Registry::push_blob(const std::string& repo, const std::string& file) const {
   std::string hex = sha256_file(file);
-  std::string base = "http://" + authority();
+  std::string base = (ca_pem.empty() ? "http://" : "https://") + authority();
+  std::vector<std::string> tls;
+  if (!ca_pem.empty()) tls = {"--cacert", ca_pem};
   std::string hdr;
   if (token) {
     auto t = run({"curl", "-s", "-u", "udm:secret",
@@ -308,8 +314,11 @@ std::string Registry::push_blob(const std::string& repo, const std::string& file
   }
   std::vector<std::string> post{"curl", "-s", "-D", "-", "-o", "/dev/null", "-X", "POST", base + "/v2/" + repo + "/blobs/uploads/"};
   if (token) post.insert(post.begin() + 1, {"-H", hdr});
+  post.insert(post.begin() + 1, tls.begin(), tls.end());
   auto r = run(post);
-  auto l = r.out.find("Location: ");
+  std::string lower = r.out;  // over TLS the registry speaks HTTP/2: header names in lowercase
+  for (auto& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  auto l = lower.find("location: ");
   if (l == std::string::npos) return "";
   std::string loc = r.out.substr(l + 10, r.out.find('\r', l) - l - 10);
   if (loc.rfind("http", 0) != 0) loc = base + loc;
@@ -317,10 +326,13 @@ std::string Registry::push_blob(const std::string& repo, const std::string& file
                                "--data-binary", "@" + file, loc + (loc.find('?') == std::string::npos ? "?" : "&") +
                                                                 "digest=sha256:" + hex};
   if (token) put.insert(put.begin() + 1, {"-H", hdr});
+  put.insert(put.begin() + 1, tls.begin(), tls.end());
   auto p = run(put);
   return p.ok() ? hex : "";
 }
 
 std::string Registry::token_log() const { return slurp(dir_.path() + "/tok.log"); }
+
+std::string Registry::log() const { return slurp(dir_.path() + "/registry.log"); }
 
 }  // namespace udm::test

@@ -28,16 +28,16 @@ class Proc {
 };
 
 // A throwaway certificate authority and a server certificate it signed for
-// 127.0.0.1 (subjectAltName IP:127.0.0.1, DNS:localhost), made with the
-// openssl CLI in a temp dir: ca.pem (what a client trusts), server.pem and
-// server.key (what the server presents).
+// 127.0.0.1 (subjectAltName IP:127.0.0.1, DNS:localhost, and DNS:dns_name if
+// given), made with the openssl CLI in a temp dir: ca.pem (what a client
+// trusts), server.pem and server.key (what the server presents).
 struct TestCa {
   TempDir dir;
   std::string ca_pem() const { return dir.file("ca.pem"); }
   std::string cert_pem() const { return dir.file("server.pem"); }
   std::string key_pem() const { return dir.file("server.key"); }
   // Null (and error set) if openssl is missing or fails.
-  static std::unique_ptr<TestCa> make(std::string* error);
+  static std::unique_ptr<TestCa> make(std::string* error, const std::string& dns_name = "");
 };
 
 class Nginx {
@@ -77,13 +77,18 @@ class FaultServer {
 class Registry {
  public:
   // token: also start a token server (TTL seconds) and configure token auth.
-  static std::unique_ptr<Registry> start(bool token, int token_ttl, std::string* error);
+  // tls: serve https with tls's server certificate (the registry's own
+  // http.tls config; Go's net/http then offers HTTP/2 too).
+  static std::unique_ptr<Registry> start(bool token, int token_ttl, std::string* error, const TestCa* tls = nullptr);
   std::string authority() const { return "127.0.0.1:" + std::to_string(port); }
   // Uploads a blob (monolithic, with curl; with a push token if token auth); returns its sha256 hex.
   std::string push_blob(const std::string& repo, const std::string& file) const;
   std::string token_log() const;  // the token server's request log
   int port = 0, token_port = 0;
   bool token = false;
+  std::string ca_pem;  // with tls: the CA curl trusts in push_blob
+  int pid() const { return reg_ ? reg_->pid() : -1; }
+  std::string log() const;  // the registry's own log (access log lines)
 
  private:
   TempDir dir_;
