@@ -290,18 +290,26 @@ Result<json> verify_cache(const std::string& dir, const std::vector<std::string>
   if (!before.ok()) return before.status();
   auto store = take(dir, "verify");
   if (!store.ok()) return store.status();
-  auto sel = select_all((*store)->objects(), select);
-  if (!sel.ok()) return sel.status();
   json results = json::array();
   int bad = 0;
   if (select.empty()) {
     for (auto& d : (*before)["damaged"]) {
-      // The store's open deletes a state file it cannot read, and a data file without one.
-      results.push_back({{"id", d["id"]}, {"key", nullptr}, {"status", "removed"},
-                         {"detail", d["problem"].get<std::string>() + "; removed " + d["file"].get<std::string>()}});
+      // The store's open deleted a state file it could not read and a data
+      // file without one; a misfiled object (its name not its key's hash)
+      // loads, and goes here.
+      std::string id = d["id"];
+      for (auto& o : (*store)->objects())
+        if (o->id() == id) UDM_TRY((*store)->remove(o.get()));
+      bool gone = ::access((dir + "/" + id + ".state").c_str(), F_OK) != 0 &&
+                  ::access((dir + "/" + id + ".data").c_str(), F_OK) != 0;
+      results.push_back({{"id", id}, {"key", nullptr}, {"status", gone ? "removed" : "bad"},
+                         {"detail", d["problem"].get<std::string>() + (gone ? "; removed " : "; could not remove ") +
+                                        d["file"].get<std::string>()}});
       bad++;
     }
   }
+  auto sel = select_all((*store)->objects(), select);
+  if (!sel.ok()) return sel.status();
   for (auto& o : *sel) {
     json r{{"id", o->id()}, {"key", display_key(o->key())}, {"blocks_dropped", 0}};
     std::string what = "cache object " + display_key(o->key());

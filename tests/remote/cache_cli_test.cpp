@@ -181,14 +181,22 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   std::string junk(64, 'a');
   write_file(s.cache.file(junk + ".state"), std::vector<uint8_t>(5000, 7));
   write_file(s.cache.file(std::string(64, 'b') + ".data"), std::vector<uint8_t>(10, 1));
+  // ... and a valid object under a name that is not its key's hash (misfiled).
+  std::string misfiled(64, 'c');
+  write_file(s.cache.file(misfiled + ".state"), read_file(s.cache.file(uo["id"].get<std::string>() + ".state")));
+  write_file(s.cache.file(misfiled + ".data"), read_file(udata));
   l = ls(s.cache.path());
-  EXPECT_EQ(l["damaged"].size(), 2u) << l.dump(2);
+  EXPECT_EQ(l["damaged"].size(), 3u) << l.dump(2);
+  EXPECT_NE(l.dump().find("misfiled"), std::string::npos) << l.dump(2);
   EXPECT_EQ(l["objects"].size(), 2u) << l.dump(2);
   v = cache({"verify"}, s.cache.path());
   EXPECT_EQ(v.exit_code, 1) << v.describe();
   EXPECT_NE(v.out.find("removed"), std::string::npos) << v.describe();
   EXPECT_TRUE(ls(s.cache.path())["damaged"].empty());
   EXPECT_NE(::access(s.cache.file(junk + ".state").c_str(), F_OK), 0);
+  EXPECT_NE(::access(s.cache.file(misfiled + ".state").c_str(), F_OK), 0);
+  EXPECT_NE(::access(s.cache.file(misfiled + ".data").c_str(), F_OK), 0);
+  EXPECT_EQ(ls(s.cache.path())["objects"].size(), 2u);
 }
 
 TEST(RemoteCacheCli, EvictObjectsAllAndDownToASize) {
