@@ -149,3 +149,14 @@ TEST(RemoteCheck, ManifestParserAndImageRefs) {
   EXPECT_FALSE(parse_image_ref("h/Img:x").ok());
   EXPECT_FALSE(parse_image_ref("h/img@sha256:12").ok());
 }
+
+TEST(RemoteCheck, RemoteResolveEntries) {
+  for (const char* ok : {"registry.udm.test:443:127.0.0.1", "a-b.example:5000:10.0.0.5", "h:1:[::1]"})
+    EXPECT_TRUE(check_resolve(ok).ok()) << ok;
+  for (const char* bad : {"", "host", "host:443", "host:443:", ":443:1.2.3.4", "host::1.2.3.4", "host:0:1.2.3.4",
+                          "host:70000:1.2.3.4", "host:44x:1.2.3.4", "ho st:443:1.2.3.4", "host:443:evil;rm"}) {
+    auto st = check_resolve(bad);
+    EXPECT_FALSE(st.ok()) << bad;
+    EXPECT_NE(st.message().find("HOST:PORT:ADDR"), std::string::npos) << st.message();
+  }
+}

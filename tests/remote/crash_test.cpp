@@ -1,12 +1,14 @@
 // SIGKILL a reader in the middle of fetches (the slow fault server keeps
 // several in flight), then reopen the same cache: every byte correct, and
-// the blocks that were durable are not fetched again.
+// the blocks that were durable are not fetched again; `udm cache verify`'s
+// check finds no set bit without its data.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <thread>
 
+#include "remote/cache_admin.h"
 #include "remote_util.h"
 
 namespace udm::test {
@@ -33,6 +35,14 @@ TEST(RemoteCrash, SigkillDuringFetchesThenEveryByteCorrect) {
     }
     ::kill(p.pid(), SIGKILL);
     p.stop();
+  }
+  // What the kills left passes `udm cache verify` (every set bit has its data; nothing dropped or removed).
+  {
+    auto v = remote::verify_cache(cache.path(), {});
+    ASSERT_TRUE(v.ok()) << v.status().message();
+    EXPECT_EQ((*v)["bad"], 0) << v->dump(2);
+    ASSERT_EQ((*v)["objects"].size(), 1u) << v->dump(2);
+    EXPECT_EQ((*v)["objects"][0]["blocks_dropped"], 0) << v->dump(2);
   }
   // The cache holds some blocks, all correct.
   remote::RemoteConfig c = set_remote(cache.path());
