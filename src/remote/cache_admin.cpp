@@ -132,9 +132,9 @@ Result<DirScan> scan(const std::string& dir) {
   if (!d) return ErrnoStatus("cache dir " + dir);
   DirScan s;
   while (auto* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n.size() > 6 && n.substr(n.size() - 6) == ".state") s.states.push_back(n.substr(0, n.size() - 6));
-    if (n.size() > 5 && n.substr(n.size() - 5) == ".data") s.datas.push_back(n.substr(0, n.size() - 5));
+    std::string n = e->d_name;  // only the store's names (as CacheStore::open)
+    if (n.size() == 64 + 6 && n.substr(64) == ".state" && is_object_id(n.substr(0, 64))) s.states.push_back(n.substr(0, 64));
+    if (n.size() == 64 + 5 && n.substr(64) == ".data" && is_object_id(n.substr(0, 64))) s.datas.push_back(n.substr(0, 64));
   }
   ::closedir(d);
   std::sort(s.states.begin(), s.states.end());
@@ -147,6 +147,11 @@ Status need_dir(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus("cache dir " + dir);
   if (!S_ISDIR(st.st_mode)) return Invalid("cache dir " + dir + ": not a directory");
+  // Every process that caches there creates DIR/lock first: without it this
+  // is not (yet) a cache directory, and verify/evict must not touch it.
+  if (::access((dir + "/lock").c_str(), F_OK) != 0)
+    return Status::Error(ENOENT, "cache dir " + dir + ": not a udm cache directory (no " + dir +
+                                     "/lock; the daemon creates it when it first caches a remote source)");
   return Status::Ok();
 }
 

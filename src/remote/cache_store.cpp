@@ -90,6 +90,11 @@ int64_t now_seconds() { return int64_t(::time(nullptr)); }
 
 }  // namespace
 
+bool is_object_id(const std::string& s) {
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
 std::string sha256_hex(std::span<const uint8_t> data) {
   unsigned char md[32];
   unsigned int n = 0;
@@ -318,9 +323,10 @@ Result<std::shared_ptr<CacheStore>> CacheStore::open(const std::string& dir, uin
   if (!d) return ErrnoStatus("cache dir " + dir);
   std::vector<std::string> states, datas;
   while (auto* e = ::readdir(d)) {
+    // Only names the store makes (64 hex digits): other files are left alone.
     std::string n = e->d_name;
-    if (n.size() > 6 && n.substr(n.size() - 6) == ".state") states.push_back(n.substr(0, n.size() - 6));
-    if (n.size() > 5 && n.substr(n.size() - 5) == ".data") datas.push_back(n.substr(0, n.size() - 5));
+    if (n.size() == 64 + 6 && n.substr(64) == ".state" && is_object_id(n.substr(0, 64))) states.push_back(n.substr(0, 64));
+    if (n.size() == 64 + 5 && n.substr(64) == ".data" && is_object_id(n.substr(0, 64))) datas.push_back(n.substr(0, 64));
   }
   ::closedir(d);
   // Most recently used objects first: loaded blocks enter at the cold end in

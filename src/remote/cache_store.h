@@ -134,6 +134,9 @@ class CacheStore {
 };
 
 std::string sha256_hex(std::span<const uint8_t> data);
+// A name the store gives an object's files (64 lowercase hex digits); the
+// store and `udm cache` leave every other file of the directory alone.
+bool is_object_id(const std::string& s);
 
 // What a KEY.state file says, read without changing anything (for `udm cache
 // ls`, which may run while a daemon owns the directory).

@@ -178,6 +178,9 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
 
   // Damaged files: a state file with a bad header and a data file without
   // its state file are listed by ls, removed by verify (exit 1).
+  // Files the store did not name are not its business: listed nowhere, never removed.
+  write_file(s.cache.file("notes.data"), std::vector<uint8_t>(10, 2));
+  write_file(s.cache.file("mine.state"), std::vector<uint8_t>(10, 3));
   std::string junk(64, 'a');
   write_file(s.cache.file(junk + ".state"), std::vector<uint8_t>(5000, 7));
   write_file(s.cache.file(std::string(64, 'b') + ".data"), std::vector<uint8_t>(10, 1));
@@ -194,6 +197,8 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   EXPECT_NE(v.out.find("removed"), std::string::npos) << v.describe();
   EXPECT_TRUE(ls(s.cache.path())["damaged"].empty());
   EXPECT_NE(::access(s.cache.file(junk + ".state").c_str(), F_OK), 0);
+  EXPECT_EQ(::access(s.cache.file("notes.data").c_str(), F_OK), 0) << "verify removed a file it did not make";
+  EXPECT_EQ(::access(s.cache.file("mine.state").c_str(), F_OK), 0) << "verify removed a file it did not make";
   EXPECT_NE(::access(s.cache.file(misfiled + ".state").c_str(), F_OK), 0);
   EXPECT_NE(::access(s.cache.file(misfiled + ".data").c_str(), F_OK), 0);
   EXPECT_EQ(ls(s.cache.path())["objects"].size(), 2u);
@@ -243,6 +248,18 @@ TEST(RemoteCacheCli, EvictObjectsAllAndDownToASize) {
   bad = cache({"ls"}, s.cache.file("nowhere"));
   EXPECT_EQ(bad.exit_code, 1) << bad.describe();
   EXPECT_NE(bad.err.find(s.cache.file("nowhere")), std::string::npos) << bad.describe();
+  {  // a directory no cache ever used (no DIR/lock): refused, untouched
+    TempDir other;
+    write_file(other.file(std::string(64, 'd') + ".data"), std::vector<uint8_t>(10, 1));
+    for (auto verb : {std::vector<std::string>{"ls"}, std::vector<std::string>{"verify"},
+                      std::vector<std::string>{"evict", "--all"}}) {
+      bad = cache(verb, other.path());
+      EXPECT_EQ(bad.exit_code, 1) << bad.describe();
+      EXPECT_NE(bad.err.find("not a udm cache directory"), std::string::npos) << bad.describe();
+    }
+    EXPECT_EQ(::access(other.file(std::string(64, 'd') + ".data").c_str(), F_OK), 0);
+    EXPECT_NE(::access(other.file("lock").c_str(), F_OK), 0) << "a refused verb created DIR/lock";
+  }
   EXPECT_EQ(ls(s.cache.path())["total_bytes_cached"].get<uint64_t>(), s.file.size() + s.blob.size())
       << "a refused evict changed the cache";
 
@@ -298,8 +315,10 @@ TEST(RemoteCacheCli, EvictObjectsAllAndDownToASize) {
   l = ls(s.cache.path());
   ASSERT_EQ(l["objects"].size(), 1u) << l.dump(2);
   EXPECT_EQ(l["objects"][0]["kind"], "url");
+  write_file(s.cache.file("README"), std::vector<uint8_t>(10, 4));
   e = cache({"evict", "--all"}, s.cache.path());
   ASSERT_TRUE(e.ok()) << e.describe();
+  EXPECT_EQ(::access(s.cache.file("README").c_str(), F_OK), 0) << "evict --all removed a file it did not make";
   l = ls(s.cache.path());
   EXPECT_TRUE(l["objects"].empty()) << l.dump(2);
   EXPECT_EQ(l["total_bytes_cached"], 0);
