@@ -151,6 +151,77 @@ TEST(RemoteE2E, HttpsWithRemoteCaThroughTheDaemon) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// oci:// over https through the daemon: docker-registry serving TLS itself
+// with a test CA's certificate for registry.udm.test, which the daemon's
+// --remote-resolve points at 127.0.0.1 and its --remote-ca trusts. The blob
+// read whole through FUSE, verified against its digest; `udm cache ls` on
+// the daemon's directory while it runs, `udm cache verify` after. A daemon
+// without --remote-ca refuses the same table.
+TEST(RemoteE2E, OciOverHttpsRegistryThroughTheDaemon) {
+  std::string err;
+  auto ca = TestCa::make(&err, "registry.udm.test");
+  if (!ca) GTEST_SKIP() << err;
+  auto reg = Registry::start(false, 0, &err, ca.get());
+  if (!reg) GTEST_SKIP() << err;
+  TempDir t, cache;
+  const uint64_t kSize = (3ull << 20) + 512 * 7;
+  auto data = random_bytes(kSize, 78);
+  write_file(t.file("blob"), data);
+  std::string hex = reg->push_blob("os/layer", t.file("blob"));
+  ASSERT_EQ(hex.size(), 64u);
+  std::string name = "registry.udm.test:" + std::to_string(reg->port);
+  std::string spec = "oci://" + name + "/os/layer@sha256:" + hex;
+  std::string table = "0 " + std::to_string(kSize / 512) + " linear " + spec + " 0";
+  std::string resolve = name + ":127.0.0.1";
+  {
+    std::unique_ptr<TestDaemon> d;
+    try {
+      d = TestDaemon::start(true, false, {"--cache-dir", cache.path(), "--remote-ca", ca->ca_pem(),
+                                          "--remote-resolve", resolve});
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "daemon with FUSE export not available: " << e.what();
+    }
+    auto c = d->udm({"create", "layer", "--readonly", "--table", table});
+    ASSERT_TRUE(c.ok()) << c.describe();
+    ASSERT_TRUE(wait_for_file(d->fuse_path("layer")));
+    expect_same(read_file(d->fuse_path("layer")), data, "oci:// blob over https through FUSE");
+    auto info = d->udm({"info", "layer", "--json"});
+    ASSERT_TRUE(info.ok()) << info.describe();
+    auto j = nlohmann::json::parse(info.out);
+    auto& s = j["sources"][0];
+    EXPECT_EQ(s["url"], spec);
+    EXPECT_EQ(s["http_version"], "2") << info.out;
+    EXPECT_EQ(s["verified"], true) << info.out;
+    EXPECT_EQ(s["errors"], 0) << info.out;
+    EXPECT_NE(reg->log().find("\"GET /v2/os/layer/blobs/sha256:" + hex + " HTTP/2.0\" 206"), std::string::npos) << reg->log();
+    // The daemon owns its cache: ls shows the blob (and the owner), verify is refused.
+    auto ls = run({udm_bin(), "cache", "ls", "--json", "--cache-dir", cache.path()});
+    ASSERT_TRUE(ls.ok()) << ls.describe();
+    auto lj = nlohmann::json::parse(ls.out);
+    EXPECT_EQ(lj["owner"]["pid"], d->pid) << ls.out;
+    ASSERT_EQ(lj["objects"].size(), 1u) << ls.out;
+    EXPECT_EQ(lj["objects"][0]["digest"], "sha256:" + hex);
+    EXPECT_EQ(lj["objects"][0]["bytes_cached"].get<uint64_t>(), kSize);
+    EXPECT_EQ(lj["objects"][0]["verified"], true);
+    auto v = run({udm_bin(), "cache", "verify", "--cache-dir", cache.path()});
+    EXPECT_EQ(v.exit_code, 1) << v.describe();
+    EXPECT_NE(v.err.find("in use by pid " + std::to_string(d->pid)), std::string::npos) << v.describe();
+    ASSERT_TRUE(d->udm({"remove", "layer"}).ok());
+    EXPECT_EQ(d->stop(), 0);
+  }
+  auto v = run({udm_bin(), "cache", "verify", "--cache-dir", cache.path()});
+  EXPECT_TRUE(v.ok()) << v.describe();
+  EXPECT_NE(v.out.find("content matches its digest"), std::string::npos) << v.describe();
+  // Without --remote-ca (and an empty cache, so the daemon must ask): refused, naming the URL.
+  TempDir cache2;
+  auto d = TestDaemon::start(false, false, {"--cache-dir", cache2.path(), "--remote-resolve", resolve});
+  auto c = d->udm({"create", "layer2", "--readonly", "--table", table});
+  EXPECT_FALSE(c.ok()) << "a registry signed by an unknown CA was accepted";
+  EXPECT_NE(c.err.find("https://" + name + "/v2/os/layer/blobs/sha256:" + hex), std::string::npos) << c.describe();
+  EXPECT_NE(c.err.find("TLS certificate not accepted"), std::string::npos) << c.describe();
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // udm push of a ZFile layer → udm pull → --create → mount: every file, on
 // registry 2.8.2 anonymous and with token auth (credentials from a docker
 // config.json; the second push is chunked).
