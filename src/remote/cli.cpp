@@ -207,7 +207,7 @@ void cache_ls(const std::string& dir, bool json_out) {
   if (!r.ok()) return cli::fail(r.status());
   const auto& j = *r;
   if (json_out) {
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // keys hold server text
     return;
   }
   std::string owner = j["owner"].is_null()
@@ -238,7 +238,7 @@ void cache_verify(const std::string& dir, const std::vector<std::string>& select
   if (!r.ok()) return cli::fail(r.status());
   const auto& j = *r;
   if (json_out) {
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // keys hold server text
   } else {
     for (const auto& o : j["objects"])
       fmt::print("{:<8} {}: {}\n", o["status"].get<std::string>(),
@@ -254,7 +254,7 @@ void cache_evict(const std::string& dir, const remote::EvictRequest& req, bool j
   if (!r.ok()) return cli::fail(r.status(), r.status().code() == EINVAL ? 2 : 1);
   const auto& j = *r;
   if (json_out) {
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // keys hold server text
     return;
   }
   for (const auto& e : j["evicted"])
