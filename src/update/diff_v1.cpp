@@ -86,16 +86,10 @@ Result<std::vector<uint8_t>> plan_verity(std::span<const uint8_t> new_img, const
   v.hash_offset = off;
   v.superblock = true;
   v.sb = *sb;
-  verity::Params& p = v.params;
-  p.hash_type = sb->hash_type;
-  p.algorithm = sb->algorithm;
-  p.data_block_size = sb->data_block_size;
-  p.hash_block_size = sb->hash_block_size;
-  p.data_blocks = sb->data_blocks;
-  p.salt = sb->salt;
-  auto hs = verity::hash_start_for_offset(off, p.hash_block_size, true);
+  auto hs = verity::hash_start_for_offset(off, sb->hash_block_size, true);
   if (!hs.ok()) return Invalid(where(hs.status().message()));
-  p.hash_start = *hs;
+  v.params = verity::params_of(*sb, *hs);
+  const verity::Params& p = v.params;
   if (p.data_blocks > off / p.data_block_size)
     return Invalid(where(fmt::format("describes {} data blocks of {} bytes, which overlap the hash area", p.data_blocks,
                                      p.data_block_size)));

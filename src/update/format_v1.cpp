@@ -371,15 +371,9 @@ Status parse_v1_verity(V1Index& idx, std::span<const uint8_t> b) {
   if (v.hash_offset % bs)
     return Corrupt(fmt::format("v1 verity record hash_offset: {} is not a multiple of the diff's block size {}",
                                v.hash_offset, bs));
-  v.params.hash_type = v.sb.hash_type;
-  v.params.algorithm = v.sb.algorithm;
-  v.params.data_block_size = v.sb.data_block_size;
-  v.params.hash_block_size = v.sb.hash_block_size;
-  v.params.data_blocks = v.sb.data_blocks;
-  v.params.salt = v.sb.salt;
   auto hs = verity::hash_start_for_offset(v.hash_offset, v.sb.hash_block_size, v.superblock);
   if (!hs.ok()) return Corrupt("v1 verity record hash_offset: " + hs.status().message());
-  v.params.hash_start = *hs;
+  v.params = verity::params_of(v.sb, *hs);
   auto g = verity::compute_geometry(v.params);
   if (!g.ok()) return Corrupt("v1 verity record: " + g.status().message());
   if (root_size != g->digest_size || root_size > kVerityRootMax)

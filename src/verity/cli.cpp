@@ -115,12 +115,7 @@ Result<Resolved> resolve(CLI::App* c, const Opts& o, BlockDevice& hash, BlockDev
     if (!sb.ok()) return sb.status().context("hash device (use --no-superblock with every parameter if it has none)");
     r.has_sb = true;
     r.uuid = sb->uuid;
-    r.p.hash_type = sb->hash_type;
-    r.p.algorithm = sb->algorithm;
-    r.p.data_block_size = sb->data_block_size;
-    r.p.hash_block_size = sb->hash_block_size;
-    r.p.data_blocks = sb->data_blocks;
-    r.p.salt = sb->salt;
+    r.p = params_of(*sb);  // hash_start below, from the offset
     auto differs = [&](const char* opt, bool d) -> Status {
       auto* op = c->get_option_no_throw(opt);
       if (op && op->count() && d) return Invalid(fmt::format("{} differs from the superblock's value", opt));

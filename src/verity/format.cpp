@@ -148,6 +148,12 @@ Result<Superblock> decode_superblock(std::span<const uint8_t> b) {
   if (!all_zero(b.subspan(88 + salt_size, kMaxSalt - salt_size)))
     return Invalid("superblock: bytes after the salt are not zero");
   if (!all_zero(b.subspan(344, 168))) return Invalid("superblock: padding at 344 is not zero");
+  auto g = compute_geometry(params_of(sb));
+  if (!g.ok()) return g.status().context("superblock");
+  return sb;
+}
+
+Params params_of(const Superblock& sb, uint64_t hash_start) {
   Params p;
   p.hash_type = sb.hash_type;
   p.algorithm = sb.algorithm;
@@ -155,9 +161,8 @@ Result<Superblock> decode_superblock(std::span<const uint8_t> b) {
   p.hash_block_size = sb.hash_block_size;
   p.data_blocks = sb.data_blocks;
   p.salt = sb.salt;
-  auto g = compute_geometry(p);
-  if (!g.ok()) return g.status().context("superblock");
-  return sb;
+  p.hash_start = hash_start;
+  return p;
 }
 
 Result<std::array<uint8_t, 16>> parse_uuid(std::string_view s) {

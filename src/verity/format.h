@@ -82,6 +82,9 @@ struct Superblock {
 };
 
 std::array<uint8_t, kSuperblockSize> encode_superblock(const Superblock& sb);
+// The tree parameters a superblock records (hash_start is the caller's: it
+// depends on where the superblock lies).
+Params params_of(const Superblock& sb, uint64_t hash_start = 0);
 // Validates every field as veritysetup's VERITY_read_sb does, plus that the
 // padding is zero and the algorithm string is terminated and known.
 Result<Superblock> decode_superblock(std::span<const uint8_t> bytes);
