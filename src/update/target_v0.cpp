@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -152,6 +153,7 @@ class UpdateTargetV0 : public ReadOnlyTarget {
     const uint64_t bs = idx_.block_size();
     uint64_t persisted = done_;
     int since = 0;
+    auto last_persist = std::chrono::steady_clock::now();
     Status s;
     job_.started();
     // A pause makes the progress so far durable first.
@@ -175,11 +177,15 @@ class UpdateTargetV0 : public ReadOnlyTarget {
       if (!s.ok()) break;
       done_ = c.first_entry + c.n_entries;
       job_.set_done(done_, done_ * bs);
-      if (++since >= kPersistEvery || done_ == idx_.entries.size()) {
+      // Every kPersistEvery chunks, and at least once a second while the
+      // copy moves (a throttled job crawls; a crash then costs a second's work).
+      if (++since >= kPersistEvery || done_ == idx_.entries.size() ||
+          std::chrono::steady_clock::now() - last_persist >= std::chrono::seconds(1)) {
         s = persist(done_);
         if (!s.ok()) break;
         persisted = done_;
         since = 0;
+        last_persist = std::chrono::steady_clock::now();
       }
     }
     if (s.ok() && done_ != persisted) s = persist(done_);

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -273,6 +274,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     UDM_TRY(v1_write_checkpoint(*diff_, 1, done, stash));  // ... then the record
     durable_ = done;
     checkpoints_++;
+    last_checkpoint_ = std::chrono::steady_clock::now();
     durable_has_stash_ = !stash.empty();
     return Status::Ok();
   }
@@ -417,7 +419,12 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         done_ = i + 1;
       }
       job_.set_done(i + 1, (i + 1) * bs);
-      if (done_ - durable_ >= kPersistEvery) s = checkpoint(done_);
+      // Progress is recorded every kPersistEvery operations, and at least
+      // once a second while it moves (a throttled job crawls: a crash, or
+      // a SIGKILL of the daemon, then costs at most a second's work).
+      if (done_ - durable_ >= kPersistEvery ||
+          (done_ != durable_ && std::chrono::steady_clock::now() - last_checkpoint_ >= kPersistInterval))
+        s = checkpoint(done_);
     }
     if (s.ok() && started_ && done_ != durable_) s = checkpoint(done_);
     if (s.ok() && !stop_ && done_ == n && !region_.empty() && region_done_ == 0) s = write_region(on_pause);
@@ -444,6 +451,8 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   std::vector<uint8_t> region_;            // flag VERITY_TREE: the regenerated area (prepare_verity)
   std::atomic<uint64_t> region_done_{0};   // its blocks durable on the system device (0 or all)
   uint64_t durable_ = 0;
+  static constexpr std::chrono::seconds kPersistInterval{1};
+  std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
   bool started_ = false;
   bool durable_has_stash_ = false;
   std::shared_mutex apply_mu_;
