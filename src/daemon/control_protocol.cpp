@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "io/resolver.h"
 
 namespace udm {
@@ -141,6 +143,45 @@ Result<std::string> prefetch(const MappedDevice& d, const std::vector<std::strin
   return out;
 }
 
+// `udm message NAME SECTOR source WORDS... [URI]`: the words go to the URI
+// backing sources (their scheme's message hook) of the segment at SECTOR,
+// or to the one URI named last; each reply line starts with its URI.
+Result<std::string> source_message(const MappedDevice& d, uint64_t sector, const std::vector<std::string>& args) {
+  auto t = d.active_table();
+  uint64_t off;
+  if (__builtin_mul_overflow(sector, kSectorSize, &off) || off >= t->size())
+    return Invalid(fmt::format("message: sector {} is beyond the end of {}", sector, d.name()));
+  const Segment& s = t->segments()[t->find(off)];
+  std::vector<std::string> words(args.begin() + 1, args.end());
+  std::vector<std::string> uris;
+  for (size_t p = 0; p < s.args.size();) {  // the segment's URI words, once each
+    size_t q = std::min(s.args.find_first_of(" \t", p), s.args.size());
+    std::string u = s.args.substr(p, q - p);
+    p = q + 1;
+    if (u.empty() || spec_kind(u) != SpecKind::kUri || std::find(uris.begin(), uris.end(), u) != uris.end()) continue;
+    if (SchemeRegistry::global().message(spec_scheme(u))) uris.push_back(u);
+  }
+  if (!words.empty() && spec_kind(words.back()) == SpecKind::kUri) {
+    std::string want = words.back();
+    words.pop_back();
+    if (std::find(uris.begin(), uris.end(), want) == uris.end())
+      return Invalid(fmt::format("message: source: {} is not a backing source of the {} segment at sector {} of {}",
+                                 want, s.type, sector, d.name()));
+    uris = {want};
+  }
+  if (uris.empty())
+    return Invalid(fmt::format("message: source: the {} segment at sector {} of {} has no backing source that takes "
+                               "messages (http://, https://, oci://)",
+                               s.type, sector, d.name()));
+  std::string out;
+  for (const auto& u : uris) {
+    auto r = SchemeRegistry::global().message(spec_scheme(u))(u, words);
+    if (!r.ok()) return r.status();
+    out += (out.empty() ? "" : "\n") + u + ": " + *r;
+  }
+  return out;
+}
+
 json device_info_json(const MappedDevice& d) {
   auto t = d.active_table();
   json sources = sources_json(*t);
@@ -245,7 +286,8 @@ json handle_request(DeviceRegistry& reg, const json& req) {
       if (!a.is_string()) return error_reply(Invalid("field 'args' must be an array of strings"));
       args.push_back(a.get<std::string>());
     }
-    auto r = d.message(it->get<uint64_t>(), args);
+    auto r = !args.empty() && args[0] == "source" ? source_message(d, it->get<uint64_t>(), args)
+                                                   : d.message(it->get<uint64_t>(), args);
     if (!r.ok()) return error_reply(r.status());
     return ok_reply(*r);
   }

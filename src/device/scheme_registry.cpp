@@ -41,6 +41,17 @@ SchemeRegistry::SourceJobs SchemeRegistry::jobs(std::string_view scheme) const {
   return it == entries_.end() ? SourceJobs{} : it->second.jobs;
 }
 
+void SchemeRegistry::set_message(const std::string& scheme, SourceMessage m) {
+  std::lock_guard lk(mu_);
+  entries_[scheme].message = std::move(m);
+}
+
+SchemeRegistry::SourceMessage SchemeRegistry::message(std::string_view scheme) const {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(scheme);
+  return it == entries_.end() ? SourceMessage{} : it->second.message;
+}
+
 const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {
   std::lock_guard lk(mu_);
   auto it = entries_.find(scheme);

@@ -28,6 +28,9 @@ class SchemeRegistry {
     std::function<std::vector<JobInfo>(const std::string& uri)> list;
     std::function<Result<std::string>(const std::string& uri, const std::vector<std::string>& args)> control;
   };
+  // Operator messages to an open source (`udm message NAME SECTOR source
+  // WORDS...`: the words after "source", for each URI of that segment).
+  using SourceMessage = std::function<Result<std::string>(const std::string& uri, const std::vector<std::string>& args)>;
   static SchemeRegistry& global();
   void add(const std::string& scheme, Opener open, std::string usage);
   void set_describer(const std::string& scheme, Describer d);
@@ -35,6 +38,9 @@ class SchemeRegistry {
   void set_jobs(const std::string& scheme, SourceJobs j);
   // Null-free copy of the scheme's job hooks (empty functions if none).
   SourceJobs jobs(std::string_view scheme) const;
+  void set_message(const std::string& scheme, SourceMessage m);
+  // Empty if the scheme takes no messages.
+  SourceMessage message(std::string_view scheme) const;
   // Null if nothing registered the scheme.
   const Opener* find(std::string_view scheme) const;
   std::vector<std::string> schemes() const;
@@ -45,6 +51,7 @@ class SchemeRegistry {
     std::string usage;
     Describer describe;
     SourceJobs jobs;
+    SourceMessage message;
   };
   mutable std::mutex mu_;
   std::map<std::string, Entry, std::less<>> entries_;

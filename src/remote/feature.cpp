@@ -15,6 +15,9 @@ void register_feature_remote(Features& f) {
                            [](const std::string& uri, const std::vector<std::string>& args) {
                              return remote::prefetch_control(uri, args);
                            }});
+    f.schemes.set_message(s, [](const std::string& uri, const std::vector<std::string>& args) {
+      return remote::source_message(uri, args);
+    });
     f.schemes.set_describer(s, [](const std::string& uri) {
       std::string a = remote::live_sources_json({uri});
       return a.size() > 2 ? a.substr(1, a.size() - 2) : std::string();

@@ -20,8 +20,6 @@ std::multimap<std::string, std::weak_ptr<HttpDevice>> g_live;
 
 bool strong_etag(const std::string& e) { return !e.empty() && e.rfind("W/", 0) != 0; }
 
-void sleep_ms(uint64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
-
 // Set on a prefetch thread: its reads are not foreground I/O.
 thread_local bool tl_prefetching = false;
 
@@ -94,6 +92,7 @@ Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, co
   d->digest_hex_ = digest_hex;
   d->cfg_ = config();
   d->bs_ = d->cfg_.block_size;
+  d->on_error_ = d->cfg_.on_error == OnError::kQueue ? 1 : 0;
   if (d->cfg_.cache_dir != "none" && !d->cfg_.cache_dir.empty()) {
     auto s = CacheStore::open(d->cfg_.cache_dir, d->cfg_.cache_size);
     if (!s.ok()) return s.status().context(spec + ": --cache-dir");
@@ -191,7 +190,15 @@ std::string HttpDevice::stats_json() const {
                     }()},
                    {"persistent", obj_ != nullptr},
                    {"verified", obj_ && obj_->verified()},
-                   {"state", stats_.waiting.load() > 0 ? "waiting" : "ok"}};
+                   {"state", stats_.waiting.load() > 0 ? "waiting" : "ok"},
+                   {"waiting", stats_.waiting.load()},
+                   {"retrying", troubled_.load()},
+                   {"released", stats_.released.load()},
+                   {"on_error", on_error() == OnError::kQueue ? "queue" : "fail"},
+                   {"last_error", [&] {
+                      std::lock_guard lk(err_mu_);
+                      return last_error_;
+                    }()}};
   return j.dump();
 }
 
@@ -260,7 +267,28 @@ Result<HttpReply> HttpDevice::get_once(uint64_t off, uint64_t len, bool probe) {
 Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool probe) {
   std::string what = fmt::format("{}: bytes {}-{}", url_, off, off + len - 1);
   static thread_local std::mt19937 rng(std::random_device{}());
+  uint64_t release0;
+  {
+    std::lock_guard lk(wait_mu_);
+    release0 = release_gen_;
+  }
+  // troubled: failed an attempt (counted in troubled_); queued: retries spent,
+  // waiting under on-error queue (counted in stats_.waiting) - until it ends.
+  bool troubled = false, queued = false;
+  struct Leave {
+    HttpDevice* d;
+    bool &troubled, &queued;
+    ~Leave() {
+      if (troubled) d->troubled_--;
+      if (queued) d->stats_.waiting--;
+    }
+  } leave{this, troubled, queued};
   for (int attempt = 0;; attempt++) {
+    uint64_t retry0;
+    {
+      std::lock_guard lk(wait_mu_);
+      retry0 = retry_gen_;
+    }
     auto rr = get_once(off, len, probe);
     if (!rr.ok()) {
       stats_.errors++;
@@ -298,7 +326,6 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
           last_modified_ = r.headers.count("last-modified") ? r.headers["last-modified"] : "";
           stats_.bytes_fetched += 1;
           stats_.http_version = r.http_version;
-          stats_.waiting -= attempt > cfg_.retries ? 1 : 0;
           return std::move(r.body);
         }
       } else if (r.status == 416 && r.headers.count("content-range") &&
@@ -318,36 +345,61 @@ Result<std::vector<uint8_t>> HttpDevice::fetch(uint64_t off, uint64_t len, bool 
       if (st.ok()) {
         stats_.bytes_fetched += len;
         stats_.http_version = r.http_version;
-        if (attempt > cfg_.retries) stats_.waiting--;
         return std::move(r.body);
       }
     }
     if (!retry) {
       stats_.errors++;
-      if (attempt > cfg_.retries) stats_.waiting--;
       return st;
+    }
+    {
+      std::lock_guard lk(err_mu_);
+      last_error_ = st.message();
+    }
+    if (!troubled) {
+      troubled = true;
+      troubled_++;
     }
     uint64_t backoff = std::min<uint64_t>(cfg_.retry_max_ms, uint64_t(cfg_.retry_base_ms) << std::min(attempt, 20));
     backoff = backoff * 3 / 4 + rng() % (backoff / 2 + 1);
     if (after) backoff = std::max<uint64_t>(backoff, *after * 1000);
-    if (attempt < cfg_.retries) {
-      stats_.retries++;
-      log::debug("{}; retry {} in {} ms", st.message(), attempt + 1, backoff);
-      sleep_ms(backoff);
-      continue;
+    const bool spent = attempt >= cfg_.retries;
+    if (spent && on_error() == OnError::kFail) {
+      stats_.errors++;
+      return IoError(fmt::format("{} (gave up after {} retries)", st.message(), cfg_.retries));
     }
-    if (cfg_.on_error == OnError::kQueue) {
-      if (attempt == cfg_.retries) {
-        stats_.waiting++;
-        log::warn("{}; retries spent: waiting for the server (--remote-on-error queue)", st.message());
-      }
-      stats_.retries++;
-      sleep_ms(std::max<uint64_t>(after ? *after * 1000 : 0, cfg_.retry_max_ms));
-      continue;
+    if (spent && !queued) {
+      queued = true;
+      stats_.waiting++;
+      log::warn("{}; retries spent: waiting for the server (--remote-on-error queue)", st.message());
     }
-    stats_.errors++;
-    return IoError(fmt::format("{} (gave up after {} retries)", st.message(), cfg_.retries));
+    stats_.retries++;
+    uint64_t ms = spent ? std::max<uint64_t>(after ? *after * 1000 : 0, cfg_.retry_max_ms) : backoff;
+    if (!spent) log::debug("{}; retry {} in {} ms", st.message(), attempt + 1, ms);
+    Wake w = pause(ms, retry0, release0, queued);
+    if (w == Wake::kRelease || w == Wake::kPolicy) {
+      stats_.errors++;
+      stats_.released++;
+      const char* why = w == Wake::kRelease ? "released by the operator (udm message ... source release)"
+                                            : "released: on-error switched to fail (udm message ... source on-error fail)";
+      log::warn("{}: {} after {} attempts", what, why, attempt + 1);
+      std::string last = st.message();
+      if (last.rfind(what + ": ", 0) == 0) last = last.substr(what.size() + 2);
+      return IoError(fmt::format("{}: {} after {} attempts (last: {})", what, why, attempt + 1, last));
+    }
   }
+}
+
+HttpDevice::Wake HttpDevice::pause(uint64_t ms, uint64_t retry0, uint64_t release0, bool queued) {
+  std::unique_lock lk(wait_mu_);
+  Wake w = Wake::kTime;
+  wait_cv_.wait_for(lk, std::chrono::milliseconds(ms), [&] {
+    if (release_gen_ != release0) w = Wake::kRelease;
+    else if (queued && on_error() == OnError::kFail) w = Wake::kPolicy;
+    else if (retry_gen_ != retry0) w = Wake::kRetry;
+    return w != Wake::kTime;
+  });
+  return w;
 }
 
 Status HttpDevice::probe() {
@@ -581,6 +633,59 @@ std::vector<JobInfo> prefetch_jobs(const std::string& spec) {
   auto d = live_device(spec);
   if (!d) return {};
   return d->prefetch_jobs();
+}
+
+Result<std::string> HttpDevice::source_message(const std::vector<std::string>& args) {
+  const std::string what = spec_ + ": source";
+  const std::string usage = " (retry, release, on-error fail|queue)";
+  if (args.empty()) return Invalid(what + ": no message given" + usage);
+  const std::string& verb = args[0];
+  if (verb == "retry" || verb == "release") {
+    if (args.size() != 1) return Invalid(fmt::format("{}: {} takes no arguments (got '{}')", what, verb, args[1]));
+    int n = troubled_.load(), q = stats_.waiting.load();
+    {
+      std::lock_guard lk(wait_mu_);
+      (verb == "retry" ? retry_gen_ : release_gen_)++;
+    }
+    wait_cv_.notify_all();
+    log::info("{}: {} ({} fetches retrying, {} of them waiting)", what, verb, n, q);
+    if (verb == "retry") return fmt::format("retrying now: {} fetch(es) ({} waiting)", n, q);
+    return fmt::format("released: {} fetch(es) ({} waiting) fail with EIO", n, q);
+  }
+  if (verb == "on-error") {
+    if (args.size() != 2) return Invalid(what + ": on-error takes one word: fail or queue");
+    auto p = parse_on_error(args[1]);
+    if (!p.ok()) return p.status().context(what + ": on-error");
+    int q = stats_.waiting.load();
+    {
+      std::lock_guard lk(wait_mu_);
+      on_error_ = *p == OnError::kQueue ? 1 : 0;
+    }
+    wait_cv_.notify_all();
+    log::info("{}: on-error {}", what, args[1]);
+    if (*p == OnError::kFail) return fmt::format("on-error fail: {} waiting fetch(es) released (EIO)", q);
+    return std::string("on-error queue");
+  }
+  return Invalid(fmt::format("{}: unknown message '{}'{}", what, verb, usage));
+}
+
+Result<std::string> source_message(const std::string& spec, const std::vector<std::string>& args) {
+  std::vector<std::shared_ptr<HttpDevice>> devs;
+  {
+    std::lock_guard lk(g_live_mu);
+    auto [a, z] = g_live.equal_range(spec);
+    for (auto it = a; it != z; ++it)
+      if (auto d = it->second.lock()) devs.push_back(d);
+  }
+  if (devs.empty()) return Status::Error(ENOENT, spec + ": not open");
+  std::string out;
+  for (auto& d : devs) {
+    auto r = d->source_message(args);
+    if (!r.ok()) return r.status();
+    if (out.empty()) out = *r;
+    else if (out != *r) out += "; " + *r;
+  }
+  return out;
 }
 
 std::string live_sources_json(const std::vector<std::string>& specs) {

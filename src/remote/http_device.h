@@ -35,6 +35,7 @@ namespace udm::remote {
 struct SourceStats {
   std::atomic<uint64_t> bytes_fetched{0}, requests{0}, retries{0}, errors{0}, cache_hits{0};
   std::atomic<int> waiting{0};  // fetches waiting for the server (on_error=queue)
+  std::atomic<uint64_t> released{0};  // fetches failed by `source release` or `source on-error fail`
   std::atomic<long> http_version{0};  // CURL_HTTP_VERSION_* of the last accepted reply
 };
 
@@ -78,6 +79,19 @@ class HttpDevice : public BlockDevice {
   Result<std::string> prefetch_control(const std::vector<std::string>& args);
   // The prefetch job, if one was ever started.
   std::vector<JobInfo> prefetch_jobs() const;
+
+  // Operator control of fetches whose server stopped answering
+  // (`udm message NAME SECTOR source WORDS...`, docs/remote.md):
+  //   retry               fetches sleeping between attempts (backing off, or
+  //                       waiting under on-error queue) try again now
+  //   release             every fetch begun before the message that has not
+  //                       succeeded fails with EIO at once (a request on the
+  //                       wire ends first, at most --remote-stall-timeout)
+  //   on-error fail|queue this source's policy from now on; fail also fails
+  //                       the waiting fetches, as dm-multipath's fail_if_no_path
+  // Replies with what it did; bad words are EINVAL naming them.
+  Result<std::string> source_message(const std::vector<std::string>& args);
+  OnError on_error() const { return on_error_.load() ? OnError::kQueue : OnError::kFail; }
 
  protected:
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
@@ -127,6 +141,19 @@ class HttpDevice : public BlockDevice {
   mutable std::mutex pin_mu_;  // leaf; pins_ (released by the destructor)
   std::vector<std::pair<uint64_t, uint64_t>> pins_;  // first block, count
 
+  // Between attempts a fetch sleeps on wait_cv_ (wait_mu_, a leaf) until its
+  // time is up, or retry_gen_ / release_gen_ move (source_message), or its
+  // queue wait ends because the policy became fail.
+  enum class Wake { kTime, kRetry, kRelease, kPolicy };
+  Wake pause(uint64_t ms, uint64_t retry0, uint64_t release0, bool queued);
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  uint64_t retry_gen_ = 0, release_gen_ = 0;  // guarded by wait_mu_
+  std::atomic<int> on_error_{0};              // 1: queue (OnError::kQueue)
+  std::atomic<int> troubled_{0};              // fetches that failed an attempt and have not ended
+  mutable std::mutex err_mu_;                 // leaf
+  std::string last_error_;                    // why the last fetch retried, failed or waits
+
   std::mutex fl_mu_;
   std::map<uint64_t, std::shared_ptr<Flight>> flights_;
   std::atomic<bool> verify_pending_{false};
@@ -143,6 +170,9 @@ class HttpDevice : public BlockDevice {
 // job hooks; errors when no live device has that spec).
 Result<std::string> prefetch_control(const std::string& spec, const std::vector<std::string>& args);
 std::vector<JobInfo> prefetch_jobs(const std::string& spec);
+// HttpDevice::source_message on every open source of that spec (one URL
+// opened by two tables is one server: both are told); ENOENT if none.
+Result<std::string> source_message(const std::string& spec, const std::vector<std::string>& args);
 
 // Live remote devices by spec (udm info --json); the JSON array text.
 std::string live_sources_json(const std::vector<std::string>& specs);

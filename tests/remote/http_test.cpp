@@ -293,5 +293,133 @@ TEST(RemoteFault, OnErrorFailAndQueue) {
   EXPECT_NE(http->stats_json().find("\"state\":\"ok\""), std::string::npos) << http->stats_json();
 }
 
+// The operator's messages to a source whose server stopped answering
+// (`udm message NAME SECTOR source ...`, HttpDevice::source_message):
+// retry skips the queue's wait, release fails the waiting fetch with EIO,
+// on-error switches the policy (fail releases what waits). Never wrong bytes.
+TEST(RemoteFault, QueuedFetchRetryReleaseAndPolicyMessages) {
+  using Clock = std::chrono::steady_clock;
+  FaultFixture f;
+  if (!f.fs) GTEST_SKIP() << f.skip;
+  auto c = set_remote(f.cache.path(), 1ull << 30, 1);
+  c.on_error = remote::OnError::kQueue;
+  c.retry_max_ms = 20000;  // the queue's wait: far longer than any step below
+  remote::set_config(c);
+  const std::string url = f.fs->url("down", "img");
+  auto q = open_url(url);
+  ASSERT_TRUE(q.ok()) << q.status().message();
+  auto http = as_http(*q);
+  auto json = [&] { return nlohmann::json::parse(http->stats_json()); };
+  EXPECT_EQ(json()["on_error"], "queue");
+  // Starts a read of 4 KiB at off with the server down; returns once the fetch waits.
+  struct Reader {
+    std::thread t;
+    Status st;
+    std::vector<uint8_t> buf = std::vector<uint8_t>(4096);
+    std::atomic<bool> done{false};
+  };
+  auto start_read = [&](Reader& r, uint64_t off) {
+    r.t = std::thread([&r, &q, off] {
+      r.st = (*q)->read(off, r.buf);
+      r.done = true;
+    });
+    auto limit = Clock::now() + std::chrono::seconds(10);
+    while (http->stats().waiting.load() == 0 && Clock::now() < limit)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  };
+  f.fs->get("/_set?down=1");
+
+  // retry: the waiting fetch asks again at once (not after the 20 s wait) and completes.
+  {
+    Reader r;
+    start_read(r, 300000);
+    ASSERT_EQ(http->stats().waiting.load(), 1);
+    auto j = json();
+    EXPECT_EQ(j["state"], "waiting");
+    EXPECT_EQ(j["waiting"], 1);
+    EXPECT_NE(j["last_error"].get<std::string>().find("503"), std::string::npos) << j.dump();
+    f.fs->get("/_set?down=0");
+    auto t0 = Clock::now();
+    auto m = remote::source_message(url, {"retry"});
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    EXPECT_NE(m->find("1 fetch(es) (1 waiting)"), std::string::npos) << *m;
+    r.t.join();
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5)) << "retry did not skip the queue's wait";
+    ASSERT_TRUE(r.st.ok()) << r.st.message();
+    EXPECT_TRUE(std::equal(r.buf.begin(), r.buf.end(), f.data.begin() + 300000));
+    EXPECT_EQ(json()["state"], "ok");
+    EXPECT_EQ(json()["retrying"], 0);
+  }
+  // retry while the server is still down: the fetch goes back to waiting.
+  // release: it fails with EIO naming the URL and range; the bytes read later are right.
+  {
+    f.fs->get("/_set?down=1");
+    Reader r;
+    start_read(r, 600000);
+    ASSERT_EQ(http->stats().waiting.load(), 1);
+    uint64_t req = http->stats().requests.load();
+    ASSERT_TRUE(remote::source_message(url, {"retry"}).ok());
+    auto limit = Clock::now() + std::chrono::seconds(5);
+    while (http->stats().requests.load() == req && Clock::now() < limit)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_GT(http->stats().requests.load(), req) << "retry sent no request";
+    EXPECT_FALSE(r.done.load());
+    auto m = remote::source_message(url, {"release"});
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    EXPECT_NE(m->find("released: 1 fetch(es)"), std::string::npos) << *m;
+    r.t.join();
+    EXPECT_EQ(r.st.code(), EIO) << r.st.message();
+    EXPECT_NE(r.st.message().find(f.fs->url("down", "img") + ": bytes"), std::string::npos) << r.st.message();
+    EXPECT_NE(r.st.message().find("released by the operator"), std::string::npos) << r.st.message();
+    auto j = json();
+    EXPECT_EQ(j["state"], "ok");
+    EXPECT_EQ(j["released"], 1);
+    EXPECT_EQ(j["on_error"], "queue");
+    f.fs->get("/_set?down=0");
+    std::vector<uint8_t> b(4096);
+    ASSERT_TRUE((*q)->read(600000, b).ok());
+    EXPECT_TRUE(std::equal(b.begin(), b.end(), f.data.begin() + 600000));
+  }
+  // on-error fail: the waiting fetch fails at once; new fetches give up after the retries.
+  // on-error queue: they wait again.
+  {
+    f.fs->get("/_set?down=1");
+    Reader r;
+    start_read(r, 800000);
+    ASSERT_EQ(http->stats().waiting.load(), 1);
+    auto m = remote::source_message(url, {"on-error", "fail"});
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    EXPECT_NE(m->find("1 waiting fetch(es) released"), std::string::npos) << *m;
+    r.t.join();
+    EXPECT_EQ(r.st.code(), EIO);
+    EXPECT_NE(r.st.message().find("on-error switched to fail"), std::string::npos) << r.st.message();
+    EXPECT_EQ(json()["on_error"], "fail");
+    std::vector<uint8_t> b(4096);
+    Status st = (*q)->read(900000, b);
+    EXPECT_EQ(st.code(), EIO);
+    EXPECT_NE(st.message().find("gave up after 1 retries"), std::string::npos) << st.message();
+    ASSERT_TRUE(remote::source_message(url, {"on-error", "queue"}).ok());
+    Reader r2;
+    start_read(r2, 900000);
+    EXPECT_EQ(http->stats().waiting.load(), 1);
+    f.fs->get("/_set?down=0");
+    ASSERT_TRUE(remote::source_message(url, {"retry"}).ok());
+    r2.t.join();
+    ASSERT_TRUE(r2.st.ok()) << r2.st.message();
+    EXPECT_TRUE(std::equal(r2.buf.begin(), r2.buf.end(), f.data.begin() + 900000));
+  }
+  // Bad words: EINVAL naming them; nothing changes.
+  for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+           {}, {"bogus"}, {"retry", "now"}, {"release", "x"}, {"on-error"}, {"on-error", "maybe"}, {"on-error", "fail", "x"}}) {
+    auto m = http->source_message(bad);
+    EXPECT_EQ(m.status().code(), EINVAL) << (bad.empty() ? "(none)" : bad[0]);
+    EXPECT_NE(m.status().message().find(url), std::string::npos) << m.status().message();
+  }
+  EXPECT_NE(http->source_message({"bogus"}).status().message().find("unknown message 'bogus'"), std::string::npos);
+  EXPECT_NE(http->source_message({"on-error", "maybe"}).status().message().find("maybe"), std::string::npos);
+  EXPECT_EQ(json()["on_error"], "queue");
+  EXPECT_EQ(remote::source_message(f.fs->url("down", "other"), {"retry"}).status().code(), ENOENT);
+}
+
 }  // namespace
 }  // namespace udm::test
