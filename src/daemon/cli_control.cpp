@@ -382,7 +382,10 @@ void register_control_cli(CLI::App& app) {
   }
   // ---- message
   {
-    auto* sub = app.add_subcommand("message", "send a message to the target at SECTOR");
+    auto* sub = app.add_subcommand(
+        "message",
+        "send a message to the target at SECTOR; words starting with 'source' go to that segment's URI backing "
+        "sources instead (remote: source retry|release|on-error fail|queue [URI], docs/remote.md)");
     auto c = std::make_shared<Common>();
     auto name = std::make_shared<std::string>();
     auto sector = std::make_shared<uint64_t>(0);
