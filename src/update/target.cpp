@@ -3,7 +3,10 @@
 #include "update/target.h"
 
 #include "device/target_args.h"
+#include "io/resolver.h"
 #include "update/format_io.h"
+#include "update/format_v0_io.h"
+#include "update/format_v1_io.h"
 #include "update/target_versions.h"
 
 namespace udm {
@@ -28,6 +31,25 @@ Result<TargetPtr> make_update_target(const TargetParams& p) {
   UDM_ASSIGN_OR_RETURN(d.diff, p.resolver->open(d.diff_name, true));
   auto ver = update::diff_version(*d.diff);
   if (!ver.ok()) return ver.status().context("update: diff " + d.diff_name);
+  if (spec_kind(d.diff_name) == SpecKind::kUri) {
+    // A remote diff (docs/remote.md "Pinned metadata"): keep what every open
+    // reads in its cache, as ZFile and LSMT do: header (v1: and stash),
+    // metadata or directory, v1's verity record. Loaded here only for a URI
+    // (a local diff would be parsed twice for nothing; the target loads it).
+    BlockDevice& diff = *d.diff;
+    if (*ver == 1) {
+      auto idx = update::load_v1(diff);
+      if (!idx.ok()) return idx.status().context("update: diff " + d.diff_name);
+      diff.keep_cached(0, update::kV1HeaderSize + uint64_t(idx->h.stash_blocks) * idx->block_size());
+      diff.keep_cached(idx->h.meta_offset, idx->h.meta_size);
+      if (idx->h.verity_size) diff.keep_cached(idx->h.verity_offset, idx->h.verity_size);
+    } else {
+      auto idx = update::load_diff(diff);
+      if (!idx.ok()) return idx.status().context("update: diff " + d.diff_name);
+      diff.keep_cached(0, update::kSuperblockSize);
+      diff.keep_cached(idx->sb.dir_offset, idx->sb.dir_compressed_size);
+    }
+  }
   return *ver == 1 ? update::make_update_target_v1(std::move(d)) : update::make_update_target_v0(std::move(d));
 }
 
