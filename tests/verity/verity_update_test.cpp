@@ -137,7 +137,9 @@ void stacked_over_update(bool regenerate) {
     ASSERT_EQ(salts[v].size(), 64u) << r.out;
   }
   ASSERT_NE(roots["old"], roots["new"]);
-  if (regenerate) ASSERT_NE(salts["old"], salts["new"]) << "veritysetup's salt is random per format";
+  if (regenerate) {
+    ASSERT_NE(salts["old"], salts["new"]) << "veritysetup's salt is random per format";
+  }
   std::vector<std::string> diff_cmd = {udm_bin(), "update-diff", t.file("old.img"), t.file("new.img"), "-o", t.file("diff")};
   if (regenerate)
     diff_cmd.insert(diff_cmd.end(), {"--verity-regenerate", std::to_string(img), "--verity-root", roots["new"]});
