@@ -126,6 +126,20 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       std::shared_lock lk(apply_mu_);
       if (static_cast<uint64_t>(e) < done_) {
         UDM_TRY(sys_->read(pos, buf.subspan(pos - off, n)));
+      } else if (plain_copy(static_cast<uint64_t>(e))) {
+        // A run of unapplied COPY blocks from consecutive old blocks (a moved
+        // file): one read of the old blocks, not one per block.
+        const uint64_t src = idx_.ops[static_cast<size_t>(e)].src;
+        uint64_t k = 1;
+        while ((block + k) * bs < end) {
+          int64_t e2 = idx_.find(block + k);
+          if (e2 < 0 || static_cast<uint64_t>(e2) < done_ || !plain_copy(static_cast<uint64_t>(e2)) ||
+              idx_.ops[static_cast<size_t>(e2)].src != src + k)
+            break;
+          k++;
+        }
+        n = std::min(end, (block + k) * bs) - pos;
+        UDM_TRY(sys_->read(src * bs + in_block, buf.subspan(pos - off, n)));
       } else {
         tmp.resize(bs);
         UDM_TRY(compute(static_cast<size_t>(e), tmp));
@@ -170,6 +184,14 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   }
 
  private:
+  // Operation i is a COPY whose source is read as it is (not a parked block,
+  // not the stashed operation): its block is the old block `src`, as long as
+  // it is not applied.
+  bool plain_copy(uint64_t i) const {
+    const V1Op& op = idx_.ops[i];
+    return op.type == OpType::Copy && i != stash_op_ && idx_.save_of(op.src) < 0;
+  }
+
   // End (bytes, at most `end`) of the run from `block` that passes to the
   // system device: up to the next operation's block or the verity area.
   uint64_t passthrough_end(uint64_t block, uint64_t end) const {
