@@ -35,11 +35,7 @@ void SchemeRegistry::set_jobs(const std::string& scheme, SourceJobs j) {
   entries_[scheme].jobs = std::move(j);
 }
 
-SchemeRegistry::SourceJobs SchemeRegistry::jobs(std::string_view scheme) const {
-  std::lock_guard lk(mu_);
-  auto it = entries_.find(scheme);
-  return it == entries_.end() ? SourceJobs{} : it->second.jobs;
-}
+SchemeRegistry::SourceJobs SchemeRegistry::jobs(std::string_view scheme) const { return hook(scheme, &Entry::jobs); }
 
 void SchemeRegistry::set_message(const std::string& scheme, SourceMessage m) {
   std::lock_guard lk(mu_);
@@ -47,9 +43,7 @@ void SchemeRegistry::set_message(const std::string& scheme, SourceMessage m) {
 }
 
 SchemeRegistry::SourceMessage SchemeRegistry::message(std::string_view scheme) const {
-  std::lock_guard lk(mu_);
-  auto it = entries_.find(scheme);
-  return it == entries_.end() ? SourceMessage{} : it->second.message;
+  return hook(scheme, &Entry::message);
 }
 
 const SchemeRegistry::Opener* SchemeRegistry::find(std::string_view scheme) const {

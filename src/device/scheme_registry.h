@@ -53,6 +53,13 @@ class SchemeRegistry {
     SourceJobs jobs;
     SourceMessage message;
   };
+  // A copy of one of a scheme's hooks, taken under the lock (empty if none).
+  template <class H>
+  H hook(std::string_view scheme, H Entry::*member) const {
+    std::lock_guard lk(mu_);
+    auto it = entries_.find(scheme);
+    return it == entries_.end() ? H{} : it->second.*member;
+  }
   mutable std::mutex mu_;
   std::map<std::string, Entry, std::less<>> entries_;
 };

@@ -112,13 +112,12 @@ Result<std::vector<uint8_t>> plan_verity(std::span<const uint8_t> new_img, const
   auto rec = encode_v1_verity(v);
   if (Status s = parse_v1_verity(probe, rec); !s.ok()) return Invalid(where(s.message()));
   UDM_ASSIGN_OR_RETURN(auto region, v1_verity_region(probe, tree->blocks));
-  const uint8_t* have = new_img.data() + off;
-  for (uint64_t i = 0; i < region.size(); i++)
-    if (have[i] != region[i])
-      return Invalid(where(fmt::format(
-          "differs at byte {} from the hash area udm regenerates from the data (superblock, tree, zeroes to the block's "
-          "end): not a veritysetup tree of this data, or other bytes share its last block",
-          off + i)));
+  const auto have = new_img.subspan(off, region.size());
+  if (auto m = std::mismatch(region.begin(), region.end(), have.begin()); m.first != region.end())
+    return Invalid(where(fmt::format(
+        "differs at byte {} from the hash area udm regenerates from the data (superblock, tree, zeroes to the block's "
+        "end): not a veritysetup tree of this data, or other bytes share its last block",
+        off + static_cast<uint64_t>(m.first - region.begin()))));
   in.gen_first = off / bs;
   in.gen_end = in.gen_first + v.region_blocks;
   return std::vector<uint8_t>(rec.begin(), rec.end());

@@ -362,19 +362,26 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   bool sparse_after(uint64_t i) const {
     const uint64_t end = std::min<uint64_t>(idx_.ops.size(), i + kSparseRun);
     if (end - i < kSparseRun && end != idx_.ops.size()) return false;
-    for (uint64_t k = i; k < end; k++) {
-      if (k > i && idx_.last_reader[k] >= static_cast<int64_t>(i)) return false;
-      const V1Op& op = idx_.ops[k];
-      if (op.type == OpType::Delta && k != stash_op_) {
-        const auto& refs = idx_.frames[op.index].refs;
-        if (std::find(refs.begin(), refs.end(), op.dest) != refs.end()) return false;
-      }
-      if (op.type == OpType::Xor && k != stash_op_) {
-        auto [b0, b1] = v1_xor_blocks(idx_, op);
-        if (b0 == op.dest || b1 == op.dest) return false;
-      }
-    }
+    for (uint64_t k = i; k < end; k++)
+      if ((k > i && idx_.last_reader[k] >= static_cast<int64_t>(i)) || reads_own_block(k)) return false;
     return true;
+  }
+
+  // Does operation i read the block it overwrites (a DELTA reference or an
+  // XOR source)? Then it needs the stash or a logged batch. Not the stashed
+  // operation itself: its block is in the stash.
+  bool reads_own_block(uint64_t i) const {
+    const V1Op& op = idx_.ops[i];
+    if (i == stash_op_) return false;
+    if (op.type == OpType::Delta) {
+      const auto& refs = idx_.frames[op.index].refs;
+      return std::find(refs.begin(), refs.end(), op.dest) != refs.end();
+    }
+    if (op.type == OpType::Xor) {
+      auto [b0, b1] = v1_xor_blocks(idx_, op);
+      return b0 == op.dest || b1 == op.dest;
+    }
+    return false;
   }
 
   void copy_loop() {
@@ -400,15 +407,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       if (!job_.admit(bs, stop_, on_pause) || !s.ok()) break;
       const uint64_t i = done_;
       const V1Op& op = idx_.ops[i];
-      bool self = false;
-      if (op.type == OpType::Delta && i != stash_op_) {
-        const auto& refs = idx_.frames[op.index].refs;
-        self = std::find(refs.begin(), refs.end(), op.dest) != refs.end();
-      }
-      if (op.type == OpType::Xor && i != stash_op_) {
-        auto [b0, b1] = v1_xor_blocks(idx_, op);
-        self = b0 == op.dest || b1 == op.dest;
-      }
+      const bool self = reads_own_block(i);
       if (!self && idx_.last_reader[i] >= static_cast<int64_t>(durable_) && sparse_after(i)) {
         // A barrier with none other close behind it: one checkpoint here
         // (two flushes) lets the next run of operations go straight to their

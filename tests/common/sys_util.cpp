@@ -14,11 +14,20 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
 namespace udm::test {
 namespace fs = std::filesystem;
+
+std::string CmdResult::field(const std::string& name) const {
+  std::istringstream s(out);
+  std::string line;
+  while (std::getline(s, line))
+    if (line.rfind(name, 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
+  return "";
+}
 
 std::string CmdResult::describe() const {
   return "exit " + std::to_string(exit_code) + "; stdout: " + out.substr(0, 4000) +

@@ -14,6 +14,9 @@ struct CmdResult {
   std::string out, err;
   bool ok() const { return exit_code == 0; }
   std::string describe() const;  // "exit N; stdout: ...; stderr: ..." for assertion messages
+  // The last word of the first stdout line starting with `name` ("Root
+  // hash:", "Salt:" of veritysetup's report); empty if there is none.
+  std::string field(const std::string& name) const;
 };
 
 // Run argv (no shell); captures stdout and stderr. stdin is /dev/null unless given.

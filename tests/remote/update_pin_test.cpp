@@ -30,13 +30,6 @@ namespace {
 
 constexpr uint64_t kBlock = 128u << 10;  // the cache's block
 
-std::string field_of(const CmdResult& r, const std::string& name) {
-  std::istringstream s(r.out);
-  std::string line;
-  while (std::getline(s, line))
-    if (line.rfind(name, 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
-  return "";
-}
 
 void add_blocks(std::set<uint64_t>& out, uint64_t off, uint64_t len) {
   if (len == 0) return;
@@ -87,7 +80,7 @@ void pins_survive(bool v1) {
       auto r = run({"veritysetup", "format", "--data-blocks", std::to_string(blocks), "--hash-offset",
                     std::to_string(img), t.file(std::string(v) + ".img"), t.file(std::string(v) + ".img")});
       ASSERT_TRUE(r.ok()) << r.describe();
-      root = field_of(r, "Root hash:");
+      root = r.field("Root hash:");
     }
     ASSERT_EQ(root.size(), 64u);
     diff_cmd.insert(diff_cmd.end(), {"--verity-regenerate", std::to_string(img), "--verity-root", root});

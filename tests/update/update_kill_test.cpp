@@ -58,14 +58,12 @@ void kill_during_copy_back(bool verity_area) {
     new_img = std::move(vn.img);
     area = vn.hash_offset;
   }
-  write_file(t.file("old"), old_img);
-  write_file(t.file("new"), new_img);
   write_file(t.file("sys"), old_img);
   DiffV1Options opt;
   opt.progress = false;
   opt.level = 3;
   opt.verity_hash_offset = area;
-  auto st = make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), opt);
+  auto st = make_v1_diff(t, old_img, new_img, opt);
   ASSERT_TRUE(st.ok()) << st.status().to_string();
   const std::string table = "0 " + std::to_string(new_img.size() / 512) + " update " + t.file("sys") + " " +
                             t.file("diff") + " 2 paused throttle=2";
@@ -87,7 +85,9 @@ void kill_during_copy_back(bool verity_area) {
     // The device is the new image, whatever the copy-back had done.
     EXPECT_TRUE(read_file(d->fuse_path("upd")) == new_img) << "device != new image after restart";
     ASSERT_TRUE(d->udm({"message", "upd", "0", "resume"}).ok());
-    if (round > 0 && round < 3) EXPECT_LT(done, total) << "finished early: the kills test nothing";
+    if (round > 0 && round < 3) {
+      EXPECT_LT(done, total) << "finished early: the kills test nothing";
+    }
     if (round == 3) {
       ASSERT_TRUE(d->udm({"message", "upd", "0", "throttle", "off"}).ok());
       r = d->udm({"wait", "upd", "--timeout", "120"});

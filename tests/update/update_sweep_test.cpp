@@ -275,18 +275,16 @@ TEST(UpdateSweep, V1VerityRegeneratedPowerCutAfterEveryWrite) {
   auto [o, n] = make_v1_pair(160, 4096, 23);
   auto vo = with_verity(o, random_bytes(32, 1));
   auto vn = with_verity(n, random_bytes(32, 2));
-  write_file(tmp.file("o"), vo.img);
-  write_file(tmp.file("n"), vn.img);
   DiffV1Options opt;
   opt.progress = false;
   opt.level = 3;
   opt.chunk_blocks = 3;
   opt.verity_hash_offset = vn.hash_offset;
-  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), opt);
+  auto st = make_v1_diff(tmp, vo.img, vn.img, opt);
   ASSERT_TRUE(st.ok()) << st.status().to_string();
   ASSERT_GT(st->verity_blocks, 0u);
   ASSERT_GT(st->copy, 0u);
-  sweep(vo.img, vn.img, tmp.file("d"), *st);
+  sweep(vo.img, vn.img, tmp.file("diff"), *st);
 }
 
 // Cycles with nowhere to park inside the update (no REPLACE or ZERO

@@ -1,7 +1,5 @@
 #pragma once
 
-#include "verity/format.h"
-
 #include <zstd.h>
 
 #include <algorithm>
@@ -16,8 +14,18 @@
 #include "update/differ.h"
 #include "update/format_v0_io.h"
 #include "update/target.h"
+#include "verity/format.h"
 
 namespace udm::test {
+
+// OLD and NEW written to t's files "old" and "new" and diffed (format v1)
+// into t's "diff".
+inline Result<update::DiffV1Stats> make_v1_diff(TempDir& t, const std::vector<uint8_t>& old_img,
+                                                const std::vector<uint8_t>& new_img, const update::DiffV1Options& o) {
+  write_file(t.file("old"), old_img);
+  write_file(t.file("new"), new_img);
+  return update::make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), o);
+}
 
 // Old/new image pair with `changes` random blocks changed (random data,
 // zeroes, or a copy of another block), plus optionally the last block.

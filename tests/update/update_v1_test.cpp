@@ -35,8 +35,6 @@ V1Built build_v1(std::vector<uint8_t> old_img, std::vector<uint8_t> new_img, uin
   V1Built b;
   b.old_img = std::move(old_img);
   b.new_img = std::move(new_img);
-  write_file(t.file("old"), b.old_img);
-  write_file(t.file("new"), b.new_img);
   DiffV1Options o;
   o.block_size = bs;
   o.chunk_blocks = chunk_blocks;
@@ -44,7 +42,7 @@ V1Built build_v1(std::vector<uint8_t> old_img, std::vector<uint8_t> new_img, uin
   o.progress = false;
   o.delta = delta;
   o.verity_hash_offset = verity_at;
-  auto st = make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), o);
+  auto st = make_v1_diff(t, b.old_img, b.new_img, o);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   if (st.ok()) b.stats = *st;
   b.diff = read_file(t.file("diff"));
@@ -680,14 +678,12 @@ V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8) {
   V1Built b;
   b.old_img = o;
   b.new_img = n;
-  write_file(t.file("old"), o);
-  write_file(t.file("new"), n);
   DiffV1Options opt;
   opt.chunk_blocks = chunk_blocks;
   opt.level = 3;
   opt.progress = false;
   opt.chunk_refs = chunk_refs;
-  auto st = make_diff_v1(t.file("old"), t.file("new"), t.file("diff"), opt);
+  auto st = make_v1_diff(t, o, n, opt);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   if (st.ok()) b.stats = *st;
   b.diff = read_file(t.file("diff"));
@@ -870,6 +866,26 @@ namespace {
 
 std::vector<uint8_t> salt_of(uint64_t seed, size_t n = 32) { return random_bytes(n, seed); }
 
+// A 64-block pair, each image with its tree (salts seed and seed + 1), and
+// the diff that leaves the new tree to the device.
+struct VerityCase {
+  VerityImage vo, vn;
+  V1Built b;
+};
+VerityCase verity_case(uint64_t seed) {
+  auto [o, n] = make_v1_pair(64, 4096, seed);
+  VerityCase c{with_verity(o, salt_of(seed)), with_verity(n, salt_of(seed + 1)), {}};
+  c.b = build_v1(c.vo.img, c.vn.img, 4096, 4, 3, true, c.vn.hash_offset);
+  return c;
+}
+
+// The diff with `v` encoded as its verity record (a valid CRC).
+std::vector<uint8_t> with_record(std::vector<uint8_t> diff, uint64_t at, const V1Verity& v) {
+  auto rec = encode_v1_verity(v);
+  std::copy(rec.begin(), rec.end(), diff.begin() + static_cast<ptrdiff_t>(at));
+  return diff;
+}
+
 }  // namespace
 
 // An update whose images carry their trees, each with its own random salt
@@ -966,10 +982,7 @@ TEST(UpdateV1Verity, GeneratorRefusals) {
 // The record's fields: each bad value is refused by the loader, naming it;
 // the header's verity fields too.
 TEST(UpdateV1Verity, CorruptRecordRefused) {
-  auto [o, n] = make_v1_pair(64, 4096, 34);
-  auto vo = with_verity(o, salt_of(6));
-  auto vn = with_verity(n, salt_of(7));
-  auto b = build_v1(vo.img, vn.img, 4096, 4, 3, true, vn.hash_offset);
+  const auto b = verity_case(34).b;
   auto idx = load_v1_bytes(b.diff);
   ASSERT_TRUE(idx.ok()) << idx.status().to_string();
   const uint64_t at = idx->h.verity_offset;
@@ -984,10 +997,7 @@ TEST(UpdateV1Verity, CorruptRecordRefused) {
   auto with = [&](auto mutate, const char* want) {
     V1Verity v = *idx->verity;
     mutate(v);
-    auto rec = encode_v1_verity(v);
-    auto d = b.diff;
-    std::copy(rec.begin(), rec.end(), d.begin() + static_cast<ptrdiff_t>(at));
-    auto r = load_v1_bytes(d);
+    auto r = load_v1_bytes(with_record(b.diff, at, v));
     ASSERT_FALSE(r.ok()) << want;
     EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
   };
@@ -1025,17 +1035,13 @@ TEST(UpdateV1Verity, CorruptRecordRefused) {
 // A record whose root does not match what the data gives (a diff made
 // wrong): the target refuses to load, naming both roots, and writes nothing.
 TEST(UpdateV1Verity, TargetRefusesARootTheDataDoesNotGive) {
-  auto [o, n] = make_v1_pair(64, 4096, 35);
-  auto vo = with_verity(o, salt_of(8));
-  auto vn = with_verity(n, salt_of(9));
-  auto b = build_v1(vo.img, vn.img, 4096, 4, 3, true, vn.hash_offset);
+  const auto c = verity_case(35);
+  const auto& [vn, b] = std::tie(c.vn, c.b);
   auto idx = load_v1_bytes(b.diff);
   ASSERT_TRUE(idx.ok());
   V1Verity v = *idx->verity;
   v.root[0] ^= 1;
-  auto rec = encode_v1_verity(v);
-  auto d = b.diff;
-  std::copy(rec.begin(), rec.end(), d.begin() + static_cast<ptrdiff_t>(idx->h.verity_offset));
+  auto d = with_record(b.diff, idx->h.verity_offset, v);
   ASSERT_TRUE(load_v1_bytes(d).ok()) << "a well-formed record";
   const auto sys0 = system_device(b, 4096);
   MapResolver r;

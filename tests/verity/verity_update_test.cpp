@@ -101,14 +101,6 @@ uint64_t read_every_block(MappedDevice& v, const std::vector<uint8_t>& want, uin
   return bad;
 }
 
-// A field of veritysetup format's output ("Root hash:", "Salt:").
-std::string field_of(const CmdResult& r, const std::string& name) {
-  std::istringstream s(r.out);
-  std::string line;
-  while (std::getline(s, line))
-    if (line.rfind(name, 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
-  return "";
-}
 
 // regenerate = false: both images formatted with a stable salt and UUID, the
 // tree carried by the diff as data. regenerate = true: veritysetup's random
@@ -131,8 +123,8 @@ void stacked_over_update(bool regenerate) {
     if (!regenerate) cmd.insert(cmd.end() - 2, {"--salt", kSalt, "--uuid", kUuid});
     auto r = run(cmd);
     ASSERT_TRUE(r.ok()) << r.describe();
-    roots[v] = field_of(r, "Root hash:");
-    salts[v] = field_of(r, "Salt:");
+    roots[v] = r.field("Root hash:");
+    salts[v] = r.field("Salt:");
     ASSERT_EQ(roots[v].size(), 64u) << r.out;
     ASSERT_EQ(salts[v].size(), 64u) << r.out;
   }
