@@ -142,10 +142,22 @@ Status FaultImage::store(Record r, bool fua) {
   d.cut_points_++;
   d.write_ops_++;
   apply(cache_, r);
-  if (fua)
+  if (fua) {
     apply(durable_, r);
-  else
+  } else if (r.offset / kTearUnit == (r.offset + r.length - 1) / kTearUnit) {
     pending_.push_back(std::move(r));
+  } else {
+    // A write of several 4 KiB units may reach the disk in part: each
+    // aligned unit is its own pending write (its own survival draw).
+    for (uint64_t at = r.offset; at < r.offset + r.length;) {
+      const uint64_t end = std::min(r.offset + r.length, (at / kTearUnit + 1) * kTearUnit);
+      Record piece{at, end - at, {}};
+      if (!r.data.empty())
+        piece.data.assign(r.data.begin() + (at - r.offset), r.data.begin() + (end - r.offset));
+      pending_.push_back(std::move(piece));
+      at = end;
+    }
+  }
   return Status::Ok();
 }
 

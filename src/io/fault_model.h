@@ -11,7 +11,9 @@
 // Writes land in the cache and become durable on flush() of their image or
 // with FUA. A power cut loses the cache: every unflushed write is dropped,
 // or, with set_unflushed_survival(p, seed), each survives independently with
-// probability p (real disks persist any subset, in any order). An image that
+// probability p (real disks persist any subset, in any order; a write of
+// several aligned 4 KiB units is that many writes here: a cut can keep some
+// of its units and drop others, as a disk may). An image that
 // grows (a file) has a durable size too: the size at its last flush, in
 // survival mode extended to the end of any unflushed write that survived
 // (the gap reads as zeros). cut_after_writes(N) lets N write-type operations
@@ -103,6 +105,7 @@ class FaultImage {
 
  private:
   friend class FaultDisk;
+  static constexpr uint64_t kTearUnit = 4096;  // an unflushed write survives a cut per aligned unit
   struct Record {
     uint64_t offset;
     uint64_t length;
