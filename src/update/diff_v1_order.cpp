@@ -7,6 +7,7 @@
 // through a SAVE that parks its source in a held-back REPLACE/ZERO block or
 // in free zero space, else a DELTA drops the references inside the cycle,
 // else it becomes REPLACE (docs/update-format.md, "Generator" step 4).
+#include <algorithm>
 #include <cstring>
 #include <queue>
 
@@ -74,9 +75,22 @@ Status order_ops(const Input& in, const OldIndex& ix, Plan& plan, DiffV1Stats& s
     emitted[k] = 1;
     order.push_back(k);
   }
+  // So are operations that read only blocks no operation writes (a COPY,
+  // DELTA or XOR from unchanged old blocks): whenever they run, what they
+  // read is intact. Held back, their blocks are the copy-back's supply of
+  // scratch blocks for logged batches (format_v1.h, V1ScratchPlanner): the
+  // more there are, the longer each batch and the fewer its flushes.
+  auto reads_only_unchanged = [&](uint32_t k) {
+    auto unchanged = [&](uint64_t b) { return b >= span || writer[b] < 0; };
+    const GOp& g = ops[k];
+    if (g.type == OpType::Copy) return unchanged(g.src);
+    if (g.type == OpType::Delta) return std::all_of(g.refs.begin(), g.refs.end(), unchanged);
+    if (g.type == OpType::Xor) return unchanged(g.src / bs) && unchanged((g.src + bs - 1) / bs);
+    return false;
+  };
   for (uint32_t k = 0; k < n; k++) {
     if (indeg[k] || emitted[k]) continue;
-    if (ops[k].type == OpType::Replace || ops[k].type == OpType::Zero) {
+    if (ops[k].type == OpType::Replace || ops[k].type == OpType::Zero || reads_only_unchanged(k)) {
       withheld[k] = 1;
       pool.push_back(k);
     } else {
