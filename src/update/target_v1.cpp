@@ -255,6 +255,47 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     return Status::Ok();
   }
 
+  // New contents of operations [i, i+r) into out, in operation order: a
+  // run of plain COPY operations from consecutive old blocks is one read.
+  Status compute_run(uint64_t i, uint64_t r, std::span<uint8_t> out) {
+    const uint64_t bs = idx_.block_size();
+    for (uint64_t k = i; k < i + r;) {
+      uint64_t j = k + 1;
+      if (plain_copy(k))
+        while (j < i + r && plain_copy(j) && idx_.ops[j].src == idx_.ops[k].src + (j - k)) j++;
+      if (j - k > 1)
+        UDM_TRY(sys_->read(idx_.ops[k].src * bs, out.subspan((k - i) * bs, (j - k) * bs)));
+      else
+        UDM_TRY(compute(k, out.subspan((k - i) * bs, bs)));
+      k = j;
+    }
+    return Status::Ok();
+  }
+
+  // Write blocks [i, i+r) of operations (new contents in `data`, operation
+  // order) to their places and advance done_, one write per run of
+  // consecutive destinations. A run's operations may be written together
+  // only if none of them is still read by an operation of the run before
+  // it (or by itself): were the write to fail half-way, done_ stays at the
+  // run's start, and a reader of those operations must still find the old
+  // blocks they read.
+  Status apply_run(uint64_t i, uint64_t r, std::span<const uint8_t> data) {
+    const uint64_t bs = idx_.block_size();
+    for (uint64_t k = i; k < i + r;) {
+      uint64_t j = k + 1;
+      while (j < i + r && j - k < kMaxWriteBlocks && idx_.ops[j].dest == idx_.ops[k].dest + (j - k) &&
+             idx_.last_reader[j] < static_cast<int64_t>(k) && !reads_own_block(j) && !reads_own_block(k))
+        j++;
+      std::unique_lock lk(apply_mu_);
+      UDM_TRY(sys_->write(idx_.ops[k].dest * bs, data.subspan((k - i) * bs, (j - k) * bs)));
+      done_ = j;
+      k = j;
+    }
+    return Status::Ok();
+  }
+  static constexpr uint64_t kMaxWriteBlocks = 256;
+  static constexpr uint64_t kBatchBytes = 16u << 20;
+
   // Decoded REPLACE chunks, XOR chunks (kXorKey + chunk) and DELTA frames
   // (kFrameKey + frame), shared through the block cache.
   static constexpr uint64_t kFrameKey = uint64_t{1} << 40;
@@ -314,15 +355,23 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     // The batch [d, d+m) needs m scratch blocks among the operations after
     // it; a shorter batch leaves more operations after it. Halve m until the
     // operations after it (a bounded look) hold enough.
-    uint64_t m = std::min<uint64_t>(max_ops, n - d);
+    // The largest m (up to max_ops) whose batch [d, d+m) finds m scratch
+    // blocks among the operations after it (a bounded look): a shorter batch
+    // leaves more operations after it, so the supply grows as m shrinks.
+    // Binary search: about a dozen scans of the planner.
+    const uint64_t max_scan = 16 * max_ops + 4096;
     std::vector<uint64_t> scratch;
     int64_t last_read = -1;
-    const uint64_t max_scan = 16 * max_ops + 4096;
-    while (m > 0) {
-      scratch = planner_.scratch(d, d + m, m, &last_read, max_scan);
-      if (scratch.size() == m) break;
-      m = scratch.empty() ? m / 2 : std::min<uint64_t>(scratch.size(), m / 2);
+    uint64_t lo = 0, hi = std::min<uint64_t>(max_ops, n - d);
+    while (lo < hi) {
+      const uint64_t mid = hi - (hi - lo) / 2;
+      if (planner_.scratch(d, d + mid, mid, nullptr, max_scan).size() == mid)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
+    const uint64_t m = lo;
+    if (m > 0) scratch = planner_.scratch(d, d + m, m, &last_read, max_scan);
     if (m == 0) {
       no_scratch_until_ = d + 64;  // try again a little later, not at every barrier
       return false;
@@ -334,20 +383,20 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     // The first operation was admitted by the caller; the rest now.
     if (e - d > 1 && !job_.admit((e - d - 1) * bs, stop_, on_pause)) return true;
     batch_.resize((e - d) * bs);
-    for (uint64_t k = d; k < e; k++) UDM_TRY(compute(k, std::span(batch_).subspan((k - d) * bs, bs)));
-    for (uint64_t k = 0; k < e - d; k++)
-      UDM_TRY(sys_->write(scratch[k] * bs, std::span<const uint8_t>(batch_).subspan(k * bs, bs)));
+    UDM_TRY(compute_run(d, e - d, batch_));
+    for (uint64_t k = 0; k < e - d;) {  // scratch blocks, one write per consecutive run
+      uint64_t j = k + 1;
+      while (j < e - d && j - k < kMaxWriteBlocks && scratch[j] == scratch[k] + (j - k)) j++;
+      UDM_TRY(sys_->write(scratch[k] * bs, std::span<const uint8_t>(batch_).subspan(k * bs, (j - k) * bs)));
+      k = j;
+    }
     UDM_TRY(sys_->flush());  // the scratch blocks and every operation before d
     UDM_TRY(v1_write_batch_checkpoint(*diff_, d, e, v1_crc(batch_)));
     durable_has_stash_ = false;
-    // One operation at a time, as the barrier path: if a write fails half-way
-    // the live target still reads right (operations from done_ on read only
-    // blocks no earlier operation overwrote, and no scratch block).
-    for (uint64_t k = d; k < e; k++) {
-      std::unique_lock lk(apply_mu_);
-      UDM_TRY(sys_->write(idx_.ops[k].dest * bs, std::span<const uint8_t>(batch_).subspan((k - d) * bs, bs)));
-      done_ = k + 1;
-    }
+    // In runs whose failure half-way leaves the live target reading right
+    // (operations from done_ on read only blocks no earlier operation
+    // overwrote, and no scratch block).
+    UDM_TRY(apply_run(d, e - d, batch_));
     job_.set_done(e, e * bs);
     UDM_TRY(checkpoint(e));  // before anything may overwrite a scratch block
     batches_++;
@@ -387,10 +436,9 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   void copy_loop() {
     constexpr uint64_t kPersistEvery = 1024;
     const uint64_t bs = idx_.block_size();
-    // Logged batches of up to 1024 operations or 4 MiB.
-    const uint64_t batch_max = std::clamp<uint64_t>((4u << 20) / bs, 1, std::min<uint64_t>(1024, kV1MaxBatchOps));
+    // Logged batches of up to 4096 operations (the format's limit) or 16 MiB.
+    const uint64_t batch_max = std::clamp<uint64_t>(kBatchBytes / bs, 1, kV1MaxBatchOps);
     const uint64_t n = idx_.ops.size();
-    std::vector<uint8_t> buf(bs);
     Status s;
     job_.started();
     // A pause makes the progress so far durable first.
@@ -417,29 +465,37 @@ class UpdateTargetV1 : public ReadOnlyTarget {
         if (!s.ok()) break;
         direct_barriers_++;
       }
+      uint64_t r = 1;  // operations applied in this turn
       if (self || idx_.last_reader[i] >= static_cast<int64_t>(durable_)) {
         // A barrier: a batch from here, logged, covers it and the next ones.
-        auto r = logged_batch(i, std::max<uint64_t>(1, job_.batch_bytes(bs, batch_max * bs) / bs), on_pause);
-        if (!r.ok()) {
-          s = r.status();
+        auto b = logged_batch(i, std::max<uint64_t>(1, job_.batch_bytes(bs, batch_max * bs) / bs), on_pause);
+        if (!b.ok()) {
+          s = b.status();
           break;
         }
-        if (*r) continue;
-        s = compute(i, buf);
+        if (*b) continue;
+        run_.resize(bs);
+        s = compute(i, run_);
         if (!s.ok()) break;
-        s = checkpoint(i, self ? std::span<const uint8_t>(buf) : std::span<const uint8_t>());
+        s = checkpoint(i, self ? std::span<const uint8_t>(run_) : std::span<const uint8_t>());
         if (!s.ok()) break;
       } else {
-        s = compute(i, buf);
+        // No barrier: the operations after it writing the next blocks, none
+        // a barrier either, go with it - computed, then one write.
+        const uint64_t max_run =
+            std::min<uint64_t>(kMaxWriteBlocks, std::max<uint64_t>(1, job_.batch_bytes(bs, kMaxWriteBlocks * bs) / bs));
+        while (r < max_run && i + r < n && idx_.ops[i + r].dest == op.dest + r && !reads_own_block(i + r) &&
+               idx_.last_reader[i + r] < static_cast<int64_t>(durable_))
+          r++;
+        if (r > 1 && !job_.admit((r - 1) * bs, stop_, on_pause)) break;
+        if (!s.ok()) break;
+        run_.resize(r * bs);
+        s = compute_run(i, r, run_);
         if (!s.ok()) break;
       }
-      {
-        std::unique_lock lk(apply_mu_);
-        s = sys_->write(op.dest * bs, buf);
-        if (!s.ok()) break;
-        done_ = i + 1;
-      }
-      job_.set_done(i + 1, (i + 1) * bs);
+      s = apply_run(i, r, run_);
+      if (!s.ok()) break;
+      job_.set_done(i + r, (i + r) * bs);
       // Progress is recorded every kPersistEvery operations, and at least
       // once a second while it moves (a throttled job crawls: a crash, or
       // a SIGKILL of the daemon, then costs at most a second's work).
@@ -460,6 +516,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   V1Index idx_;
   V1ScratchPlanner planner_;
   std::vector<uint8_t> batch_;  // the copy thread's logged batch
+  std::vector<uint8_t> run_;    // the copy thread's run of operations without a barrier
   uint64_t batches_ = 0;        // logged batches written (debug log)
   uint64_t no_scratch_until_ = 0;  // the last look for scratch found none: barriers before this take the old path
   uint64_t checkpoints_ = 0;    // checkpoints written (debug log)
