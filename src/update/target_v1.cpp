@@ -434,7 +434,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   }
 
   void copy_loop() {
-    constexpr uint64_t kPersistEvery = 1024;
+    constexpr uint64_t kPersistEvery = 4096;  // 16 MiB of 4 KiB blocks: what a crash may cost again
     const uint64_t bs = idx_.block_size();
     // Logged batches of up to 4096 operations (the format's limit) or 16 MiB.
     const uint64_t batch_max = std::clamp<uint64_t>(kBatchBytes / bs, 1, kV1MaxBatchOps);
