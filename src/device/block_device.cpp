@@ -16,6 +16,10 @@ Status BlockDevice::check_range(uint64_t offset, uint64_t len, const char* op) c
   return Status::Ok();
 }
 
+Result<LocalStateHome> BlockDevice::local_state_home() const {
+  return NotSupported("the device keeps no local state for its bytes");
+}
+
 Status BlockDevice::read(uint64_t offset, std::span<uint8_t> buf) {
   UDM_TRY(check_range(offset, buf.size(), "read"));
   return do_read(offset, buf);

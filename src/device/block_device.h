@@ -48,6 +48,14 @@ struct AllocRun {
 };
 using AllocMap = std::vector<AllocRun>;
 
+// Where state about a read-only source's bytes may be kept on this machine
+// (BlockDevice::local_state_home): a file in a directory this process owns,
+// and the bytes' identity, which changes whenever the bytes may have.
+struct LocalStateHome {
+  std::string path;
+  std::string key;
+};
+
 // Appends a run, merging it into the last one when they are alike.
 void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth = 0);
 constexpr size_t kMaxAllocRuns = 4096;  // implementations may stop describing after this many
@@ -89,6 +97,13 @@ class BlockDevice {
   // device that caches with eviction (remote sources) keeps those bytes out
   // of eviction while it lives; others ignore it. Advisory: no error.
   virtual void keep_cached(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+
+  // A read-only source that cannot hold state itself (a remote object) may
+  // name a local file for state about its bytes, keyed by their identity:
+  // io/region_overlay.h keeps the writable regions of such a source there
+  // (the update copy-back's checkpoint over a remote diff). Default and
+  // when the source has no such place: an error saying why.
+  virtual Result<LocalStateHome> local_state_home() const;
 
   // Convenience wrappers.
   Status read_exact(uint64_t offset, void* buf, size_t len) {
