@@ -1,6 +1,7 @@
 #include "remote/cache_admin.h"
 
 #include <dirent.h>
+#include <fmt/format.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <set>
 #include <sstream>
 
+#include "io/region_overlay.h"
 #include "remote/cache_store.h"
 
 namespace udm::remote {
@@ -125,7 +127,7 @@ json object_json(const std::string& dir, const std::string& id, bool pins_known)
 }
 
 struct DirScan {
-  std::vector<std::string> states, datas;
+  std::vector<std::string> states, datas, overlays;
 };
 Result<DirScan> scan(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
@@ -135,11 +137,49 @@ Result<DirScan> scan(const std::string& dir) {
     std::string n = e->d_name;  // only the store's names (as CacheStore::open)
     if (n.size() == 64 + 6 && n.substr(64) == ".state" && is_object_id(n.substr(0, 64))) s.states.push_back(n.substr(0, 64));
     if (n.size() == 64 + 5 && n.substr(64) == ".data" && is_object_id(n.substr(0, 64))) s.datas.push_back(n.substr(0, 64));
+    if (n.size() == 64 + 8 && n.substr(64) == ".overlay" && is_object_id(n.substr(0, 64))) s.overlays.push_back(n.substr(0, 64));
   }
   ::closedir(d);
   std::sort(s.states.begin(), s.states.end());
   std::sort(s.datas.begin(), s.datas.end());
+  std::sort(s.overlays.begin(), s.overlays.end());
   return s;
+}
+
+// One local state file (ID.overlay, io/region_overlay.h: the regions of the
+// object written here, the update copy-back's progress over a remote diff)
+// as `udm cache ls` shows it; "problem" set if it cannot be read.
+json overlay_json(const std::string& dir, const std::string& id) {
+  const std::string file = dir + "/" + id + ".overlay";
+  json o{{"id", id}, {"file", file}};
+  struct stat ss {};
+  if (::stat(file.c_str(), &ss) == 0) {
+    o["last_write"] = iso_time(ss.st_mtim.tv_sec);
+    o["last_write_unix"] = int64_t(ss.st_mtim.tv_sec);
+    o["disk_bytes"] = uint64_t(ss.st_blocks) * 512;
+  }
+  o["object_cached"] = ::access((dir + "/" + id + ".state").c_str(), F_OK) == 0;
+  auto info = read_region_overlay(file);
+  if (!info.ok()) {
+    o["problem"] = info.status().message();
+    return o;
+  }
+  const std::string name = sha256_hex(std::span(reinterpret_cast<const uint8_t*>(info->key.data()), info->key.size()));
+  if (name != id) o["problem"] = "misfiled: the file name is not the sha256 of the key it holds (not used)";
+  KeyParts k = split_key(info->key);
+  o["kind"] = k.kind;
+  o["key"] = display_key(info->key);
+  if (k.kind == "blob") o["digest"] = k.digest;
+  if (k.kind == "url") {
+    o["url"] = k.url;
+    o["validator"] = k.validator;
+  }
+  o["size"] = info->base_size;
+  json regions = json::array();
+  for (auto& r : info->regions) regions.push_back({r.offset, r.length});
+  o["regions"] = std::move(regions);
+  o["bytes"] = info->region_bytes;
+  return o;
 }
 
 Status need_dir(const std::string& dir) {
@@ -171,11 +211,21 @@ Result<std::shared_ptr<CacheStore>> take(const std::string& dir, const std::stri
   return *s;
 }
 
-// The objects a selector names: a key ("sha256:HEX"), an oci:// spec (its
+// What a selector names: a key ("sha256:HEX"), an oci:// spec (its
 // digest), a URL (every cached version of it) or an id prefix (>= 8 hex digits).
-Result<std::vector<std::shared_ptr<CacheObject>>> select_objects(const std::vector<std::shared_ptr<CacheObject>>& all,
-                                                                 const std::string& sel) {
-  std::vector<std::shared_ptr<CacheObject>> out;
+struct Selector {
+  enum { kKey, kUrl, kId } how = kKey;
+  std::string v;
+  bool matches(const std::string& id, const std::string& key) const {
+    switch (how) {
+      case kKey: return key == v;
+      case kUrl: return split_key(key).url == v;
+      case kId: return id.rfind(v, 0) == 0;
+    }
+    return false;
+  }
+};
+Result<Selector> parse_selector(const std::string& sel, const char* what) {
   std::string s = sel;
   if (s.rfind("oci://", 0) == 0) {
     auto at = s.rfind('@');
@@ -184,18 +234,25 @@ Result<std::vector<std::shared_ptr<CacheObject>>> select_objects(const std::vect
   }
   if (s.rfind("sha256:", 0) == 0) {
     if (s.size() != 71 || !is_hex(s.substr(7))) return Invalid(sel + ": a digest is sha256: and 64 lowercase hex digits");
-    for (auto& o : all)
-      if (o->key() == s) out.push_back(o);
-  } else if (s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0) {
-    for (auto& o : all)
-      if (split_key(o->key()).url == s) out.push_back(o);
-  } else if (s.size() >= 8 && s.size() <= 64 && is_hex(s)) {
-    for (auto& o : all)
-      if (o->id().rfind(s, 0) == 0) out.push_back(o);
-    if (out.size() > 1) return Invalid(sel + ": ambiguous id prefix (" + std::to_string(out.size()) + " objects); give more digits");
-  } else {
-    return Invalid(sel + ": not a cached object's key (sha256:HEX, oci://…@sha256:HEX, http(s)://URL) or id (>= 8 hex digits, see `udm cache ls`)");
+    return Selector{Selector::kKey, s};
   }
+  if (s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0) return Selector{Selector::kUrl, s};
+  if (s.size() >= 8 && s.size() <= 64 && is_hex(s)) return Selector{Selector::kId, s};
+  return Invalid(fmt::format("{}: not a {}'s key (sha256:HEX, oci://…@sha256:HEX, http(s)://URL) or id (>= 8 hex "
+                             "digits, see `udm cache ls`)",
+                             sel, what));
+}
+
+// The objects a selector names (every one of them; an id prefix must name one).
+Result<std::vector<std::shared_ptr<CacheObject>>> select_objects(const std::vector<std::shared_ptr<CacheObject>>& all,
+                                                                 const std::string& sel) {
+  auto p = parse_selector(sel, "cached object");
+  if (!p.ok()) return p.status();
+  std::vector<std::shared_ptr<CacheObject>> out;
+  for (auto& o : all)
+    if (p->matches(o->id(), o->key())) out.push_back(o);
+  if (p->how == Selector::kId && out.size() > 1)
+    return Invalid(sel + ": ambiguous id prefix (" + std::to_string(out.size()) + " objects); give more digits");
   if (out.empty()) return Status::Error(ENOENT, sel + ": no such object in the cache");
   return out;
 }
@@ -281,8 +338,14 @@ Result<json> list_cache(const std::string& dir) {
   std::stable_sort(objects.begin(), objects.end(), [](const json& a, const json& b) {
     return a.value("last_use_unix", int64_t(0)) > b.value("last_use_unix", int64_t(0));
   });
+  json states = json::array();
+  for (auto& id : sc->overlays) states.push_back(overlay_json(dir, id));
+  std::stable_sort(states.begin(), states.end(), [](const json& a, const json& b) {
+    return a.value("last_write_unix", int64_t(0)) > b.value("last_write_unix", int64_t(0));
+  });
   out["objects"] = std::move(objects);
   out["damaged"] = std::move(damaged);
+  out["states"] = std::move(states);
   out["total_bytes_cached"] = total;
   out["total_disk_bytes"] = disk;
   return out;
@@ -362,11 +425,59 @@ Result<json> verify_cache(const std::string& dir, const std::vector<std::string>
   return json{{"dir", dir}, {"objects", std::move(results)}, {"bad", bad}};
 }
 
+namespace {
+
+// `evict --state`: the local state files the selectors name (or all), removed.
+Result<json> evict_states(const std::string& dir, const EvictRequest& req, CacheStore& store) {
+  auto sc = scan(dir);
+  if (!sc.ok()) return sc.status();
+  std::vector<json> all;
+  for (auto& id : sc->overlays) all.push_back(overlay_json(dir, id));
+  std::vector<json> chosen;
+  std::set<std::string> seen;
+  for (auto& sel : req.select) {  // every selector checked before anything changes
+    auto p = parse_selector(sel, "local state file");
+    if (!p.ok()) return p.status();
+    size_t n = 0;
+    for (auto& o : all) {
+      // Keys are matched as the file holds them; a damaged file by its id only.
+      auto info = read_region_overlay(o["file"].get<std::string>());
+      bool m = p->how == Selector::kId ? p->matches(o["id"], "") : info.ok() && p->matches(o["id"], info->key);
+      if (!m) continue;
+      n++;
+      if (seen.insert(o["id"]).second) chosen.push_back(o);
+    }
+    if (p->how == Selector::kId && n > 1)
+      return Invalid(sel + ": ambiguous id prefix (" + std::to_string(n) + " state files); give more digits");
+    if (n == 0) return Status::Error(ENOENT, sel + ": no such local state file in the cache dir");
+  }
+  if (req.all) chosen = all;
+  json removed = json::array();
+  for (auto& o : chosen) {
+    const std::string file = o["file"];
+    if (::unlink(file.c_str()) != 0 && errno != ENOENT) return ErrnoStatus("unlink " + file);
+    removed.push_back({{"id", o["id"]}, {"file", file}, {"key", o.value("key", std::string())}});
+  }
+  if (!chosen.empty()) {
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+  return json{{"dir", dir}, {"evicted", json::array()}, {"states_removed", std::move(removed)},
+              {"bytes_cached_before", store.used_bytes()}, {"bytes_cached_after", store.used_bytes()}};
+}
+
+}  // namespace
+
 Result<json> evict_cache(const std::string& dir, const EvictRequest& req) {
   int modes = (req.all ? 1 : 0) + (req.to_bytes ? 1 : 0) + (req.select.empty() ? 0 : 1);
   if (modes != 1) return Invalid("evict: give exactly one of: objects (KEY|URL|ID...), --all, --to SIZE");
+  if (req.state && req.to_bytes) return Invalid("evict: --state takes state files (KEY|URL|ID...) or --all, not --to");
   auto store = take(dir, "evict");
   if (!store.ok()) return store.status();
+  if (req.state) return evict_states(dir, req, **store);
   auto all = (*store)->objects();
   uint64_t before = (*store)->used_bytes();
   json evicted = json::array();
@@ -374,7 +485,10 @@ Result<json> evict_cache(const std::string& dir, const EvictRequest& req) {
     uint64_t bytes = cached_bytes_as_counted(*o);
     std::string id = o->id(), key = display_key(o->key());
     UDM_TRY((*store)->remove(o.get()));
-    evicted.push_back({{"id", id}, {"key", key}, {"bytes", bytes}, {"whole", true}});
+    json e{{"id", id}, {"key", key}, {"bytes", bytes}, {"whole", true}};
+    // Its local state (an update copy-back's progress) is not cache: kept.
+    if (::access((dir + "/" + id + ".overlay").c_str(), F_OK) == 0) e["state_kept"] = dir + "/" + id + ".overlay";
+    evicted.push_back(std::move(e));
     return Status::Ok();
   };
   if (req.all || !req.select.empty()) {

@@ -28,7 +28,9 @@ struct CacheOwner {
 std::optional<CacheOwner> cache_owner(const std::string& dir);
 
 // {"dir", "owner": {"pid","command"}|null, "objects": [...], "damaged": [...],
-//  "total_bytes_cached", "total_disk_bytes"}; objects most recently used first.
+//  "states": [...], "total_bytes_cached", "total_disk_bytes"}; objects most
+// recently used first; states (ID.overlay files, the local state of an update
+// copy-back over a remote object) most recently written first.
 // Changes nothing.
 Result<nlohmann::json> list_cache(const std::string& dir);
 
@@ -45,8 +47,13 @@ struct EvictRequest {
   std::vector<std::string> select;  // keys, URLs or id prefixes
   bool all = false;
   std::optional<uint64_t> to_bytes;  // evict least recently used data until at most this much is cached
+  // The local state files (ID.overlay: an update copy-back's progress over a
+  // remote object, io/region_overlay.h) the selectors name, or all, instead
+  // of cached data; never with to_bytes. Without it they are never removed.
+  bool state = false;
 };
-// {"dir", "evicted": [{"id","key","bytes","whole"}], "bytes_cached_before", "bytes_cached_after"}.
+// {"dir", "evicted": [{"id","key","bytes","whole","state_kept"?}], "bytes_cached_before", "bytes_cached_after"}
+// (with state: "states_removed": [{"id","file","key"}]).
 // Takes the directory's lock. Block accounting as --cache-size counts it
 // (whole blocks).
 Result<nlohmann::json> evict_cache(const std::string& dir, const EvictRequest& req);

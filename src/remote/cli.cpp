@@ -230,6 +230,21 @@ void cache_ls(const std::string& dir, bool json_out) {
   for (const auto& d : j["damaged"])
     fmt::print("damaged: {}: {} (`udm cache verify` removes it)\n", d["file"].get<std::string>(),
                d["problem"].get<std::string>());
+  if (!j["states"].empty()) {
+    fmt::print("local state (an update copy-back's progress over a remote object; `udm cache evict --state` removes it):\n");
+    fmt::print("{:<12}  {:<4}  {:>8}  {:<6}  {:<20}  {}\n", "ID", "KIND", "REGIONS", "CACHED", "LAST WRITE", "KEY");
+  }
+  for (const auto& o : j["states"]) {
+    if (o.contains("problem")) {
+      fmt::print("{:<12}  damaged: {}: {}\n", o["id"].get<std::string>().substr(0, 12), o["file"].get<std::string>(),
+                 o["problem"].get<std::string>());
+      continue;
+    }
+    fmt::print("{:<12}  {:<4}  {:>8}  {:<6}  {:<20}  {}\n", o["id"].get<std::string>().substr(0, 12),
+               o["kind"].get<std::string>(), human(o["bytes"].get<uint64_t>()),
+               o["object_cached"].get<bool>() ? "yes" : "no", o.value("last_write", std::string("-")),
+               o["key"].get<std::string>());
+  }
   if (!j["owner"].is_null()) fmt::print("pinned blocks are known only to the owning process (\"?\")\n");
 }
 
@@ -257,9 +272,18 @@ void cache_evict(const std::string& dir, const remote::EvictRequest& req, bool j
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // keys hold server text
     return;
   }
-  for (const auto& e : j["evicted"])
+  for (const auto& e : j["evicted"]) {
     fmt::print("evicted {} {}: {}\n", e["whole"].get<bool>() ? "object" : "blocks of", e["key"].get<std::string>(),
                human(e["bytes"].get<uint64_t>()));
+    if (e.contains("state_kept"))
+      fmt::print("  kept its local state {} (`udm cache evict --state` removes it)\n", e["state_kept"].get<std::string>());
+  }
+  if (j.contains("states_removed")) {
+    for (const auto& e : j["states_removed"])
+      fmt::print("removed local state {}{}\n", e["file"].get<std::string>(),
+                 e["key"].get<std::string>().empty() ? "" : " (" + e["key"].get<std::string>() + ")");
+    return;
+  }
   fmt::print("{}: {} cached before, {} now\n", dir, human(j["bytes_cached_before"].get<uint64_t>()),
              human(j["bytes_cached_after"].get<uint64_t>()));
 }
@@ -289,20 +313,25 @@ void register_cache_cli(CLI::App& app) {
     s->callback([=] { cache_verify(cache_dir_of(*dir), *sel, *js); });
   }
   {
-    auto* s = c->add_subcommand("evict", "remove objects, all, or least recently used data down to a size");
+    auto* s = c->add_subcommand("evict", "remove objects, all, or least recently used data down to a size; with --state: local state files");
     auto dir = std::make_shared<std::string>();
     auto js = std::make_shared<bool>(false);
     auto sel = std::make_shared<std::vector<std::string>>();
     auto all = std::make_shared<bool>(false);
     auto to = std::make_shared<std::string>();
+    auto state = std::make_shared<bool>(false);
     s->add_option("objects", *sel, "sha256:HEX, oci://...@sha256:HEX, http(s)://URL or an id from `udm cache ls`");
     s->add_flag("--all", *all, "evict every object");
+    s->add_flag("--state", *state,
+                "remove the named (or --all) local state files instead: an update copy-back's progress over a remote "
+                "diff (kept otherwise)");
     s->add_option("--to", *to, "evict least recently used data until at most SIZE bytes are cached (K/M/G/T)");
     add_common(s, dir, js);
     s->callback([=] {
       remote::EvictRequest req;
       req.select = *sel;
       req.all = *all;
+      req.state = *state;
       if (!to->empty()) {
         auto b = remote::parse_byte_size(*to);
         if (!b.ok()) return cli::fail("--to: " + b.status().message(), 2);
