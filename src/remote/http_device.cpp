@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "io/block_cache.h"
+#include "remote/cache_admin.h"
 #include "util/log.h"
 
 namespace udm::remote {
@@ -163,6 +164,18 @@ void HttpDevice::keep_cached(uint64_t offset, uint64_t length) {
     if (f == first && c == last - first + 1) return;  // the same range again (a reader reopened)
   obj_->pin(first, last - first + 1);
   pins_.push_back({first, last - first + 1});
+}
+
+Result<LocalStateHome> HttpDevice::local_state_home() const {
+  if (cfg_.cache_dir.empty() || cfg_.cache_dir == "none")
+    return Status::Error(EINVAL, "--cache-dir is none (nothing persists)");
+  if (!obj_) {
+    auto o = cache_owner(cfg_.cache_dir);
+    return Status::Error(EBUSY, fmt::format("cache dir {} is owned by {} (this process keeps nothing there)",
+                                            cfg_.cache_dir,
+                                            o ? fmt::format("pid {} ({})", o->pid, o->command) : "another process"));
+  }
+  return LocalStateHome{store_->dir() + "/" + obj_->id() + ".overlay", obj_->key()};
 }
 
 uint64_t HttpDevice::bytes_pinned() const {

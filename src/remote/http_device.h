@@ -68,6 +68,11 @@ class HttpDevice : public BlockDevice {
   bool block_pinned(uint64_t b) const { return obj_ && obj_->pinned(b); }
   bool block_cached(uint64_t b) const { return obj_ && obj_->present(b); }
   bool persistent() const { return obj_ != nullptr; }
+  // DIR/ID.overlay for the object (ID: its cache id, the sha256 of its key;
+  // the key: "sha256:HEX" or URL + validator + size), when this process
+  // owns a persistent cache directory; else why not (--cache-dir none,
+  // another process owns the directory).
+  Result<LocalStateHome> local_state_home() const override;
   // {"url":..., "bytes_fetched":..., ...}
   std::string stats_json() const;
 

@@ -304,8 +304,7 @@ TEST(RemoteE2E, PushPullCreateMountOnRegistry) {
 
 // The update target over a diff on a web server: the device reads as the new
 // image at once (blocks fetched as read); `udm update-info URL` works too.
-// The background copy-back over a remote diff is not done yet (its
-// checkpoint lives in the diff): the target refuses it and says so.
+// (The background copy-back over a remote diff: update_copyback_test.cpp.)
 TEST(RemoteE2E, UpdateOverHttpDiff) {
   if (!is_root() || !have_tool("mkfs.ext4")) GTEST_SKIP() << "needs root, mkfs.ext4";
   TempDir t, www, cache;
@@ -333,10 +332,6 @@ TEST(RemoteE2E, UpdateOverHttpDiff) {
   ASSERT_TRUE(sh("cp " + t.file("old.img") + " " + t.file("sys.img")).ok());
   auto d = TestDaemon::start(true, false, {"--cache-dir", cache.path()});
   std::string sectors = std::to_string((32 << 20) / 512);
-  // A v1 copy-back keeps its checkpoint in the diff, which is read-only over HTTP: refused, saying so.
-  r = d->udm({"create", "system", "--table", "0 " + sectors + " update " + t.file("sys.img") + " " + ngx->url("diff.img") + " 0"});
-  EXPECT_FALSE(r.ok());
-  EXPECT_NE(r.err.find("no_bg_update"), std::string::npos) << r.describe();
   r = d->udm({"create", "system", "--table",
               "0 " + sectors + " update " + t.file("sys.img") + " " + ngx->url("diff.img") + " 1 no_bg_update"});
   ASSERT_TRUE(r.ok()) << r.describe();
