@@ -40,6 +40,12 @@ Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua, boo
   return do_write_zeroes(offset, length, fua, may_unmap);
 }
 
+void BlockDevice::keep_cached(uint64_t offset, uint64_t length) {
+  uint64_t sz = size();
+  if (length == 0 || offset >= sz) return;
+  do_keep_cached(offset, std::min(length, sz - offset));
+}
+
 void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth) {
   if (length == 0) return;
   if (kind == AllocKind::kHole) depth = 0;

@@ -95,8 +95,11 @@ class BlockDevice {
   // A format reader's hint: [offset, offset+length) is metadata it reads at
   // every open (a ZFile's header, trailer and jump table, an LSMT index). A
   // device that caches with eviction (remote sources) keeps those bytes out
-  // of eviction while it lives; others ignore it. Advisory: no error.
-  virtual void keep_cached(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+  // of eviction while it lives; a device whose bytes come from another one
+  // (linear, a mapped device, a ZFile's decompressed space, a tar member)
+  // passes the hint on as the range of that device holding them; others
+  // ignore it. Advisory: no error; the range is clipped to the device.
+  void keep_cached(uint64_t offset, uint64_t length);
 
   // A read-only source that cannot hold state itself (a remote object) may
   // name a local file for state about its bytes, keyed by their identity:
@@ -124,6 +127,9 @@ class BlockDevice {
   // `out` (empty on entry). Default: one data run. The public call merges
   // alike neighbours, clips to the range and treats an empty answer as data.
   virtual Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out);
+  // keep_cached's hook: the range is inside the device and not empty.
+  // Default: nothing (a device without a cache of its own and no lower one).
+  virtual void do_keep_cached(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
 
   // Zero-out by writing zero buffers through do_write (the fallback every
   // do_write_zeroes may use; never re-enters the public entry points).

@@ -218,6 +218,16 @@ Status MappedDevice::do_allocation(uint64_t offset, uint64_t length, AllocMap& o
   return Status::Ok();
 }
 
+void MappedDevice::do_keep_cached(uint64_t offset, uint64_t length) {
+  enter();
+  GateGuard g{this, &MappedDevice::leave};
+  if (!check_range(offset, length, "keep_cached").ok()) return;  // a reload shrank the device meanwhile
+  (void)for_each_piece(offset, length, [&](const Segment& s, uint64_t off, uint64_t, uint64_t n) {
+    s.target->keep_cached(off, n);
+    return Status::Ok();
+  });
+}
+
 void MappedDevice::load(std::shared_ptr<Table> inactive) {
   std::lock_guard lk(mu_);
   inactive_ = std::move(inactive);

@@ -63,6 +63,10 @@ class MappedDevice : public BlockDevice {
   Status do_write_zeroes(uint64_t offset, uint64_t length, bool fua, bool may_unmap) override;
   Status do_flush() override;
   Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out) override;
+  // Each segment's piece to its target (a stacked format reader's metadata
+  // reaches the remote source under it). The pins belong to the sources of
+  // the table active now: a reload that opens them again does not repeat them.
+  void do_keep_cached(uint64_t offset, uint64_t length) override;
 
   // Control.
   void load(std::shared_ptr<Table> inactive);  // replaces any earlier inactive table

@@ -1,8 +1,9 @@
 // Bases that keep a target as small as its idea (nbdkit's filters, LevelDB's
 // EnvWrapper): override only what you change.
 //
-//  * ForwardingTarget passes every call to a lower device at an offset; a
-//    target that remaps, checks or counts overrides one hook.
+//  * ForwardingTarget passes every call to a lower device at an offset
+//    (keep_cached too; allocation only on request, see below); a target
+//    that remaps, checks or counts overrides one hook.
 //  * ReadOnlyTarget refuses every write-type call with EROFS and says so in
 //    caps(); a read-only target writes only do_read (and size, type).
 //
@@ -36,6 +37,8 @@ class ForwardingTarget : public Target {
     return lower_->write_zeroes(offset_ + off, len, fua, may_unmap);
   }
   Status do_flush() override { return lower_->flush(); }
+  // The bytes are the lower device's at offset_ + off: so is the hint.
+  void do_keep_cached(uint64_t off, uint64_t len) override { lower_->keep_cached(offset_ + off, len); }
   // Allocation is NOT passed down by default (a target that transforms or
   // redirects reads would report the lower device's holes as its own zeroes);
   // a target whose reads are the lower device's bytes overrides

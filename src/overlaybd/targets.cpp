@@ -27,6 +27,7 @@ class ZFileTarget : public ReadOnlyTarget {
  protected:
   Status do_read(uint64_t off, std::span<uint8_t> buf) override { return z_->read(off, buf); }
   Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override { return z_->allocation(off, len, out); }
+  void do_keep_cached(uint64_t off, uint64_t len) override { z_->keep_cached(off, len); }
 
  private:
   std::shared_ptr<ZFileDevice> z_;

@@ -159,6 +159,14 @@ Status ZFileDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   return Status::Ok();
 }
 
+void ZFileDevice::do_keep_cached(uint64_t off, uint64_t len) {
+  // size() is original_file_size, so b1 < num_blocks(); starts[b] is where
+  // block b's stored bytes begin in the blob, starts[b + 1] where they end.
+  const uint64_t bs = layout_.h.block_size;
+  const uint64_t b0 = off / bs, b1 = (off + len - 1) / bs;
+  blob_->keep_cached(layout_.starts[b0], layout_.starts[b1 + 1] - layout_.starts[b0]);
+}
+
 bool ZFileDevice::maybe_zero(uint64_t b) const {
   uint64_t stored = layout_.starts[b + 1] - layout_.starts[b];
   return stored <= block_len(b) / 200 + 64;

@@ -24,6 +24,7 @@ class SliceDevice : public BlockDevice {
   Status do_trim(uint64_t, uint64_t) override { return ReadOnly("read-only slice"); }
   Status do_write_zeroes(uint64_t, uint64_t, bool, bool) override { return ReadOnly("read-only slice"); }
   Status do_flush() override { return Status::Ok(); }
+  void do_keep_cached(uint64_t off, uint64_t len) override { dev_->keep_cached(off_ + off, len); }
 
  private:
   DevicePtr dev_;
@@ -59,6 +60,9 @@ class ZFileDevice : public BlockDevice {
   // all zeroes, reported as zero (remembered per block); every other block is
   // data without any I/O.
   Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override;
+  // Metadata of a format inside the ZFile (an LSMT layer's header, index and
+  // trailer): the blob's stored bytes of the blocks holding the range.
+  void do_keep_cached(uint64_t off, uint64_t len) override;
 
  private:
   ZFileDevice() = default;

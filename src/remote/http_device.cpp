@@ -155,9 +155,8 @@ uint64_t HttpDevice::bytes_cached() const {
   return std::min<uint64_t>(obj_->present_count() * bs_, size_);
 }
 
-void HttpDevice::keep_cached(uint64_t offset, uint64_t length) {
-  if (!obj_ || length == 0 || offset >= size_) return;
-  length = std::min(length, size_ - offset);
+void HttpDevice::do_keep_cached(uint64_t offset, uint64_t length) {
+  if (!obj_) return;
   uint64_t first = offset / bs_, last = (offset + length - 1) / bs_;
   std::lock_guard lk(pin_mu_);
   for (auto [f, c] : pins_)

@@ -61,9 +61,6 @@ class HttpDevice : public BlockDevice {
   const std::string& spec() const { return spec_; }
   const SourceStats& stats() const { return stats_; }
   uint64_t bytes_cached() const;
-  // Pins the blocks of [offset, offset+length) in the persistent cache while
-  // this device lives (format metadata; nothing without a persistent cache).
-  void keep_cached(uint64_t offset, uint64_t length) override;
   uint64_t bytes_pinned() const;
   bool block_pinned(uint64_t b) const { return obj_ && obj_->pinned(b); }
   bool block_cached(uint64_t b) const { return obj_ && obj_->present(b); }
@@ -102,6 +99,9 @@ class HttpDevice : public BlockDevice {
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t, std::span<const uint8_t>, bool) override { return ReadOnly(spec_ + ": remote source is read-only"); }
   Status do_flush() override { return Status::Ok(); }
+  // keep_cached: pins the blocks of the range in the persistent cache while
+  // this device lives (format metadata; nothing without a persistent cache).
+  void do_keep_cached(uint64_t offset, uint64_t length) override;
 
  private:
   struct Flight {

@@ -1,12 +1,17 @@
 // Pinning of format metadata in the persistent cache (BlockDevice::keep_cached,
 // CacheObject::pin): pinned blocks survive heavy reads through a cache far
-// smaller than the object, and a ZFile's header, trailer and jump table stay
-// cached so the layer opens again with the server gone.
+// smaller than the object, and a ZFile's header, trailer and jump table (and
+// an LSMT layer's header, index and trailer inside it) stay cached so the
+// layer opens again with the server gone.
 #include <sys/stat.h>
 
 #include <cstring>
+#include <set>
 
 #include "io/grow_file.h"
+#include "io/memory_device.h"
+#include "overlaybd/lsmt_device.h"
+#include "overlaybd/lsmt_format.h"
 #include "overlaybd/writer.h"
 #include "overlaybd/zfile_device.h"
 #include "remote/cache_store.h"
@@ -177,6 +182,113 @@ TEST(RemotePin, ZFileMetadataPinnedReopensWithTheServerGone) {
   auto z2 = obd::ZFileDevice::open(*d, nullptr);
   ASSERT_TRUE(z2.ok()) << "reopen with the server gone: " << z2.status().message();
   EXPECT_EQ((*z2)->size(), content.size());
+}
+
+// An LSMT layer compressed to a ZFile (overlaybd's usual layer): the LSMT
+// reader's keep_cached of its header, index and trailer goes through the
+// ZFile to the stored bytes of the blocks holding them, so those are pinned
+// too, not only the ZFile's own header, trailer and jump table. The cache's
+// blocks are 16 KiB here so that the index's stored bytes lie in blocks the
+// ZFile's own metadata does not pin (checked).
+TEST(RemotePin, LsmtIndexInsideZFilePinnedReopensWithTheServerGone) {
+  // 4 MiB whose sectors are zero at random: an index of about 1 Ki entries per MiB.
+  auto raw = random_bytes(4u << 20, 41);
+  std::mt19937_64 rng(42);
+  for (size_t sct = 0; sct < raw.size(); sct += 512)
+    if (rng() % 2) std::memset(raw.data() + sct, 0, 512);
+  auto lsmt = std::make_shared<MemGrowFile>();
+  {
+    MemoryDevice rd(raw, true);
+    auto sink = obd::file_sink(lsmt, false);
+    ASSERT_TRUE(obd::raw_to_layer(rd, *sink, {}).ok());
+  }
+  auto lbytes = lsmt->contents();
+  auto zout = std::make_shared<MemGrowFile>();
+  auto zs = obd::zfile_sink(zout, obd::ZFileWriteOptions{});
+  ASSERT_TRUE(zs->write(lbytes).ok());
+  ASSERT_TRUE(zs->finish().ok());
+  auto zfile = zout->contents();
+  // Which cache blocks hold what, from the files themselves.
+  const uint64_t bs = 16u << 10;
+  auto local = obd::ZFileDevice::open(std::make_shared<MemoryDevice>(zfile, true));
+  ASSERT_TRUE(local.ok()) << local.status().message();
+  const auto& L = (*local)->layout();
+  auto blocks_of = [&](uint64_t off, uint64_t len, std::set<uint64_t>& out) {
+    for (uint64_t b = off / bs; b <= (off + len - 1) / bs; b++) out.insert(b);
+  };
+  auto stored = [&](uint64_t off, uint64_t len, std::set<uint64_t>& out) {  // uncompressed range
+    uint64_t b0 = off / L.h.block_size, b1 = (off + len - 1) / L.h.block_size;
+    blocks_of(L.starts[b0], L.starts[b1 + 1] - L.starts[b0], out);
+  };
+  auto trailer = obd::parse_lsmt_header(std::span(lbytes).last(obd::kLsmtHeaderSize), "trailer");
+  ASSERT_TRUE(trailer.ok()) << trailer.status().message();
+  std::set<uint64_t> zfile_own, lsmt_own;
+  blocks_of(0, obd::kZFileHeaderSize, zfile_own);
+  blocks_of(zfile.size() - obd::kZFileHeaderSize, obd::kZFileHeaderSize, zfile_own);
+  blocks_of(L.h.index_offset, L.h.index_size * 4, zfile_own);
+  stored(0, obd::kLsmtHeaderSize, lsmt_own);
+  stored(lbytes.size() - obd::kLsmtHeaderSize, obd::kLsmtHeaderSize, lsmt_own);
+  stored(trailer->index_offset, trailer->index_size * 16, lsmt_own);
+  std::set<uint64_t> only_lsmt;
+  for (uint64_t b : lsmt_own)
+    if (!zfile_own.count(b)) only_lsmt.insert(b);
+  ASSERT_GE(only_lsmt.size(), 1u) << "the test needs index blocks the ZFile does not pin itself";
+
+  PinFixture f(zfile);
+  if (!f.ngx) GTEST_SKIP() << f.skip;
+  const uint64_t cap = 256u << 10;  // 16 blocks; the ZFile is far larger
+  ASSERT_GT(zfile.size(), 4 * cap);
+  auto cfg = set_remote(f.cache.path(), cap);
+  cfg.block_size = bs;
+  remote::set_config(cfg);
+  auto d = remote::open_remote(f.ngx->url("f"), false);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  auto s = as_http(*d);
+  auto open_layer = [&]() -> Result<std::shared_ptr<obd::LsmtDevice>> {
+    UDM_ASSIGN_OR_RETURN(auto z, obd::ZFileDevice::open(*d, nullptr));
+    UDM_ASSIGN_OR_RETURN(auto layer, obd::open_lsmt_layer(z, "layer"));
+    std::vector<obd::LsmtLayer> layers;
+    layers.push_back(std::move(layer));
+    UDM_ASSIGN_OR_RETURN(auto dev, obd::LsmtDevice::open(std::move(layers), std::nullopt));
+    dev->set_length(raw.size());
+    return dev;
+  };
+  {
+    auto dev = open_layer();
+    ASSERT_TRUE(dev.ok()) << dev.status().message();
+    std::vector<uint8_t> all(raw.size());
+    for (uint64_t off = 0; off < all.size(); off += 64 << 10)
+      ASSERT_TRUE((*dev)->read(off, std::span(all).subspan(off, 64 << 10)).ok());
+    expect_same(all, raw, "lsmt in zfile read whole");
+  }
+  // Heavy raw reads of the blob: all of it, then its first half again.
+  std::vector<uint8_t> rawz(zfile.size());
+  for (uint64_t off = 0; off < rawz.size(); off += 64 << 10) {
+    auto part = std::span(rawz).subspan(off, std::min<uint64_t>(64 << 10, rawz.size() - off));
+    ASSERT_TRUE((*d)->read(off, part).ok());
+  }
+  expect_same(rawz, zfile, "raw blob");
+  for (uint64_t off = bs; off < rawz.size() / 2; off += 64 << 10) {
+    std::vector<uint8_t> b(64 << 10);
+    ASSERT_TRUE((*d)->read(off, b).ok());
+    ASSERT_TRUE(std::equal(b.begin(), b.end(), zfile.begin() + long(off)));
+  }
+  EXPECT_LE(s->bytes_cached(), cap);
+  for (uint64_t b : lsmt_own) {
+    EXPECT_TRUE(s->block_pinned(b)) << "LSMT metadata block " << b << " not pinned";
+    EXPECT_TRUE(s->block_cached(b)) << "LSMT metadata block " << b << " was evicted";
+  }
+  for (uint64_t b : zfile_own) EXPECT_TRUE(s->block_pinned(b) && s->block_cached(b)) << "ZFile block " << b;
+  uint64_t nb = (zfile.size() + bs - 1) / bs, pinned = 0;
+  for (uint64_t b = 0; b < nb; b++) pinned += s->block_pinned(b);
+  std::set<uint64_t> all_own = zfile_own;
+  all_own.insert(lsmt_own.begin(), lsmt_own.end());
+  EXPECT_EQ(pinned, all_own.size());  // nothing else
+  // nginx stopped: the layer opens again from the cache alone.
+  f.ngx.reset();
+  auto again = open_layer();
+  ASSERT_TRUE(again.ok()) << "reopen with the server gone: " << again.status().message();
+  EXPECT_EQ((*again)->size(), raw.size());
 }
 
 }  // namespace
