@@ -20,7 +20,7 @@ enum class OnError { kFail, kQueue };
 struct RemoteConfig {
   std::string cache_dir = "/var/cache/udm";  // "none": memory only, nothing persists
   uint64_t cache_size = 4ull << 30;          // bytes of cached blocks, all sources together
-  uint32_t block_size = 128u << 10;          // cache and fetch unit
+  uint32_t block_size = 64u << 10;           // cache and fetch unit of new objects (a cached one keeps its own)
   uint32_t max_fetch = 4u << 20;             // largest single ranged GET (coalesced misses + readahead)
   OnError on_error = OnError::kFail;
   std::vector<std::string> insecure_registries;  // host[:port] allowed over plain HTTP

@@ -21,6 +21,9 @@ std::multimap<std::string, std::weak_ptr<HttpDevice>> g_live;
 
 bool strong_etag(const std::string& e) { return !e.empty() && e.rfind("W/", 0) != 0; }
 
+// Reads at least this large get no readahead (do_read).
+constexpr uint64_t kReadaheadBelow = 128u << 10;
+
 // Set on a prefetch thread: its reads are not foreground I/O.
 thread_local bool tl_prefetching = false;
 
@@ -120,9 +123,15 @@ Result<std::shared_ptr<HttpDevice>> HttpDevice::open(const std::string& spec, co
         std::string v = !d->etag_.empty() ? "etag " + d->etag_ : !d->last_modified_.empty() ? "lm " + d->last_modified_ : "none";
         key = fmt::format("url {}\n{}\nsize {}", url, v, d->size_);
       }
-      auto o = d->store_->object(key, d->size_, d->bs_);
-      if (!o.ok()) return o.status().context(spec + ": cache");
-      d->obj_ = *o;
+      // An earlier run's copy keeps the block size it was cached with.
+      if (auto o = d->store_->existing(key); o && o->size() == d->size_) {
+        d->obj_ = o;
+        d->bs_ = o->block_size();
+      } else {
+        auto n = d->store_->object(key, d->size_, d->bs_);
+        if (!n.ok()) return n.status().context(spec + ": cache");
+        d->obj_ = *n;
+      }
     }
   }
   d->nblocks_ = (d->size_ + d->bs_ - 1) / d->bs_;
@@ -441,8 +450,15 @@ Status HttpDevice::do_read(uint64_t off, std::span<uint8_t> buf) {
   const uint64_t max_blocks = std::max<uint64_t>(1, cfg_.max_fetch / bs_);
   uint64_t ra = 0;
   {
+    // Readahead serves readers whose requests are small (each would be a
+    // round trip): a read continuing the last one, and smaller than
+    // kReadaheadBelow, grows the window. A larger read comes from a reader
+    // that reads ahead itself (the kernel's page-cache readahead, whose
+    // window grows to hundreds of KiB): more would only fetch past the end
+    // of its streams. It, or a read elsewhere, resets the window.
     std::lock_guard lk(ra_mu_);
-    if (off == ra_next_) ra_blocks_ = std::min<uint64_t>(max_blocks, ra_blocks_ ? ra_blocks_ * 2 : 2);
+    if (off == ra_next_ && buf.size() < kReadaheadBelow)
+      ra_blocks_ = std::min<uint64_t>(max_blocks, ra_blocks_ ? ra_blocks_ * 2 : 2);
     else ra_blocks_ = 0;
     ra_next_ = end;
     ra = ra_blocks_;

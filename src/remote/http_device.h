@@ -2,10 +2,10 @@
 // fetched lazily by ranged GETs and kept in the persistent cache
 // (cache_store.h). See docs/remote.md for the guarantees.
 //
-// Read path: each 128 KiB block is served from the cache, or joins the one
+// Read path: each block (64 KiB) is served from the cache, or joins the one
 // fetch in flight for it (single flight), or starts a fetch of the run of
 // adjacent missing blocks (coalesced, up to max_fetch, extended by an
-// adaptive readahead window on sequential reads). Every reply is checked
+// adaptive readahead window on sequential reads smaller than 128 KiB). Every reply is checked
 // (http_check.h: 206, exact Content-Range, unchanged ETag and size, exact
 // length); transport errors, 5xx and 429 are retried with backoff honouring
 // Retry-After; then --remote-on-error fail (EIO) or queue (wait until the

@@ -75,7 +75,8 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   ASSERT_EQ(s.hex.size(), 64u);
   set_remote(s.cache.path());
   uint64_t url_blocks = 0;  // HttpDevice::bytes_cached() counts whole blocks
-  const uint64_t bs = 128u << 10, last_len = s.file.size() % bs;  // 3000: the URL's last block is short
+  const uint64_t bs = remote::RemoteConfig{}.block_size;  // the cache's blocks
+  const uint64_t last_len = s.file.size() % bs;  // 3000: the URL's last block is short
   {
     auto u = remote::open_remote(s.url(), false);
     ASSERT_TRUE(u.ok()) << u.status().message();
@@ -105,7 +106,7 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   EXPECT_EQ(bo["size"].get<uint64_t>(), s.blob.size());
   EXPECT_EQ(bo["bytes_cached"].get<uint64_t>(), s.blob.size());
   EXPECT_EQ(bo["blocks_cached"], bo["blocks"]);
-  EXPECT_EQ(bo["blocks"].get<uint64_t>(), (s.blob.size() + (128u << 10) - 1) / (128u << 10));
+  EXPECT_EQ(bo["blocks"].get<uint64_t>(), (s.blob.size() + bs - 1) / bs);
   EXPECT_EQ(bo["verified"], true);
   EXPECT_EQ(bo["pinned_blocks"], 0);
   EXPECT_EQ(uo["url"], s.url());
@@ -160,7 +161,7 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   {
     int fd = ::open(udata.c_str(), O_WRONLY);
     ASSERT_GE(fd, 0);
-    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 128 << 10, 128 << 10), 0);  // block 1
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(bs), off_t(bs)), 0);  // block 1
     ::close(fd);
   }
   v = cache({"verify", uo["id"].get<std::string>().substr(0, 12)}, s.cache.path());
@@ -169,9 +170,9 @@ TEST(RemoteCacheCli, LsVerifyReportWhatTheSourcesCachedAndDropDamage) {
   l = ls(s.cache.path());
   EXPECT_EQ(find_obj(l, "url")["blocks_cached"].get<uint64_t>(), url_blocks - 1) << l.dump(2);
   EXPECT_EQ(find_obj(l, "url")["bytes_cached"].get<uint64_t>(), url_cached - bs) << l.dump(2);
-  b.assign(128u << 10, 0);
-  ASSERT_TRUE(read_range(s.url(), 128u << 10, b).ok());
-  EXPECT_TRUE(std::equal(b.begin(), b.end(), s.file.begin() + (128 << 10)));
+  b.assign(bs, 0);
+  ASSERT_TRUE(read_range(s.url(), bs, b).ok());
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), s.file.begin() + long(bs)));
   // Now clean again.
   v = cache({"verify"}, s.cache.path());
   EXPECT_TRUE(v.ok()) << v.describe();
@@ -219,7 +220,7 @@ TEST(RemoteCacheCli, EvictObjectsAllAndDownToASize) {
     std::vector<uint8_t> ball(s.blob.size());
     ASSERT_TRUE((*b)->read(0, ball).ok());
   }
-  const uint64_t bs = 128u << 10;
+  const uint64_t bs = remote::RemoteConfig{}.block_size;  // the cache's blocks
   const uint64_t file_blocks = (s.file.size() + bs - 1) / bs, blob_blocks = (s.blob.size() + bs - 1) / bs;
   auto l = ls(s.cache.path());
   ASSERT_EQ(l["total_bytes_cached"].get<uint64_t>(), s.file.size() + s.blob.size()) << l.dump(2);

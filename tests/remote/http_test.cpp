@@ -69,7 +69,11 @@ TEST(RemoteHttp, RandomRangesMatchTheFile) {
 TEST(RemoteHttp, ReopenFetchesNothingAgain) {
   NginxFixture f(3u << 20, 2);
   if (!f.ngx) GTEST_SKIP() << f.skip;
-  set_remote(f.cache.path());
+  // Cached with 128 KiB blocks (an earlier udm's default), reopened with the
+  // default: the copy keeps its block size and is used as it is.
+  auto cfg = set_remote(f.cache.path());
+  cfg.block_size = 128u << 10;
+  remote::set_config(cfg);
   {
     auto d = open_url(f.ngx->url("disk.img"));
     ASSERT_TRUE(d.ok()) << d.status().message();
@@ -78,8 +82,11 @@ TEST(RemoteHttp, ReopenFetchesNothingAgain) {
     expect_same(all, f.data, "first pass");
   }
   f.ngx->clear_log();
+  set_remote(f.cache.path());
+  ASSERT_NE(remote::config().block_size, 128u << 10);
   auto d = open_url(f.ngx->url("disk.img"));
   ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(as_http(*d)->bytes_cached(), f.data.size());
   std::vector<uint8_t> all(f.data.size());
   ASSERT_TRUE((*d)->read(0, all).ok());
   expect_same(all, f.data, "after reopen");
@@ -103,6 +110,7 @@ TEST(RemoteHttp, SingleFlightCoalescingAndReadahead) {
   TempDir www, cache;
   auto data = random_bytes(8u << 20, 4);
   write_file(www.file("img"), data);
+  write_file(www.file("img2"), data);
   std::string err;
   auto fs = FaultServer::start(www.path(), &err);
   if (!fs) GTEST_SKIP() << err;
@@ -143,6 +151,19 @@ TEST(RemoteHttp, SingleFlightCoalescingAndReadahead) {
   st = nlohmann::json::parse(fs->get("/_stats"));
   EXPECT_LE(st["requests"]["slow"].get<int>(), 8) << st.dump();
   EXPECT_EQ(st["data_bytes"].get<uint64_t>(), 4u << 20) << st.dump();
+  // Sequential 256 KiB reads (a reader that reads ahead itself, as the
+  // kernel's page cache does): no readahead, not a byte past what was read.
+  auto d2 = open_url(fs->url("slow", "img2"));
+  ASSERT_TRUE(d2.ok()) << d2.status().message();
+  fs->get("/_reset");
+  for (uint64_t off = 0; off < (2u << 20); off += 256u << 10) {
+    std::vector<uint8_t> b(256u << 10);
+    ASSERT_TRUE((*d2)->read(off, b).ok());
+    ASSERT_TRUE(std::equal(b.begin(), b.end(), data.begin() + long(off)));
+  }
+  st = nlohmann::json::parse(fs->get("/_stats"));
+  EXPECT_EQ(st["requests"]["slow"].get<int>(), 8) << st.dump();
+  EXPECT_EQ(st["data_bytes"].get<uint64_t>(), 2u << 20) << st.dump();
 }
 
 TEST(RemoteHttp, CacheCapRespected) {

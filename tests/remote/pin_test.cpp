@@ -77,7 +77,9 @@ TEST(RemotePin, PinnedRangesSurviveHeavyReadsThroughASmallCache) {
   PinFixture f(data);
   if (!f.ngx) GTEST_SKIP() << f.skip;
   const uint64_t cap = 1u << 20;  // 8 blocks of 128 KiB; the object has 48
-  set_remote(f.cache.path(), cap);
+  auto cfg = set_remote(f.cache.path(), cap);
+  cfg.block_size = 128u << 10;  // the figures below are for 128 KiB blocks
+  remote::set_config(cfg);
   auto d = remote::open_remote(f.ngx->url("f"), false);
   ASSERT_TRUE(d.ok()) << d.status().message();
   auto s = as_http(*d);
@@ -139,7 +141,9 @@ TEST(RemotePin, ZFileMetadataPinnedReopensWithTheServerGone) {
   if (!f.ngx) GTEST_SKIP() << f.skip;
   const uint64_t cap = 512u << 10;  // 4 blocks; the ZFile is far larger
   ASSERT_GT(zfile.size(), 4 * cap);
-  set_remote(f.cache.path(), cap);
+  auto cfg = set_remote(f.cache.path(), cap);
+  cfg.block_size = 128u << 10;  // the figures below are for 128 KiB blocks
+  remote::set_config(cfg);
   auto d = remote::open_remote(f.ngx->url("f"), false);
   ASSERT_TRUE(d.ok()) << d.status().message();
   auto s = as_http(*d);

@@ -32,7 +32,7 @@ TEST(RemotePrefetch, FillsTheCacheThenServesWithTheServerGone) {
   if (!is_root()) GTEST_SKIP() << "needs root (FUSE)";
   TempDir t;
   const std::string pub = public_dir(t);
-  // 6 MiB + 9 sectors: the last 128 KiB cache block is partial.
+  // 6 MiB + 9 sectors: the last cache block is partial.
   const size_t size = (6u << 20) + 9 * 512;
   std::vector<uint8_t> data(size);
   std::mt19937_64 rng(7);

@@ -28,7 +28,7 @@
 namespace udm::test {
 namespace {
 
-constexpr uint64_t kBlock = 128u << 10;  // the cache's block
+const uint64_t kBlock = remote::RemoteConfig{}.block_size;  // the cache's block
 
 
 void add_blocks(std::set<uint64_t>& out, uint64_t off, uint64_t len) {
