@@ -63,7 +63,6 @@ class RegionOverlayDevice : public BlockDevice {
 
   uint64_t size() const override { return base_->size(); }
   DeviceCaps caps() const override;
-  void keep_cached(uint64_t offset, uint64_t length) override { base_->keep_cached(offset, length); }
   const std::string& path() const;
   // This open made the state file (nothing was persisted for this key before).
   bool created() const { return created_; }
@@ -72,6 +71,7 @@ class RegionOverlayDevice : public BlockDevice {
   struct File;  // the open state file of one path, shared in the process (region_overlay.cpp)
 
  protected:
+  void do_keep_cached(uint64_t offset, uint64_t length) override { base_->keep_cached(offset, length); }
   Status do_read(uint64_t offset, std::span<uint8_t> buf) override;
   Status do_write(uint64_t offset, std::span<const uint8_t> buf, bool fua) override;
   Status do_flush() override;
