@@ -362,7 +362,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     const uint64_t max_scan = 16 * max_ops + 4096;
     std::vector<uint64_t> scratch;
     int64_t last_read = -1;
-    uint64_t lo = 0, hi = std::min<uint64_t>(max_ops, n - d);
+    uint64_t lo = 0, hi = barrier_extent(d, std::min<uint64_t>(max_ops, n - d));
     while (lo < hi) {
       const uint64_t mid = hi - (hi - lo) / 2;
       if (planner_.scratch(d, d + mid, mid, nullptr, max_scan).size() == mid)
@@ -402,6 +402,25 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     batches_++;
     batched_ops_ += e - d;
     return true;
+  }
+
+  // How many operations from d (at most max) a logged batch needs to hold:
+  // up to the last one that would be a barrier after a checkpoint at the
+  // batch's end, stopping at the first kBatchGap operations that would not
+  // be. Past such a gap the operations go straight to their places: every
+  // block a batch holds is written twice (scratch, then its place), which
+  // costs more than another batch's flushes once the gap is longer than
+  // about 4 MiB (and wears flash for nothing).
+  static constexpr uint64_t kBatchGap = 1024;
+  uint64_t barrier_extent(uint64_t d, uint64_t max) const {
+    uint64_t end = d + 1;
+    for (uint64_t k = d + 1; k < d + max; k++) {
+      if (reads_own_block(k) || idx_.last_reader[k] >= static_cast<int64_t>(end))
+        end = k + 1;
+      else if (k + 1 - end >= kBatchGap)
+        break;
+    }
+    return end - d;
   }
 
   // With the durable record at operation i, would the next kSparseRun
