@@ -103,7 +103,10 @@ std::vector<uint64_t> layout(const std::vector<ByteRange>& rs) {
   return at;
 }
 
-std::vector<uint8_t> encode_header(const std::string& key, uint64_t base_size, const std::vector<ByteRange>& rs) {
+}  // namespace
+
+std::vector<uint8_t> encode_region_overlay_header(const std::string& key, uint64_t base_size,
+                                                  const std::vector<ByteRange>& rs) {
   std::vector<uint8_t> h(RegionOverlayDevice::kHeaderSize, 0);
   std::memcpy(h.data(), kMagic, 8);
   store_le<uint64_t>(&h[8], base_size);
@@ -118,12 +121,14 @@ std::vector<uint8_t> encode_header(const std::string& key, uint64_t base_size, c
   return h;
 }
 
-Result<RegionOverlayInfo> decode_header(std::vector<uint8_t> h) {
-  if (h.size() < RegionOverlayDevice::kHeaderSize || std::memcmp(h.data(), kMagic, 8) != 0)
+Result<RegionOverlayInfo> decode_region_overlay_header(std::span<const uint8_t> b) {
+  if (b.size() < RegionOverlayDevice::kHeaderSize || std::memcmp(b.data(), kMagic, 8) != 0)
     return Corrupt("not a region overlay state file (bad magic)");
+  std::vector<uint8_t> h(b.begin(), b.begin() + RegionOverlayDevice::kHeaderSize);
   uint32_t crc = load_le<uint32_t>(&h[24]);
   store_le<uint32_t>(&h[24], 0);
   if (crc32_ieee(0, h.data(), h.size()) != crc) return Corrupt("header checksum mismatch");
+  if (load_le<uint32_t>(&h[28]) != 0) return Corrupt("header: reserved bytes 28..31 are not zero");
   RegionOverlayInfo i;
   i.base_size = load_le<uint64_t>(&h[8]);
   uint32_t n = load_le<uint32_t>(&h[16]), klen = load_le<uint32_t>(&h[20]);
@@ -132,12 +137,14 @@ Result<RegionOverlayInfo> decode_header(std::vector<uint8_t> h) {
   for (uint32_t k = 0; k < n; k++)
     i.regions.push_back({load_le<uint64_t>(&h[32 + 16 * k]), load_le<uint64_t>(&h[40 + 16 * k])});
   if (Status st = check_regions(i.regions, i.base_size); !st.ok()) return Corrupt("header: " + st.message());
-  i.key.assign(reinterpret_cast<const char*>(&h[32 + 16 * n]), klen);
+  const size_t key_at = 32 + 16 * size_t{n};
+  i.key.assign(reinterpret_cast<const char*>(&h[key_at]), klen);
+  for (size_t k = key_at + klen; k < h.size(); k++)
+    if (h[k]) return Corrupt(fmt::format("header: byte {} after the key is not zero", k));
   for (auto& r : i.regions) i.region_bytes += r.length;
   return i;
 }
 
-}  // namespace
 
 // The open state file of one path, shared by every overlay of it in the process.
 struct RegionOverlayDevice::File {
@@ -182,7 +189,7 @@ Result<RegionOverlayInfo> read_region_overlay(const std::string& path) {
   ::fstat(fd, &ss);
   ::close(fd);
   if (!st.ok()) return Corrupt(path + ": short header");
-  auto i = decode_header(std::move(h));
+  auto i = decode_region_overlay_header(h);
   if (!i.ok()) return Corrupt(path + ": " + i.status().message());
   if (uint64_t(ss.st_size) < layout(i->regions).back())
     return Corrupt(fmt::format("{}: {} bytes, shorter than its regions need", path, ss.st_size));
@@ -237,7 +244,7 @@ Result<std::shared_ptr<RegionOverlayDevice>> RegionOverlayDevice::open(DevicePtr
     // Made once, crash-safely: PATH.tmp written whole and synced, renamed, the directory synced.
     const uint64_t file_size = f->at.back();
     std::vector<uint8_t> content(file_size, 0);
-    auto h = encode_header(home.key, base_size, regions);
+    auto h = encode_region_overlay_header(home.key, base_size, regions);
     std::copy(h.begin(), h.end(), content.begin());
     for (size_t i = 0; i < regions.size(); i++) {
       Status st = d->base_->read(regions[i].offset, std::span<uint8_t>(content.data() + f->at[i], regions[i].length));

@@ -36,6 +36,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -93,5 +94,11 @@ struct RegionOverlayInfo {
   uint64_t region_bytes = 0;
 };
 Result<RegionOverlayInfo> read_region_overlay(const std::string& path);
+// The 4096-byte header, both ways (every field validated when decoding:
+// magic, CRC, the zero field, counts, regions sorted, disjoint and inside
+// base_size, zero bytes after the key). Fuzzed by fuzz_region_overlay.
+std::vector<uint8_t> encode_region_overlay_header(const std::string& key, uint64_t base_size,
+                                                  const std::vector<ByteRange>& rs);
+Result<RegionOverlayInfo> decode_region_overlay_header(std::span<const uint8_t> header);
 
 }  // namespace udm

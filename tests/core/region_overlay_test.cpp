@@ -4,12 +4,14 @@
 // a file of another key not used, one made for other regions or damaged
 // refused, two overlays of one path sharing the file.
 #include <gtest/gtest.h>
+#include <cstring>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/sys_util.h"
 #include "io/memory_device.h"
 #include "io/region_overlay.h"
+#include "util/crc.h"
 
 using namespace udm;
 using namespace udm::test;
@@ -160,3 +162,36 @@ TEST(RegionOverlay, OverlaysOfOnePathShareTheFile) {
 }
 
 }  // namespace
+
+// The header both ways: a round trip, then each field refused when wrong
+// (the reserved word, a byte after the key, overlapping regions), with the
+// CRC made right so that the field check is what refuses.
+TEST(RegionOverlay, HeaderFieldsAreValidated) {
+  const std::vector<ByteRange> rs = {{0, 512}, {512, 4096}};
+  auto h = encode_region_overlay_header("key-1", 1 << 20, rs);
+  auto i = decode_region_overlay_header(h);
+  ASSERT_TRUE(i.ok()) << i.status().to_string();
+  EXPECT_EQ(i->key, "key-1");
+  EXPECT_EQ(i->base_size, 1u << 20);
+  EXPECT_EQ(i->regions, rs);
+  EXPECT_EQ(i->region_bytes, 4608u);
+  auto refix = [](std::vector<uint8_t> b) {
+    std::memset(&b[24], 0, 4);
+    const uint32_t c = crc32_ieee(0, b.data(), b.size());
+    for (int k = 0; k < 4; k++) b[24 + k] = uint8_t(c >> (8 * k));
+    return b;
+  };
+  auto bad = h;
+  bad[100] ^= 1;  // CRC no longer matches
+  EXPECT_NE(decode_region_overlay_header(bad).status().message().find("checksum"), std::string::npos);
+  bad = h;
+  bad[29] = 1;
+  EXPECT_NE(decode_region_overlay_header(refix(bad)).status().message().find("reserved"), std::string::npos);
+  bad = h;
+  bad[32 + 32 + 5 + 3] = 'x';  // after the 5-byte key
+  EXPECT_NE(decode_region_overlay_header(refix(bad)).status().message().find("after the key"), std::string::npos);
+  auto overlap = encode_region_overlay_header("k", 1 << 20, {{0, 1024}, {512, 4096}});
+  EXPECT_FALSE(decode_region_overlay_header(overlap).ok());
+  auto outside = encode_region_overlay_header("k", 4096, {{0, 8192}});
+  EXPECT_FALSE(decode_region_overlay_header(outside).ok());
+}
