@@ -14,6 +14,7 @@
 
 #include "util/crc.h"
 #include "util/endian.h"
+#include "util/fd_io.h"
 #include "util/log.h"
 
 namespace udm {
@@ -23,35 +24,6 @@ constexpr char kMagic[8] = {'U', 'D', 'M', 'O', 'V', 'L', '0', '1'};
 constexpr uint64_t kAlign = 4096;
 
 uint64_t align_up(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
-
-Status pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t off, const std::string& what) {
-  while (n) {
-    ssize_t r = ::pwrite(fd, p, n, off_t(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus("write " + what);
-    }
-    p += r;
-    n -= size_t(r);
-    off += uint64_t(r);
-  }
-  return Status::Ok();
-}
-
-Status pread_all(int fd, uint8_t* p, size_t n, uint64_t off, const std::string& what) {
-  while (n) {
-    ssize_t r = ::pread(fd, p, n, off_t(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus("read " + what);
-    }
-    if (r == 0) return IoError("read " + what + ": short file");
-    p += r;
-    n -= size_t(r);
-    off += uint64_t(r);
-  }
-  return Status::Ok();
-}
 
 Status sync_parent(const std::string& path) {
   auto slash = path.rfind('/');

@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "util/endian.h"
+#include "util/fd_io.h"
 #include "util/log.h"
 
 namespace udm::remote {
@@ -20,39 +21,6 @@ namespace {
 constexpr char kMagic[8] = {'U', 'D', 'M', 'R', 'C', '0', '0', '1'};
 constexpr uint64_t kHeader = 4096;
 constexpr size_t kMaxKey = 4000;
-
-Status pwrite_all(int fd, const void* p, size_t n, uint64_t off, const std::string& what) {
-  const uint8_t* b = static_cast<const uint8_t*>(p);
-  while (n) {
-    ssize_t r = ::pwrite(fd, b, n, off_t(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus("write " + what);
-    }
-    b += r;
-    n -= size_t(r);
-    off += uint64_t(r);
-  }
-  return Status::Ok();
-}
-
-Status pread_all(int fd, void* p, size_t n, uint64_t off, const std::string& what) {
-  uint8_t* b = static_cast<uint8_t*>(p);
-  while (n) {
-    ssize_t r = ::pread(fd, b, n, off_t(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus("read " + what);
-    }
-    if (r == 0) {  // a hole past EOF reads as zeros (a sparse data file is never shorter than size)
-      return IoError("read " + what + ": short file");
-    }
-    b += r;
-    n -= size_t(r);
-    off += uint64_t(r);
-  }
-  return Status::Ok();
-}
 
 Status sync_fd(int fd, const std::string& what) {
   if (::fdatasync(fd) != 0) return ErrnoStatus("fdatasync " + what);
