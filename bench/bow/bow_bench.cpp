@@ -21,6 +21,7 @@
 //         filesystem keeps all of its free space: twice the storage bow uses).
 //
 // Usage: bow_bench [DIR=/dev/shm] [MiB=512] [threads=4] [writes=20000] [new_pct=50]
+// (environment UDM_BOW_BENCH=throughput or =space: that part only)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -251,8 +252,14 @@ int main(int argc, char** argv) {
   int threads = argc > 3 ? std::stoi(argv[3]) : 4;
   size_t writes = argc > 4 ? std::stoull(argv[4]) : 20000;
   int new_pct = argc > 5 ? std::stoi(argv[5]) : 50;
-  throughput(dir, mib, 1, writes);
-  throughput(dir, mib, threads, writes);
-  for (int p : {0, new_pct, 100}) space(std::min<uint64_t>(mib, 128), p);
+  // UDM_BOW_BENCH=throughput|space runs one part only (for profiling).
+  const char* part = getenv("UDM_BOW_BENCH");
+  const std::string only = part ? part : "";
+  if (only != "space") {
+    throughput(dir, mib, 1, writes);
+    if (threads != 1) throughput(dir, mib, threads, writes);
+  }
+  if (only != "throughput")
+    for (int p : {0, new_pct, 100}) space(std::min<uint64_t>(mib, 128), p);
   return 0;
 }
