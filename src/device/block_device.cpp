@@ -40,6 +40,12 @@ Status BlockDevice::write_zeroes(uint64_t offset, uint64_t length, bool fua, boo
   return do_write_zeroes(offset, length, fua, may_unmap);
 }
 
+Result<bool> BlockDevice::direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) {
+  UDM_TRY(check_range(offset, length, "read"));
+  if (length == 0) return false;
+  return do_direct_extent(offset, length, use);
+}
+
 void BlockDevice::keep_cached(uint64_t offset, uint64_t length) {
   uint64_t sz = size();
   if (length == 0 || offset >= sz) return;

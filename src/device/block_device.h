@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -55,6 +56,16 @@ struct LocalStateHome {
   std::string path;
   std::string key;
 };
+
+// Bytes of a device that are, unchanged, bytes of an open file descriptor
+// (BlockDevice::direct_extent): the device's [offset, offset + length) is
+// the file's [file_offset, file_offset + length).
+struct DirectExtent {
+  int fd = -1;
+  uint64_t file_offset = 0;
+  uint64_t length = 0;
+};
+using DirectExtentUse = std::function<Status(const DirectExtent&)>;
 
 // Appends a run, merging it into the last one when they are alike.
 void add_alloc_run(AllocMap& m, uint64_t length, AllocKind kind, uint32_t depth = 0);
@@ -108,6 +119,21 @@ class BlockDevice {
   // when the source has no such place: an error saying why.
   virtual Result<LocalStateHome> local_state_home() const;
 
+  // Zero-copy reads (exports splice or sendfile the bytes from the file).
+  // When a prefix (at least one byte) of [offset, offset+length) is, with
+  // no transformation, a range of an open file descriptor, calls `use` once
+  // with that extent and returns true (or use's error). `use` runs while
+  // the bytes are served exactly as read() would serve them: the fd stays
+  // open and a mapped device holds its I/O gate (suspend and reload wait for
+  // it, as for a read), so `use` must not block on anything but the file and
+  // the export's own output. Otherwise returns false without calling `use`
+  // and the caller reads normally. Default hook: false; only devices whose
+  // reads are a plain offset shift of a file answer (FileDevice without
+  // O_DIRECT; linear, a mapped device, a counted open and a read-only view
+  // passing the question down); every transforming or caching target keeps
+  // the default. length 0 or an error in range: as read() (EINVAL).
+  Result<bool> direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use);
+
   // Convenience wrappers.
   Status read_exact(uint64_t offset, void* buf, size_t len) {
     return read(offset, std::span<uint8_t>(static_cast<uint8_t*>(buf), len));
@@ -130,6 +156,11 @@ class BlockDevice {
   // keep_cached's hook: the range is inside the device and not empty.
   // Default: nothing (a device without a cache of its own and no lower one).
   virtual void do_keep_cached(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+  // direct_extent's hook: the range is inside the device and not empty.
+  virtual Result<bool> do_direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) {
+    (void)offset, (void)length, (void)use;
+    return false;
+  }
 
   // Zero-out by writing zero buffers through do_write (the fallback every
   // do_write_zeroes may use; never re-enters the public entry points).

@@ -25,6 +25,9 @@ class HeldDevice : public BlockDevice {
   Status do_flush() override { return dev_->flush(); }
   Status do_allocation(uint64_t o, uint64_t l, AllocMap& out) override { return dev_->allocation(o, l, out); }
   void do_keep_cached(uint64_t o, uint64_t l) override { dev_->keep_cached(o, l); }
+  Result<bool> do_direct_extent(uint64_t o, uint64_t l, const DirectExtentUse& use) override {
+    return dev_->direct_extent(o, l, use);
+  }
 
  private:
   MappedDevicePtr dev_;

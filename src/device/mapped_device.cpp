@@ -228,6 +228,16 @@ void MappedDevice::do_keep_cached(uint64_t offset, uint64_t length) {
   });
 }
 
+Result<bool> MappedDevice::do_direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) {
+  enter();
+  GateGuard g{this, &MappedDevice::leave};
+  UDM_TRY(check_range(offset, length, "read"));
+  const Table& t = *active_;
+  const Segment& s = t.segments()[t.find(offset)];
+  uint64_t in_seg = offset - s.start;
+  return s.target->direct_extent(in_seg, std::min(length, s.length - in_seg), use);
+}
+
 void MappedDevice::load(std::shared_ptr<Table> inactive) {
   std::lock_guard lk(mu_);
   inactive_ = std::move(inactive);

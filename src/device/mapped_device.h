@@ -67,6 +67,10 @@ class MappedDevice : public BlockDevice {
   // reaches the remote source under it). The pins belong to the sources of
   // the table active now: a reload that opens them again does not repeat them.
   void do_keep_cached(uint64_t offset, uint64_t length) override;
+  // The segment holding `offset` answers for the part of the range inside
+  // it; `use` runs inside the I/O gate, so suspend waits for it and a reload
+  // cannot replace the table (and close the file) under it, as for read().
+  Result<bool> do_direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) override;
 
   // Control.
   void load(std::shared_ptr<Table> inactive);  // replaces any earlier inactive table

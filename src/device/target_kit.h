@@ -47,6 +47,14 @@ class ForwardingTarget : public Target {
     return lower_->allocation(offset_ + off, len, out);
   }
 
+  // Zero-copy reads are NOT passed down by default either (a target that
+  // remaps, holds writes back or checks reads must see every read); a
+  // target whose reads are exactly the lower device's bytes overrides
+  // do_direct_extent with this.
+  Result<bool> forward_direct_extent(uint64_t off, uint64_t len, const DirectExtentUse& use) {
+    return lower_->direct_extent(offset_ + off, len, use);
+  }
+
   const DevicePtr& lower() const { return lower_; }
   uint64_t lower_offset() const { return offset_; }
 

@@ -37,6 +37,9 @@ class ReadOnlyView : public BlockDevice {
   Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
     return base_->allocation(off, len, out);
   }
+  Result<bool> do_direct_extent(uint64_t off, uint64_t len, const DirectExtentUse& use) override {
+    return base_->direct_extent(off, len, use);
+  }
 
  private:
   DevicePtr base_;

@@ -137,6 +137,12 @@ Status FileDevice::do_write_zeroes(uint64_t offset, uint64_t length, bool fua, b
   return fua ? do_flush() : Status::Ok();
 }
 
+Result<bool> FileDevice::do_direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) {
+  if (direct_) return false;
+  UDM_TRY(use(DirectExtent{fd_, offset, length}));
+  return true;
+}
+
 Status FileDevice::do_flush() {
   if (!writable_) return Status::Ok();
   if (fdatasync(fd_) != 0) return ErrnoStatus("fdatasync " + path_);

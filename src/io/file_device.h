@@ -32,6 +32,10 @@ class FileDevice : public BlockDevice {
   // Regular files: SEEK_DATA / SEEK_HOLE (holes are kHole); block devices
   // and file systems without them: data.
   Status do_allocation(uint64_t offset, uint64_t length, AllocMap& out) override;
+  // The whole range is the file's, at the same offset: a read through the
+  // page cache, as pread. Not with O_DIRECT: the opener asked to bypass the
+  // page cache, and splice from an O_DIRECT fd is only a bounce through it.
+  Result<bool> do_direct_extent(uint64_t offset, uint64_t length, const DirectExtentUse& use) override;
 
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }

@@ -22,6 +22,11 @@ class LinearTarget : public ForwardingTarget {
   Status do_allocation(uint64_t off, uint64_t len, AllocMap& out) override {
     return forward_allocation(off, len, out);
   }
+  // ... and, when the lower device is a file (or a device over one), so are
+  // its bytes: exports may splice them.
+  Result<bool> do_direct_extent(uint64_t off, uint64_t len, const DirectExtentUse& use) override {
+    return forward_direct_extent(off, len, use);
+  }
 };
 
 class ZeroTarget : public Target {

@@ -622,3 +622,70 @@ TEST_P(Durability, FlushAndFuaSurvivePowerCut) {
 INSTANTIATE_TEST_SUITE_P(Targets, Durability, testing::ValuesIn(durable_params()), durable_name);
 
 }  // namespace
+
+namespace {
+// Zero-copy reads (BlockDevice::direct_extent, what the FUSE and NBD exports
+// splice from): whatever a device answers is exactly its bytes, before and
+// after writes through it, at unaligned offsets; the extent is a non-empty
+// prefix of the range asked. Only linear over files must answer at all;
+// every other target may keep the default "no".
+TEST_P(Contract, DirectExtentsAreTheDevicesBytes) {
+  if (kind() == Kind::kErrors) {
+    // An error target has no bytes to point at.
+    auto r = dev_->direct_extent(0, 4096, [](const DirectExtent&) { return Status::Ok(); });
+    ASSERT_TRUE(r.ok());
+    EXPECT_FALSE(*r);
+    return;
+  }
+  std::mt19937_64 rng(33);
+  int answered = 0;
+  auto probe = [&](uint64_t off, uint64_t len) {
+    std::vector<uint8_t> want(len);
+    ASSERT_TRUE(dev_->read(off, want).ok());
+    bool called = false;
+    auto r = dev_->direct_extent(off, len, [&](const DirectExtent& e) {
+      called = true;
+      EXPECT_GE(e.fd, 0);
+      EXPECT_GE(e.length, 1u);
+      EXPECT_LE(e.length, len);
+      std::vector<uint8_t> got(e.length);
+      EXPECT_EQ(pread(e.fd, got.data(), got.size(), static_cast<off_t>(e.file_offset)),
+                static_cast<ssize_t>(got.size()));
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << "direct extent at " << off << "+" << e.length;
+      return Status::Ok();
+    });
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(*r, called);
+    if (*r) answered++;
+  };
+  for (int step = 0; step < 100; step++) {
+    uint64_t off = rng() % (kDevSize - 70000);
+    uint64_t len = 1 + rng() % 66000;
+    if (kind() == Kind::kReadWrite && step % 2 == 0) {
+      auto data = random_bytes(len, rng());
+      Status s = dev_->write(off, data);
+      if (!(s.code() == ENOSPC && built_.may_run_out)) {
+        ASSERT_TRUE(s.ok()) << s.to_string();
+      }
+    }
+    probe(off, len);
+  }
+  probe(0, kDevSize);
+  probe(kDevSize - 1, 1);
+  // A callback's error is the call's error.
+  auto r = dev_->direct_extent(0, 512, [](const DirectExtent&) { return IoError("from the callback"); });
+  if (!r.ok()) {
+    EXPECT_EQ(r.status().code(), EIO);
+  } else {
+    EXPECT_FALSE(*r) << "the callback ran but its error was lost";
+  }
+  EXPECT_EQ(dev_->direct_extent(kDevSize, 1, [](const DirectExtent&) { return Status::Ok(); }).status().code(),
+            EINVAL);
+  if (GetParam().c->name == "linear" && GetParam().files) {
+    EXPECT_GT(answered, 0) << "linear over files never answered";
+  }
+  if (!GetParam().files) {
+    EXPECT_EQ(answered, 0) << "memory devices have no file to point at";
+  }
+}
+}  // namespace
