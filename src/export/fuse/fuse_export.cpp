@@ -23,6 +23,7 @@ namespace udm {
 namespace {
 
 constexpr uint32_t kMaxIo = 1u << 20;  // max_read/max_write: 1 MiB per request
+constexpr size_t kMinSplice = 2 * 4096;  // libfuse splices replies of two pages and more
 
 FuseExport* self(fuse_req_t req) { return static_cast<FuseExport*>(fuse_req_userdata(req)); }
 
@@ -58,9 +59,12 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   conn->max_write = kMaxIo;
   conn->max_read = kMaxIo;
   conn->max_readahead = kMaxIo;
-  // Devices have no page cache of their own here (direct_io below), so
-  // splice buys little; parallel direct writes matter for loop's queue depth.
+  // Parallel direct writes matter for loop's queue depth.
   if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
+  // Reads a device serves straight from a file (BlockDevice::direct_extent)
+  // are spliced from that file into /dev/fuse (op_read): one copy instead of
+  // pread's plus the write's. Without the capability libfuse preads instead.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);
   conn->max_background = 64;
   conn->congestion_threshold = 48;
@@ -167,6 +171,33 @@ void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
   if (off < 0) return (void)fuse_reply_err(req, EINVAL);
   if (static_cast<uint64_t>(off) >= dsize) return (void)fuse_reply_buf(req, nullptr, 0);
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, dsize - static_cast<uint64_t>(off)));
+  // The direct path: the whole range is bytes of a file, so libfuse splices
+  // them from it into /dev/fuse. The reply is sent inside direct_extent,
+  // which holds the device's I/O gate meanwhile, so suspend and reload wait
+  // for it as for a read(). A range only partly covered takes the normal
+  // path, and so do reads under two pages (libfuse would not splice them but
+  // pread into a fresh buffer: the buffered path below is as cheap).
+  bool replied = false;
+  auto splice_reply = [&](const DirectExtent& e) {
+    if (e.length < n) return Status::Ok();
+    fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
+    bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+    bv.buf[0].fd = e.fd;
+    bv.buf[0].pos = static_cast<off_t>(e.file_offset);
+    // libfuse answers a failed read of the file with an error reply itself;
+    // a failure to send means the request is gone (interrupted, unmounted).
+    int rc = fuse_reply_data(req, &bv, static_cast<fuse_buf_copy_flags>(0));
+    if (rc != 0) log::debug("fuse: spliced read of {} bytes at {}: {}", n, off, std::strerror(-rc));
+    replied = true;
+    return Status::Ok();
+  };
+  Result<bool> direct = false;
+  if (n >= kMinSplice) direct = f->dev->direct_extent(static_cast<uint64_t>(off), n, splice_reply);
+  if (replied) return;
+  if (!direct.ok()) {
+    log::warn("fuse: read {} bytes at {}: {}", n, off, direct.status().to_string());
+    return (void)fuse_reply_err(req, err_of(direct.status()));
+  }
   thread_local std::vector<uint8_t> buf;
   if (buf.size() < n) buf.resize(std::max<size_t>(n, kMaxIo));
   Status s = f->dev->read(static_cast<uint64_t>(off), std::span<uint8_t>(buf.data(), n));
