@@ -22,7 +22,12 @@
 namespace udm {
 namespace {
 
-constexpr uint32_t kMaxIo = 1u << 20;  // max_read/max_write: 1 MiB per request
+constexpr uint32_t kMaxIo = 1u << 20;  // max_write: 1 MiB per request
+// max_read: half of it, so that a spliced reply (data + header + libfuse's
+// three pages of slack) fits a pipe of the default pipe-max-size (1 MiB):
+// without CAP_SYS_RESOURCE libfuse cannot grow its pipe past that, and a
+// 1 MiB reply then falls back to a fresh 1 MiB buffer per request.
+constexpr uint32_t kMaxRead = kMaxIo / 2;
 constexpr size_t kMinSplice = 2 * 4096;  // libfuse splices replies of two pages and more
 
 FuseExport* self(fuse_req_t req) { return static_cast<FuseExport*>(fuse_req_userdata(req)); }
@@ -57,7 +62,7 @@ void fill_attr(FuseExport* fx, uint64_t ino, const ExportInfo* info, struct stat
 
 void op_init(void* userdata, fuse_conn_info* conn) {
   conn->max_write = kMaxIo;
-  conn->max_read = kMaxIo;
+  conn->max_read = kMaxRead;
   conn->max_readahead = kMaxIo;
   // Parallel direct writes matter for loop's queue depth.
   if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
@@ -381,7 +386,7 @@ Status FuseExport::start() {
     args.push_back("allow_other");
   }
   args.push_back("-o");
-  args.push_back("max_read=" + std::to_string(kMaxIo));
+  args.push_back("max_read=" + std::to_string(kMaxRead));
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   fuse_args fa = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
