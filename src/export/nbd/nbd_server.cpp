@@ -7,6 +7,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -388,6 +390,164 @@ void serve_large_read(NbdServer::Conn& c, const Request& r) {
   c.give_buf(std::move(buf));
 }
 
+// ------------------------------------------------------------ direct reads
+//
+// A READ whose whole range is bytes of a file (BlockDevice::direct_extent,
+// e.g. a linear target over a file) on a plaintext connection is spliced:
+// inside the device's I/O gate the file's pages are spliced into this
+// thread's pipe (references to the page cache, no copy); after the gate,
+// under the connection's write lock, the reply header is sent and the pipe
+// is spliced into the socket. The bytes are copied once, by the client's
+// recv, instead of pread's copy plus send's. The gate is left before the
+// socket is written, so a client that stops reading holds up its own
+// connection, never a suspend, exactly as with the buffered path.
+//
+// As with sendfile, the reply carries the page cache's bytes as they are
+// when they are sent, not a snapshot taken in the gate: a write to the same
+// range that is concurrent with the read (not yet acknowledged when the
+// read's reply is complete) may show in it, which NBD allows for
+// overlapping requests in flight. Small reads are not worth the extra system
+// calls and keep the buffered path, and so do reads larger than the pipe
+// may grow (pipe-max-size, 1 MiB by default, without CAP_SYS_RESOURCE).
+constexpr uint32_t kDirectReadMin = 64 * 1024;
+
+class SplicePipe {
+ public:
+  ~SplicePipe() { reset(); }
+  // Room for `n` bytes from a file offset `in_page` bytes into its page: a
+  // pipe buffer per page spanned. False if the pipe cannot grow that far
+  // (past pipe-max-size, 1 MiB by default, without CAP_SYS_RESOURCE): the
+  // caller then reads the buffered way.
+  bool reserve(size_t n, size_t in_page) {
+    size_t need = (in_page + n + 4095) / 4096 * 4096;
+    if (need > grow_failed_at_) return false;
+    if (rd_ < 0) {
+      int p[2];
+      if (::pipe2(p, O_CLOEXEC) != 0) return false;
+      rd_ = p[0];
+      wr_ = p[1];
+      int sz = ::fcntl(rd_, F_GETPIPE_SZ);
+      cap_ = sz > 0 ? static_cast<size_t>(sz) : 0;
+    }
+    if (cap_ >= need) return true;
+    int sz = ::fcntl(rd_, F_SETPIPE_SZ, static_cast<int>(need));
+    if (sz < 0) {
+      grow_failed_at_ = need;
+      return false;
+    }
+    cap_ = static_cast<size_t>(sz);
+    return cap_ >= need;
+  }
+  // Drop whatever the pipe holds (a failed or abandoned transfer).
+  void reset() {
+    if (rd_ >= 0) ::close(rd_);
+    if (wr_ >= 0) ::close(wr_);
+    rd_ = wr_ = -1;
+    cap_ = 0;
+  }
+  int rd() const { return rd_; }
+  int wr() const { return wr_; }
+
+ private:
+  int rd_ = -1, wr_ = -1;
+  size_t cap_ = 0;
+  size_t grow_failed_at_ = SIZE_MAX;
+};
+
+// Sends a reply header that more bytes follow (MSG_MORE: one packet on TCP).
+bool send_header_more(int fd, const uint8_t* h, size_t n) {
+  while (n > 0) {
+    ssize_t r = ::send(fd, h, n, MSG_NOSIGNAL | MSG_MORE);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    h += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// Serves a READ by splicing when its whole range is a direct extent; false
+// when it is not (nothing sent: the caller reads it the buffered way).
+bool serve_direct_read(NbdServer::Conn& c, const Request& r) {
+  thread_local SplicePipe pipe;
+  thread_local bool sigpipe_blocked = false;
+  if (!sigpipe_blocked) {
+    // splice() has no MSG_NOSIGNAL: a vanished client must give EPIPE, not
+    // kill the process. Blocked, a SIGPIPE stays pending on this thread.
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &s, nullptr);
+    sigpipe_blocked = true;
+  }
+  const size_t n = r.length;
+  bool filled = false;
+  auto direct = c.dev->direct_extent(r.offset, n, [&](const DirectExtent& e) -> Status {
+    if (e.length < n || !pipe.reserve(n, e.file_offset % 4096)) return Status::Ok();
+    loff_t in = static_cast<loff_t>(e.file_offset);
+    size_t got = 0;
+    while (got < n) {
+      // NONBLOCK: a full pipe (more pipe buffers needed than planned) gives
+      // EAGAIN instead of waiting forever for a reader.
+      ssize_t k = ::splice(e.fd, &in, pipe.wr(), nullptr, n - got, SPLICE_F_NONBLOCK);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && errno == EAGAIN) {
+        pipe.reset();
+        return Status::Ok();  // did not fit: the buffered path
+      }
+      if (k < 0) {
+        Status s = ErrnoStatus(fmt::format("splice {} bytes at {} of the backing file", n - got, in));
+        pipe.reset();
+        return s;
+      }
+      if (k == 0) {
+        pipe.reset();
+        return IoError(fmt::format("read at {} of the backing file: unexpected end of file", in));
+      }
+      got += static_cast<size_t>(k);
+    }
+    filled = true;
+    return Status::Ok();
+  });
+  if (!direct.ok()) {
+    std::vector<uint8_t> none;
+    send_reply(c, r, direct.status(), none);
+    return true;
+  }
+  if (!filled) return false;
+  std::lock_guard lk(c.write_mu);
+  if (c.write_failed) {
+    pipe.reset();
+    return true;
+  }
+  uint8_t h[28];
+  size_t hn;
+  if (c.structured) {
+    structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, r.length + 8);
+    for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(r.offset >> (56 - 8 * i));
+    hn = 28;
+  } else {
+    simple_reply(h, r.cookie, 0);
+    hn = 16;
+  }
+  bool ok = send_header_more(c.fd, h, hn);
+  size_t left = n;
+  while (ok && left > 0) {
+    ssize_t k = ::splice(pipe.rd(), nullptr, c.fd, nullptr, left, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      ok = false;
+      break;
+    }
+    left -= static_cast<size_t>(k);
+  }
+  if (!ok) {
+    c.write_failed = true;
+    pipe.reset();
+  }
+  return true;
+}
+
 // NBD_CMD_BLOCK_STATUS: the device's allocation map, one chunk per context.
 void serve_block_status(NbdServer::Conn& c, const Request& r) {
   AllocMap map;
@@ -416,6 +576,7 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
       return serve_block_status(c, r);
     case kCmdRead:
       if (r.length > kMaxPayload) return serve_large_read(c, r);
+      if (!c.tls && r.length >= kDirectReadMin && serve_direct_read(c, r)) return;
       payload = c.take_buf(r.length);
       s = d.read(r.offset, std::span<uint8_t>(payload.data(), r.length));
       break;
