@@ -119,7 +119,7 @@ class BlockDevice {
   // when the source has no such place: an error saying why.
   virtual Result<LocalStateHome> local_state_home() const;
 
-  // Zero-copy reads (the FUSE export splices the bytes from the file).
+  // Zero-copy reads (the FUSE and NBD exports splice the bytes from the file).
   // When a prefix (at least one byte) of [offset, offset+length) is, with
   // no transformation, a range of an open file descriptor, calls `use` once
   // with that extent and returns true (or use's error). `use` runs while
