@@ -271,6 +271,24 @@ int forgive_block0_copies(const Setup& s, std::vector<uint8_t>& view,
   return n;
 }
 
+// What a block that should be zero holds (for the failure message): a log
+// or intent block, a copy of block 0 or of another in-use block as it was at
+// the checkpoint, or the block's bytes in the durable image.
+std::string what_is(const Setup& s, const RunResult& r, std::span<const uint8_t> blk) {
+  uint32_t magic = static_cast<uint32_t>(blk[0]) | static_cast<uint32_t>(blk[1]) << 8 |
+                   static_cast<uint32_t>(blk[2]) << 16 | static_cast<uint32_t>(blk[3]) << 24;
+  if (magic == kLogMagic) return "a log block";
+  if (magic == kIntentMagic) return "an intent block";
+  const auto img = checkpoint_image(s);
+  for (uint64_t b = 0; b < s.size / s.bs; b++)
+    if (!s.free.count(b) && std::equal(blk.begin(), blk.end(), img.begin() + b * s.bs))
+      return fmt::format("a copy of in-use block {} as it was at the checkpoint", b);
+  std::string hex;
+  for (size_t i = 0; i < 16; i++) hex += fmt::format("{:02x}", blk[i]);
+  (void)r;
+  return "unknown bytes " + hex + "...";
+}
+
 void check_after_cut(const Setup& s, const RunResult& r, const std::string& what) {
   SCOPED_TRACE(what);
   // 1. Restore brings back every in-use block.
@@ -299,7 +317,7 @@ void check_after_cut(const Setup& s, const RunResult& r, const std::string& what
         if (touched.count(b)) continue;
         auto blk = std::span(img).subspan(b * s.bs, s.bs);
         ASSERT_TRUE(std::all_of(blk.begin(), blk.end(), [](uint8_t x) { return x == 0; }))
-            << "free block " << b << " holds data after the restore";
+            << "free block " << b << " holds data after the restore: " << what_is(s, r, blk);
       }
     }
   }
