@@ -1067,11 +1067,16 @@ void BowTarget::process_batch(std::unique_lock<std::mutex>& l) {
     if (log.intent != 0) {  // (a log written by another implementation has none)
       auto bytes = encode_intent(ranges, bs_);
       s = dev_->write(log.intent * 512, bytes);
-      // If the intent moves, its next home gets the same list: whichever
-      // the durable log names after a cut tells what to zero.
+      if (s.ok()) s = dev_->flush();  // durable before any listed block changes
+      // If the intent moves, its next home gets the same list (whichever
+      // the durable log names after a cut tells what to zero), written only
+      // now: the next home is a listed block, free in the filesystem's view,
+      // and must not receive bytes before the list naming it is durable (a
+      // cut could otherwise keep this copy and lose the list, leaving an
+      // intent block in free space that nothing names). It is durable with
+      // the copies, before the log points at it.
       for (uint64_t b : intent_copies)
         if (s.ok()) s = dev_->write(b * bs_, bytes);
-      if (s.ok()) s = dev_->flush();  // durable before any listed block changes
     }
     // Copies whose dests follow each other (next-fit allocation makes most of
     // a batch contiguous) are gathered into one buffer and written at once.
