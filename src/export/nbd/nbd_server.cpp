@@ -81,12 +81,12 @@ bool read_full(int fd, void* buf, size_t n) {
   return true;
 }
 
-bool writev_full(int fd, iovec* iov, int cnt) {
+bool writev_full(int fd, iovec* iov, int cnt, int flags = 0) {
   while (cnt > 0) {
     msghdr m{};
     m.msg_iov = iov;
     m.msg_iovlen = static_cast<size_t>(cnt);
-    ssize_t r = ::sendmsg(fd, &m, MSG_NOSIGNAL);
+    ssize_t r = ::sendmsg(fd, &m, MSG_NOSIGNAL | flags);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     size_t done = static_cast<size_t>(r);
@@ -318,6 +318,19 @@ void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vect
 // to report an error after the header, so the write lock is held from the
 // header to the last byte and a failure after the first piece closes the
 // connection.
+// The header in front of a READ's data: a simple reply, or one OFFSET_DATA
+// chunk (`flags`: kReplyFlagDone on the last). Returns its length.
+size_t read_data_header(uint8_t h[28], bool structured, uint64_t cookie, uint16_t flags,
+                        uint64_t offset, uint64_t n) {
+  if (!structured) {
+    simple_reply(h, cookie, 0);
+    return 16;
+  }
+  structured_header(h, cookie, flags, kReplyTypeOffsetData, n + 8);
+  for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(offset >> (56 - 8 * i));
+  return 28;
+}
+
 void serve_large_read(NbdServer::Conn& c, const Request& r) {
   BlockDevice& d = *c.dev;
   std::vector<uint8_t> buf = c.take_buf(kMaxPayload);
@@ -342,10 +355,7 @@ void serve_large_read(NbdServer::Conn& c, const Request& r) {
         return;
       }
       uint8_t h[28];
-      structured_header(h, r.cookie, 0, kReplyTypeOffsetData, n + 8);
-      uint64_t at = r.offset + done;
-      for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(at >> (56 - 8 * i));
-      iovec io[2] = {{h, 28}, {buf.data(), n}};
+      iovec io[2] = {{h, read_data_header(h, true, r.cookie, 0, r.offset + done, n)}, {buf.data(), n}};
       if (!conn_send(c, io, 2)) c.write_failed = true;
       done += n;
     }
@@ -454,18 +464,6 @@ class SplicePipe {
   size_t grow_failed_at_ = SIZE_MAX;
 };
 
-// Sends a reply header that more bytes follow (MSG_MORE: one packet on TCP).
-bool send_header_more(int fd, const uint8_t* h, size_t n) {
-  while (n > 0) {
-    ssize_t r = ::send(fd, h, n, MSG_NOSIGNAL | MSG_MORE);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    h += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
 // Serves a READ by splicing when its whole range is a direct extent; false
 // when it is not (nothing sent: the caller reads it the buffered way).
 bool serve_direct_read(NbdServer::Conn& c, const Request& r) {
@@ -521,16 +519,9 @@ bool serve_direct_read(NbdServer::Conn& c, const Request& r) {
     return true;
   }
   uint8_t h[28];
-  size_t hn;
-  if (c.structured) {
-    structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, r.length + 8);
-    for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(r.offset >> (56 - 8 * i));
-    hn = 28;
-  } else {
-    simple_reply(h, r.cookie, 0);
-    hn = 16;
-  }
-  bool ok = send_header_more(c.fd, h, hn);
+  // MSG_MORE: header and data leave in one packet on TCP.
+  iovec io{h, read_data_header(h, c.structured, r.cookie, kReplyFlagDone, r.offset, r.length)};
+  bool ok = writev_full(c.fd, &io, 1, MSG_MORE);
   size_t left = n;
   while (ok && left > 0) {
     ssize_t k = ::splice(pipe.rd(), nullptr, c.fd, nullptr, left, 0);
@@ -624,18 +615,10 @@ void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vect
       ok = conn_send(c, &io, 1);
     }
   } else if (r.type == kCmdRead && r.length > 0) {
-    if (c.structured) {
-      uint8_t h[28];
-      structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, r.length + 8);
-      for (int i = 0; i < 8; i++) h[20 + i] = static_cast<uint8_t>(r.offset >> (56 - 8 * i));
-      iovec io[2] = {{h, 28}, {payload.data(), r.length}};
-      ok = conn_send(c, io, 2);
-    } else {
-      uint8_t h[16];
-      simple_reply(h, r.cookie, 0);
-      iovec io[2] = {{h, 16}, {payload.data(), r.length}};
-      ok = conn_send(c, io, 2);
-    }
+    uint8_t h[28];
+    iovec io[2] = {{h, read_data_header(h, c.structured, r.cookie, kReplyFlagDone, r.offset, r.length)},
+                   {payload.data(), r.length}};
+    ok = conn_send(c, io, 2);
   } else {
     uint8_t h[20];
     iovec io;
