@@ -5,7 +5,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -392,4 +394,144 @@ TEST_F(NbdE2E, ReadsAtAnyOffsetAreTheFilesBytes) {
   auto r = qemu_io("disk", {"write -P 0x6b 1M 2M", "aio_read -P 0x6b 1M 1M", "aio_read -P 0x6b 2M 1M",
                             "aio_read -P 0x6b 1536k 1M", "aio_flush", "read -P 0x6b 1M 2M"});
   EXPECT_TRUE(clean(r)) << r.describe();
+}
+
+// Many requests pipelined on one connection (reads, writes, refused requests,
+// flushes), with a client that does not read its replies for a while: the
+// server's receive buffer splits the byte stream into requests, replies are
+// combined into few sendmsg calls and, once 8 MiB of them wait, threads block
+// on the socket instead of queueing more. Every request must get exactly one
+// whole reply, in either reply mode, with the right bytes.
+TEST_F(NbdE2E, PipelinedBurstsGetOneWholeReplyPerRequest) {
+  const auto orig = random_bytes(kSize, 7);
+  for (bool structured : {false, true}) {
+    SCOPED_TRACE(structured ? "structured replies" : "simple replies");
+    int fd = handshake(sock_);
+    ASSERT_GE(fd, 0);
+    if (structured) {
+      send_all(fd, option(kOptStructuredReply, {}));
+      ASSERT_EQ(read_until_final(fd), kRepAck);
+    }
+    send_all(fd, option(kOptGo, go_data("disk")));
+    ASSERT_EQ(read_until_final(fd), kRepAck);
+
+    constexpr uint64_t kRequests = 4000;
+    enum Kind : uint8_t { kRead, kWrite, kRefused, kFlush };
+    std::vector<Kind> kind(kRequests);
+    std::vector<uint64_t> offset(kRequests);
+    std::mt19937_64 rng(structured ? 2 : 1);
+    uint64_t writes = 0;
+    std::vector<uint8_t> stream;
+    for (uint64_t i = 0; i < kRequests; i++) {
+      if (i % 500 == 499) {
+        kind[i] = kFlush;
+        auto q = request(kCmdFlush, 0, 0, i);
+        stream.insert(stream.end(), q.begin(), q.end());
+      } else if (i % 10 == 9) {
+        kind[i] = kRefused;  // past the end: EINVAL before the device sees it
+        auto q = request(kCmdRead, kSize, 4096, i);
+        stream.insert(stream.end(), q.begin(), q.end());
+      } else if (i % 10 >= 7) {
+        kind[i] = kWrite;  // each to its own block of the last 4 MiB
+        offset[i] = (12 << 20) + writes++ * 4096;
+        auto q = request(kCmdWrite, offset[i], 4096, i);
+        stream.insert(stream.end(), q.begin(), q.end());
+        std::vector<uint8_t> data(4096, static_cast<uint8_t>(i * 7 + 1));
+        std::memcpy(data.data(), &i, sizeof i);
+        stream.insert(stream.end(), data.begin(), data.end());
+      } else {
+        kind[i] = kRead;  // unaligned, from the first 8 MiB, which nothing writes
+        offset[i] = rng() % ((8 << 20) - 4096);
+        auto q = request(kCmdRead, offset[i], 4096, i);
+        stream.insert(stream.end(), q.begin(), q.end());
+      }
+    }
+    // The client reads replies only after a while, on its own thread.
+    std::vector<int> answered(kRequests, 0);
+    std::vector<std::string> bad;
+    std::thread reader([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      for (uint64_t got = 0; got < kRequests; got++) {
+        uint64_t cookie;
+        uint32_t error = 0;
+        std::vector<uint8_t> data;
+        if (!structured) {
+          auto h = recv_n(fd, 16);
+          if (h.size() != 16 || get_be32(h.data()) != kSimpleReplyMagic) {
+            bad.push_back("bad simple reply header after " + std::to_string(got) + " replies");
+            return;
+          }
+          error = get_be32(h.data() + 4);
+          cookie = get_be64(h.data() + 8);
+          if (cookie >= kRequests) {
+            bad.push_back("unknown cookie " + std::to_string(cookie));
+            return;
+          }
+          if (kind[cookie] == kRead && error == 0) data = recv_n(fd, 4096);
+        } else {
+          auto h = recv_n(fd, 20);
+          if (h.size() != 20 || get_be32(h.data()) != kStructuredReplyMagic) {
+            bad.push_back("bad structured reply header after " + std::to_string(got) + " replies");
+            return;
+          }
+          uint16_t flags = get_be16(h.data() + 4), type = get_be16(h.data() + 6);
+          cookie = get_be64(h.data() + 8);
+          auto body = recv_n(fd, get_be32(h.data() + 16));
+          if (cookie >= kRequests || !(flags & kReplyFlagDone)) {
+            bad.push_back("cookie " + std::to_string(cookie) + " flags " + std::to_string(flags));
+            return;
+          }
+          if (type == kReplyTypeError) {
+            error = body.size() >= 4 ? get_be32(body.data()) : 0;
+          } else if (type == kReplyTypeOffsetData) {
+            if (body.size() < 8 || get_be64(body.data()) != offset[cookie]) {
+              bad.push_back("cookie " + std::to_string(cookie) + ": data chunk at the wrong offset");
+              return;
+            }
+            data.assign(body.begin() + 8, body.end());
+          } else if (type != kReplyTypeNone) {
+            bad.push_back("cookie " + std::to_string(cookie) + ": reply type " + std::to_string(type));
+            return;
+          }
+        }
+        answered[cookie]++;
+        const uint64_t c = cookie;
+        if (kind[c] == kRefused) {
+          if (error != kEinval) bad.push_back("refused " + std::to_string(c) + ": error " + std::to_string(error));
+        } else if (error != 0) {
+          bad.push_back("request " + std::to_string(c) + ": error " + std::to_string(error));
+        } else if (kind[c] == kRead &&
+                   (data.size() != 4096 || !std::equal(data.begin(), data.end(), orig.begin() + offset[c]))) {
+          bad.push_back("read " + std::to_string(c) + " at " + std::to_string(offset[c]) + ": wrong bytes");
+        }
+      }
+    });
+    // Sent in pieces of a few dozen requests, as a client's writes would.
+    for (size_t pos = 0; pos < stream.size();) {
+      size_t n = std::min<size_t>(stream.size() - pos, 200000);
+      ssize_t w = ::send(fd, stream.data() + pos, n, MSG_NOSIGNAL);
+      ASSERT_GT(w, 0) << strerror(errno);
+      pos += static_cast<size_t>(w);
+    }
+    reader.join();
+    EXPECT_TRUE(bad.empty()) << bad.size() << " problems, first: " << bad.front();
+    uint64_t unanswered = 0, twice = 0;
+    for (int a : answered) {
+      unanswered += a == 0;
+      twice += a > 1;
+    }
+    EXPECT_EQ(unanswered, 0u);
+    EXPECT_EQ(twice, 0u);
+    send_all(fd, request(kCmdDisc, 0, 0, 0));
+    close(fd);
+    // Every write reached its own block of the file.
+    ASSERT_LE(writes, 1024u);
+    auto img = read_file(disk_);
+    for (uint64_t i = 0; i < kRequests; i++) {
+      if (kind[i] != kWrite) continue;
+      uint64_t tag;
+      std::memcpy(&tag, img.data() + offset[i], sizeof tag);
+      EXPECT_EQ(tag, i) << "block at " << offset[i];
+    }
+  }
 }

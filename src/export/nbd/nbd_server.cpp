@@ -29,7 +29,21 @@ struct NbdServer::Conn {
   std::string peer;        // client key for the per-client limit (address or uid)
   std::unique_ptr<TlsSession> tls;  // after NBD_OPT_STARTTLS
   std::mutex write_mu;  // one reply at a time on the socket
-  bool write_failed = false;
+  std::atomic<bool> write_failed{false};
+  // Replies waiting for the socket (send combining): a thread whose reply
+  // finds the socket busy queues it and goes back to reading requests; the
+  // thread that holds write_mu sends every queued reply, many in one
+  // sendmsg, before it lets go (and looks again after letting go).
+  struct Pending {
+    uint8_t h[28];
+    uint8_t hlen = 0;
+    std::vector<uint8_t> body;  // a READ's data (a recycled payload buffer) or an error chunk
+    size_t body_len = 0;
+    bool recycle = false;  // body goes back to free_bufs once sent
+  };
+  std::mutex out_mu;
+  std::vector<Pending> outq;
+  size_t out_bytes = 0;
   DevicePtr dev;
   std::string export_name;
   ExportLimits lim;
@@ -39,6 +53,12 @@ struct NbdServer::Conn {
   std::string meta_export;     // ... for this export name
   std::atomic<uint64_t> refused{0};  // requests answered with an error before the device saw them
   std::mutex read_mu;  // one thread reads a request (header + payload) at a time
+  // Transmission-phase receive buffer (plaintext only; guarded by read_mu):
+  // one recv takes whatever the client has sent - several requests at queue
+  // depth, a write's header and payload together - instead of one recv per
+  // header and per payload.
+  std::unique_ptr<uint8_t[]> rbuf;
+  size_t rhead = 0, rtail = 0;
   std::atomic<bool> closing{false};
   std::mutex mu;  // guards fd against stop()
   // Reusable payload buffers: 1 MiB mallocs are mmaps, and page faults cost more than the copy.
@@ -62,6 +82,7 @@ struct NbdServer::Conn {
     return b;
   }
   void give_buf(std::vector<uint8_t> b) {
+    if (b.capacity() == 0) return;  // moved out (a queued reply owns it)
     std::lock_guard lk(buf_mu);
     if (free_bufs.size() < 64 && b.capacity() <= kMaxPayload) free_bufs.push_back(std::move(b));
   }
@@ -117,9 +138,109 @@ bool send_bytes(NbdServer::Conn& c, const std::vector<uint8_t>& v) {
   return conn_send(c, &io, 1);
 }
 
+// Send every queued reply (send combining, above). block: wait for the
+// socket instead of leaving the queue to its present holder - the queue's
+// bound on memory when a client stops reading its replies.
+constexpr size_t kMaxQueuedBytes = 8u << 20;
+constexpr size_t kMaxBatch = 64;  // replies per sendmsg
+
+void drain_replies(NbdServer::Conn& c, bool block = false) {
+  std::vector<NbdServer::Conn::Pending> batch;
+  std::vector<iovec> iov;
+  for (;;) {
+    std::unique_lock wl(c.write_mu, std::defer_lock);
+    if (block) {
+      wl.lock();
+      block = false;
+    } else if (!wl.try_lock()) {
+      return;  // the holder looks at the queue after it lets go
+    }
+    for (;;) {
+      {
+        std::lock_guard ol(c.out_mu);
+        if (c.outq.empty()) break;
+        batch.swap(c.outq);
+        c.out_bytes = 0;
+      }
+      for (size_t i = 0; i < batch.size(); i += kMaxBatch) {
+        iov.clear();
+        for (size_t j = i; j < std::min(batch.size(), i + kMaxBatch); j++) {
+          auto& p = batch[j];
+          if (p.hlen) iov.push_back({p.h, p.hlen});
+          if (p.body_len) iov.push_back({p.body.data(), p.body_len});
+        }
+        if (!c.write_failed && !conn_send(c, iov.data(), static_cast<int>(iov.size()))) c.write_failed = true;
+      }
+      for (auto& p : batch)
+        if (p.recycle) c.give_buf(std::move(p.body));
+      batch.clear();
+    }
+    wl.unlock();
+    std::lock_guard ol(c.out_mu);
+    if (c.outq.empty()) return;
+  }
+}
+
+void queue_reply(NbdServer::Conn& c, NbdServer::Conn::Pending p) {
+  bool block;
+  {
+    std::lock_guard ol(c.out_mu);
+    c.out_bytes += p.body_len;
+    c.outq.push_back(std::move(p));
+    block = c.out_bytes > kMaxQueuedBytes;
+  }
+  drain_replies(c, block);
+}
+
+// The socket for one reply sent in place (large, spliced, block status):
+// when it lets go it sends what was queued meanwhile.
+class WriteLock {
+ public:
+  explicit WriteLock(NbdServer::Conn& c) : c_(c) { c_.write_mu.lock(); }
+  ~WriteLock() {
+    c_.write_mu.unlock();
+    drain_replies(c_);
+  }
+  WriteLock(const WriteLock&) = delete;
+  WriteLock& operator=(const WriteLock&) = delete;
+
+ private:
+  NbdServer::Conn& c_;
+};
+
 void set_recv_timeout(int fd, int seconds) {
   timeval tv{seconds, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+constexpr size_t kRecvBufSize = 64 * 1024;
+constexpr size_t kDirectRecv = 32 * 1024;  // a rest this large is received in place, not through the buffer
+
+// The transmission phase's byte stream, read under the connection's read
+// lock. Plaintext goes through the connection's receive buffer: bytes already
+// buffered first, then a large rest straight into place (MSG_WAITALL), a
+// small one by refilling the buffer with whatever has arrived. TLS has its
+// own record buffer (GnuTLS).
+bool tx_recv(NbdServer::Conn& c, void* buf, size_t n) {
+  if (c.tls) return c.tls->recv_full(buf, n);
+  auto* p = static_cast<uint8_t*>(buf);
+  for (;;) {
+    size_t k = std::min(n, c.rtail - c.rhead);
+    if (k) std::memcpy(p, c.rbuf.get() + c.rhead, k);
+    c.rhead += k;
+    p += k;
+    n -= k;
+    if (n == 0) return true;
+    // The buffer is empty here.
+    c.rhead = c.rtail = 0;
+    if (n >= kDirectRecv) return read_full(c.fd, p, n);
+    if (!c.rbuf) c.rbuf = std::make_unique<uint8_t[]>(kRecvBufSize);
+    ssize_t r;
+    do r = ::recv(c.fd, c.rbuf.get(), kRecvBufSize, 0);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0) return false;
+    c.rtail = static_cast<size_t>(r);
+  }
 }
 
 // Discard n bytes of a payload we will not use.
@@ -127,7 +248,7 @@ bool skip(NbdServer::Conn& c, uint64_t n) {
   uint8_t buf[65536];
   while (n > 0) {
     size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof buf));
-    if (!conn_recv(c, buf, k)) return false;
+    if (!tx_recv(c, buf, k)) return false;
     n -= k;
   }
   return true;
@@ -345,7 +466,7 @@ void serve_large_read(NbdServer::Conn& c, const Request& r) {
     while (done < r.length) {
       uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
       Status s = d.read(r.offset + done, std::span<uint8_t>(buf.data(), n));
-      std::lock_guard lk(c.write_mu);
+      WriteLock lk(c);
       if (c.write_failed) break;
       bool ok;
       if (!s.ok()) {
@@ -359,7 +480,7 @@ void serve_large_read(NbdServer::Conn& c, const Request& r) {
       if (!conn_send(c, io, 2)) c.write_failed = true;
       done += n;
     }
-    std::lock_guard lk(c.write_mu);
+    WriteLock lk(c);
     if (!c.write_failed) {
       uint8_t h[20];
       structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeNone, 0);
@@ -369,7 +490,7 @@ void serve_large_read(NbdServer::Conn& c, const Request& r) {
     c.give_buf(std::move(buf));
     return;
   }
-  std::lock_guard lk(c.write_mu);
+  WriteLock lk(c);
   while (!c.write_failed && done < r.length) {
     uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
     Status s = d.read(r.offset + done, std::span<uint8_t>(buf.data(), n));
@@ -513,7 +634,7 @@ bool serve_direct_read(NbdServer::Conn& c, const Request& r) {
     return true;
   }
   if (!filled) return false;
-  std::lock_guard lk(c.write_mu);
+  WriteLock lk(c);
   if (c.write_failed) {
     pipe.reset();
     return true;
@@ -551,7 +672,7 @@ void serve_block_status(NbdServer::Conn& c, const Request& r) {
                                     r.flags & kCmdFlagReqOne);
     out.insert(out.end(), chunk.begin(), chunk.end());
   }
-  std::lock_guard lk(c.write_mu);
+  WriteLock lk(c);
   if (c.write_failed) return;
   if (!send_bytes(c, out)) c.write_failed = true;
 }
@@ -600,38 +721,31 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
 
 // The reply to a request served with status s (a READ's data in payload).
 void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vector<uint8_t>& payload) {
-  std::lock_guard lk(c.write_mu);
   if (c.write_failed) return;
-  bool ok;
+  NbdServer::Conn::Pending p;
   if (!s.ok()) {
     uint32_t err = errno_to_nbd(s.code());
     log::debug("nbd {}: {} at {}+{}: {}", c.export_name, r.type, r.offset, r.length, s.to_string());
     if (c.structured) {
-      ok = send_bytes(c, structured_error(r.cookie, err, s.message()));
+      p.body = structured_error(r.cookie, err, s.message());
+      p.body_len = p.body.size();
     } else {
-      uint8_t h[16];
-      simple_reply(h, r.cookie, err);
-      iovec io{h, 16};
-      ok = conn_send(c, &io, 1);
+      simple_reply(p.h, r.cookie, err);
+      p.hlen = 16;
     }
   } else if (r.type == kCmdRead && r.length > 0) {
-    uint8_t h[28];
-    iovec io[2] = {{h, read_data_header(h, c.structured, r.cookie, kReplyFlagDone, r.offset, r.length)},
-                   {payload.data(), r.length}};
-    ok = conn_send(c, io, 2);
+    p.hlen = static_cast<uint8_t>(read_data_header(p.h, c.structured, r.cookie, kReplyFlagDone, r.offset, r.length));
+    p.body = std::move(payload);  // given back to the connection's buffers once sent
+    p.body_len = r.length;
+    p.recycle = true;
+  } else if (c.structured) {
+    structured_header(p.h, r.cookie, kReplyFlagDone, kReplyTypeNone, 0);
+    p.hlen = 20;
   } else {
-    uint8_t h[20];
-    iovec io;
-    if (c.structured) {
-      structured_header(h, r.cookie, kReplyFlagDone, kReplyTypeNone, 0);
-      io = {h, 20};
-    } else {
-      simple_reply(h, r.cookie, 0);
-      io = {h, 16};
-    }
-    ok = conn_send(c, &io, 1);
+    simple_reply(p.h, r.cookie, 0);
+    p.hlen = 16;
   }
-  if (!ok) c.write_failed = true;
+  queue_reply(c, std::move(p));
 }
 
 uint16_t tx_flags(const DeviceCaps& caps, bool structured) {
@@ -891,7 +1005,7 @@ void NbdServer::transmit(Conn& c) {
     {
       std::lock_guard rl(c.read_mu);
       if (c.closing || stopping_) return finish();
-      if (!conn_recv(c, hdr, kRequestSize)) return finish();
+      if (!tx_recv(c, hdr, kRequestSize)) return finish();
       auto req = decode_request(std::span<const uint8_t>(hdr, kRequestSize));
       if (!req.ok()) {
         log::info("nbd {}: {}; closing", c.export_name, req.status().message());
@@ -911,7 +1025,7 @@ void NbdServer::transmit(Conn& c) {
         Status s;
         for (uint64_t done = 0; done < r.length;) {
           uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kMaxPayload, r.length - done));
-          if (!conn_recv(c, piece.data(), n)) return finish();
+          if (!tx_recv(c, piece.data(), n)) return finish();
           if (s.ok()) s = c.dev->write(r.offset + done, std::span<const uint8_t>(piece.data(), n), false);
           done += n;
         }
@@ -924,13 +1038,12 @@ void NbdServer::transmit(Conn& c) {
           if (!skip(c, r.length)) return finish();
         } else {
           payload = c.take_buf(r.length);
-          if (!conn_recv(c, payload.data(), r.length)) return finish();  // client vanished mid-payload
+          if (!tx_recv(c, payload.data(), r.length)) return finish();  // client vanished mid-payload
         }
       }
     }
     if (large) {
       send_reply(c, r, large_write, payload);
-      std::lock_guard lk(c.write_mu);
       if (c.write_failed) return finish();
       continue;
     }
@@ -941,24 +1054,23 @@ void NbdServer::transmit(Conn& c) {
       if (k < 8 || k % 1024 == 0)
         log::info("nbd {}: refused command {} at {}+{} (flags {:#x}): {}{}", c.export_name, r.type, r.offset,
                   r.length, r.flags, chk.message, k >= 8 ? fmt::format(" ({} refused so far)", k + 1) : "");
-      bool ok;
+      // Through the reply queue like every other reply: never on the socket
+      // beside another thread's reply.
+      NbdServer::Conn::Pending p;
       if (c.structured) {
-        ok = send_bytes(c, structured_error(r.cookie, chk.error, chk.message));
+        p.body = structured_error(r.cookie, chk.error, chk.message);
+        p.body_len = p.body.size();
       } else {
-        uint8_t h[16];
-        simple_reply(h, r.cookie, chk.error);
-        iovec io{h, 16};
-        ok = conn_send(c, &io, 1);
+        simple_reply(p.h, r.cookie, chk.error);
+        p.hlen = 16;
       }
-      if (!ok) return finish();
+      queue_reply(c, std::move(p));
+      if (c.write_failed) return finish();
       continue;
     }
     run_request(c, r, payload);
     c.give_buf(std::move(payload));
-    {
-      std::lock_guard lk(c.write_mu);
-      if (c.write_failed) return finish();
-    }
+    if (c.write_failed) return finish();
   }
 }
 
