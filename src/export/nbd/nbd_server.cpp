@@ -143,6 +143,7 @@ bool send_bytes(NbdServer::Conn& c, const std::vector<uint8_t>& v) {
 // bound on memory when a client stops reading its replies.
 constexpr size_t kMaxQueuedBytes = 8u << 20;
 constexpr size_t kMaxBatch = 64;  // replies per sendmsg
+constexpr size_t kTlsBatchBytes = 64 * 1024;  // what the TLS session corks into records
 
 void drain_replies(NbdServer::Conn& c, bool block = false) {
   std::vector<NbdServer::Conn::Pending> batch;
@@ -162,13 +163,19 @@ void drain_replies(NbdServer::Conn& c, bool block = false) {
         batch.swap(c.outq);
         c.out_bytes = 0;
       }
-      for (size_t i = 0; i < batch.size(); i += kMaxBatch) {
+      // Up to kMaxBatch replies per send; with TLS also at most 64 KiB, so
+      // that the session corks them into full records (nbd_tls.cpp).
+      for (size_t i = 0; i < batch.size();) {
         iov.clear();
-        for (size_t j = i; j < std::min(batch.size(), i + kMaxBatch); j++) {
+        size_t bytes = 0, j = i;
+        for (; j < batch.size() && j < i + kMaxBatch; j++) {
           auto& p = batch[j];
+          if (c.tls && j > i && bytes + p.hlen + p.body_len > kTlsBatchBytes) break;
           if (p.hlen) iov.push_back({p.h, p.hlen});
           if (p.body_len) iov.push_back({p.body.data(), p.body_len});
+          bytes += p.hlen + p.body_len;
         }
+        i = j;
         if (!c.write_failed && !conn_send(c, iov.data(), static_cast<int>(iov.size()))) c.write_failed = true;
       }
       for (auto& p : batch)
