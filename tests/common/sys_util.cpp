@@ -41,16 +41,21 @@ CmdResult run(const std::vector<std::string>& argv, const std::string& stdin_dat
     r.err = "pipe failed";
     return r;
   }
+  // Everything the child needs is built before fork: the child of a
+  // multithreaded process may only make async-signal-safe calls until exec
+  // (a malloc there can wait forever for an allocator lock another thread
+  // held at the fork - seen under ASan).
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
     dup2(in_p[0], 0);
     dup2(out_p[1], 1);
     dup2(err_p[1], 2);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execvp(args[0], args.data());
-    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    static const char msg[] = "exec failed\n";
+    (void)!write(2, msg, sizeof msg - 1);
     _exit(127);
   }
   close(in_p[0]);
@@ -267,16 +272,17 @@ std::unique_ptr<TestDaemon> TestDaemon::start(bool fuse, bool nbd,
     argv.push_back(d->fuse_dir);
   }
   for (auto& a : extra_args) argv.push_back(a);
+  std::vector<char*> args;  // built before fork (see run())
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const char* log_path = d->log_path.c_str();
   pid_t pid = fork();
   if (pid == 0) {
-    int fd = open(d->log_path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    int fd = open(log_path, O_CREAT | O_WRONLY | O_TRUNC, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
     int nul = open("/dev/null", O_RDONLY);
     dup2(nul, 0);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
   }

@@ -46,6 +46,11 @@ bool wait_port(int port, int timeout_ms) {
 }
 
 Proc::Proc(const std::vector<std::string>& argv, const std::string& log_path, const std::string& cwd) {
+  // Built before fork: the child of a multithreaded process may only make
+  // async-signal-safe calls until exec (no malloc).
+  std::vector<char*> a;
+  for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+  a.push_back(nullptr);
   pid_ = ::fork();
   if (pid_ == 0) {
     int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -56,9 +61,6 @@ Proc::Proc(const std::vector<std::string>& argv, const std::string& log_path, co
     int nul = ::open("/dev/null", O_RDONLY);
     ::dup2(nul, 0);
     if (!cwd.empty() && ::chdir(cwd.c_str()) != 0) _exit(126);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-    a.push_back(nullptr);
     ::execvp(a[0], a.data());
     _exit(127);
   }
