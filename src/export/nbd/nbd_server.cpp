@@ -146,8 +146,10 @@ constexpr size_t kMaxBatch = 64;  // replies per sendmsg
 constexpr size_t kTlsBatchBytes = 64 * 1024;  // what the TLS session corks into records
 
 void drain_replies(NbdServer::Conn& c, bool block = false) {
-  std::vector<NbdServer::Conn::Pending> batch;
-  std::vector<iovec> iov;
+  // Per thread and kept: swapped with the queue, so both keep their
+  // capacity instead of a new allocation at every drain.
+  thread_local std::vector<NbdServer::Conn::Pending> batch;
+  thread_local std::vector<iovec> iov;
   for (;;) {
     std::unique_lock wl(c.write_mu, std::defer_lock);
     if (block) {
@@ -726,20 +728,27 @@ void run_request(NbdServer::Conn& c, const Request& r, std::vector<uint8_t>& pay
   send_reply(c, r, s, payload);
 }
 
+// An error reply: a structured error chunk (with the message) or a simple reply.
+NbdServer::Conn::Pending error_reply(const NbdServer::Conn& c, uint64_t cookie, uint32_t err,
+                                     const std::string& message) {
+  NbdServer::Conn::Pending p;
+  if (c.structured) {
+    p.body = structured_error(cookie, err, message);
+    p.body_len = p.body.size();
+  } else {
+    simple_reply(p.h, cookie, err);
+    p.hlen = 16;
+  }
+  return p;
+}
+
 // The reply to a request served with status s (a READ's data in payload).
 void send_reply(NbdServer::Conn& c, const Request& r, const Status& s, std::vector<uint8_t>& payload) {
   if (c.write_failed) return;
   NbdServer::Conn::Pending p;
   if (!s.ok()) {
-    uint32_t err = errno_to_nbd(s.code());
     log::debug("nbd {}: {} at {}+{}: {}", c.export_name, r.type, r.offset, r.length, s.to_string());
-    if (c.structured) {
-      p.body = structured_error(r.cookie, err, s.message());
-      p.body_len = p.body.size();
-    } else {
-      simple_reply(p.h, r.cookie, err);
-      p.hlen = 16;
-    }
+    p = error_reply(c, r.cookie, errno_to_nbd(s.code()), s.message());
   } else if (r.type == kCmdRead && r.length > 0) {
     p.hlen = static_cast<uint8_t>(read_data_header(p.h, c.structured, r.cookie, kReplyFlagDone, r.offset, r.length));
     p.body = std::move(payload);  // given back to the connection's buffers once sent
@@ -1063,15 +1072,7 @@ void NbdServer::transmit(Conn& c) {
                   r.length, r.flags, chk.message, k >= 8 ? fmt::format(" ({} refused so far)", k + 1) : "");
       // Through the reply queue like every other reply: never on the socket
       // beside another thread's reply.
-      NbdServer::Conn::Pending p;
-      if (c.structured) {
-        p.body = structured_error(r.cookie, chk.error, chk.message);
-        p.body_len = p.body.size();
-      } else {
-        simple_reply(p.h, r.cookie, chk.error);
-        p.hlen = 16;
-      }
-      queue_reply(c, std::move(p));
+      queue_reply(c, error_reply(c, r.cookie, chk.error, chk.message));
       if (c.write_failed) return finish();
       continue;
     }
