@@ -306,6 +306,8 @@ void register_control_cli(CLI::App& app) {
     sub->callback([=] {
       const bool bar = isatty(STDOUT_FILENO);
       const auto start = std::chrono::steady_clock::now();
+      // Every 10 ms for the first two seconds (a short job is seen done
+      // within ~10 ms, not a tenth of a second late), then every 100 ms.
       for (;;) {
         auto r = control_call(c->socket, {{"verb", "info"}, {"name", *name}});
         if (!r.ok()) return cli::fail(r.status(), 3);
@@ -321,7 +323,8 @@ void register_control_cli(CLI::App& app) {
           if (bar) std::cout << "\n";
           return cli::fail(fmt::format("{}: background jobs not done after {} s ({})", *name, *timeout, s.states), 2);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        const bool early = std::chrono::steady_clock::now() - start < std::chrono::seconds(2);
+        std::this_thread::sleep_for(std::chrono::milliseconds(early ? 10 : 100));
       }
     });
   }

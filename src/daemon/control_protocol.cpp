@@ -95,6 +95,7 @@ json job_json(const JobInfo& j) {
          {"total_bytes", j.total_bytes},
          {"bytes_per_second", j.bytes_per_second},
          {"eta_seconds", j.eta_seconds ? json(*j.eta_seconds) : json(nullptr)},
+         {"active_seconds", j.active_seconds},
          {"paused", j.paused},
          {"throttle", j.throttle}};
   if (!j.error.empty()) o["error"] = j.error;

@@ -91,11 +91,13 @@ void BackgroundJob::started() {
   error_.clear();
   tokens_ = 0;
   refill_ns_ = now_ns();
+  // The clock starts at the first admitted piece of work (not while paused).
 }
 
 void BackgroundJob::finished(const Status& st) {
   std::lock_guard lk(mu_);
   running_ = false;
+  stop_clock(now_ns());
   if (!st.ok()) {
     failed_ = true;
     error_ = st.message();
@@ -117,6 +119,7 @@ bool BackgroundJob::admit(uint64_t bytes, const std::atomic<bool>& stop, const s
   for (;;) {
     if (stop.load()) return false;
     if (policy_.paused) {
+      stop_clock(now_ns());
       if (on_pause && notified_epoch != pause_epoch_) {
         notified_epoch = pause_epoch_;
         lk.unlock();
@@ -128,6 +131,7 @@ bool BackgroundJob::admit(uint64_t bytes, const std::atomic<bool>& stop, const s
       continue;
     }
     const int64_t now = now_ns();
+    if (active_since_ < 0) active_since_ = now;
     const uint64_t rate = allowed_rate(now);
     if (rate == 0) {
       tokens_ = 0;
@@ -219,7 +223,7 @@ double BackgroundJob::rate_locked(int64_t now) const {
 
 bool BackgroundJob::is_done() const {
   std::lock_guard lk(mu_);
-  return !failed_ && done_ >= total_;
+  return !failed_ && !running_ && done_ >= total_;
 }
 
 JobInfo BackgroundJob::info() const {
@@ -236,9 +240,10 @@ JobInfo BackgroundJob::info() const {
   i.paused = policy_.paused;
   i.error = error_;
   i.bytes_per_second = rate_locked(now);
+  i.active_seconds = static_cast<double>(active_ns_ + (active_since_ >= 0 ? now - active_since_ : 0)) * 1e-9;
   if (failed_)
     i.state = "failed";
-  else if (done_ >= total_)
+  else if (done_ >= total_ && !running_)
     i.state = "done";
   else if (policy_.paused || !running_)
     i.state = "paused";

@@ -66,6 +66,7 @@ struct JobInfo {
   uint64_t done_bytes = 0, total_bytes = 0;  // the same in bytes
   double bytes_per_second = 0;               // moving average over the last few seconds
   std::optional<double> eta_seconds;         // none when unknown (paused, no rate yet)
+  double active_seconds = 0;                 // time the worker has worked (throttled included, pauses not)
   std::string throttle;                      // "off", "auto", "<MiB/s>"
   bool paused = false;                       // the user's pause (message or table)
   std::string error;                         // why it failed
@@ -92,6 +93,8 @@ class BackgroundJob {
   // The worker started / stopped (stopped by suspend, done or failed).
   void started();
   // finished(OK) with done == total: done; an error: failed (until started() again).
+  // A job shows "done" only once its worker has finished: until then its
+  // last step (a final checkpoint, say) may still be under way.
   void finished(const Status& st);
   // Before `bytes` of work: waits while paused and as the throttle asks.
   // Returns false when `stop` became true (the worker must stop). on_pause,
@@ -139,6 +142,14 @@ class BackgroundJob {
   uint64_t total_ = 0, total_bytes_ = 0;
   uint64_t done_ = 0, done_bytes_ = 0;
   bool running_ = false, failed_ = false;
+  // Time worked: closed intervals plus the open one (since active_since_,
+  // or -1 when the worker is paused or stopped).
+  int64_t active_ns_ = 0;
+  int64_t active_since_ = -1;
+  void stop_clock(int64_t now) {  // caller holds mu_
+    if (active_since_ >= 0) active_ns_ += now - active_since_;
+    active_since_ = -1;
+  }
   std::string error_;
   // Token bucket (bytes; may go negative: the debt the next admit waits out).
   double tokens_ = 0;

@@ -149,12 +149,55 @@ TEST(BackgroundJob, StatesAndFigures) {
   j.started();
   EXPECT_EQ(j.info().state, "running");
   j.set_done(100, 100 * 4096);
+  // All counted, but the worker has not finished (its last checkpoint may
+  // still be under way): not done yet.
+  EXPECT_EQ(j.info().state, "running");
+  EXPECT_FALSE(j.is_done());
   j.finished(Status::Ok());
   i = j.info();
   EXPECT_EQ(i.state, "done");
   ASSERT_TRUE(i.eta_seconds);
   EXPECT_EQ(*i.eta_seconds, 0);
   EXPECT_TRUE(j.is_done());
+}
+
+// active_seconds: the clock runs from the first admitted piece of work,
+// stops while paused and when the worker finishes, and keeps its figure.
+TEST(BackgroundJob, ActiveSecondsCountWorkNotPauses) {
+  JobPolicy paused;
+  paused.paused = true;
+  BackgroundJob j("copy", "blocks", paused);
+  j.set_total(10, 10 * 4096);
+  j.started();
+  std::atomic<bool> stop{false};
+  std::atomic<bool> admitted{false};
+  std::thread w([&] { admitted = j.admit(4096, stop); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_FALSE(admitted);
+  EXPECT_EQ(j.info().active_seconds, 0) << "paused from the start: nothing worked";
+  ASSERT_TRUE(j.message({"resume"}, "t").ok());
+  w.join();
+  ASSERT_TRUE(admitted);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const double a1 = j.info().active_seconds;
+  EXPECT_GE(a1, 0.1);
+  // Paused for 300 ms: the clock stands still meanwhile.
+  ASSERT_TRUE(j.message({"pause"}, "t").ok());
+  w = std::thread([&] { admitted = j.admit(4096, stop); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const double a2 = j.info().active_seconds;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(j.info().active_seconds, a2);
+  EXPECT_LT(a2 - a1, 0.3) << a1 << " " << a2;
+  ASSERT_TRUE(j.message({"resume"}, "t").ok());
+  w.join();
+  j.set_done(10, 10 * 4096);
+  j.finished(Status::Ok());
+  const double a3 = j.info().active_seconds;
+  EXPECT_GT(a3, a2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(j.info().active_seconds, a3) << "a finished job keeps its figure";
+  EXPECT_EQ(j.info().state, "done");
 }
 
 TEST(BackgroundJob, RateThrottleIsACeiling) {

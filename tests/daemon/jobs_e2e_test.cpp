@@ -41,6 +41,8 @@ void check_fields(const json& j) {
   EXPECT_TRUE(j["bytes_per_second"].is_number()) << j;
   EXPECT_TRUE(j["eta_seconds"].is_number() || j["eta_seconds"].is_null()) << j;
   EXPECT_TRUE(j["paused"].is_boolean()) << j;
+  EXPECT_TRUE(j["active_seconds"].is_number()) << j;
+  EXPECT_GE(j["active_seconds"].get<double>(), 0) << j;
   EXPECT_LE(j["done"].get<uint64_t>(), j["total"].get<uint64_t>()) << j;
   EXPECT_LE(j["done_bytes"].get<uint64_t>(), j["total_bytes"].get<uint64_t>()) << j;
   // Units of one block each: bytes are units times the block size.
