@@ -127,7 +127,9 @@ bool BackgroundJob::admit(uint64_t bytes, const std::atomic<bool>& stop, const s
         lk.lock();
         continue;
       }
+      parked_ = true;
       cv_.wait(lk);
+      parked_ = false;
       continue;
     }
     const int64_t now = now_ns();
@@ -238,6 +240,7 @@ JobInfo BackgroundJob::info() const {
   i.total_bytes = total_bytes_;
   i.throttle = policy_.throttle_text();
   i.paused = policy_.paused;
+  i.parked = parked_;
   i.error = error_;
   i.bytes_per_second = rate_locked(now);
   i.active_seconds = static_cast<double>(active_ns_ + (active_since_ >= 0 ? now - active_since_ : 0)) * 1e-9;

@@ -69,6 +69,7 @@ struct JobInfo {
   double active_seconds = 0;                 // time the worker has worked (throttled included, pauses not)
   std::string throttle;                      // "off", "auto", "<MiB/s>"
   bool paused = false;                       // the user's pause (message or table)
+  bool parked = false;                       // the worker is waiting for a resume (not in JSON; for tests)
   std::string error;                         // why it failed
 };
 
@@ -142,6 +143,7 @@ class BackgroundJob {
   uint64_t total_ = 0, total_bytes_ = 0;
   uint64_t done_ = 0, done_bytes_ = 0;
   bool running_ = false, failed_ = false;
+  bool parked_ = false;  // the worker waits in admit() for a resume
   // Time worked: closed intervals plus the open one (since active_since_,
   // or -1 when the worker is paused or stopped).
   int64_t active_ns_ = 0;

@@ -162,7 +162,8 @@ TEST(BackgroundJob, StatesAndFigures) {
 }
 
 // active_seconds: the clock runs from the first admitted piece of work,
-// stops while paused and when the worker finishes, and keeps its figure.
+// stops while paused and when the worker finishes, and keeps its figure;
+// parked says whether the worker is waiting for a resume.
 TEST(BackgroundJob, ActiveSecondsCountWorkNotPauses) {
   JobPolicy paused;
   paused.paused = true;
@@ -175,9 +176,11 @@ TEST(BackgroundJob, ActiveSecondsCountWorkNotPauses) {
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
   EXPECT_FALSE(admitted);
   EXPECT_EQ(j.info().active_seconds, 0) << "paused from the start: nothing worked";
+  EXPECT_TRUE(j.info().parked) << "the worker waits for a resume";
   ASSERT_TRUE(j.message({"resume"}, "t").ok());
   w.join();
   ASSERT_TRUE(admitted);
+  EXPECT_FALSE(j.info().parked) << "admitted: the worker works";
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const double a1 = j.info().active_seconds;
   EXPECT_GE(a1, 0.1);
@@ -197,6 +200,7 @@ TEST(BackgroundJob, ActiveSecondsCountWorkNotPauses) {
   EXPECT_GT(a3, a2);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(j.info().active_seconds, a3) << "a finished job keeps its figure";
+  EXPECT_FALSE(j.info().parked) << "a worker that finished waits for nothing";
   EXPECT_EQ(j.info().state, "done");
 }
 

@@ -481,21 +481,24 @@ TEST(SnapshotMergeSweep, ThrottledAndPausedMidwayEveryCut) {
       if (!paused_once && j.done >= total / 2) {
         paused_once = true;
         EXPECT_TRUE(mt->message({"pause"}).ok());
-        for (int k = 0; k < 1000 && job().state != "paused"; k++) std::this_thread::sleep_for(std::chrono::microseconds(100));
-        uint64_t at = job().done;  // a batch under way may land: wait until it stands still
-        for (int k = 0; k < 200; k++) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-          if (job().done == at) break;
-          at = job().done;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        // A batch under way may land; then the worker parks (or fails at
+        // the cut, or ends) and nothing moves.
+        auto stopped = [&] {
+          JobInfo j = job();
+          return j.parked || j.state == "failed" || j.state == "done";
+        };
+        for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        EXPECT_TRUE(stopped()) << "the merge did not stop within 10 s of the pause";
+        const bool parked = job().parked;
+        const uint64_t at = job().done;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
         EXPECT_EQ(job().done, at) << "merged while paused";
         if (!disk->dead()) {
           EXPECT_TRUE(mt->read(0, view).ok());
           EXPECT_TRUE(view == base) << "the view while paused is not the snapshot";
         }
         EXPECT_TRUE(mt->message({"resume"}).ok());
-        pauses++;
+        if (parked) pauses++;  // held by the pause (not stopped by the cut, not at its end)
       } else if (!disk->dead() && j.done < total / 2) {
         if (mt->read(0, view).ok()) {  // foreground reads: throttle=auto trickles
           EXPECT_TRUE(view == base) << "the view during the merge is not the snapshot";

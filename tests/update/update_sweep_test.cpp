@@ -165,20 +165,24 @@ TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
           if (!paused_once && copied(**t) > 0) {
             paused_once = true;
             ASSERT_TRUE((*t)->message({"pause"}).ok());
-            uint64_t at = copied(**t);  // the block under way may land: wait until it stands still
-            for (int k = 0; k < 200; k++) {
-              std::this_thread::sleep_for(std::chrono::milliseconds(10));
-              if (copied(**t) == at) break;
-              at = copied(**t);
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            // The block under way may land; then the worker parks (or fails
+            // at the cut, or ends) and nothing moves.
+            auto stopped = [&] {
+              JobInfo j = (*t)->jobs().at(0);
+              return j.parked || j.state == "failed" || j.state == "done";
+            };
+            for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            ASSERT_TRUE(stopped()) << "the copy-back did not stop within 10 s of the pause";
+            const bool parked = (*t)->jobs().at(0).parked;
+            const uint64_t at = copied(**t);
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
             ASSERT_EQ(copied(**t), at) << "the copy-back went on while paused";
             if (!g.disk->dead()) {
               ASSERT_TRUE((*t)->read(0, live).ok());
               ASSERT_TRUE(live == new_img) << "device showed something other than new while paused";
             }
             ASSERT_TRUE((*t)->message({"resume"}).ok());
-            pauses++;
+            if (parked) pauses++;  // held by the pause (not stopped by the cut, not at its end)
           } else if (mode == 0 && run_reads < 8 && (*t)->read(0, live).ok() && !g.disk->dead()) {
             run_reads++;  // a few reads racing the copy-back
             ASSERT_TRUE(live == new_img) << "device showed something other than new during the copy-back";

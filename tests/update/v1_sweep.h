@@ -254,20 +254,22 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
             paused_once = true;
             ASSERT_TRUE((*t)->message({"pause"}).ok());
             // The piece of work under way (one operation, or a logged batch
-            // of them) finishes; then nothing moves.
-            uint64_t at_pause = copied(**t);
-            for (int k = 0; k < 200; k++) {
-              std::this_thread::sleep_for(std::chrono::milliseconds(10));
-              const uint64_t c = copied(**t);
-              if (c == at_pause) break;
-              at_pause = c;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            // of them) finishes and the worker parks (or fails at the write
+            // gate, or ends); then nothing moves.
+            auto stopped = [&] {
+              JobInfo j = (*t)->jobs().at(0);
+              return j.parked || j.state == "failed" || j.state == "done";
+            };
+            for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            ASSERT_TRUE(stopped()) << "the copy-back did not stop within 10 s of the pause";
+            const bool parked = (*t)->jobs().at(0).parked;
+            const uint64_t at_pause = copied(**t);
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
             ASSERT_EQ(copied(**t), at_pause) << "the copy-back went on while paused";
             ASSERT_TRUE((*t)->read(0, view).ok());
             ASSERT_TRUE(view == new_img) << "device showed something other than new while paused";
             ASSERT_TRUE((*t)->message({"resume"}).ok());
-            r.pauses++;
+            if (parked) r.pauses++;  // held by the pause (not stopped by the gate, not at its end)
           }
           if (mode == 0 && opt.racing_reads && (*t)->read(0, view).ok()) {
             ASSERT_TRUE(view == new_img) << "device showed something other than new during the copy-back";
