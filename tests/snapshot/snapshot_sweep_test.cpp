@@ -27,6 +27,7 @@
 #include <optional>
 #include <thread>
 
+#include "common/job_wait.h"
 #include "common/sys_util.h"
 #include "io/fault_device.h"
 #include "io/memory_device.h"
@@ -483,13 +484,9 @@ TEST(SnapshotMergeSweep, ThrottledAndPausedMidwayEveryCut) {
         EXPECT_TRUE(mt->message({"pause"}).ok());
         // A batch under way may land; then the worker parks (or fails at
         // the cut, or ends) and nothing moves.
-        auto stopped = [&] {
-          JobInfo j = job();
-          return j.parked || j.state == "failed" || j.state == "done";
-        };
-        for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        EXPECT_TRUE(stopped()) << "the merge did not stop within 10 s of the pause";
-        const bool parked = job().parked;
+        const auto stopped = wait_job_stopped(job);
+        EXPECT_TRUE(stopped) << "the merge did not stop within 10 s of the pause";
+        const bool parked = stopped && stopped->parked;
         const uint64_t at = job().done;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
         EXPECT_EQ(job().done, at) << "merged while paused";

@@ -167,13 +167,9 @@ TEST(UpdateSweep, V0PowerCutThrottledAndPausedMidway) {
             ASSERT_TRUE((*t)->message({"pause"}).ok());
             // The block under way may land; then the worker parks (or fails
             // at the cut, or ends) and nothing moves.
-            auto stopped = [&] {
-              JobInfo j = (*t)->jobs().at(0);
-              return j.parked || j.state == "failed" || j.state == "done";
-            };
-            for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            ASSERT_TRUE(stopped()) << "the copy-back did not stop within 10 s of the pause";
-            const bool parked = (*t)->jobs().at(0).parked;
+            const auto stopped = wait_job_stopped([&] { return (*t)->jobs().at(0); });
+            ASSERT_TRUE(stopped) << "the copy-back did not stop within 10 s of the pause";
+            const bool parked = stopped->parked;
             const uint64_t at = copied(**t);
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
             ASSERT_EQ(copied(**t), at) << "the copy-back went on while paused";

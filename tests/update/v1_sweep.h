@@ -27,6 +27,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "common/job_wait.h"
 #include "io/fault_device.h"
 #include "update/format_v1_io.h"
 #include "update_util.h"
@@ -256,13 +257,9 @@ inline void v1_sweep(const std::vector<uint8_t>& old_img, const std::vector<uint
             // The piece of work under way (one operation, or a logged batch
             // of them) finishes and the worker parks (or fails at the write
             // gate, or ends); then nothing moves.
-            auto stopped = [&] {
-              JobInfo j = (*t)->jobs().at(0);
-              return j.parked || j.state == "failed" || j.state == "done";
-            };
-            for (int k = 0; k < 10000 && !stopped(); k++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            ASSERT_TRUE(stopped()) << "the copy-back did not stop within 10 s of the pause";
-            const bool parked = (*t)->jobs().at(0).parked;
+            const auto stopped = wait_job_stopped([&] { return (*t)->jobs().at(0); });
+            ASSERT_TRUE(stopped) << "the copy-back did not stop within 10 s of the pause";
+            const bool parked = stopped->parked;
             const uint64_t at_pause = copied(**t);
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
             ASSERT_EQ(copied(**t), at_pause) << "the copy-back went on while paused";
