@@ -10,6 +10,7 @@
 #include "android_cow/acow_image.h"
 #include "android_cow/acow_test_util.h"
 #include "android_cow/acow_writer.h"
+#include "common/job_wait.h"
 #include "io/fault_device.h"
 #include "io/memory_device.h"
 
@@ -214,24 +215,21 @@ TEST(AndroidCowSweep, MergeTargetThrottledAndPausedMidwayEveryCut) {
       if (!paused_once && j.done >= total / 2) {
         paused_once = true;
         EXPECT_TRUE(tg.message({"pause"}).ok());
-        for (int k = 0; k < 1000 && job(tg).state != "paused"; k++) std::this_thread::sleep_for(std::chrono::microseconds(100));
         // A batch under way when the pause came may still land (slowly under
-        // the sanitizers): wait until progress stands still, then it must stay.
-        uint64_t at = job(tg).done;
-        for (int k = 0; k < 200; k++) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-          const uint64_t now = job(tg).done;
-          if (now == at) break;
-          at = now;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        // the sanitizers); then the worker parks (or fails at the cut, or
+        // ends) and nothing moves.
+        const auto stopped = wait_job_stopped([&] { return job(tg); });
+        EXPECT_TRUE(stopped) << "the merge did not stop within 10 s of the pause";
+        const bool parked = stopped && stopped->parked;
+        const uint64_t at = job(tg).done;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
         EXPECT_EQ(job(tg).done, at) << "merged while paused";
         if (!disk->dead()) {  // (the batch under way may have hit the cut)
           EXPECT_TRUE(tg.read(0, view).ok());
           EXPECT_TRUE(view == nw) << "the view while paused is not the new image";
         }
         EXPECT_TRUE(tg.message({"resume"}).ok());
-        pauses++;
+        if (parked) pauses++;  // held by the pause (not stopped by the cut, not at its end)
       } else if (j.done < total / 4 && !disk->dead()) {
         // Foreground reads: throttle=auto trickles.
         if (tg.read(0, view).ok()) {
