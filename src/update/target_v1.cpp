@@ -19,6 +19,7 @@
 // Decoded REPLACE and XOR chunks and DELTA frames of several blocks live in
 // the process's block cache (io/block_cache.h), keyed by this target's owner
 // id: one decode however many readers wait for it.
+#include <memory>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -382,21 +383,21 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     if (last_read >= static_cast<int64_t>(durable_)) UDM_TRY(checkpoint(d));
     // The first operation was admitted by the caller; the rest now.
     if (e - d > 1 && !job_.admit((e - d - 1) * bs, stop_, on_pause)) return true;
-    batch_.resize((e - d) * bs);
-    UDM_TRY(compute_run(d, e - d, batch_));
+    const std::span<uint8_t> batch(batch_.get(), (e - d) * bs);  // computed over: no zeroing first
+    UDM_TRY(compute_run(d, e - d, batch));
     for (uint64_t k = 0; k < e - d;) {  // scratch blocks, one write per consecutive run
       uint64_t j = k + 1;
       while (j < e - d && j - k < kMaxWriteBlocks && scratch[j] == scratch[k] + (j - k)) j++;
-      UDM_TRY(sys_->write(scratch[k] * bs, std::span<const uint8_t>(batch_).subspan(k * bs, (j - k) * bs)));
+      UDM_TRY(sys_->write(scratch[k] * bs, std::span<const uint8_t>(batch).subspan(k * bs, (j - k) * bs)));
       k = j;
     }
     UDM_TRY(sys_->flush());  // the scratch blocks and every operation before d
-    UDM_TRY(v1_write_batch_checkpoint(*diff_, d, e, v1_crc(batch_)));
+    UDM_TRY(v1_write_batch_checkpoint(*diff_, d, e, v1_crc(batch)));
     durable_has_stash_ = false;
     // In runs whose failure half-way leaves the live target reading right
     // (operations from done_ on read only blocks no earlier operation
     // overwrote, and no scratch block).
-    UDM_TRY(apply_run(d, e - d, batch_));
+    UDM_TRY(apply_run(d, e - d, batch));
     job_.set_done(e, e * bs);
     UDM_TRY(checkpoint(e));  // before anything may overwrite a scratch block
     batches_++;
@@ -458,10 +459,11 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     // Logged batches of up to 4096 operations (the format's limit) or 16 MiB.
     const uint64_t batch_max = std::clamp<uint64_t>(kBatchBytes / bs, 1, kV1MaxBatchOps);
     const uint64_t n = idx_.ops.size();
-    // The batch buffer at its largest from the start: grown batch by batch,
-    // every growth moved the blocks already there and faulted in new pages
-    // (4 % of the copy-back's samples on bench/background's pair).
-    batch_.reserve(batch_max * bs);
+    // The batch buffer at its largest from the start, not zeroed (every
+    // batch computes over what it uses): grown batch by batch, every growth
+    // moved the blocks already there, zeroed the new part and faulted in
+    // pages (6 % of the copy-back's samples on bench/background's pair).
+    if (!batch_) batch_ = std::make_unique_for_overwrite<uint8_t[]>(batch_max * bs);
     Status s;
     job_.started();
     // A pause makes the progress so far durable first.
@@ -538,7 +540,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   DevicePtr sys_, diff_;
   V1Index idx_;
   V1ScratchPlanner planner_;
-  std::vector<uint8_t> batch_;  // the copy thread's logged batch
+  std::unique_ptr<uint8_t[]> batch_;  // the copy thread's logged batch (batch_max blocks)
   std::vector<uint8_t> run_;    // the copy thread's run of operations without a barrier
   uint64_t batches_ = 0;        // logged batches written (debug log)
   uint64_t no_scratch_until_ = 0;  // the last look for scratch found none: barriers before this take the old path
