@@ -383,6 +383,8 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     if (last_read >= static_cast<int64_t>(durable_)) UDM_TRY(checkpoint(d));
     // The first operation was admitted by the caller; the rest now.
     if (e - d > 1 && !job_.admit((e - d - 1) * bs, stop_, on_pause)) return true;
+    // max_ops never exceeds copy_loop's batch_max, which sized the buffer.
+    if ((e - d) * bs > batch_bytes_) return IoError(fmt::format("update: a batch of {} operations exceeds the buffer", e - d));
     const std::span<uint8_t> batch(batch_.get(), (e - d) * bs);  // computed over: no zeroing first
     UDM_TRY(compute_run(d, e - d, batch));
     for (uint64_t k = 0; k < e - d;) {  // scratch blocks, one write per consecutive run
@@ -463,7 +465,10 @@ class UpdateTargetV1 : public ReadOnlyTarget {
     // batch computes over what it uses): grown batch by batch, every growth
     // moved the blocks already there, zeroed the new part and faulted in
     // pages (6 % of the copy-back's samples on bench/background's pair).
-    if (!batch_) batch_ = std::make_unique_for_overwrite<uint8_t[]>(batch_max * bs);
+    if (!batch_) {
+      batch_ = std::make_unique_for_overwrite<uint8_t[]>(batch_max * bs);
+      batch_bytes_ = batch_max * bs;
+    }
     Status s;
     job_.started();
     // A pause makes the progress so far durable first.
@@ -541,6 +546,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   V1Index idx_;
   V1ScratchPlanner planner_;
   std::unique_ptr<uint8_t[]> batch_;  // the copy thread's logged batch (batch_max blocks)
+  uint64_t batch_bytes_ = 0;          // its size
   std::vector<uint8_t> run_;    // the copy thread's run of operations without a barrier
   uint64_t batches_ = 0;        // logged batches written (debug log)
   uint64_t no_scratch_until_ = 0;  // the last look for scratch found none: barriers before this take the old path
