@@ -61,18 +61,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (r >= idx->old_blocks()) std::abort();
   // REPLACE chunk references (flag CHUNK_REFS): inside the old image,
   // increasing, bounded, and never overwritten (or parked over) before a
-  // block of their chunk is applied.
+  // block of their chunk is applied; with flag CHUNK_NEW_REFS (only with
+  // CHUNK_REFS) also old_blocks + a new-image block whose operation is a COPY.
   if (!idx->h.chunk_refs)
     for (const auto& c : idx->chunks)
       if (!c.refs.empty()) std::abort();
+  if (idx->h.chunk_new_refs && !idx->h.chunk_refs) std::abort();
+  const uint64_t ref_end = idx->old_blocks() + (idx->h.chunk_new_refs ? idx->h.image_blocks : 0);
   for (const auto& c : idx->chunks) {
     if (c.refs.size() > v1_max_chunk_refs(idx->h.block_bits)) std::abort();
-    for (size_t k = 0; k < c.refs.size(); k++)
-      if (c.refs[k] >= idx->old_blocks() || (k && c.refs[k] <= c.refs[k - 1])) std::abort();
+    for (size_t k = 0; k < c.refs.size(); k++) {
+      if (c.refs[k] >= ref_end || (k && c.refs[k] <= c.refs[k - 1])) std::abort();
+      if (idx->new_ref(c.refs[k])) {
+        const int64_t e = idx->find(c.refs[k] - idx->old_blocks());
+        if (e < 0 || idx->ops[static_cast<size_t>(e)].type != OpType::Copy) std::abort();
+      }
+    }
   }
   for (size_t i = 0; i < idx->ops.size(); i++) {
     if (idx->ops[i].type != OpType::Replace) continue;
     for (uint64_t r : idx->chunks[idx->ops[i].index / idx->h.chunk_blocks].refs) {
+      if (idx->new_ref(r)) continue;  // (readable at every moment: checked above)
       int64_t w = idx->find(r), sv = idx->save_of(r);
       if ((w >= 0 && w <= static_cast<int64_t>(i)) || (sv >= 0 && sv <= static_cast<int64_t>(i))) std::abort();
     }

@@ -20,11 +20,13 @@ Result<std::vector<uint8_t>> v1_compute_all(BlockDevice& diff, BlockDevice& old,
   // Decoded payloads (REPLACE and XOR chunks, DELTA frames), each decoded
   // once: the apply order visits them out of their storage order.
   std::map<std::pair<int, size_t>, std::vector<uint8_t>> payload;
+  // Nothing is written yet: a new-image reference reads its COPY's source.
+  const V1NewBlockReader nb = v1_new_block_reader(diff, old, idx, 0);
   auto get = [&](int kind, size_t k) -> Result<const std::vector<uint8_t>*> {
     auto it = payload.find({kind, k});
     if (it != payload.end()) return &it->second;
     std::vector<uint8_t> buf(uint64_t{kind == 2 ? idx.frames[k].blocks : idx.h.chunk_blocks} * bs);
-    Status st = kind == 2 ? v1_read_delta(diff, old, idx, k, buf) : v1_read_chunk(diff, idx, k, buf, kind == 1, &old);
+    Status st = kind == 2 ? v1_read_delta(diff, old, idx, k, buf) : v1_read_chunk(diff, idx, k, buf, kind == 1, &old, &nb);
     if (!st.ok()) return st;
     return &payload.emplace(std::make_pair(kind, k), std::move(buf)).first->second;
   };

@@ -82,7 +82,8 @@ std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h) {
   b[9] = h.block_bits;
   const bool own_old = h.old_blocks != 0 && h.old_blocks != h.image_blocks;
   put_le16(&b[10], static_cast<uint16_t>((own_old ? kV1FlagOldBlocks : 0) | (h.chunk_refs ? kV1FlagChunkRefs : 0) |
-                                         (h.verity_size ? kV1FlagVerity : 0)));
+                                         (h.verity_size ? kV1FlagVerity : 0) |
+                                         (h.chunk_new_refs ? kV1FlagChunkNewRefs : 0)));
   put_le32(&b[12], h.chunk_blocks);
   std::memcpy(&b[16], h.compression.data(), std::min<size_t>(h.compression.size(), 15));
   put_le64(&b[32], h.image_blocks);
@@ -164,8 +165,13 @@ Result<V1Header> decode_v1_header(std::span<const uint8_t> b) {
   const uint16_t flags = le16(&b[10]);
   if (flags & ~kV1KnownFlags)
     return Corrupt(fmt::format("v1 header flags: {:#x} (only bit 0, the old image's own size, bit 1, REPLACE chunk "
-                               "references, and bit 2, a regenerated verity tree, are defined)", flags));
+                               "references, bit 2, a regenerated verity tree, and bit 3, chunk references to the "
+                               "new image, are defined)", flags));
   h.chunk_refs = (flags & kV1FlagChunkRefs) != 0;
+  h.chunk_new_refs = (flags & kV1FlagChunkNewRefs) != 0;
+  if (h.chunk_new_refs && !h.chunk_refs)
+    return Corrupt(fmt::format("v1 header flags: {:#x} (bit 3, chunk references to the new image, needs bit 1, chunk "
+                               "references)", flags));
   h.chunk_blocks = le32(&b[12]);
   h.image_blocks = le64(&b[32]);
   h.op_count = le64(&b[40]);
@@ -443,17 +449,19 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
       return Corrupt(fmt::format("v1 metadata: chunk {} length {} is bad or runs past the data", i, l));
     V1Frame c{off, l, {}};
     if (h.chunk_refs) {
+      // Old blocks, then (flag CHUNK_NEW_REFS) old_blocks + a new-image block.
+      const uint64_t ref_end = old_blocks + (h.chunk_new_refs ? h.image_blocks : 0);
       const uint64_t nref = r.varint();
-      if (!r.ok || nref > v1_max_chunk_refs(h.block_bits) || nref > old_blocks)
-        return Corrupt(fmt::format("v1 metadata: chunk {} has {} reference blocks (at most {} and the old image's {})", i,
-                                   nref, v1_max_chunk_refs(h.block_bits), old_blocks));
+      if (!r.ok || nref > v1_max_chunk_refs(h.block_bits) || nref > ref_end)
+        return Corrupt(fmt::format("v1 metadata: chunk {} has {} reference blocks (at most {} and the images' {})", i,
+                                   nref, v1_max_chunk_refs(h.block_bits), ref_end));
       uint64_t prev = 0;
       for (uint64_t k = 0; k < nref; k++) {
         const uint64_t gap = r.varint();
         const uint64_t ref = k ? prev + 1 + gap : gap;
-        if (!r.ok || gap >= old_blocks || ref >= old_blocks || (k && ref <= prev))
-          return Corrupt(fmt::format("v1 metadata: chunk {} reference {} is outside the old image ({} blocks)", i, k,
-                                     old_blocks));
+        if (!r.ok || gap >= ref_end || ref >= ref_end || (k && ref <= prev))
+          return Corrupt(fmt::format("v1 metadata: chunk {} reference {} is outside the {} ({} blocks)", i, k,
+                                     h.chunk_new_refs ? "old and new images" : "old image", ref_end));
         c.refs.push_back(ref);
         prev = ref;
       }
@@ -660,6 +668,19 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
     }
     for (size_t c = 0; c < idx.chunks.size(); c++)
       for (uint64_t ref : idx.chunks[c].refs) {
+        if (idx.new_ref(ref)) {
+          // A new-image block: its operation must be a COPY (its bytes are
+          // then an old block at every moment; docs/update-format.md).
+          const uint64_t nb = ref - old_blocks;
+          const int64_t e = idx.find(nb);
+          if (e < 0)
+            return Corrupt(fmt::format("v1 REPLACE chunk {}: reference to new-image block {}, which no operation "
+                                       "writes (only a COPY's block may be referenced)", c, nb));
+          if (idx.ops[static_cast<size_t>(e)].type != OpType::Copy)
+            return Corrupt(fmt::format("v1 REPLACE chunk {}: reference to new-image block {}, whose operation {} is "
+                                       "not a COPY", c, nb, e));
+          continue;
+        }
         Status s = check_read(static_cast<uint64_t>(last_member[c]), ref, false);
         if (!s.ok()) return Corrupt(fmt::format("v1 REPLACE chunk {}: {}", c, s.message()));
       }
@@ -783,7 +804,11 @@ V1ScratchPlanner::V1ScratchPlanner(const V1Index& idx) : idx_(idx) {
     if (op.type == OpType::Replace && idx.h.chunk_blocks) {
       const size_t ci = op.index / idx.h.chunk_blocks;
       if (ci < idx.chunks.size())
-        for (uint64_t ref : idx.chunks[ci].refs) r.emplace_back(ref, i);
+        for (uint64_t ref : idx.chunks[ci].refs)
+          // (A reference to the new image reads the COPY's block once it is
+          // applied, never as scratch, or before that what the COPY reads,
+          // which the COPY itself counts.)
+          if (!idx.new_ref(ref)) r.emplace_back(ref, i);
     }
   }
   auto reduce = [](std::vector<std::pair<uint64_t, uint32_t>>& v, bool keep_min) {

@@ -70,7 +70,16 @@ constexpr uint16_t kV1FlagChunkRefs = 2;
 // the header CRC) from which the device regenerates it, checked against the
 // root the record names.
 constexpr uint16_t kV1FlagVerity = 4;
-constexpr uint16_t kV1KnownFlags = kV1FlagOldBlocks | kV1FlagChunkRefs | kV1FlagVerity;
+// Header flag bit 3: CHUNK_NEW_REFS (only with CHUNK_REFS). A REPLACE
+// chunk's reference may also name a block of the NEW image whose operation
+// is a COPY, written as old_blocks + that block (so these sort after the old
+// references). Its bytes are the COPY's old block, readable at every moment
+// of the copy-back without decoding anything: the applied block, or before
+// the COPY is applied the old block it reads (which stays intact until
+// then, by the COPY's own ordering rule). Moved data stays a reference after
+// its old place is rewritten.
+constexpr uint16_t kV1FlagChunkNewRefs = 8;
+constexpr uint16_t kV1KnownFlags = kV1FlagOldBlocks | kV1FlagChunkRefs | kV1FlagVerity | kV1FlagChunkNewRefs;
 constexpr size_t kV1VerityFieldOffset = 168;
 constexpr uint32_t kV1VerityRecordSize = 1024;
 
@@ -141,6 +150,7 @@ struct V1Header {
   uint64_t image_blocks = 0;  // NEW image (and update device) size in blocks
   uint64_t old_blocks = 0;    // OLD image size in blocks; 0 or image_blocks: the same size (flag clear)
   bool chunk_refs = false;    // flag CHUNK_REFS: REPLACE chunks list reference blocks
+  bool chunk_new_refs = false;  // flag CHUNK_NEW_REFS: ... which may be new-image COPY blocks
   uint64_t op_count = 0;
   uint64_t meta_offset = kV1HeaderSize;
   uint64_t meta_size = 0;
@@ -215,7 +225,8 @@ struct V1Index {
   std::vector<V1Op> ops;                       // apply order
   std::vector<std::pair<uint64_t, uint32_t>> by_dest;  // (dest, final op index) sorted by dest (no SAVE)
   std::vector<std::pair<uint64_t, uint32_t>> saves;    // (block, SAVE op index) sorted
-  std::vector<V1Frame> chunks;                 // REPLACE chunks (refs: with flag CHUNK_REFS, old blocks, increasing)
+  std::vector<V1Frame> chunks;                 // REPLACE chunks (refs: with flag CHUNK_REFS, increasing; old blocks,
+                                               // then with CHUNK_NEW_REFS old_blocks + new-image COPY blocks)
   std::vector<V1Frame> xchunks;                // XOR payload chunks
   std::vector<V1Frame> frames;                 // DELTA frames
   // For op i: the highest op index that reads OLD block ops[i].dest (-1 if none).
@@ -236,6 +247,8 @@ struct V1Index {
   int64_t find(uint64_t dest) const;
   int64_t save_of(uint64_t block) const;
   uint64_t recorded_done() const { return h.ckpt_state >= 1 ? h.ckpt_done : 0; }
+  // A chunk reference that names a block of the new image (flag CHUNK_NEW_REFS).
+  bool new_ref(uint64_t ref) const { return ref >= old_blocks(); }
 };
 
 std::array<uint8_t, kV1HeaderSize> encode_v1_header(const V1Header& h);

@@ -38,20 +38,36 @@ Result<std::vector<uint8_t>> v1_regenerate_verity(const V1Index& idx, BlockDevic
 }
 
 Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk,
-                     BlockDevice* old) {
+                     BlockDevice* old, const V1NewBlockReader* new_block) {
   const V1Frame& c = xor_chunk ? idx.xchunks[ci] : idx.chunks[ci];
   const uint64_t bs = idx.block_size();
   std::vector<uint8_t> src(c.length), prefix(c.refs.size() * bs);
   if (!c.refs.empty() && !old) return Invalid(fmt::format("v1 chunk {}: its reference blocks need the old image", ci));
-  // Runs of consecutive reference blocks in one read each.
   for (size_t k = 0; k < c.refs.size();) {
+    if (idx.new_ref(c.refs[k])) {  // a COPY's block of the new image, as the device shows it now
+      if (!new_block) return Invalid(fmt::format("v1 chunk {}: its references to the new image need a reader", ci));
+      UDM_TRY((*new_block)(c.refs[k] - idx.old_blocks(), std::span<uint8_t>(prefix.data() + k * bs, bs)));
+      k++;
+      continue;
+    }
+    // Runs of consecutive old reference blocks in one read each.
     size_t e = k + 1;
-    while (e < c.refs.size() && c.refs[e] == c.refs[e - 1] + 1) e++;
+    while (e < c.refs.size() && c.refs[e] == c.refs[e - 1] + 1 && !idx.new_ref(c.refs[e])) e++;
     UDM_TRY(old->read(c.refs[k] * bs, std::span<uint8_t>(prefix.data() + k * bs, (e - k) * bs)));
     k = e;
   }
   UDM_TRY(diff.read(c.offset, src));
   return decode_v1_chunk(idx, ci, xor_chunk, src, out, prefix);
+}
+
+V1NewBlockReader v1_new_block_reader(BlockDevice& diff, BlockDevice& old, const V1Index& idx, uint64_t done) {
+  return [&diff, &old, &idx, done](uint64_t block, std::span<uint8_t> out) -> Status {
+    const int64_t e = idx.find(block);
+    if (e < 0 || idx.ops[static_cast<size_t>(e)].type != OpType::Copy)  // (the loader refused it)
+      return Invalid(fmt::format("v1: new-image block {} is not a COPY's", block));
+    if (static_cast<uint64_t>(e) < done) return old.read(block * idx.block_size(), out.subspan(0, idx.block_size()));
+    return v1_compute(diff, old, idx, static_cast<size_t>(e), out, done);
+  };
 }
 
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out) {
@@ -93,7 +109,8 @@ Status v1_compute(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_
       const bool x = op.type == OpType::Xor;
       std::vector<uint8_t> chunk(uint64_t{idx.h.chunk_blocks} * bs);
       size_t ci = op.index / idx.h.chunk_blocks;
-      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x, &old));
+      const V1NewBlockReader nb = v1_new_block_reader(diff, old, idx, done);
+      UDM_TRY(v1_read_chunk(diff, idx, ci, chunk, x, &old, &nb));
       const uint8_t* pay = chunk.data() + (op.index % idx.h.chunk_blocks) * bs;
       if (!x) {
         std::memcpy(out.data(), pay, bs);

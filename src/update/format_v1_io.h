@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <span>
 
 #include "device/block_device.h"
@@ -14,11 +15,18 @@ namespace udm::update {
 
 Result<V1Index> load_v1(BlockDevice& diff);
 
+// The bytes of new-image block `block` (one block into out) as the caller's
+// device shows them now: for a chunk reference to a COPY's block (flag
+// CHUNK_NEW_REFS), the applied block, or the COPY computed before it is.
+using V1NewBlockReader = std::function<Status(uint64_t block, std::span<uint8_t> out)>;
 // Decoded REPLACE chunk i (or XOR chunk i with xor=true) into out (>= chunk_blocks blocks).
 // A REPLACE chunk with reference blocks (flag CHUNK_REFS) reads them from
-// `old` (the intact old blocks; required then).
+// `old` (the intact old blocks; required then), and its references to the
+// new image (flag CHUNK_NEW_REFS) through `new_block` (required then).
 Status v1_read_chunk(BlockDevice& diff, const V1Index& idx, size_t ci, std::span<uint8_t> out, bool xor_chunk = false,
-                     BlockDevice* old = nullptr);
+                     BlockDevice* old = nullptr, const V1NewBlockReader* new_block = nullptr);
+// The reader for v1_compute's view: `done` operations applied on `old`.
+V1NewBlockReader v1_new_block_reader(BlockDevice& diff, BlockDevice& old, const V1Index& idx, uint64_t done);
 // Decode one DELTA frame (frames[fi].blocks blocks) reading its refs from
 // `old` (the intact old blocks).
 Status v1_read_delta(BlockDevice& diff, BlockDevice& old, const V1Index& idx, size_t fi, std::span<uint8_t> out);
