@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <memory>
+#include <unordered_map>
 
 #include "update/diff_v1_internal.h"
 #include "util/progress.h"
@@ -159,7 +160,28 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   // larger images, the blocks its members resemble always — and each block
   // weighs the bytes matched in it. The heaviest v1_max_chunk_refs are kept,
   // in increasing order (encoded as gaps, read in runs).
-  std::vector<std::vector<uint64_t>> crefs(nchunks);
+  //
+  // With chunk_new_refs, an old block that is no longer intact then but was
+  // moved (a COPY reads it) is a reference too, named by the COPY's block of
+  // the new image (old_blocks + that block, flag CHUNK_NEW_REFS): the same
+  // bytes, readable at every moment (docs/update-format.md).
+  std::vector<std::vector<uint64_t>> crefs(nchunks), crefs_moved(nchunks);
+  std::unordered_map<uint64_t, uint64_t> moved_to;  // old block -> a COPY's block holding its bytes
+  if (o.chunk_refs && o.chunk_new_refs) {
+    // A COPY of a parked block reads the parking block (SAVE's destination)
+    // for the bytes of the SAVE's source.
+    std::unordered_map<uint64_t, uint64_t> parked;
+    for (const GOp& g : ops)
+      if (g.type == OpType::Save) parked.emplace(g.dest, g.src);
+    for (const GOp& g : ops) {
+      if (g.type != OpType::Copy) continue;
+      auto p = parked.find(g.src);
+      const uint64_t r = p == parked.end() ? g.src : p->second;
+      if (r < old_blocks && std::memcmp(OLD + r * bs, NEW + g.dest * bs, bs) == 0) moved_to.emplace(r, g.dest);
+    }
+  }
+  // A reference's bytes: the old block, or the new image's (a COPY's) block.
+  auto ref_bytes = [&](uint64_t r) { return r < old_blocks ? OLD + r * bs : NEW + (r - old_blocks) * bs; };
   if (o.chunk_refs) {
     std::vector<uint64_t> pos_of(ops.size(), 0);
     for (size_t p = 0; p < order.size(); p++) pos_of[order[p]] = p;
@@ -170,52 +192,75 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
       size_t first = c * o.chunk_blocks, cnt = std::min<size_t>(o.chunk_blocks, rep_blocks.size() - first);
       uint64_t last = 0;
       for (size_t i = 0; i < cnt; i++) last = std::max(last, pos_of[rep_blocks[first + i]]);
-      auto intact = [&](uint64_t r) {
-        return r < old_blocks && over_at[r] > last && std::memcmp(OLD + r * bs, in.zero.data(), bs) != 0;
+      // The reference naming old block r's bytes at the chunk's last
+      // member, or none: r itself while intact, else the block a COPY moved
+      // it to.
+      constexpr uint64_t kNone = UINT64_MAX;
+      auto ref_for = [&](uint64_t r) -> uint64_t {
+        if (r >= old_blocks || std::memcmp(OLD + r * bs, in.zero.data(), bs) == 0) return kNone;
+        if (over_at[r] > last) return r;
+        auto m = moved_to.find(r);
+        return m == moved_to.end() ? kNone : old_blocks + m->second;
       };
-      std::vector<uint64_t> pool;
-      for (size_t i = 0; i < cnt; i++)
-        for (uint64_t r : ops[rep_blocks[first + i]].crefs)
-          if (intact(r)) pool.push_back(r);
-      // Then outwards from the middle of the chunk's destinations.
-      const uint64_t mid = std::min<uint64_t>(ops[rep_blocks[first + cnt / 2]].dest, old_blocks - 1);
-      for (uint64_t d = 0; pool.size() < max_pool && (d <= mid || mid + d < old_blocks); d++) {
-        if (d <= mid && intact(mid - d)) pool.push_back(mid - d);
-        if (d && mid + d < old_blocks && intact(mid + d) && pool.size() < max_pool) pool.push_back(mid + d);
-      }
-      std::sort(pool.begin(), pool.end());
-      pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
-      if (pool.empty()) return prog.add(1);
-      std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
-      for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, OLD + pool[k] * bs, bs);
-      for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
-      std::unordered_map<uint64_t, uint64_t> weight;
-      std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> zc(ZSTD_createCCtx(), ZSTD_freeCCtx);
-      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_compressionLevel, 9);
-      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_windowLog, static_cast<int>(kV1ChunkWindowLog));
-      ZSTD_CCtx_refPrefix(zc.get(), pre.data(), pre.size());
-      // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
-      std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
-      size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
-      if (ZSTD_isError(ns)) return prog.add(1);
-      int64_t pos = 0;
-      const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
-      for (size_t q = 0; q < ns; q++) {
-        pos += seqs[q].litLength;
-        const int64_t ml = seqs[q].matchLength;
-        if (ml && static_cast<int64_t>(seqs[q].offset) > pos) {
-          // The match starts in the prefix: every prefix block it touches.
-          int64_t at = pn + pos - static_cast<int64_t>(seqs[q].offset);
-          for (int64_t b = std::max<int64_t>(at, 0); b < std::min(at + ml, pn); b = (b / sbs + 1) * sbs)
-            weight[pool[static_cast<size_t>(b / sbs)]] += static_cast<uint64_t>(ml);
+      // Two candidate lists, each chosen by zstd from its own pool: old
+      // blocks intact then only, and (with moved blocks) also the moved
+      // ones. zstd may match a moved copy where an intact one of the same
+      // bytes did as well, so neither list is always smaller: the
+      // compression below keeps the smaller result.
+      for (int with_moved = 0; with_moved < (moved_to.empty() ? 1 : 2); with_moved++) {
+        std::vector<uint64_t> pool;
+        bool any_moved = false;
+        auto add = [&](uint64_t r) {
+          uint64_t v = ref_for(r);
+          if (v == kNone || (v >= old_blocks && !with_moved)) return;
+          any_moved |= v >= old_blocks;
+          pool.push_back(v);
+        };
+        for (size_t i = 0; i < cnt; i++)
+          for (uint64_t r : ops[rep_blocks[first + i]].crefs) add(r);
+        // Then outwards from the middle of the chunk's destinations.
+        const uint64_t mid = std::min<uint64_t>(ops[rep_blocks[first + cnt / 2]].dest, old_blocks - 1);
+        for (uint64_t d = 0; pool.size() < max_pool && (d <= mid || mid + d < old_blocks); d++) {
+          if (d <= mid) add(mid - d);
+          if (d && mid + d < old_blocks && pool.size() < max_pool) add(mid + d);
         }
-        pos += ml;
+        if (with_moved && !any_moved) break;  // the same pool as the first
+        std::sort(pool.begin(), pool.end());
+        pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
+        if (pool.empty()) continue;
+        std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
+        for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, ref_bytes(pool[k]), bs);
+        for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
+        std::unordered_map<uint64_t, uint64_t> weight;
+        std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> zc(ZSTD_createCCtx(), ZSTD_freeCCtx);
+        ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_compressionLevel, 9);
+        ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_windowLog, static_cast<int>(kV1ChunkWindowLog));
+        ZSTD_CCtx_refPrefix(zc.get(), pre.data(), pre.size());
+        // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
+        std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
+        size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
+        if (ZSTD_isError(ns)) continue;
+        int64_t pos = 0;
+        const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
+        for (size_t q = 0; q < ns; q++) {
+          pos += seqs[q].litLength;
+          const int64_t ml = seqs[q].matchLength;
+          if (ml && static_cast<int64_t>(seqs[q].offset) > pos) {
+            // The match starts in the prefix: every prefix block it touches.
+            int64_t at = pn + pos - static_cast<int64_t>(seqs[q].offset);
+            for (int64_t b = std::max<int64_t>(at, 0); b < std::min(at + ml, pn); b = (b / sbs + 1) * sbs)
+              weight[pool[static_cast<size_t>(b / sbs)]] += static_cast<uint64_t>(ml);
+          }
+          pos += ml;
+        }
+        std::vector<std::pair<uint64_t, uint64_t>> w(weight.begin(), weight.end());
+        std::sort(w.begin(), w.end(),
+                  [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+        if (w.size() > cap) w.resize(cap);
+        auto& list = with_moved ? crefs_moved[c] : crefs[c];
+        for (auto& [r, n] : w) list.push_back(r);
+        std::sort(list.begin(), list.end());
       }
-      std::vector<std::pair<uint64_t, uint64_t>> w(weight.begin(), weight.end());
-      std::sort(w.begin(), w.end(), [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
-      if (w.size() > cap) w.resize(cap);
-      for (auto& [r, n] : w) crefs[c].push_back(r);
-      std::sort(crefs[c].begin(), crefs[c].end());
       prog.add(1);
     });
     prog.finish();
@@ -234,14 +279,25 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         if (x) v1_xor_into(blk, OLD + g.src);
       }
       chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
-      if (!x && !crefs[c].empty()) {
-        std::vector<uint8_t> prefix(crefs[c].size() * bs);
-        for (size_t k = 0; k < crefs[c].size(); k++) std::memcpy(prefix.data() + k * bs, OLD + crefs[c][k] * bs, bs);
-        auto with = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, true, false,
-                              static_cast<int>(kV1ChunkWindowLog));
-        // Kept if it pays for its list (about 2 bytes a block).
-        if (!with.empty() && with.size() + 2 * crefs[c].size() < chunks[c].size()) chunks[c] = std::move(with);
-        else crefs[c].clear();
+      if (!x) {
+        // The smallest of: alone, with the old references, with the list
+        // that has moved blocks; a list is kept if it pays for itself
+        // (about 2 bytes a block).
+        std::vector<uint64_t> best;
+        for (auto* refs : {&crefs[c], &crefs_moved[c]}) {
+          if (refs->empty()) continue;
+          std::vector<uint8_t> prefix(refs->size() * bs);
+          for (size_t k = 0; k < refs->size(); k++)
+            std::memcpy(prefix.data() + k * bs, ref_bytes((*refs)[k]), bs);
+          auto with = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, true, false,
+                                static_cast<int>(kV1ChunkWindowLog));
+          if (!with.empty() && with.size() + 2 * refs->size() < chunks[c].size() + 2 * best.size()) {
+            chunks[c] = std::move(with);
+            best = *refs;
+          }
+        }
+        crefs[c] = std::move(best);
+        crefs_moved[c].clear();
       }
       prog.add(1);
     });
@@ -256,6 +312,8 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   const uint8_t block_bits = static_cast<uint8_t>(__builtin_ctz(o.block_size));
   const bool any_crefs = std::any_of(crefs.begin(), crefs.end(), [](auto& v) { return !v.empty(); });
   for (auto& v : crefs) st.chunk_ref_blocks += v.size();
+  for (auto& v : crefs)
+    for (uint64_t r : v) st.chunk_new_ref_blocks += r >= old_blocks;
   auto meta = encode_v1_meta(vops, chunk_lengths, frames, xchunk_lengths, block_bits, any_crefs ? &crefs : nullptr);
   std::vector<uint8_t> cmeta(ZSTD_compressBound(meta.size()));
   size_t cm = ZSTD_compress(cmeta.data(), cmeta.size(), meta.data(), meta.size(), 19);
@@ -268,6 +326,7 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   h.image_blocks = blocks;
   h.old_blocks = old_blocks;
   h.chunk_refs = any_crefs;
+  h.chunk_new_refs = st.chunk_new_ref_blocks > 0;
   h.op_count = vops.size();
   h.stash_blocks = stash ? 1 : 0;
   h.meta_offset = kV1HeaderSize + (stash ? bs : 0);

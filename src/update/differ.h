@@ -61,6 +61,7 @@ struct DiffV1Options {
   uint32_t delta_group = 16;   // DELTA blocks compressed together in one frame (1..32)
   bool zero_parking = true;    // SAVE may park a block in zero free space (restored by a ZERO operation)
   bool chunk_refs = true;      // REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS)
+  bool chunk_new_refs = true;  // ... and moved old blocks at their new places (flag CHUNK_NEW_REFS)
   // NEW carries a dm-verity superblock and tree at this byte offset
   // (veritysetup --hash-offset): the diff leaves the hash area out and
   // records how the device regenerates it (flag VERITY_TREE). UINT64_MAX: no.
@@ -81,6 +82,7 @@ struct DiffV1Stats {
   uint64_t stash_ops = 0;  // DELTA/XOR operations that read their own block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
   uint64_t chunk_ref_blocks = 0;  // reference blocks listed by REPLACE chunks (all chunks)
+  uint64_t chunk_new_ref_blocks = 0;  // ... of them, COPY blocks of the new image (flag CHUNK_NEW_REFS)
   uint64_t verity_blocks = 0;     // blocks of the hash area the device regenerates (flag VERITY_TREE)
   double seconds = 0;
 };

@@ -468,9 +468,10 @@ TEST(UpdateSweep, V1ChunkRefsPowerCutAfterEveryWrite) {
     auto [o, n] = make_v1_ref_pair(160, 4096, seed);
     auto st = make_v1(tmp, o, n);
     ASSERT_GT(st.chunk_ref_blocks, 0u);
+    ASSERT_GT(st.chunk_new_ref_blocks, 0u);  // references to moved blocks (flag CHUNK_NEW_REFS) too
     ASSERT_GT(st.replace, st.chunks);
     std::cerr << "chunk-refs seed " << seed << ": REPLACE " << st.replace << " in " << st.chunks << " chunks with "
-              << st.chunk_ref_blocks << " reference blocks, COPY " << st.copy << " SAVE " << st.save_ops << " XOR "
+              << st.chunk_ref_blocks << " reference blocks (" << st.chunk_new_ref_blocks << " moved), COPY " << st.copy << " SAVE " << st.save_ops << " XOR "
               << st.xor_ops << " DELTA " << st.delta << "\n";
     sweep(o, n, tmp.file("d"), st);
     if (HasFatalFailure()) return;

@@ -97,7 +97,7 @@ void check_v1(const V1Built& b, uint32_t bs) {
     size_t step = bs * 3 + 512;
     for (size_t off = 0; off < got.size(); off += step) {
       size_t n = std::min(step, got.size() - off);
-      ASSERT_TRUE((*t)->read(off, std::span<uint8_t>(got.data() + off, n)).ok());
+      { auto st = (*t)->read(off, std::span<uint8_t>(got.data() + off, n)); ASSERT_TRUE(st.ok()) << st.to_string(); }
     }
     ASSERT_TRUE(got == b.new_img) << "computed view != new";
     // Every block alone too (no run of neighbours to hide behind).
@@ -498,7 +498,7 @@ TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
   ASSERT_TRUE(hdr.ok());
   EXPECT_EQ(hdr->image_blocks, 80u);
   EXPECT_EQ(hdr->old_blocks, 60u);
-  EXPECT_EQ(le16(&b.diff[10]) & ~kV1FlagChunkRefs, kV1FlagOldBlocks);
+  EXPECT_EQ(le16(&b.diff[10]) & ~(kV1FlagChunkRefs | kV1FlagChunkNewRefs), kV1FlagOldBlocks);
   EXPECT_EQ(le64(&b.diff[kV1OldBlocksOffset]), 60u);
   // old_blocks is covered by the header CRC.
   for (size_t i = kV1OldBlocksOffset; i < kV1OldBlocksOffset + 8; i++) {
@@ -530,7 +530,7 @@ TEST(UpdateV1, DifferentSizesHeaderAndRefusals) {
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find("old_blocks"), std::string::npos) << r.status().message();
     d = b.diff;
-    put_le16(&d[10], static_cast<uint16_t>(le16(&d[10]) | 8));  // bit 3: not defined
+    put_le16(&d[10], static_cast<uint16_t>(le16(&d[10]) | 16));  // bit 4: not defined
     c = crc32(crc32(0, d.data(), 156), d.data() + kV1OldBlocksOffset, 8);
     put_le32(&d[156], static_cast<uint32_t>(c));
     r = load_v1_bytes(d);
@@ -652,7 +652,7 @@ namespace {
 // REPLACE chunks' reference lists (the payload unchanged; header fields that
 // depend on the metadata's size fixed, the CRC recomputed).
 std::vector<uint8_t> with_chunk_refs(const std::vector<uint8_t>& diff, const V1Index& idx,
-                                     const std::vector<std::vector<uint64_t>>& refs) {
+                                     const std::vector<std::vector<uint64_t>>& refs, int new_refs = -1) {
   std::vector<uint64_t> cl, xl;
   for (const auto& c : idx.chunks) cl.push_back(c.length);
   for (const auto& c : idx.xchunks) xl.push_back(c.length);
@@ -661,6 +661,7 @@ std::vector<uint8_t> with_chunk_refs(const std::vector<uint8_t>& diff, const V1I
   cm.resize(ZSTD_compress(cm.data(), cm.size(), meta.data(), meta.size(), 3));
   V1Header h = idx.h;
   h.chunk_refs = true;
+  if (new_refs >= 0) h.chunk_new_refs = new_refs != 0;
   h.meta_size = cm.size();
   h.meta_raw_size = meta.size();
   h.data_offset = h.meta_offset + h.meta_size;
@@ -672,7 +673,7 @@ std::vector<uint8_t> with_chunk_refs(const std::vector<uint8_t>& diff, const V1I
   return out;
 }
 
-V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8) {
+V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8, bool new_refs = true) {
   auto [o, n] = make_v1_ref_pair(300, 4096, seed);
   TempDir t;
   V1Built b;
@@ -683,6 +684,7 @@ V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8) {
   opt.level = 3;
   opt.progress = false;
   opt.chunk_refs = chunk_refs;
+  opt.chunk_new_refs = new_refs;
   auto st = make_v1_diff(t, o, n, opt);
   EXPECT_TRUE(st.ok()) << st.status().to_string();
   if (st.ok()) b.stats = *st;
@@ -695,7 +697,7 @@ V1Built build_ref(uint64_t seed, bool chunk_refs, uint32_t chunk_blocks = 8) {
 // apply) with chunk references, on several random pairs; the same pairs
 // without them give the old layout (flag clear) and a larger diff.
 TEST(UpdateV1, ChunkRefsRoundTripsProperty) {
-  uint64_t with_total = 0, without_total = 0;
+  uint64_t with_total = 0, without_total = 0, old_only_total = 0, new_ref_blocks = 0;
   for (uint64_t seed = 1; seed <= 5; seed++) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     auto b = build_ref(seed, true);
@@ -709,6 +711,21 @@ TEST(UpdateV1, ChunkRefsRoundTripsProperty) {
     EXPECT_GT(b.stats.copy, 0u);
     EXPECT_GT(b.stats.xor_ops + b.stats.delta, 0u);
     check_v1(b, 4096);
+    // References to moved blocks at their new places (flag CHUNK_NEW_REFS).
+    uint64_t moved = 0;
+    for (const auto& c : idx->chunks)
+      for (uint64_t r : c.refs) moved += idx->new_ref(r);
+    EXPECT_EQ(moved, b.stats.chunk_new_ref_blocks);
+    EXPECT_EQ(idx->h.chunk_new_refs, moved > 0);
+    new_ref_blocks += moved;
+    // Without them: old references only, the flag clear.
+    auto m = build_ref(seed, true, 8, false);
+    auto mi = load_v1_bytes(m.diff);
+    ASSERT_TRUE(mi.ok()) << mi.status().to_string();
+    EXPECT_FALSE(mi->h.chunk_new_refs);
+    EXPECT_EQ(m.stats.chunk_new_ref_blocks, 0u);
+    check_v1(m, 4096);
+    old_only_total += m.diff.size();
     auto a = build_ref(seed, false);
     auto ai = load_v1_bytes(a.diff);
     ASSERT_TRUE(ai.ok()) << ai.status().to_string();
@@ -719,8 +736,11 @@ TEST(UpdateV1, ChunkRefsRoundTripsProperty) {
     with_total += b.diff.size();
     without_total += a.diff.size();
   }
-  std::cerr << "chunk refs: " << with_total << " bytes with, " << without_total << " without\n";
+  std::cerr << "chunk refs: " << with_total << " bytes with (" << new_ref_blocks << " references to moved blocks), "
+            << old_only_total << " with old references only, " << without_total << " without\n";
   EXPECT_LT(with_total, without_total);
+  EXPECT_LE(with_total, old_only_total);
+  EXPECT_GT(new_ref_blocks, 0u) << "the pairs must exercise references to the new image";
 }
 
 // The loader's checks of chunk reference lists: range, order, and that they
@@ -748,9 +768,46 @@ TEST(UpdateV1, ChunkRefsCorruptRefused) {
   };
   const uint64_t old_blocks = idx->old_blocks();
   {
+    // Without flag CHUNK_NEW_REFS a reference past the old image is refused ...
     auto r = refs;
     r[0] = {old_blocks};
-    refused(r, "outside the old image");
+    auto d = with_chunk_refs(b.diff, *idx, r, 0);
+    auto l = load_v1_bytes(d);
+    ASSERT_FALSE(l.ok());
+    EXPECT_NE(l.status().message().find("outside the old image"), std::string::npos) << l.status().message();
+  }
+  {
+    // ... with it, one past both images, one to a block no operation
+    // writes, and one to a block whose operation is not a COPY.
+    ASSERT_TRUE(idx->h.chunk_new_refs) << "seed 3 must give references to moved blocks";
+    auto d = with_chunk_refs(b.diff, *idx, refs, 1);
+    ASSERT_TRUE(load_v1_bytes(d).ok());
+    auto r = refs;
+    r[0] = {old_blocks + idx->h.image_blocks};
+    refused(r, "outside the old and new images");
+    uint64_t untouched = UINT64_MAX, not_copy = UINT64_MAX;
+    for (uint64_t k = 0; k < idx->h.image_blocks; k++) {
+      const int64_t e = idx->find(k);
+      if (e < 0 && untouched == UINT64_MAX) untouched = k;
+      if (e >= 0 && idx->ops[static_cast<size_t>(e)].type != OpType::Copy && not_copy == UINT64_MAX) not_copy = k;
+    }
+    ASSERT_NE(not_copy, UINT64_MAX);
+    r[0] = {old_blocks + not_copy};
+    refused(r, "not a COPY");
+    if (untouched != UINT64_MAX) {
+      r[0] = {old_blocks + untouched};
+      refused(r, "which no operation writes");
+    }
+    // The flag without CHUNK_REFS.
+    V1Header h = idx->h;
+    h.chunk_refs = false;
+    h.chunk_new_refs = true;
+    auto d2 = b.diff;
+    auto e = encode_v1_header(h);
+    std::memcpy(d2.data(), e.data(), 256);
+    auto l = load_v1_bytes(d2);
+    ASSERT_FALSE(l.ok());
+    EXPECT_NE(l.status().message().find("needs bit 1"), std::string::npos) << l.status().message();
   }
   {
     auto r = refs;
