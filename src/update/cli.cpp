@@ -69,9 +69,11 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
                   : std::string("none (any hash area is carried as data)"));
   // Where the bytes go: payload per operation kind, and what the operations
   // read of the old image, by kind of reference.
-  uint64_t cref_blocks = 0, cref_chunks = 0, cref_bytes = 0;
-  for (const auto& c : idx->chunks)
+  uint64_t cref_blocks = 0, cref_chunks = 0, cref_bytes = 0, cref_moved = 0;
+  for (const auto& c : idx->chunks) {
     if (!c.refs.empty()) cref_blocks += c.refs.size(), cref_chunks++, cref_bytes += c.length;
+    for (uint64_t r : c.refs) cref_moved += idx->new_ref(r);
+  }
   const double total = static_cast<double>(idx->file_size);
   auto row = [&](const char* what, uint64_t bytes, uint64_t blocks) {
     return fmt::format("  {:<22} {:>12} {:>6.1f}% {:>9} {:>10}\n", what, bytes, 100.0 * bytes / total, blocks,
@@ -87,13 +89,16 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
   out += row("XOR", xchunk_bytes, n[5]);
   out += row("DELTA", frame_bytes, n[3]);
   out += row("ZERO, COPY, SAVE", 0, n[0] + n[1] + n[4]);
-  out += fmt::format("  REPLACE chunks with old references: {} of {}, {} reference blocks\n", cref_chunks,
-                     idx->chunks.size(), cref_blocks);
+  out += fmt::format("  REPLACE chunks with old references: {} of {}, {} reference blocks ({} of them moved blocks "
+                     "read at their new places)\n",
+                     cref_chunks, idx->chunks.size(), cref_blocks, cref_moved);
   // Reference kinds: the block's own place, an old block the update never
-  // overwrites, one overwritten later in the copy-back, a parked block.
-  enum { kOwn, kKept, kLater, kParked };
-  uint64_t rk[4][4] = {};  // [COPY/SAVE, XOR, DELTA, REPLACE chunk][kind]
+  // overwrites, one overwritten later in the copy-back, a parked block, an
+  // old block read where a COPY moved it (flag CHUNK_NEW_REFS).
+  enum { kOwn, kKept, kLater, kParked, kMoved };
+  uint64_t rk[4][5] = {};  // [COPY/SAVE, XOR, DELTA, REPLACE chunk][kind]
   auto kind = [&](uint64_t dest, uint64_t b, bool copy) {
+    if (dest == UINT64_MAX && idx->new_ref(b)) return kMoved;
     if (b == dest) return kOwn;
     if (copy && idx->save_of(b) >= 0) return kParked;
     return idx->find(b) < 0 ? kKept : kLater;
@@ -106,11 +111,12 @@ void cmd_info_v1(BlockDevice& f, const std::string& path) {
   }
   for (const auto& c : idx->chunks)
     for (uint64_t r : c.refs) rk[3][kind(UINT64_MAX, r, false)]++;
-  out += fmt::format("references:          {:>10} {:>10} {:>10} {:>10}\n", "own place", "unchanged", "rewritten", "parked");
+  out += fmt::format("references:          {:>10} {:>10} {:>10} {:>10} {:>10}\n", "own place", "unchanged", "rewritten",
+                     "parked", "moved");
   const char* names[4] = {"COPY/SAVE sources", "XOR sources", "DELTA frame refs", "REPLACE chunk refs"};
   for (int k = 0; k < 4; k++)
-    out += fmt::format("  {:<18} {:>10} {:>10} {:>10} {:>10}\n", names[k], rk[k][kOwn], rk[k][kKept], rk[k][kLater],
-                       rk[k][kParked]);
+    out += fmt::format("  {:<18} {:>10} {:>10} {:>10} {:>10} {:>10}\n", names[k], rk[k][kOwn], rk[k][kKept],
+                       rk[k][kLater], rk[k][kParked], rk[k][kMoved]);
   std::cout << out;
 }
 
