@@ -165,7 +165,7 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   // moved (a COPY reads it) is a reference too, named by the COPY's block of
   // the new image (old_blocks + that block, flag CHUNK_NEW_REFS): the same
   // bytes, readable at every moment (docs/update-format.md).
-  std::vector<std::vector<uint64_t>> crefs(nchunks), crefs_moved(nchunks);
+  std::vector<std::vector<uint64_t>> crefs(nchunks);
   std::unordered_map<uint64_t, uint64_t> moved_to;  // old block -> a COPY's block holding its bytes
   if (o.chunk_refs && o.chunk_new_refs) {
     // A COPY of a parked block reads the parking block (SAVE's destination)
@@ -202,19 +202,11 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         auto m = moved_to.find(r);
         return m == moved_to.end() ? kNone : old_blocks + m->second;
       };
-      // Two candidate lists, each chosen by zstd from its own pool: old
-      // blocks intact then only, and (with moved blocks) also the moved
-      // ones. zstd may match a moved copy where an intact one of the same
-      // bytes did as well, so neither list is always smaller: the
-      // compression below keeps the smaller result.
-      for (int with_moved = 0; with_moved < (moved_to.empty() ? 1 : 2); with_moved++) {
+      {
         std::vector<uint64_t> pool;
-        bool any_moved = false;
         auto add = [&](uint64_t r) {
           uint64_t v = ref_for(r);
-          if (v == kNone || (v >= old_blocks && !with_moved)) return;
-          any_moved |= v >= old_blocks;
-          pool.push_back(v);
+          if (v != kNone) pool.push_back(v);
         };
         for (size_t i = 0; i < cnt; i++)
           for (uint64_t r : ops[rep_blocks[first + i]].crefs) add(r);
@@ -224,10 +216,14 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
           if (d <= mid) add(mid - d);
           if (d && mid + d < old_blocks && pool.size() < max_pool) add(mid + d);
         }
-        if (with_moved && !any_moved) break;  // the same pool as the first
         std::sort(pool.begin(), pool.end());
         pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
-        if (pool.empty()) continue;
+        if (pool.empty()) return prog.add(1);
+        // Moved blocks first, farthest from the chunk: where an intact old
+        // block has the same bytes, zstd then matches it (the nearer, cheaper
+        // offset) and the moved copy gets no weight, so moved blocks are
+        // listed only for bytes no intact block offers.
+        std::stable_partition(pool.begin(), pool.end(), [&](uint64_t v) { return v >= old_blocks; });
         std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
         for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, ref_bytes(pool[k]), bs);
         for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
@@ -239,7 +235,7 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
         std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
         size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
-        if (ZSTD_isError(ns)) continue;
+        if (ZSTD_isError(ns)) return prog.add(1);
         int64_t pos = 0;
         const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
         for (size_t q = 0; q < ns; q++) {
@@ -257,9 +253,8 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         std::sort(w.begin(), w.end(),
                   [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
         if (w.size() > cap) w.resize(cap);
-        auto& list = with_moved ? crefs_moved[c] : crefs[c];
-        for (auto& [r, n] : w) list.push_back(r);
-        std::sort(list.begin(), list.end());
+        for (auto& [r, n] : w) crefs[c].push_back(r);
+        std::sort(crefs[c].begin(), crefs[c].end());
       }
       prog.add(1);
     });
@@ -280,11 +275,14 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
       }
       chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
       if (!x) {
-        // The smallest of: alone, with the old references, with the list
-        // that has moved blocks; a list is kept if it pays for itself
-        // (about 2 bytes a block).
-        std::vector<uint64_t> best;
-        for (auto* refs : {&crefs[c], &crefs_moved[c]}) {
+        // The smallest of: alone, with the list's old references only, with
+        // the whole list (moved blocks too); a list is kept if it pays for
+        // itself (about 2 bytes a block).
+        std::vector<uint64_t> best, old_only;
+        for (uint64_t r : crefs[c])
+          if (r < old_blocks) old_only.push_back(r);
+        if (old_only.size() == crefs[c].size()) old_only.clear();  // (no moved blocks: the same list)
+        for (auto* refs : {&old_only, &crefs[c]}) {
           if (refs->empty()) continue;
           std::vector<uint8_t> prefix(refs->size() * bs);
           for (size_t k = 0; k < refs->size(); k++)
@@ -297,7 +295,6 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
           }
         }
         crefs[c] = std::move(best);
-        crefs_moved[c].clear();
       }
       prog.add(1);
     });
