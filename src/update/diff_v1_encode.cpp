@@ -274,27 +274,14 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         if (x) v1_xor_into(blk, OLD + g.src);
       }
       chunks[c] = zcompress(raw.data(), raw.size(), nullptr, 0, level, true);
-      if (!x) {
-        // The smallest of: alone, with the list's old references only, with
-        // the whole list (moved blocks too); a list is kept if it pays for
-        // itself (about 2 bytes a block).
-        std::vector<uint64_t> best, old_only;
-        for (uint64_t r : crefs[c])
-          if (r < old_blocks) old_only.push_back(r);
-        if (old_only.size() == crefs[c].size()) old_only.clear();  // (no moved blocks: the same list)
-        for (auto* refs : {&old_only, &crefs[c]}) {
-          if (refs->empty()) continue;
-          std::vector<uint8_t> prefix(refs->size() * bs);
-          for (size_t k = 0; k < refs->size(); k++)
-            std::memcpy(prefix.data() + k * bs, ref_bytes((*refs)[k]), bs);
-          auto with = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, true, false,
-                                static_cast<int>(kV1ChunkWindowLog));
-          if (!with.empty() && with.size() + 2 * refs->size() < chunks[c].size() + 2 * best.size()) {
-            chunks[c] = std::move(with);
-            best = *refs;
-          }
-        }
-        crefs[c] = std::move(best);
+      if (!x && !crefs[c].empty()) {
+        std::vector<uint8_t> prefix(crefs[c].size() * bs);
+        for (size_t k = 0; k < crefs[c].size(); k++) std::memcpy(prefix.data() + k * bs, ref_bytes(crefs[c][k]), bs);
+        auto with = zcompress(raw.data(), raw.size(), prefix.data(), prefix.size(), level, true, false,
+                              static_cast<int>(kV1ChunkWindowLog));
+        // Kept if it pays for its list (about 2 bytes a block).
+        if (!with.empty() && with.size() + 2 * crefs[c].size() < chunks[c].size()) chunks[c] = std::move(with);
+        else crefs[c].clear();
       }
       prog.add(1);
     });
