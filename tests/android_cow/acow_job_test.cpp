@@ -186,8 +186,10 @@ TEST(AndroidCowMergeJob, PauseHoldsAcrossSuspendResumeAndRestart) {
     // the pause, at full speed, must not be charged to the new throttle).
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
     ASSERT_TRUE(tg.message({"pause"}).ok());
-    // At most the batch under way finishes after the pause.
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // The batch under way finishes, the progress is recorded, then the
+    // worker parks: wait for that rather than a fixed time.
+    for (int i = 0; i < 3000 && !job(tg).parked; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(job(tg).parked) << "the worker did not park within 30 s of the pause";
     mid = merged(tg);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     EXPECT_EQ(merged(tg), mid) << "merged while paused";

@@ -130,10 +130,12 @@ TEST_P(UpdateJob, PauseHoldsAcrossSuspendResumeAndRestart) {
     ASSERT_TRUE(tg.message({"resume"}).ok());
     for (int i = 0; i < 6000 && copied(tg) < 8; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_TRUE(tg.message({"pause"}).ok());
-    // At most one more piece of work finishes after the pause.
-    for (int i = 0; i < 100 && !(job(tg).state == "paused"); i++)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // The piece of work under way when the pause arrived finishes, the
+    // progress is recorded, then the worker parks: wait for that (a fixed
+    // sleep here failed once under ThreadSanitizer on a loaded machine).
+    for (int i = 0; i < 3000 && !job(tg).parked; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(job(tg).parked) << "the worker did not park within 30 s of the pause";
+    EXPECT_EQ(job(tg).state, "paused");
     mid = copied(tg);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     EXPECT_EQ(copied(tg), mid) << "copied while paused";
@@ -159,6 +161,10 @@ TEST_P(UpdateJob, PauseHoldsAcrossSuspendResumeAndRestart) {
     EXPECT_TRUE(view == p.new_img) << "a paused copy-back must still show the new image";
     ASSERT_TRUE(tg.message({"resume"}).ok());
     EXPECT_EQ(wait_copied(tg), std::to_string(p.units) + " " + std::to_string(p.units));
+    // Every unit is applied; the job is done once its worker has written the
+    // final record and ended (it shows "running" until then).
+    for (int i = 0; i < 3000 && job(tg).state == "running"; i++)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     JobInfo j = job(tg);
     EXPECT_EQ(j.state, "done");
     EXPECT_EQ(j.done, j.total);
