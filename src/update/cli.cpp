@@ -276,7 +276,7 @@ void register_feature_update_cli(CLI::App& app) {
                     "(Android's Virtual A/B COW, docs/android-cow.md)");
     sub->add_option("--cow-unit", *cow_unit, "android-cow-v3: compression unit, 4k..256k (default 4k)");
     sub->add_flag("--no-delta", *no_delta, "v1: no DELTA (similar block) operations");
-    sub->add_option("--delta-group", *group, "v1: DELTA blocks that may share one frame (1..32, default 16)")
+    sub->add_option("--delta-group", *group, "v1: DELTA blocks that may share one frame (1..32, default 32)")
         ->check(CLI::Range(1u, kV1MaxGroup));
     sub->add_option("--verity-regenerate", *verity_at,
                     "v1: NEW carries a dm-verity superblock and tree at this byte offset (veritysetup --hash-offset); "

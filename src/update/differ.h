@@ -58,7 +58,7 @@ struct DiffV1Options {
   bool delta = true;      // try DELTA against similar old blocks
   uint32_t neighbourhood = 8;  // new blocks each side searched for COPY anchors
   uint32_t anchor_blocks = 6;  // old blocks sharing content anchors used as references
-  uint32_t delta_group = 16;   // DELTA blocks compressed together in one frame (1..32)
+  uint32_t delta_group = 32;   // DELTA blocks compressed together in one frame (1..32)
   bool zero_parking = true;    // SAVE may park a block in zero free space (restored by a ZERO operation)
   bool chunk_refs = true;      // REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS)
   bool chunk_new_refs = true;  // ... and moved old blocks at their new places (flag CHUNK_NEW_REFS)
