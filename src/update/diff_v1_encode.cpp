@@ -202,60 +202,58 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
         auto m = moved_to.find(r);
         return m == moved_to.end() ? kNone : old_blocks + m->second;
       };
-      {
-        std::vector<uint64_t> pool;
-        auto add = [&](uint64_t r) {
-          uint64_t v = ref_for(r);
-          if (v != kNone) pool.push_back(v);
-        };
-        for (size_t i = 0; i < cnt; i++)
-          for (uint64_t r : ops[rep_blocks[first + i]].crefs) add(r);
-        // Then outwards from the middle of the chunk's destinations.
-        const uint64_t mid = std::min<uint64_t>(ops[rep_blocks[first + cnt / 2]].dest, old_blocks - 1);
-        for (uint64_t d = 0; pool.size() < max_pool && (d <= mid || mid + d < old_blocks); d++) {
-          if (d <= mid) add(mid - d);
-          if (d && mid + d < old_blocks && pool.size() < max_pool) add(mid + d);
-        }
-        std::sort(pool.begin(), pool.end());
-        pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
-        if (pool.empty()) return prog.add(1);
-        // Moved blocks first, farthest from the chunk: where an intact old
-        // block has the same bytes, zstd then matches it (the nearer, cheaper
-        // offset) and the moved copy gets no weight, so moved blocks are
-        // listed only for bytes no intact block offers.
-        std::stable_partition(pool.begin(), pool.end(), [&](uint64_t v) { return v >= old_blocks; });
-        std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
-        for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, ref_bytes(pool[k]), bs);
-        for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
-        std::unordered_map<uint64_t, uint64_t> weight;
-        std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> zc(ZSTD_createCCtx(), ZSTD_freeCCtx);
-        ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_compressionLevel, 9);
-        ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_windowLog, static_cast<int>(kV1ChunkWindowLog));
-        ZSTD_CCtx_refPrefix(zc.get(), pre.data(), pre.size());
-        // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
-        std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
-        size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
-        if (ZSTD_isError(ns)) return prog.add(1);
-        int64_t pos = 0;
-        const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
-        for (size_t q = 0; q < ns; q++) {
-          pos += seqs[q].litLength;
-          const int64_t ml = seqs[q].matchLength;
-          if (ml && static_cast<int64_t>(seqs[q].offset) > pos) {
-            // The match starts in the prefix: every prefix block it touches.
-            int64_t at = pn + pos - static_cast<int64_t>(seqs[q].offset);
-            for (int64_t b = std::max<int64_t>(at, 0); b < std::min(at + ml, pn); b = (b / sbs + 1) * sbs)
-              weight[pool[static_cast<size_t>(b / sbs)]] += static_cast<uint64_t>(ml);
-          }
-          pos += ml;
-        }
-        std::vector<std::pair<uint64_t, uint64_t>> w(weight.begin(), weight.end());
-        std::sort(w.begin(), w.end(),
-                  [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
-        if (w.size() > cap) w.resize(cap);
-        for (auto& [r, n] : w) crefs[c].push_back(r);
-        std::sort(crefs[c].begin(), crefs[c].end());
+      std::vector<uint64_t> pool;
+      auto add = [&](uint64_t r) {
+        uint64_t v = ref_for(r);
+        if (v != kNone) pool.push_back(v);
+      };
+      for (size_t i = 0; i < cnt; i++)
+        for (uint64_t r : ops[rep_blocks[first + i]].crefs) add(r);
+      // Then outwards from the middle of the chunk's destinations.
+      const uint64_t mid = std::min<uint64_t>(ops[rep_blocks[first + cnt / 2]].dest, old_blocks - 1);
+      for (uint64_t d = 0; pool.size() < max_pool && (d <= mid || mid + d < old_blocks); d++) {
+        if (d <= mid) add(mid - d);
+        if (d && mid + d < old_blocks && pool.size() < max_pool) add(mid + d);
       }
+      std::sort(pool.begin(), pool.end());
+      pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
+      if (pool.empty()) return prog.add(1);
+      // Moved blocks first, farthest from the chunk: where an intact old
+      // block has the same bytes, zstd then matches it (the nearer, cheaper
+      // offset) and the moved copy gets no weight, so moved blocks are
+      // listed only for bytes no intact block offers.
+      std::stable_partition(pool.begin(), pool.end(), [&](uint64_t v) { return v >= old_blocks; });
+      std::vector<uint8_t> pre(pool.size() * bs), raw(cnt * bs);
+      for (size_t k = 0; k < pool.size(); k++) std::memcpy(pre.data() + k * bs, ref_bytes(pool[k]), bs);
+      for (size_t i = 0; i < cnt; i++) std::memcpy(raw.data() + i * bs, NEW + ops[rep_blocks[first + i]].dest * bs, bs);
+      std::unordered_map<uint64_t, uint64_t> weight;
+      std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> zc(ZSTD_createCCtx(), ZSTD_freeCCtx);
+      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_compressionLevel, 9);
+      ZSTD_CCtx_setParameter(zc.get(), ZSTD_c_windowLog, static_cast<int>(kV1ChunkWindowLog));
+      ZSTD_CCtx_refPrefix(zc.get(), pre.data(), pre.size());
+      // (ZSTD_sequenceBound is too small with a prefix in zstd 1.5.4: it crashed.)
+      std::vector<ZSTD_Sequence> seqs(raw.size() + 4096);
+      size_t ns = ZSTD_generateSequences(zc.get(), seqs.data(), seqs.size(), raw.data(), raw.size());
+      if (ZSTD_isError(ns)) return prog.add(1);
+      int64_t pos = 0;
+      const int64_t pn = static_cast<int64_t>(pre.size()), sbs = static_cast<int64_t>(bs);
+      for (size_t q = 0; q < ns; q++) {
+        pos += seqs[q].litLength;
+        const int64_t ml = seqs[q].matchLength;
+        if (ml && static_cast<int64_t>(seqs[q].offset) > pos) {
+          // The match starts in the prefix: every prefix block it touches.
+          int64_t at = pn + pos - static_cast<int64_t>(seqs[q].offset);
+          for (int64_t b = std::max<int64_t>(at, 0); b < std::min(at + ml, pn); b = (b / sbs + 1) * sbs)
+            weight[pool[static_cast<size_t>(b / sbs)]] += static_cast<uint64_t>(ml);
+        }
+        pos += ml;
+      }
+      std::vector<std::pair<uint64_t, uint64_t>> w(weight.begin(), weight.end());
+      std::sort(w.begin(), w.end(),
+                [](auto& a, auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+      if (w.size() > cap) w.resize(cap);
+      for (auto& [r, n] : w) crefs[c].push_back(r);
+      std::sort(crefs[c].begin(), crefs[c].end());
       prog.add(1);
     });
     prog.finish();

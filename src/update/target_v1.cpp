@@ -311,13 +311,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
       // block, or the COPY computed. Stable while this runs: reads hold
       // apply_mu_ shared, and only the copy-back thread (this one, or
       // waiting for the lock) applies operations.
-      const V1NewBlockReader nb = [this](uint64_t block, std::span<uint8_t> out) -> Status {
-        const int64_t e = idx_.find(block);
-        if (e < 0 || idx_.ops[static_cast<size_t>(e)].type != OpType::Copy)
-          return IoError(fmt::format("update: new-image block {} is not a COPY's", block));
-        if (static_cast<uint64_t>(e) < done_) return sys_->read(block * idx_.block_size(), out.subspan(0, idx_.block_size()));
-        return compute(static_cast<size_t>(e), out);
-      };
+      const V1NewBlockReader nb = v1_new_block_reader(*diff_, *sys_, idx_, done_.load());
       Status s = key >= kXorKey ? v1_read_chunk(*diff_, idx_, key - kXorKey, data, true)
                  : frame        ? v1_read_delta(*diff_, *sys_, idx_, key - kFrameKey, data)
                                 : v1_read_chunk(*diff_, idx_, key, data, false, sys_.get(), &nb);
