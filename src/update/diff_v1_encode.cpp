@@ -328,6 +328,22 @@ Result<Encoded> encode(const Input& in, const OldIndex& ix, Plan& plan, DiffV1St
   e.h = h;
   e.header = hb;
   e.stash = stash;
+  if (stash && !o.stash_always) {
+    // Without the stash if every operation reading its own block finds a
+    // scratch block (the loader's rule, kV1SelfScratchScan): a block less
+    // to download. The header is all that changes.
+    V1Header lean = h;
+    lean.stash_blocks = 0;
+    lean.meta_offset -= bs;
+    lean.data_offset -= bs;
+    auto lb = encode_v1_header(lean);
+    if (load_v1_head(lb, cmeta, lean.data_offset + lean.data_size).ok()) {
+      e.h = lean;
+      e.header = lb;
+      e.stash = false;
+    }
+  }
+  st.stash_blocks = e.stash ? 1 : 0;
   e.cmeta = std::move(cmeta);
   e.chunks = std::move(chunks);
   for (auto& f : groups) e.frames.push_back(std::move(f.data));

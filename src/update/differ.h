@@ -62,6 +62,9 @@ struct DiffV1Options {
   bool zero_parking = true;    // SAVE may park a block in zero free space (restored by a ZERO operation)
   bool chunk_refs = true;      // REPLACE chunks compressed against old reference blocks (flag CHUNK_REFS)
   bool chunk_new_refs = true;  // ... and moved old blocks at their new places (flag CHUNK_NEW_REFS)
+  // Carry the stash block whenever an operation reads its own block; by
+  // default only when one of them finds no scratch block (kV1SelfScratchScan).
+  bool stash_always = false;
   // NEW carries a dm-verity superblock and tree at this byte offset
   // (veritysetup --hash-offset): the diff leaves the hash area out and
   // records how the device regenerates it (flag VERITY_TREE). UINT64_MAX: no.
@@ -80,6 +83,7 @@ struct DiffV1Stats {
   uint64_t ops = 0;        // operations in the diff (changed blocks + SAVE)
   uint64_t barriers = 0;   // checkpoints the copy-back needs for the order (at least)
   uint64_t stash_ops = 0;  // DELTA/XOR operations that read their own block
+  uint64_t stash_blocks = 0;  // the diff's stash (0 or 1 block): only if one of them finds no scratch block
   uint64_t chunks = 0, diff_bytes = 0, meta_bytes = 0;
   uint64_t chunk_ref_blocks = 0;  // reference blocks listed by REPLACE chunks (all chunks)
   uint64_t chunk_new_ref_blocks = 0;  // ... of them, COPY blocks of the new image (flag CHUNK_NEW_REFS)

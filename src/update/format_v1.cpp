@@ -622,6 +622,7 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
   // Order check: an operation may read an old block only before the
   // operation that overwrites it (or, for DELTA, while writing it itself).
   idx.last_reader.assign(h.op_count, -1);
+  std::vector<uint64_t> self_readers;  // operations that read their own block
   auto check_read = [&](uint64_t i, uint64_t b, bool self_ok) -> Status {
     int64_t w = idx.find(b);
     int64_t sv = idx.save_of(b);
@@ -638,8 +639,9 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
     if (b >= old_blocks)
       return Corrupt(fmt::format("v1 operation {}: reads block {} past the old image's end ({} blocks)", i, b, old_blocks));
     if (w < 0) return Status::Ok();
-    if (static_cast<uint64_t>(w) < i || (static_cast<uint64_t>(w) == i && (!self_ok || !h.stash_blocks)))
+    if (static_cast<uint64_t>(w) < i || (static_cast<uint64_t>(w) == i && !self_ok))
       return Corrupt(fmt::format("v1 operation {}: reads block {} after operation {} overwrote it", i, b, w));
+    if (static_cast<uint64_t>(w) == i && (self_readers.empty() || self_readers.back() != i)) self_readers.push_back(i);
     if (static_cast<uint64_t>(w) > i) idx.last_reader[w] = std::max<int64_t>(idx.last_reader[w], static_cast<int64_t>(i));
     return Status::Ok();
   };
@@ -684,6 +686,15 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
         Status s = check_read(static_cast<uint64_t>(last_member[c]), ref, false);
         if (!s.ok()) return Corrupt(fmt::format("v1 REPLACE chunk {}: {}", c, s.message()));
       }
+  }
+  if (!h.stash_blocks && !self_readers.empty()) {
+    // Without a stash each of them must find a scratch block (kV1SelfScratchScan).
+    const V1ScratchPlanner planner(idx);
+    for (uint64_t i : self_readers)
+      if (planner.scratch(i, i + 1, 1, nullptr, kV1SelfScratchScan).empty())
+        return Corrupt(fmt::format("v1 operation {}: reads its own block {}, and the diff has neither a stash nor a "
+                                   "scratch block for it in the {} operations after it",
+                                   i, idx.ops[i].dest, kV1SelfScratchScan));
   }
   if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
   return Status::Ok();

@@ -101,6 +101,14 @@ constexpr uint64_t kV1MaxChunkRefBytes = 8ull << 20;
 constexpr uint32_t kV1ChunkWindowLog = 27;
 constexpr uint64_t v1_max_chunk_refs(uint32_t block_bits) { return kV1MaxChunkRefBytes >> block_bits; }
 constexpr uint32_t kV1MaxStashBlocks = 1;
+// An operation that reads its own block (a DELTA reference or an XOR
+// source) needs its new content parked durably before it overwrites the
+// block: in the stash, or in one scratch block (a logged batch of that one
+// operation, V1ScratchPlanner). A diff without a stash is valid only if
+// every such operation i finds a scratch block for [i, i+1) among the
+// kV1SelfScratchScan operations after it; the copy-back always looks at
+// least that far.
+constexpr uint64_t kV1SelfScratchScan = 4096;
 // Operations in one logged copy-back batch (checkpoint state 2).
 constexpr uint64_t kV1MaxBatchOps = 4096;
 constexpr uint64_t kV1MaxOps = 1ull << 28;  // operations in one diff (in-memory indices are 32-bit)

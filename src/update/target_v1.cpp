@@ -358,7 +358,9 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   Result<bool> logged_batch(uint64_t d, uint64_t max_ops, const std::function<void()>& on_pause) {
     const uint64_t bs = idx_.block_size();
     const uint64_t n = idx_.ops.size();
-    if (d < no_scratch_until_) return false;
+    // (A diff without a stash promises a scratch block to every operation
+    // that reads its own block: look for it whatever the last look found.)
+    if (d < no_scratch_until_ && !(reads_own_block(d) && !idx_.h.stash_blocks)) return false;
     // The batch [d, d+m) needs m scratch blocks among the operations after
     // it; a shorter batch leaves more operations after it. Halve m until the
     // operations after it (a bounded look) hold enough.
@@ -510,6 +512,11 @@ class UpdateTargetV1 : public ReadOnlyTarget {
           break;
         }
         if (*b) continue;
+        if (self && !idx_.h.stash_blocks) {  // the loader checked the promise: a bug if it fails
+          s = IoError(fmt::format("update: operation {} reads its own block and found no scratch block, and the diff "
+                                  "has no stash", i));
+          break;
+        }
         run_.resize(bs);
         s = compute(i, run_);
         if (!s.ok()) break;

@@ -159,6 +159,64 @@ TEST(UpdateV1, OpKindsAppear) {
   check_v1(b, 4096);
 }
 
+// The stash block ships only when an operation that reads its own block
+// finds no scratch block (kV1SelfScratchScan); otherwise the copy-back parks
+// such a block in a logged batch of one operation, and the diff is a block
+// smaller.
+TEST(UpdateV1, StashOnlyWhereNoScratchBlock) {
+  auto [o, n] = make_v1_pair(400, 4096, 11);
+  auto lean = build_v1(o, n, 4096);
+  ASSERT_GT(lean.stats.stash_ops, 0u);
+  EXPECT_EQ(lean.stats.stash_blocks, 0u);
+  auto lh = decode_v1_header(lean.diff);
+  ASSERT_TRUE(lh.ok());
+  EXPECT_EQ(lh->stash_blocks, 0u);
+  EXPECT_EQ(lh->meta_offset, kV1HeaderSize);
+  check_v1(lean, 4096);  // the copy-back: each such operation in a batch of its own
+  {
+    TempDir t;
+    V1Built full{lean.old_img, lean.new_img, {}, {}};
+    DiffV1Options opt;
+    opt.chunk_blocks = 4;
+    opt.level = 3;
+    opt.progress = false;
+    opt.stash_always = true;
+    auto st = make_v1_diff(t, full.old_img, full.new_img, opt);
+    ASSERT_TRUE(st.ok()) << st.status().to_string();
+    full.stats = *st;
+    full.diff = read_file(t.file("diff"));
+    EXPECT_EQ(full.stats.stash_blocks, 1u);
+    EXPECT_EQ(full.diff.size(), lean.diff.size() + 4096);
+    check_v1(full, 4096);
+  }
+  // One in-place edit, in the last block, and nothing after it: no scratch
+  // block, so the stash stays.
+  auto img = random_bytes(64 * 4096, 77);
+  auto edited = img;
+  for (size_t k = 0; k < 40; k++) edited[63 * 4096 + 100 + 37 * k] ^= 0x5a;
+  auto one = build_v1(img, edited, 4096);
+  ASSERT_EQ(one.stats.ops, 1u);
+  ASSERT_EQ(one.stats.stash_ops, 1u);
+  EXPECT_EQ(one.stats.stash_blocks, 1u);
+  check_v1(one, 4096);
+  // The same diff with its stash cut out is refused, naming the rule.
+  auto h = decode_v1_header(one.diff);
+  ASSERT_TRUE(h.ok());
+  ASSERT_EQ(h->stash_blocks, 1u);
+  V1Header cut = *h;
+  cut.stash_blocks = 0;
+  cut.meta_offset -= 4096;
+  cut.data_offset -= 4096;
+  auto e = encode_v1_header(cut);
+  std::vector<uint8_t> d(one.diff.begin(), one.diff.begin() + kV1HeaderSize);
+  std::memcpy(d.data(), e.data(), 256);
+  d.insert(d.end(), one.diff.begin() + kV1HeaderSize + 4096, one.diff.end());
+  auto r = load_v1_bytes(d);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("neither a stash nor a scratch block"), std::string::npos)
+      << r.status().message();
+}
+
 TEST(UpdateV1, BlockSizesChunkSizesNoDelta) {
   for (uint32_t bs : {512u, 1024u, 4096u}) {
     for (uint32_t cb : {1u, 3u, 16u}) {
