@@ -325,9 +325,11 @@ void register_feature_update_cli(CLI::App& app) {
         if (!st.ok()) return cli::fail(st.status());
         std::cout << fmt::format(
             "{}: v1, {} of {} blocks changed: ZERO {}, COPY {}, REPLACE {} ({} chunks), XOR {} ({} chunks), DELTA {} ({} frames, {} read "
-            "their own block); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s{}\n",
+            "their own block{}); {} COPY cycles broken by SAVE ({} parked in free zero blocks), {} turned into REPLACE and {} DELTA trimmed; {} ordering barriers; metadata {} bytes; diff {} bytes ({:.2f}% of the image), {:.2f} s{}\n",
             (*paths)[2], st->changed_blocks, st->blocks, st->zero, st->copy, st->replace, st->chunks, st->xor_ops, st->xchunks, st->delta,
-            st->delta_frames, st->stash_ops, st->saves, st->zero_parks, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
+            st->delta_frames, st->stash_ops,
+            st->stash_ops ? (st->stash_blocks ? ", a stash block for those with no scratch block" : ", each parked in a scratch block: no stash") : "",
+            st->saves, st->zero_parks, st->converted, st->trimmed, st->barriers, st->meta_bytes, st->diff_bytes,
             st->image_bytes ? 100.0 * double(st->diff_bytes) / double(st->image_bytes) : 0.0, st->seconds,
             st->verity_blocks ? fmt::format("; verity area of {} blocks left to the device", st->verity_blocks) : std::string());
         return;
