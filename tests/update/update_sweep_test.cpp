@@ -241,31 +241,6 @@ TEST(UpdateSweep, V1PowerCutAfterEveryWrite) {
   sweep(old_img, new_img, tmp.file("d"), *st);
 }
 
-// In-place edits of the last blocks and nothing else: every operation reads
-// its own block and none finds a scratch block (each later one reads its
-// own), so the diff carries the stash and the copy-back stashes each block
-// before it overwrites it. The same sweep.
-TEST(UpdateSweep, V1StashPowerCutAfterEveryWrite) {
-  TempDir tmp;
-  const uint32_t bs = 4096;
-  auto old_img = random_bytes(64 * bs, 31);
-  auto new_img = old_img;
-  for (uint64_t b = 56; b < 64; b++)
-    for (size_t k = 0; k < 24; k++) new_img[b * bs + 64 + 151 * k] ^= static_cast<uint8_t>(1 + b + k);
-  write_file(tmp.file("o"), old_img);
-  write_file(tmp.file("n"), new_img);
-  DiffV1Options o;
-  o.progress = false;
-  o.level = 3;
-  auto st = make_diff_v1(tmp.file("o"), tmp.file("n"), tmp.file("d"), o);
-  ASSERT_TRUE(st.ok()) << st.status().to_string();
-  ASSERT_EQ(st->ops, 8u);
-  ASSERT_EQ(st->stash_ops, 8u);
-  ASSERT_EQ(st->stash_blocks, 1u);
-  auto r = sweep(old_img, new_img, tmp.file("d"), *st);
-  EXPECT_GT(r.resumed_from_record, 0u);
-}
-
 // The same sweep with the copy-back under `throttle=auto` (the racing reads
 // of mode 0 make it trickle) and paused once half-way (the pause writes a
 // checkpoint, then reads while paused, then resume): a cut anywhere, inside
@@ -429,6 +404,25 @@ DiffV1Stats make_v1(TempDir& tmp, const std::vector<uint8_t>& o, const std::vect
   return st.ok() ? *st : DiffV1Stats{};
 }
 }  // namespace
+
+// In-place edits of the last blocks and nothing else: every operation reads
+// its own block and none finds a scratch block (each later one reads its
+// own), so the diff carries the stash and the copy-back stashes each block
+// before it overwrites it. The same sweep.
+TEST(UpdateSweep, V1StashPowerCutAfterEveryWrite) {
+  TempDir tmp;
+  const uint32_t bs = 4096;
+  auto old_img = random_bytes(64 * bs, 31);
+  auto new_img = old_img;
+  for (uint64_t b = 56; b < 64; b++)
+    for (size_t k = 0; k < 24; k++) new_img[b * bs + 64 + 151 * k] ^= static_cast<uint8_t>(1 + b + k);
+  auto st = make_v1(tmp, old_img, new_img);
+  ASSERT_EQ(st.ops, 8u);
+  ASSERT_EQ(st.stash_ops, 8u);
+  ASSERT_EQ(st.stash_blocks, 1u);
+  auto r = sweep(old_img, new_img, tmp.file("d"), st);
+  EXPECT_GT(r.resumed_from_record, 0u);
+}
 
 // More operations than blocks (every block changes, cycles broken by SAVE):
 // the diff loads and survives the sweep; no parked block ever shows.
