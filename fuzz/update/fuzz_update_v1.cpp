@@ -48,19 +48,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // scratch block for a batch of its own (the copy-back relies on it).
   if (!idx->h.stash_blocks) {
     const V1ScratchPlanner planner(*idx);
-    for (size_t i = 0; i < idx->ops.size(); i++) {
-      const V1Op& op = idx->ops[i];
-      bool self = false;
-      if (op.type == OpType::Delta) {
-        const auto& refs = idx->frames[op.index].refs;
-        self = std::find(refs.begin(), refs.end(), op.dest) != refs.end();
-      }
-      if (op.type == OpType::Xor) {
-        auto [b0, b1] = v1_xor_blocks(*idx, op);
-        self = b0 == op.dest || b1 == op.dest;
-      }
-      if (self && planner.scratch(i, i + 1, 1, nullptr, kV1SelfScratchScan).empty()) std::abort();
-    }
+    // (Asked per operation here: the loader's one-pass check must agree.)
+    for (size_t i = 0; i < idx->ops.size(); i++)
+      if (v1_reads_own_block(*idx, idx->ops[i]) && planner.scratch(i, i + 1, 1, nullptr, kV1SelfScratchScan).empty())
+        std::abort();
   }
   for (uint64_t b = idx->old_blocks(); b < idx->h.image_blocks; b++)
     if (idx->find(b) < 0 && !idx->generated(b)) std::abort();

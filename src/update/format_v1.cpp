@@ -5,6 +5,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <deque>
 #include <cstring>
 #include <memory>
 
@@ -689,12 +690,11 @@ Status parse_v1_meta(V1Index& idx, std::span<const uint8_t> cmeta) {
   }
   if (!h.stash_blocks && !self_readers.empty()) {
     // Without a stash each of them must find a scratch block (kV1SelfScratchScan).
-    const V1ScratchPlanner planner(idx);
-    for (uint64_t i : self_readers)
-      if (planner.scratch(i, i + 1, 1, nullptr, kV1SelfScratchScan).empty())
-        return Corrupt(fmt::format("v1 operation {}: reads its own block {}, and the diff has neither a stash nor a "
-                                   "scratch block for it in the {} operations after it",
-                                   i, idx.ops[i].dest, kV1SelfScratchScan));
+    const int64_t i = V1ScratchPlanner(idx).first_without_scratch(self_readers, kV1SelfScratchScan);
+    if (i >= 0)
+      return Corrupt(fmt::format("v1 operation {}: reads its own block {}, and the diff has neither a stash nor a "
+                                 "scratch block for it in the {} operations after it",
+                                 i, idx.ops[static_cast<size_t>(i)].dest, kV1SelfScratchScan));
   }
   if (h.ckpt_state == 0 && h.ckpt_done != 0) return Corrupt("v1 checkpoint: progress without the started state");
   return Status::Ok();
@@ -863,6 +863,28 @@ std::vector<uint64_t> V1ScratchPlanner::scratch(uint64_t d, uint64_t e, uint64_t
     out.push_back(b);
   }
   return out;
+}
+
+int64_t V1ScratchPlanner::first_without_scratch(std::span<const uint64_t> ops, uint64_t max_scan) const {
+  // scratch(i, i + 1, 1) looks at j in [i + 1, min(n, i + 1 + max_scan))
+  // for a first write whose block no operation from i on reads: it finds
+  // one iff the window's smallest such last reader is below i. Both window
+  // ends only move forward, so a deque of candidates with increasing last
+  // readers gives each window's minimum.
+  const uint64_t n = idx_.ops.size();
+  std::deque<uint64_t> q;  // j in the window, dest_last_read_ increasing
+  uint64_t hi = 0;         // operations before hi were offered to q
+  for (uint64_t i : ops) {
+    const uint64_t lo = i + 1, end = max_scan >= n - std::min(lo, n) ? n : lo + max_scan;
+    for (hi = std::max(hi, lo); hi < end; hi++) {
+      if (!first_write_[hi]) continue;
+      while (!q.empty() && dest_last_read_[q.back()] >= dest_last_read_[hi]) q.pop_back();
+      q.push_back(hi);
+    }
+    while (!q.empty() && q.front() < lo) q.pop_front();
+    if (q.empty() || dest_last_read_[q.front()] >= static_cast<int64_t>(i)) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 bool v1_has_stash(const V1Index& idx) { return idx.h.ckpt_stash_op && idx.h.ckpt_stash_op == idx.h.ckpt_done + 1; }

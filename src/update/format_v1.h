@@ -38,6 +38,7 @@
 // the checkpoint writes: format_v1_io.h; the offline apply: apply_v1.h.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <cstdint>
@@ -318,6 +319,20 @@ Status decode_v1_delta(const V1Index& idx, size_t fi, std::span<const uint8_t> p
 inline std::pair<uint64_t, uint64_t> v1_xor_blocks(const V1Index& idx, const V1Op& op) {
   return {op.src >> idx.h.block_bits, (op.src + idx.block_size() - 1) >> idx.h.block_bits};
 }
+// Does the operation read the block it overwrites (a DELTA reference or an
+// XOR source)? Then the copy-back parks its new content first (the stash or
+// a scratch block).
+inline bool v1_reads_own_block(const V1Index& idx, const V1Op& op) {
+  if (op.type == OpType::Delta) {
+    const auto& refs = idx.frames[op.index].refs;
+    return std::find(refs.begin(), refs.end(), op.dest) != refs.end();
+  }
+  if (op.type == OpType::Xor) {
+    auto [b0, b1] = v1_xor_blocks(idx, op);
+    return b0 == op.dest || b1 == op.dest;
+  }
+  return false;
+}
 
 // The checkpoint record in a copy of the diff's first 512 bytes: state,
 // operations done, and (with a stash block) the stash's operation and CRC.
@@ -347,6 +362,11 @@ class V1ScratchPlanner {
   // found `want`).
   std::vector<uint64_t> scratch(uint64_t d, uint64_t e, uint64_t want, int64_t* last_read = nullptr,
                                 uint64_t max_scan = UINT64_MAX) const;
+  // The first of `ops` (increasing) for which scratch(i, i + 1, 1, nullptr,
+  // max_scan) finds nothing, -1 if none: the same answer in one pass (a
+  // sliding minimum), where asking scratch() per operation costs up to
+  // max_scan steps each.
+  int64_t first_without_scratch(std::span<const uint64_t> ops, uint64_t max_scan) const;
 
  private:
   const V1Index& idx_;

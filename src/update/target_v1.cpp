@@ -449,19 +449,7 @@ class UpdateTargetV1 : public ReadOnlyTarget {
   // Does operation i read the block it overwrites (a DELTA reference or an
   // XOR source)? Then it needs the stash or a logged batch. Not the stashed
   // operation itself: its block is in the stash.
-  bool reads_own_block(uint64_t i) const {
-    const V1Op& op = idx_.ops[i];
-    if (i == stash_op_) return false;
-    if (op.type == OpType::Delta) {
-      const auto& refs = idx_.frames[op.index].refs;
-      return std::find(refs.begin(), refs.end(), op.dest) != refs.end();
-    }
-    if (op.type == OpType::Xor) {
-      auto [b0, b1] = v1_xor_blocks(idx_, op);
-      return b0 == op.dest || b1 == op.dest;
-    }
-    return false;
-  }
+  bool reads_own_block(uint64_t i) const { return i != stash_op_ && v1_reads_own_block(idx_, idx_.ops[i]); }
 
   void copy_loop() {
     constexpr uint64_t kPersistEvery = 4096;  // 16 MiB of 4 KiB blocks: what a crash may cost again

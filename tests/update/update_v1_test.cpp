@@ -217,6 +217,37 @@ TEST(UpdateV1, StashOnlyWhereNoScratchBlock) {
       << r.status().message();
 }
 
+// The loader's one-pass check (first_without_scratch) answers what asking
+// scratch(i, i + 1, 1) per operation answers, for every operation and
+// window, on diffs with cycles, parking and in-place edits.
+TEST(UpdateV1, ScratchCheckInOnePassAgreesWithThePlanner) {
+  size_t compared = 0, with = 0, without = 0;  // operations that find a scratch block / do not
+  for (uint64_t seed : {11u, 21u, 5u}) {
+    auto [o, n] = make_v1_pair(300, 4096, seed);
+    auto b = build_v1(o, n, 4096);
+    auto idx = load_v1_bytes(b.diff);
+    ASSERT_TRUE(idx.ok()) << idx.status().to_string();
+    const V1ScratchPlanner planner(*idx);
+    std::vector<uint64_t> all(idx->ops.size());
+    for (uint64_t i = 0; i < all.size(); i++) all[i] = i;
+    for (uint64_t scan : {uint64_t{1}, uint64_t{3}, uint64_t{17}, uint64_t{64}, kV1SelfScratchScan}) {
+      for (uint64_t from = 0; from < all.size(); from++) {
+        // The first operation from `from` on without a scratch block, both ways.
+        int64_t want = -1;
+        for (uint64_t i = from; i < all.size() && want < 0; i++)
+          if (planner.scratch(i, i + 1, 1, nullptr, scan).empty()) want = static_cast<int64_t>(i);
+        const int64_t got = planner.first_without_scratch(std::span<const uint64_t>(all).subspan(from), scan);
+        ASSERT_EQ(got, want) << "seed " << seed << " scan " << scan << " from " << from;
+        compared++;
+        (static_cast<uint64_t>(want) == from ? without : with)++;
+      }
+    }
+  }
+  EXPECT_EQ(with + without, compared);
+  EXPECT_GT(with, 0u);
+  EXPECT_GT(without, 0u);
+}
+
 TEST(UpdateV1, BlockSizesChunkSizesNoDelta) {
   for (uint32_t bs : {512u, 1024u, 4096u}) {
     for (uint32_t cb : {1u, 3u, 16u}) {
